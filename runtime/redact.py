@@ -1,0 +1,215 @@
+"""Redaction of secrets and personal data before anything is persisted or logged.
+
+`Redactor.redact(value)` returns a redacted copy of a JSON-like value: strings are scanned,
+dicts and lists/tuples are walked recursively (tuples come back as lists), every other value
+is returned unchanged. Each finding is replaced by ``[redacted:<label>]``.
+
+What is found inside strings (one pass per kind, each skipped
+when a cheap substring test rules it out):
+
+- ``bearer``: ``Bearer <token>`` (the scheme word and the token both go);
+- ``jwt``: three base64url segments whose header starts ``eyJ`` (an empty signature, as
+  ``alg: none`` tokens have, still counts);
+- ``api_key``: ``sk-…``/``sk_live_…``, GitHub tokens (``ghp_``/``gho_``/``ghu_``/``ghs_``/
+  ``ghr_``), AWS access key ids (``AKIA``/``ASIA``), Slack tokens (``xoxb-``/``xoxa-``/``xoxp-``);
+- ``key``: a long (16+ characters) high-entropy hex/base64 value after ``key=``, ``token=``,
+  ``secret=``, ``password=`` and similar (the ``name=`` prefix is kept);
+- ``email``: e-mail addresses;
+- ``card``: 13-19 digits, optionally grouped by single spaces or dashes, first digit 2-6
+  (the card networks' ranges, which keeps millisecond timestamps out), and Luhn-valid;
+- ``phone``: ``+`` and 8-15 digits with optional separators, or a national format with
+  separators (``(555) 123-4567``, ``555-123-4567``, ``020 7946 0958``, ``06 12 34 56 78``).
+  A run of digits without separators is never a phone number, so ids and timestamps survive;
+- ``custom``: each of the configured extra regexes.
+
+Dict entries whose key names a credential (parts such as ``password``, ``secret``, ``token``,
+``authorization``, ``api_key``, ``cookie``, ``private_key``; ``tokens`` and ``token_count``
+are counts, not credentials) are masked whole as ``[redacted:secret]`` whatever their value.
+String keys are scanned like values.
+
+A `Redactor` is immutable after construction and safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["Redactor", "RedactionPatternError", "is_sensitive_key"]
+
+_MASK_SECRET = "[redacted:secret]"
+
+_SENSITIVE_PARTS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "token",
+        "authorization",
+        "auth",
+        "cookie",
+        "apikey",
+        "credential",
+        "credentials",
+        "privatekey",
+        "jwt",
+        "bearer",
+    }
+)
+_SENSITIVE_JOINED = ("apikey", "privatekey", "password", "secretkey", "accesskey", "setcookie")
+_KEY_PARTS_RE = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+_BEARER = re.compile(r"(?i:\bbearer)[ \t]+[A-Za-z0-9\-._~+/]{8,}=*")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_API_KEY = re.compile(
+    r"\b(?:sk-[A-Za-z0-9_-]{16,}|sk_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Za-z])"
+    r"|xox[bapr]-[A-Za-z0-9-]{10,})"
+)
+_API_KEY_HINTS = ("sk-", "sk_", "gh", "AKIA", "ASIA", "xox")
+# The value after `=`/`:`; the name before it is checked in `_replace_key`, which is much
+# cheaper than asking the regex engine to try every name at every position.
+_KEY_VALUE = re.compile(r"[=:][ \t]*[\"']?([A-Za-z0-9+/_\-]{16,}={0,2})(?![A-Za-z0-9+/_\-=])")
+_KEY_NAME = re.compile(
+    r"(?i:key|token|secret|passw(?:or)?d|sig(?:nature)?|auth|credentials?)[\"']?[ \t]*$"
+)
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_DIGIT = re.compile(r"\d")
+_CARD = re.compile(r"(?<![\d+\-])[2-6]\d(?:[ -]?\d){11,17}(?![\d\-])")
+_PHONE = re.compile(
+    r"(?<![\w+])(?:"
+    r"\+\d{1,3}(?:[ .\-]?\(\d{1,4}\))?(?:[ .\-]?\d{1,5}){2,6}"
+    r"|\(\d{2,5}\)[ .\-]?\d{3,4}[ .\-]\d{3,4}"
+    r"|\d{3}[.\-]\d{3}[.\-]\d{4}"
+    r"|\d{3} \d{3} \d{4}"
+    r"|0\d{1,4}[ \-]\d{3,4}[ \-]\d{3,4}"
+    r"|0\d(?:[ .]\d{2}){4}"
+    r")(?![\w\-])"
+)
+_NOT_DIGIT = re.compile(r"\D")
+
+
+class RedactionPatternError(ValueError):
+    """A configured extra pattern is not a valid regular expression."""
+
+    def __init__(self, index: int, pattern: str, error: str) -> None:
+        super().__init__(f"redaction pattern {index} ({pattern!r}) is invalid: {error}")
+        self.index = index
+        self.pattern = pattern
+
+
+def is_sensitive_key(key: str) -> bool:
+    """True when a mapping key names a credential whose value must be masked whole."""
+    parts = [p.lower() for p in _KEY_PARTS_RE.findall(key)]
+    if any(p in _SENSITIVE_PARTS for p in parts):
+        return True
+    joined = "".join(parts)
+    return any(j in joined for j in _SENSITIVE_JOINED)
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _entropy(s: str) -> float:
+    counts: dict[str, int] = {}
+    for ch in s:
+        counts[ch] = counts.get(ch, 0) + 1
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+class Redactor:
+    """Finds and masks secrets and personal data; see the module docstring for what is found."""
+
+    def __init__(self, extra_patterns: Iterable[str] = ()) -> None:
+        extra: list[re.Pattern[str]] = []
+        for i, rx in enumerate(extra_patterns):
+            try:
+                extra.append(re.compile(rx))
+            except re.error as exc:
+                raise RedactionPatternError(i, rx, str(exc)) from None
+        self._extra = tuple(extra)
+        self._key_cache: dict[str, bool] = {}
+
+    def redact(self, value: Any) -> Any:
+        """A redacted copy of `value` (str, dict, list, tuple recursively; others unchanged)."""
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            out: dict[Any, Any] = {}
+            for k, v in value.items():
+                if isinstance(k, str):
+                    if self._sensitive(k):
+                        out[self.redact_text(k)] = _MASK_SECRET
+                        continue
+                    k = self.redact_text(k)
+                out[k] = self.redact(v)
+            return out
+        if isinstance(value, list | tuple):
+            return [self.redact(v) for v in value]
+        return value
+
+    def redact_text(self, text: str) -> str:
+        """`text` with every finding replaced by ``[redacted:<label>]``."""
+        if len(text) < 6:
+            return text
+        # Each pass runs only when a cheap substring test says it could match; a finding
+        # replaced by an earlier pass cannot match a later one.
+        if "earer" in text or "EARER" in text:
+            text = _BEARER.sub("[redacted:bearer]", text)
+        if "eyJ" in text:
+            text = _JWT.sub("[redacted:jwt]", text)
+        if any(h in text for h in _API_KEY_HINTS):
+            text = _API_KEY.sub("[redacted:api_key]", text)
+        if "=" in text or ":" in text:
+            text = _KEY_VALUE.sub(_replace_key, text)
+        if "@" in text:
+            text = _EMAIL.sub("[redacted:email]", text)
+        if _DIGIT.search(text):
+            text = _CARD.sub(_replace_card, text)
+            text = _PHONE.sub(_replace_phone, text)
+        for rx in self._extra:
+            text = rx.sub("[redacted:custom]", text)
+        return text
+
+    def _sensitive(self, key: str) -> bool:
+        hit = self._key_cache.get(key)
+        if hit is None:
+            hit = is_sensitive_key(key)
+            if len(self._key_cache) < 4096:
+                self._key_cache[key] = hit
+        return hit
+
+
+def _replace_key(m: re.Match[str]) -> str:
+    value = m.group(1)
+    before = m.string[max(0, m.start() - 40) : m.start()]
+    if not _KEY_NAME.search(before) or _entropy(value) < 3.0:
+        return m.group(0)
+    whole = m.group(0)
+    return whole[: len(whole) - len(value)] + "[redacted:key]"
+
+
+def _replace_card(m: re.Match[str]) -> str:
+    digits = _NOT_DIGIT.sub("", m.group(0))
+    if 13 <= len(digits) <= 19 and _luhn_ok(digits):
+        return "[redacted:card]"
+    return m.group(0)
+
+
+def _replace_phone(m: re.Match[str]) -> str:
+    digits = sum(ch.isdigit() for ch in m.group(0))
+    return "[redacted:phone]" if 8 <= digits <= 15 else m.group(0)
