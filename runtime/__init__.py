@@ -1,1 +1,16 @@
-"""placeholder"""
+"""edgeworks: the handler API. Inside isolates this module is also importable as `workers`."""
+
+from .context import ExecutionContext, Identity, SubrequestLimitExceeded
+from .entrypoints import ScheduledController, WorkerEntrypoint
+from .http import Headers, Request, Response
+
+__all__ = [
+    "ExecutionContext",
+    "Headers",
+    "Identity",
+    "Request",
+    "Response",
+    "ScheduledController",
+    "SubrequestLimitExceeded",
+    "WorkerEntrypoint",
+]

@@ -1,0 +1,72 @@
+"""Env bindings. Every kind is a plugin with the same contract, listed once in `PLUGINS`.
+
+A plugin module has `build(host: BindingHost) -> dict[str, Any]`: it reads its part of the
+script's manifest entry from `host.script` and returns the env entries it provides. It runs inside
+the isolate process, once, when the script is loaded. Adding a binding kind is one new module and
+one line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ScriptConfig
+from ..ipc import Channel
+from . import durable_objects, services, tools, variables, workflows
+
+__all__ = ["PLUGINS", "BindingHost", "Env", "build_env"]
+
+PLUGINS = [variables, services, durable_objects, workflows, tools]
+
+
+@dataclass
+class BindingHost:
+    """What a binding factory may use inside the isolate."""
+
+    script: ScriptConfig
+    app_root: Path
+    state_dir: Path
+    channel: Channel
+    module: Any  # the script's loaded main module
+    pool_index: int = 0
+    pool_size: int = 1
+    dev: bool = False
+    secrets: dict[str, str] = field(default_factory=dict)
+    audit: Any = None  # callable(kind, fields) or None
+    env: Any = None  # the Env being built, for bindings that hand it to user classes
+    hosts: dict[str, Any] = field(default_factory=dict)  # per-kind hosts the isolate serves
+
+
+class Env:
+    """`env`: bindings as attributes (`env.GREETING`, `env.COUNTER`) and as items."""
+
+    def __init__(self, entries: dict[str, Any]):
+        self.__dict__.update(entries)
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            raise KeyError(f"no binding named {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.__dict__
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.__dict__.get(name, default)
+
+    def __repr__(self) -> str:
+        return f"Env({', '.join(sorted(self.__dict__))})"
+
+
+async def build_env(host: BindingHost) -> Env:
+    env = Env({})
+    host.env = env
+    for plugin in PLUGINS:
+        entries = plugin.build(host)
+        if hasattr(entries, "__await__"):
+            entries = await entries
+        env.__dict__.update(entries)
+    return env

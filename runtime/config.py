@@ -1,0 +1,299 @@
+"""The app manifest: pydantic models and a loader that reports every error at once.
+
+An app directory holds `edgeworks.toml` (or `[tool.edgeworks]` in its `pyproject.toml`) and the
+handler modules it names. `load_app(dir)` returns a validated `AppConfig` or raises `ConfigError`
+carrying one line per problem: file, key path, what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "AppConfig",
+    "ConfigError",
+    "DurableObjectBinding",
+    "Limits",
+    "RouteConfig",
+    "ScriptConfig",
+    "ServiceBinding",
+    "WorkflowBinding",
+    "load_app",
+    "read_dev_vars",
+]
+
+BINDING_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SCRIPT_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Model):
+    """Per-script bounds; each is enforced, and exceeding one is a structured error."""
+
+    cpu_ms: Annotated[int, Field(gt=0, le=300_000)] = 30_000
+    wall_ms: Annotated[int, Field(gt=0, le=900_000)] = 60_000
+    memory_mb: Annotated[int, Field(ge=32, le=16_384)] = 256
+    subrequests: Annotated[int, Field(ge=0, le=10_000)] = 50
+    body_bytes: Annotated[int, Field(gt=0, le=512 * 1024 * 1024)] = 10 * 1024 * 1024
+
+
+class RouteConfig(_Model):
+    """`pattern` is `[host]/path` where `*` matches any run of characters (Workers route style)."""
+
+    pattern: Annotated[str, Field(min_length=1)]
+    methods: list[str] | None = None
+    auth: Literal["required", "optional", "none"] | None = None
+    scopes: list[str] = []
+    body_model: str | None = None  # "module:Class" inside the script's app dir
+    query_model: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_shape(cls, v: str) -> str:
+        if "/" not in v:
+            raise ValueError("a route pattern needs a path, e.g. '/hello' or 'example.com/*'")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _upper(cls, v: list[str] | None) -> list[str] | None:
+        return [m.upper() for m in v] if v else v
+
+
+class ServiceBinding(_Model):
+    binding: Annotated[str, Field(pattern=BINDING_NAME)]
+    service: Annotated[str, Field(pattern=SCRIPT_NAME)]
+    entrypoint: str | None = None
+
+
+class DurableObjectBinding(_Model):
+    binding: Annotated[str, Field(pattern=BINDING_NAME)]
+    class_name: Annotated[str, Field(pattern=BINDING_NAME)]
+    script: str | None = None  # another script's namespace; default: this script
+    tenant_scoped: bool = False
+
+
+class WorkflowBinding(_Model):
+    binding: Annotated[str, Field(pattern=BINDING_NAME)]
+    class_name: Annotated[str, Field(pattern=BINDING_NAME)]
+
+
+class ScriptConfig(_Model):
+    name: Annotated[str, Field(pattern=SCRIPT_NAME)]
+    main: Annotated[str, Field(min_length=1)]
+    routes: list[str | RouteConfig] = []
+    vars: dict[str, str | int | float | bool] = {}
+    secrets: list[Annotated[str, Field(pattern=BINDING_NAME)]] = []
+    limits: Limits = Limits()
+    pool_size: Annotated[int, Field(ge=1, le=64)] = 1
+    crons: list[str] = []
+    services: list[ServiceBinding] = []
+    durable_objects: list[DurableObjectBinding] = []
+    workflows: list[WorkflowBinding] = []
+    tools: list[dict[str, Any]] = []
+    object_idle_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("crons")
+    @classmethod
+    def _crons_valid(cls, v: list[str]) -> list[str]:
+        for expr in v:
+            if not croniter.is_valid(expr):
+                raise ValueError(f"{expr!r} is not a valid cron expression")
+        return v
+
+    def route_configs(self) -> list[RouteConfig]:
+        return [RouteConfig(pattern=r) if isinstance(r, str) else r for r in self.routes]
+
+
+class AppSection(_Model):
+    name: str = "app"
+    state_dir: str = ".edgeworks"
+
+
+class AppConfig(_Model):
+    app: AppSection = AppSection()
+    scripts: Annotated[list[ScriptConfig], Field(min_length=1)]
+    # Filled by the loader, not by the manifest.
+    root: Path = Path(".")
+    source: str = "edgeworks.toml"
+
+    def script(self, name: str) -> ScriptConfig:
+        for s in self.scripts:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def state_dir(self) -> Path:
+        return (self.root / self.app.state_dir).resolve()
+
+
+class ConfigError(Exception):
+    """Every problem found in one pass, each naming file, key path and expectation."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "RouteConfig") or part.startswith(("function-", "constrained-")):
+            continue  # pydantic's union-branch labels say nothing to a user
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _pydantic_problems(source: str, prefix: str, err: ValidationError) -> list[str]:
+    seen: set[str] = set()
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        # A `str | RouteConfig` entry fails both branches; report the table branch only
+        # when the user wrote a table.
+        if "str" in loc and isinstance(e.get("input"), dict):
+            continue
+        path = _loc(loc)
+        if prefix:
+            path = f"{prefix}.{path}"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            got = e.get("input")
+            msg = e["msg"] + (f" (got {got!r})" if not isinstance(got, dict | list) else "")
+        line = f"{source}: {path}: {msg}"
+        if line not in seen:
+            seen.add(line)
+            problems.append(line)
+    return problems
+
+
+def _read_manifest(root: Path) -> tuple[str, str, dict[str, Any]]:
+    toml_path = root / "edgeworks.toml"
+    pyproject = root / "pyproject.toml"
+    if toml_path.is_file():
+        try:
+            return "edgeworks.toml", "", tomllib.loads(toml_path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError([f"edgeworks.toml: not valid TOML: {e}"]) from None
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError([f"pyproject.toml: not valid TOML: {e}"]) from None
+        section = data.get("tool", {}).get("edgeworks")
+        if section is not None:
+            return "pyproject.toml", "tool.edgeworks", section
+    raise ConfigError(
+        [f"{root}: no edgeworks.toml and no [tool.edgeworks] in pyproject.toml"]
+    )
+
+
+def _route_key(route: RouteConfig) -> str:
+    return route.pattern.rstrip("/") or "/"
+
+
+def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
+    p = f"{prefix}." if prefix else ""
+    problems: list[str] = []
+    names = [s.name for s in cfg.scripts]
+    seen_routes: dict[str, str] = {}
+    for i, s in enumerate(cfg.scripts):
+        where = f"{source}: {p}scripts[{i}]"
+        if names.count(s.name) > 1 and names.index(s.name) != i:
+            problems.append(f"{where}.name: duplicate script name {s.name!r}")
+        main = cfg.root / s.main
+        if not main.is_file():
+            problems.append(f"{where}.main: module file {s.main!r} not found in {cfg.root}")
+        elif main.suffix != ".py":
+            problems.append(f"{where}.main: expected a .py file, got {s.main!r}")
+        for j, r in enumerate(s.route_configs()):
+            for method in r.methods or [None]:
+                key = f"{method or '*'} {_route_key(r)}"
+                if key in seen_routes:
+                    problems.append(
+                        f"{where}.routes[{j}]: duplicate route {r.pattern!r}"
+                        f" (already served by {seen_routes[key]})"
+                    )
+                seen_routes[key] = f"scripts[{i}] ({s.name})"
+        for j, svc in enumerate(s.services):
+            if svc.service not in names:
+                problems.append(
+                    f"{where}.services[{j}].service: no script named {svc.service!r}"
+                    f" (scripts: {', '.join(names)})"
+                )
+        bindings = (
+            [("vars", k) for k in s.vars]
+            + [("secrets", k) for k in s.secrets]
+            + [("services", b.binding) for b in s.services]
+            + [("durable_objects", b.binding) for b in s.durable_objects]
+            + [("workflows", b.binding) for b in s.workflows]
+        )
+        seen_b: set[str] = set()
+        for kind, b in bindings:
+            if b in seen_b:
+                problems.append(f"{where}.{kind}: binding name {b!r} is used twice")
+            seen_b.add(b)
+        for j, do in enumerate(s.durable_objects):
+            if do.script is not None and do.script not in names:
+                problems.append(
+                    f"{where}.durable_objects[{j}].script: no script named {do.script!r}"
+                )
+    return problems
+
+
+def load_app(root: str | Path) -> AppConfig:
+    """Read and validate the manifest in `root`; raise ConfigError listing every problem."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise ConfigError([f"{root}: not a directory"])
+    source, prefix, data = _read_manifest(root)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: {prefix or '(top level)'}: expected a table"])
+    for reserved in ("root", "source"):
+        if reserved in data:
+            raise ConfigError([f"{source}: {reserved}: unknown key"])
+    try:
+        cfg = AppConfig.model_validate({**data, "root": root, "source": source})
+    except ValidationError as e:
+        raise ConfigError(_pydantic_problems(source, prefix, e)) from None
+    problems = _semantic_problems(cfg, source, prefix)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+_DEV_VAR = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+
+def read_dev_vars(root: Path) -> dict[str, str]:
+    """Secrets for local development, from `.dev.vars` (KEY=value lines, like wrangler)."""
+    path = root / ".dev.vars"
+    if not path.is_file():
+        return {}
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _DEV_VAR.match(line)
+        if m:
+            value = m.group(2)
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            out[m.group(1)] = value
+    return out

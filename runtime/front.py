@@ -1,0 +1,326 @@
+"""The front: an ASGI app that gives every request an id, matches a route and hands the request to
+the script's isolate pool, enforcing body size and wall time, and turning isolate failures into
+structured JSON errors. It also relays the calls isolates make to each other (service bindings,
+durable-object calls) and fires cron triggers.
+
+The hot path is plain ASGI (no request objects); the admin plane under `/__edgeworks/` is a
+Starlette app (see `admin.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .config import AppConfig, ScriptConfig, read_dev_vars
+from .cron import CronScheduler
+from .errors import error_json as _error
+from .ipc import ChannelClosed
+from .logs import log
+from .routing import Router
+from .supervisor import IsolateDied, IsolatePool, IsolateProcess, LoadFailed, WallTimeExceeded
+from .types import Receive, Scope, Send
+
+__all__ = ["Front", "ADMIN_PREFIX"]
+
+ADMIN_PREFIX = "/__edgeworks/"
+_RID = re.compile(r"^[A-Za-z0-9._:-]{8,128}\Z")
+_JSON = [(b"content-type", b"application/json")]
+
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Deployment:
+    """One loaded app version: its config, router and a pool per script."""
+
+    def __init__(self, app: AppConfig, version: str, pools: dict[str, IsolatePool]):
+        self.app = app
+        self.version = version
+        self.pools = pools
+        self.router = Router(app)
+        self.scripts: dict[str, ScriptConfig] = {s.name: s for s in app.scripts}
+
+
+class Front:
+    def __init__(self, app: AppConfig, *, dev: bool, state_dir: Path | None = None):
+        self.dev = dev
+        self.state_dir = state_dir or app.state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.initial = app
+        self.current: Deployment | None = None
+        self.cron = CronScheduler(self)
+        self.admin: Any = None
+        self.started = asyncio.Event()
+        self.startup_error: str | None = None
+        self._stopped = False
+        self._versions = 0
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def load(self, app: AppConfig) -> Deployment:
+        """Start fresh pools for every script of `app`; raise LoadFailed if any fails to load."""
+        self._versions += 1
+        version = f"v{self._versions}"
+        secrets = read_dev_vars(app.root)
+        pools: dict[str, IsolatePool] = {}
+        dep = Deployment(app, version, pools)
+        for s in app.scripts:
+            pools[s.name] = IsolatePool(s, root=app.root, state_dir=self.state_dir, version=version,
+                                        dev=self.dev, secrets=secrets, router=self)
+        results = await asyncio.gather(*(p.start() for p in pools.values()), return_exceptions=True)
+        failed = [(name, r) for name, r in zip(pools, results, strict=True) if isinstance(r, BaseException)]
+        if failed:
+            await asyncio.gather(*(p.stop(1) for p in pools.values()))
+            name, err = failed[0]
+            raise LoadFailed(f"script {name!r}: {err}")
+        return dep
+
+    async def start(self) -> None:
+        self.current = await self.load(self.initial)
+        self.cron.start()
+        self.started.set()
+        log("started", version=self.current.version, scripts=list(self.current.pools),
+            pids={n: p.pids() for n, p in self.current.pools.items()})
+
+    async def swap(self, app: AppConfig) -> str:
+        """Load `app` in new isolates, move traffic to them, then drain the old ones.
+
+        Requests already running on the old version finish there; nothing is dropped. Raises
+        LoadFailed (old version keeps serving) when the new version does not load."""
+        async with self._lock:
+            new = await self.load(app)
+            old, self.current = self.current, new
+            log("reloaded", version=new.version)
+        if old is not None:
+            asyncio.ensure_future(self._drain(old))
+        return new.version
+
+    async def _drain(self, dep: Deployment) -> None:
+        await asyncio.gather(*(p.stop() for p in dep.pools.values()))
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.cron.stop()
+        if self.current is not None:
+            await asyncio.gather(*(p.stop(5) for p in self.current.pools.values()))
+
+    def pids(self) -> list[int]:
+        return [pid for p in (self.current.pools.values() if self.current else ()) for pid in p.pids()]
+
+    # -- ASGI ------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if scope["path"].startswith(ADMIN_PREFIX) and self.admin is not None:
+                await self.admin(scope, receive, send)
+            else:
+                await self.handle_http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except LoadFailed as e:
+                    self.startup_error = str(e)
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        rid = None
+        host = ""
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                cand = v.decode("latin-1")
+                if _RID.match(cand):
+                    rid = cand
+            elif k == b"host":
+                host = v.decode("latin-1")
+        rid = rid or uuid.uuid4().hex
+        method = scope["method"]
+        path = scope["path"]
+        dep = self.current
+        assert dep is not None
+        found = dep.router.match(method, host, path)
+        if found is None:
+            allowed = dep.router.allowed_methods(host, path)
+            if allowed:
+                await self._send(send, 405, _error("method_not_allowed", f"{method} is not allowed here", rid, allowed=allowed), rid)
+            else:
+                await self._send(send, 404, _error("not_found", f"no route matches {path}", rid), rid)
+            return
+        route, params = found
+        script = dep.scripts[route.script]
+        status, cpu_ms, error_code = 500, 0.0, None
+        try:
+            try:
+                body = await self._read_body(receive, scope, script.limits.body_bytes)
+            except BodyTooLarge:
+                status, error_code = 413, "body_too_large"
+                await self._send(send, 413, _error("body_too_large", f"request body exceeds the limit of {script.limits.body_bytes} bytes", rid, limit_bytes=script.limits.body_bytes), rid)
+                return
+            qs = scope.get("query_string", b"")
+            url = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{path}" + (f"?{qs.decode('latin-1')}" if qs else "")
+            msg = {"op": "fetch", "rid": rid, "route": route.index,
+                   "req": {"url": url, "method": method,
+                           "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+                           "body": body, "params": params}}
+            status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send)
+        finally:
+            log("request", request_id=rid, script=route.script, method=method, path=path, status=status,
+                cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
+                **({"error": error_code} if error_code else {}))
+
+    async def _dispatch(self, pool: IsolatePool, script: ScriptConfig, msg: dict[str, Any], rid: str, send: Send) -> tuple[int, float, str | None]:
+        proc = await pool.pick()
+        try:
+            reply = await proc.request(msg, script.limits.wall_ms / 1000)
+        except WallTimeExceeded:
+            await self._send(send, 503, _error("wall_limit", f"exceeded the wall-time limit of {script.limits.wall_ms} ms", rid, limit_ms=script.limits.wall_ms), rid)
+            return 503, 0.0, "wall_limit"
+        except IsolateDied as died:
+            code, body = self._death_error(died, script, rid)
+            await self._send(send, 503, body, rid)
+            return 503, 0.0, code
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply["headers"]]
+        headers.append((b"x-request-id", rid.encode()))
+        status = reply["status"]
+        if not reply.get("more"):
+            headers.append((b"content-length", str(len(reply["body"])).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": reply["body"]})
+            return status, reply.get("cpu_ms", 0.0), reply.get("error_code")
+        await self._stream(proc, msg["id"], reply, status, headers, send)
+        return status, reply.get("cpu_ms", 0.0), None
+
+    async def _stream(self, proc: IsolateProcess, mid: int, head: dict[str, Any], status: int, headers: list[tuple[bytes, bytes]], send: Send) -> None:
+        assert proc.channel is not None
+        q = proc.channel.stream(mid)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if head.get("body"):
+            await send({"type": "http.response.body", "body": head["body"], "more_body": True})
+        try:
+            while True:
+                item = await q.get()
+                if item is None or isinstance(item, BaseException):
+                    break
+                await send({"type": "http.response.body", "body": item, "more_body": True})
+        finally:
+            proc.channel.release_stream(mid)
+        await send({"type": "http.response.body", "body": b""})
+
+    def _death_error(self, died: IsolateDied, script: ScriptConfig, rid: str) -> tuple[str, bytes]:
+        if died.request_id == rid and died.reason == "cpu_limit":
+            return "cpu_limit", _error("cpu_limit", f"exceeded the CPU limit of {script.limits.cpu_ms} ms; the isolate was restarted", rid, limit_ms=script.limits.cpu_ms)
+        if died.reason == "memory_limit" and died.request_id in (rid, None):
+            return "memory_limit", _error("memory_limit", f"exceeded the memory limit of {script.limits.memory_mb} MB; the isolate was restarted", rid, limit_mb=script.limits.memory_mb)
+        return "isolate_restarted", _error("isolate_restarted", f"the isolate serving this request stopped ({died.reason}, exit code {died.exit_code}) and was restarted", rid)
+
+    async def _read_body(self, receive: Receive, scope: Scope, limit: int) -> bytes:
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    if int(v) > limit:
+                        raise BodyTooLarge
+                except ValueError:
+                    pass
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                break
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not msg.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    async def _send(send: Send, status: int, body: bytes, rid: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON, (b"x-request-id", rid.encode()),
+                                (b"content-length", str(len(body)).encode()), *(extra or [])]})
+        await send({"type": "http.response.body", "body": body})
+
+    # -- calls from isolates ---------------------------------------------------------------
+    async def on_call(self, pool: IsolatePool, proc: IsolateProcess, msg: dict[str, Any]) -> None:
+        """Relay a call an isolate makes (service binding or object call) and send the reply."""
+        assert proc.channel is not None
+        try:
+            reply = await self._call(msg)
+        except IsolateDied as died:
+            reply = {"error": {"type": "IsolateDied", "message": str(died), "code": "isolate_restarted"}}
+        except WallTimeExceeded:
+            reply = {"error": {"type": "WallTimeExceeded", "message": "the callee exceeded its wall-time limit", "code": "wall_limit"}}
+        except LookupError as e:
+            reply = {"error": {"type": "LookupError", "message": str(e)}}
+        try:
+            proc.channel.reply(msg["id"], reply)
+        except ChannelClosed:
+            pass
+
+    async def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        dep = self.current
+        assert dep is not None
+        kind = msg["kind"]
+        target = msg.get("script") or (msg.get("address") or [None])[0]
+        pool = dep.pools.get(target)
+        if pool is None:
+            raise LookupError(f"no script named {target!r}")
+        wall = dep.scripts[target].limits.wall_ms / 1000
+        if kind == "service_fetch":
+            fwd = {"op": "fetch", "rid": msg.get("rid"), "req": msg["req"], "identity": msg.get("identity")}
+            return await (await pool.pick()).request(fwd, wall)
+        if kind == "service_rpc":
+            fwd = {k: msg.get(k) for k in ("entrypoint", "method", "args", "kwargs", "rid", "identity")}
+            return await (await pool.pick()).request({"op": "rpc", **fwd}, wall)
+        if kind == "object":
+            from objects import owner_index
+
+            idx = owner_index(msg["address"][2], len(pool.slots))
+            proc = await pool.get(idx)
+            return await proc.request({"op": "object", "address": msg["address"], "payload": msg["payload"], "rid": msg.get("rid")}, wall)
+        raise LookupError(f"unknown call kind {kind!r}")
+
+    def on_event(self, pool: IsolatePool, msg: dict[str, Any]) -> None:
+        log("isolate_event", script=pool.script.name, **{k: v for k, v in msg.items() if k != "op"})
+
+    # -- cron ------------------------------------------------------------------------------
+    async def fire_scheduled(self, script: str, cron: str, scheduled_ms: float | None = None) -> dict[str, Any]:
+        dep = self.current
+        assert dep is not None
+        pool = dep.pools.get(script)
+        if pool is None:
+            raise LookupError(f"no script named {script!r}")
+        rid = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        wall = dep.scripts[script].limits.wall_ms / 1000
+        try:
+            reply = await (await pool.pick()).request(
+                {"op": "scheduled", "cron": cron, "time": scheduled_ms or time.time() * 1000, "rid": rid}, wall)
+        except (IsolateDied, WallTimeExceeded) as e:
+            reply = {"ok": False, "error": {"code": type(e).__name__, "message": str(e)}}
+        log("scheduled", request_id=rid, script=script, cron=cron, ok=reply.get("ok"),
+            cpu_ms=round(reply.get("cpu_ms", 0.0), 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
+            **({"error": reply["error"]} if reply.get("error") else {}))
+        return {"request_id": rid, **reply}

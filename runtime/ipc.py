@@ -1,0 +1,178 @@
+"""Framed, multiplexed messages between the front and an isolate process.
+
+The wire is a stream of msgpack maps over a local stream socket (msgpack is self-delimiting, so no
+extra length prefix is needed). Only msgpack's basic types cross: the unpacker is strict and nothing
+is ever unpickled, so a hostile isolate can at worst send wrong values, never code.
+
+Semantics of `Channel`:
+- `request(msg)` stamps `msg["id"]` with a fresh id, sends it and returns a future that the peer
+  resolves with a message whose `re` is that id. Any number of requests may be in flight in both
+  directions at once; replies may arrive in any order.
+- A reply carrying `"more": True` opens a stream: later `{"s": id, "d": bytes}` messages are
+  chunks and `{"s": id, "end": True}` closes it. `stream(id)` returns its queue; chunks that
+  arrive before the consumer asks are kept.
+- Every other message (one without `re` or `s`) goes to the `on_message(msg)` callback, which is
+  synchronous; it schedules its own tasks.
+- When the connection is lost, every pending future fails with `ChannelClosed` and every open
+  stream ends with it; `on_close` is called once. Sending on a closed channel raises
+  `ChannelClosed`. A message that fails to decode closes the channel (the peer is broken).
+- Writes never block the caller; `drain()` waits while the transport's buffer is over its
+  high-water mark, for senders of large bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+__all__ = ["Channel", "ChannelClosed", "MAX_MESSAGE_BYTES", "open_channel"]
+
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+
+Message = dict[str, Any]
+
+
+class ChannelClosed(ConnectionError):
+    pass
+
+
+_END = object()
+
+
+class Channel(asyncio.Protocol):
+    def __init__(
+        self,
+        on_message: Callable[[Message], None] | None = None,
+        on_close: Callable[[BaseException | None], None] | None = None,
+    ):
+        self.on_message = on_message or (lambda m: None)
+        self.on_close = on_close or (lambda e: None)
+        self._transport: asyncio.Transport | None = None
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE_BYTES)
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._streams: dict[int, asyncio.Queue[Any]] = {}
+        self._closed: BaseException | None = None
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._unpacker.feed(data)
+        try:
+            for msg in self._unpacker:
+                self._dispatch(msg)
+        except (ValueError, msgpack.UnpackException, TypeError, KeyError) as e:
+            if self._transport is not None:
+                self._transport.abort()
+            self.connection_lost(ChannelClosed(f"undecodable message from peer: {e}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed is not None:
+            return
+        self._closed = exc or ChannelClosed("channel closed")
+        err = self._closed if isinstance(self._closed, ChannelClosed) else ChannelClosed(str(exc))
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        for q in self._streams.values():
+            q.put_nowait(err)
+        self._can_write.set()
+        self.on_close(exc)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # -- sending ---------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def send(self, msg: Message) -> None:
+        if self._closed is not None or self._transport is None:
+            raise ChannelClosed("channel closed")
+        self._transport.write(self._pack(msg))
+
+    def request(self, msg: Message) -> asyncio.Future[Message]:
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        if self._closed is not None:
+            fut.set_exception(ChannelClosed("channel closed"))
+            return fut
+        mid = next(self._ids)
+        msg["id"] = mid
+        self._pending[mid] = fut
+        fut.add_done_callback(lambda f: self._pending.pop(mid, None))
+        self.send(msg)
+        return fut
+
+    def reply(self, to: int, msg: Message) -> None:
+        msg["re"] = to
+        self.send(msg)
+
+    def send_chunk(self, stream_id: int, data: bytes) -> None:
+        self.send({"s": stream_id, "d": data})
+
+    def end_stream(self, stream_id: int, error: str | None = None) -> None:
+        self.send({"s": stream_id, "end": True, "error": error})
+
+    async def drain(self) -> None:
+        await self._can_write.wait()
+
+    def stream(self, stream_id: int) -> asyncio.Queue[Any]:
+        """Queue of bytes chunks for a streamed reply; ends with None (done) or an exception."""
+        q = self._streams.get(stream_id)
+        if q is None:
+            q = self._streams[stream_id] = asyncio.Queue()
+        return q
+
+    def release_stream(self, stream_id: int) -> None:
+        """Forget a stream once its consumer has seen the end (or gave up on it)."""
+        self._streams.pop(stream_id, None)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- receiving -------------------------------------------------------------------------
+    def _dispatch(self, msg: Message) -> None:
+        re = msg.get("re")
+        if re is not None:
+            fut = self._pending.pop(re, None)
+            if msg.get("more"):
+                self.stream(re)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            return
+        sid = msg.get("s")
+        if sid is not None:
+            q = self.stream(sid)
+            if msg.get("end"):
+                err = msg.get("error")
+                q.put_nowait(ChannelClosed(err) if err else None)
+            else:
+                q.put_nowait(msg["d"])
+            return
+        self.on_message(msg)
+
+
+async def open_channel(
+    sock: Any,
+    on_message: Callable[[Message], None] | None = None,
+    on_close: Callable[[BaseException | None], None] | None = None,
+) -> Channel:
+    """Wrap a connected socket (e.g. one end of a socketpair) in a Channel."""
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.connect_accepted_socket(lambda: Channel(on_message, on_close), sock)
+    return proto

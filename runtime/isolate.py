@@ -1,0 +1,428 @@
+"""The isolate process: loads one script version and serves the front's messages.
+
+Started by the supervisor as `python -m runtime.isolate FD NOTE_PATH` with one end of a socketpair.
+The first message is `init` (script config, app root, state dir, pool slot, secrets); the isolate
+imports the script, builds `env`, and answers `ready` or `init_error`. Then it serves, concurrently:
+`fetch`, `rpc` (service-binding entrypoint methods), `object` (durable-object calls),
+`scheduled`, `cancel` and `shutdown`. Every request runs under its own `RequestScope` and CPU
+`Meter`; see `meter.py` for what happens at a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .bindings import BindingHost, build_env
+from .config import RouteConfig, ScriptConfig
+from .context import ExecutionContext, Identity, RequestScope, SubrequestLimitExceeded, use_scope
+from .entrypoints import ScheduledController, WorkerEntrypoint
+from .errors import error_body
+from .http import Request, Response
+from .ipc import Channel, open_channel
+from .logs import log
+from .meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered
+
+__all__ = ["Isolate", "LoadError", "main"]
+
+
+class LoadError(Exception):
+    pass
+
+
+def _import_main(root: Path, main: str) -> Any:
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    # `from workers import ...` is how Cloudflare's Python Workers import the API.
+    sys.modules.setdefault("workers", importlib.import_module("runtime"))
+    path = root / main
+    name = main[:-3].replace("/", ".")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise LoadError(f"cannot import {main}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        tb = traceback.format_exc(limit=-3)
+        raise LoadError(f"importing {main} failed: {type(e).__name__}: {e}\n{tb}") from None
+    return module
+
+
+def _resolve_model(root: Path, ref: str | None, module: Any) -> type[BaseModel] | None:
+    if ref is None:
+        return None
+    mod_name, _, attr = ref.partition(":")
+    mod = module if not attr else importlib.import_module(mod_name)
+    model = getattr(mod, attr or mod_name, None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise LoadError(f"route model {ref!r} is not a pydantic model")
+    return model
+
+
+def _positional(fn: Any, *args: Any) -> Any:
+    """Call a function-style handler with as many of (request, env, ctx) as it accepts."""
+    try:
+        n = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        n = len(args)
+    return fn(*args[:n])
+
+
+class Isolate:
+    def __init__(self, channel: Channel, note_path: str):
+        self.channel = channel
+        self.note_path = note_path
+        self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self.background: set[asyncio.Task[Any]] = set()
+        self.recycle = False
+        self.dev = False
+        self.script: ScriptConfig | None = None
+        self.routes: list[RouteConfig] = []
+        self.models: list[tuple[type[BaseModel] | None, type[BaseModel] | None]] = []
+        self.watchdog: Watchdog | None = None
+        self.hosts: dict[str, Any] = {}
+
+    # -- loading ---------------------------------------------------------------------------
+    async def load(self, init: dict[str, Any]) -> None:
+        self.script = script = ScriptConfig.model_validate(init["script"])
+        self.dev = bool(init.get("dev"))
+        root = Path(init["root"])
+        limit = script.limits.memory_mb * 1024 * 1024
+        self.watchdog = Watchdog(self.note_path, limit)
+        self.watchdog.start()
+        self.module = module = _import_main(root, script.main)
+        self.default = getattr(module, "Default", None)
+        if self.default is not None and not (
+            isinstance(self.default, type) and issubclass(self.default, WorkerEntrypoint)
+        ):
+            self.default = None
+        self.fetch_fn = getattr(module, "fetch", None) or getattr(module, "on_fetch", None)
+        if script.routes and self.fetch_fn is None and not (
+            self.default and hasattr(self.default, "fetch")
+        ):
+            raise LoadError(
+                f"{script.main}: no fetch handler (expected `class Default(WorkerEntrypoint)` with"
+                " `async def fetch(self, request)`, or `async def fetch(request, env, ctx)`)"
+            )
+        self.routes = script.route_configs()
+        self.models = [
+            (_resolve_model(root, r.body_model, module), _resolve_model(root, r.query_model, module))
+            for r in self.routes
+        ]
+        host = BindingHost(
+            script=script,
+            app_root=root,
+            state_dir=Path(init["state_dir"]),
+            channel=self.channel,
+            module=module,
+            pool_index=init.get("pool_index", 0),
+            pool_size=init.get("pool_size", 1),
+            dev=self.dev,
+            secrets=init.get("secrets", {}),
+            audit=self.audit,
+            hosts=self.hosts,
+        )
+        try:
+            self.env = await build_env(host)
+        except LoadError:
+            raise
+        except Exception as e:
+            raise LoadError(f"building env failed: {type(e).__name__}: {e}") from None
+        cap_memory(limit)
+        for h in self.hosts.values():
+            if hasattr(h, "start"):
+                await h.start()
+
+    def audit(self, kind: str, fields: dict[str, Any]) -> None:
+        log("audit", kind=kind, script=self.script.name if self.script else None, **fields)
+
+    # -- dispatch --------------------------------------------------------------------------
+    def on_message(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "cancel":
+            task = self.tasks.get(msg["target"])
+            if task is not None:
+                task.cancel()
+            return
+        handler = {
+            "fetch": self.handle_fetch,
+            "rpc": self.handle_rpc,
+            "object": self.handle_object,
+            "scheduled": self.handle_scheduled,
+            "shutdown": self.handle_shutdown,
+            "ping": self.handle_ping,
+        }.get(op)
+        if handler is None:
+            if "id" in msg:
+                self.channel.reply(msg["id"], {"error": {"type": "ProtocolError", "message": f"unknown op {op!r}"}})
+            return
+        mid = msg.get("id")
+        task = asyncio.ensure_future(handler(msg))
+        if mid is not None:
+            self.tasks[mid] = task
+            task.add_done_callback(lambda t: self.tasks.pop(mid, None))
+
+    def _scope(self, msg: dict[str, Any]) -> RequestScope:
+        ident = msg.get("identity")
+        assert self.script is not None
+        return RequestScope(
+            request_id=msg.get("rid", ""),
+            script=self.script.name,
+            identity=Identity(
+                subject=ident.get("subject"),
+                tenant=ident.get("tenant"),
+                scopes=tuple(ident.get("scopes") or ()),
+                claims=ident.get("claims") or {},
+            )
+            if ident
+            else None,
+            risk=msg.get("risk", "low"),
+            subrequest_limit=self.script.limits.subrequests,
+        )
+
+    async def _run_limited(self, msg: dict[str, Any], coro: Any) -> tuple[Any, dict[str, Any] | None, float]:
+        """Run `coro` under the request's scope and CPU meter. Returns (result, error, cpu_ms)."""
+        assert self.script is not None
+        rid = msg.get("rid", "")
+        meter = Meter(rid, self.script.limits.cpu_ms / 1000)
+        try:
+            result = await metered(coro, meter)
+            return result, None, meter.cpu * 1000
+        except CpuLimitExceeded:
+            err = {"code": "cpu_limit", "status": 503,
+                   "message": f"exceeded the CPU limit of {self.script.limits.cpu_ms} ms",
+                   "limit_ms": self.script.limits.cpu_ms}
+        except MemoryError:
+            self.recycle = True
+            err = {"code": "memory_limit", "status": 503,
+                   "message": f"exceeded the memory limit of {self.script.limits.memory_mb} MB",
+                   "limit_mb": self.script.limits.memory_mb}
+        except SubrequestLimitExceeded as e:
+            err = {"code": "subrequest_limit", "status": 503, "message": str(e), "limit": e.limit}
+        except asyncio.CancelledError:
+            err = {"code": "cancelled", "status": 503, "message": "request cancelled"}
+        except Exception as e:
+            tb = traceback.format_exc()
+            log("error", request_id=rid, script=self.script.name, exception=f"{type(e).__name__}: {e}", traceback=tb)
+            err = {"code": "exception", "status": 500, "type": type(e).__name__,
+                   "message": f"{type(e).__name__}: {e}" if self.dev else "the handler raised an exception"}
+            if self.dev:
+                err["traceback"] = tb
+        return None, err, meter.cpu * 1000
+
+    # -- fetch -----------------------------------------------------------------------------
+    async def handle_fetch(self, msg: dict[str, Any]) -> None:
+        mid = msg["id"]
+        scope = self._scope(msg)
+        use_scope(scope)
+        req = Request.from_wire(msg["req"])
+        route = msg.get("route")
+        if route is not None and route < len(self.models):
+            problem = self._validate(req, *self.models[route])
+            if problem is not None:
+                self.channel.reply(mid, {"status": 422, "headers": [["content-type", "application/json"]],
+                                         "body": json.dumps(error_body("validation_error", "request failed validation", scope.request_id, errors=problem)).encode(),
+                                         "cpu_ms": 0.0})
+                return
+        ctx = ExecutionContext(scope, self.background)
+        resp, err, cpu_ms = await self._run_limited(msg, self._call_fetch(req, ctx))
+        if err is None and not isinstance(resp, Response):
+            err = {"code": "exception", "status": 500, "type": "TypeError",
+                   "message": f"fetch handler returned {type(resp).__name__}, expected Response"}
+        if err is not None:
+            self._reply_error(mid, scope.request_id, err, cpu_ms)
+        else:
+            await self._reply_response(mid, msg, resp, cpu_ms)
+        self._maybe_recycle()
+
+    def _validate(self, req: Request, body_model: Any, query_model: Any) -> list[dict[str, Any]] | None:
+        errors: list[dict[str, Any]] = []
+        if body_model is not None:
+            try:
+                req.validated = body_model.model_validate_json(req.body_bytes() or b"null")
+            except ValidationError as e:
+                errors += [{"in": "body", "loc": list(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in e.errors(include_url=False)]
+        if query_model is not None:
+            try:
+                req.validated_query = query_model.model_validate(req.query)
+            except ValidationError as e:
+                errors += [{"in": "query", "loc": list(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in e.errors(include_url=False)]
+        return errors or None
+
+    async def _call_fetch(self, req: Request, ctx: ExecutionContext) -> Any:
+        if self.default is not None and hasattr(self.default, "fetch"):
+            return await self.default(ctx, self.env).fetch(req)
+        return await _positional(self.fetch_fn, req, self.env, ctx)
+
+    def _reply_error(self, mid: int, rid: str, err: dict[str, Any], cpu_ms: float) -> None:
+        status = err.pop("status", 500)
+        code = err.pop("code")
+        body = error_body(code, err.pop("message"), rid, **err)
+        self.channel.reply(mid, {"status": status, "headers": [["content-type", "application/json"]],
+                                 "body": json.dumps(body).encode(), "cpu_ms": cpu_ms, "error_code": code})
+
+    async def _reply_response(self, mid: int, msg: dict[str, Any], resp: Response, cpu_ms: float) -> None:
+        head = {"status": resp.status, "headers": resp.headers.items(), "body": resp.body, "cpu_ms": cpu_ms}
+        if resp.stream is None:
+            self.channel.reply(mid, head)
+            return
+        head["more"] = True
+        self.channel.reply(mid, head)
+
+        async def pump() -> None:
+            assert resp.stream is not None
+            async for chunk in resp.stream:
+                self.channel.send_chunk(mid, chunk.encode() if isinstance(chunk, str) else bytes(chunk))
+                await self.channel.drain()
+
+        _, err, _ = await self._run_limited(msg, pump())
+        self.channel.end_stream(mid, err["message"] if err else None)
+
+    # -- rpc / objects / cron -------------------------------------------------------------
+    async def handle_rpc(self, msg: dict[str, Any]) -> None:
+        scope = self._scope(msg)
+        use_scope(scope)
+        name = msg.get("entrypoint") or "Default"
+        cls = getattr(self.module, name, None)
+        method = msg["method"]
+        if not (isinstance(cls, type) and issubclass(cls, WorkerEntrypoint)):
+            return self._reply_exc(msg["id"], "RpcError", f"script has no entrypoint class {name!r}")
+        fn = getattr(cls, method, None)
+        if method.startswith("_") or method in ("fetch", "scheduled") or not callable(fn):
+            return self._reply_exc(msg["id"], "RpcError", f"{name} has no RPC method {method!r}")
+        ctx = ExecutionContext(scope, self.background)
+        inst = cls(ctx, self.env)
+
+        async def call() -> Any:
+            out = getattr(inst, method)(*msg.get("args", ()), **msg.get("kwargs", {}))
+            return await out if inspect.isawaitable(out) else out
+
+        result, err, _ = await self._run_limited(msg, call())
+        if err is not None:
+            self.channel.reply(msg["id"], {"error": {"type": err.get("type", err["code"]), "message": err["message"], "code": err["code"]}})
+        else:
+            self._reply_value(msg["id"], result)
+
+    def _reply_exc(self, mid: int, type_name: str, message: str) -> None:
+        self.channel.reply(mid, {"error": {"type": type_name, "message": message}})
+
+    def _reply_value(self, mid: int, result: Any) -> None:
+        try:
+            self.channel.reply(mid, {"result": result})
+        except TypeError as e:
+            self._reply_exc(mid, "TypeError", f"RPC result is not serializable: {e}")
+
+    async def handle_object(self, msg: dict[str, Any]) -> None:
+        host = self.hosts.get("durable_objects")
+        if host is None:
+            return self._reply_exc(msg["id"], "RpcError", "this script hosts no durable objects")
+        scope = self._scope(msg)
+        use_scope(scope)
+        reply, err, _ = await self._run_limited(msg, host.handle(tuple(msg["address"]), msg["payload"]))
+        if err is not None:
+            reply = {"error": {"type": err.get("type", err["code"]), "message": err["message"], "code": err["code"]}}
+        self.channel.reply(msg["id"], {"result": reply})
+
+    async def handle_scheduled(self, msg: dict[str, Any]) -> None:
+        scope = self._scope(msg)
+        use_scope(scope)
+        controller = ScheduledController(msg["cron"], msg["time"])
+        ctx = ExecutionContext(scope, self.background)
+
+        async def run() -> None:
+            if self.default is not None and hasattr(self.default, "scheduled"):
+                await self.default(ctx, self.env).scheduled(controller)
+                return
+            fn = getattr(self.module, "scheduled", None) or getattr(self.module, "on_scheduled", None)
+            if fn is None:
+                raise LookupError("script has no scheduled handler")
+            await _positional(fn, controller, self.env, ctx)
+
+        _, err, cpu_ms = await self._run_limited(msg, run())
+        self.channel.reply(msg["id"], {"ok": err is None, "error": err, "cpu_ms": cpu_ms})
+
+    async def handle_ping(self, msg: dict[str, Any]) -> None:
+        self.channel.reply(msg["id"], {"pong": os.getpid()})
+
+    async def handle_shutdown(self, msg: dict[str, Any]) -> None:
+        """Stop taking work, let in-flight requests and wait_until tasks finish, then exit."""
+        current = asyncio.current_task()
+        pending = [t for t in self.tasks.values() if t is not current]
+        deadline = msg.get("grace_s", 30)
+        if pending or self.background:
+            await asyncio.wait([*pending, *self.background], timeout=deadline)
+        for h in self.hosts.values():
+            if hasattr(h, "close"):
+                await h.close()
+        self.channel.reply(msg["id"], {"ok": True})
+        await asyncio.sleep(0)
+        os._exit(0)
+
+    def _maybe_recycle(self) -> None:
+        if self.recycle and not self.channel.closed:
+            self.recycle = False
+            self.channel.send({"op": "recycle", "reason": "memory_limit"})
+
+
+async def _serve(fd: int, note_path: str) -> None:
+    sock = socket.socket(fileno=fd)
+    closed = asyncio.get_running_loop().create_future()
+    isolate: Isolate | None = None
+
+    def on_message(msg: dict[str, Any]) -> None:
+        if isolate is not None and isolate.script is not None:
+            isolate.on_message(msg)
+        elif msg.get("op") == "init":
+            asyncio.ensure_future(init(msg))
+
+    async def init(msg: dict[str, Any]) -> None:
+        assert isolate is not None
+        t0 = time.perf_counter()
+        try:
+            await isolate.load(msg)
+        except LoadError as e:
+            isolate.script = None
+            isolate.channel.reply(msg["id"], {"error": str(e)})
+            return
+        except Exception as e:  # a config we sent that the isolate cannot use: still report it
+            isolate.script = None
+            isolate.channel.reply(msg["id"], {"error": f"{type(e).__name__}: {e}"})
+            return
+        isolate.channel.reply(msg["id"], {"ready": True, "pid": os.getpid(), "load_ms": (time.perf_counter() - t0) * 1000})
+
+    def on_close(exc: BaseException | None) -> None:
+        if not closed.done():
+            closed.set_result(None)
+
+    channel = await open_channel(sock, on_message, on_close)
+    isolate = Isolate(channel, note_path)
+    await closed
+    os._exit(0)  # the front went away: nothing left to serve
+
+
+def main() -> None:
+    fd, note_path = int(sys.argv[1]), sys.argv[2]
+    try:
+        import uvloop
+
+        uvloop.run(_serve(fd, note_path))
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but keep the fallback
+        asyncio.run(_serve(fd, note_path))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Run the front under uvicorn: `edgeworks dev` (reload, tracebacks) and `edgeworks serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import uvicorn
+import uvloop
+
+from .admin import build_admin
+from .config import ConfigError, load_app
+from .front import Front
+from .logs import log, set_level
+from .supervisor import LoadFailed
+
+__all__ = ["run"]
+
+WATCHED_SUFFIXES = (".py", ".toml", ".dev.vars")
+
+
+async def _watch(front: Front, app_dir: Path) -> None:
+    from watchfiles import awatch
+
+    state = str(front.state_dir)
+
+    def relevant(_change: object, path: str) -> bool:
+        return path.endswith(WATCHED_SUFFIXES) and not path.startswith(state) and "__pycache__" not in path
+
+    async for changes in awatch(app_dir, watch_filter=relevant, debounce=150, step=50):
+        log("change_detected", files=sorted({p for _, p in changes}))
+        try:
+            app = load_app(app_dir)
+        except ConfigError as e:
+            log("reload_failed", problems=e.problems)
+            continue
+        try:
+            await front.swap(app)
+        except LoadFailed as e:
+            log("reload_failed", error=str(e))
+
+
+def print_problems(e: ConfigError) -> None:
+    print("edgeworks: the app's configuration is invalid:", file=sys.stderr)
+    for p in e.problems:
+        print(f"  {p}", file=sys.stderr)
+
+
+def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None, quiet: bool) -> int:
+    try:
+        app = load_app(app_dir)
+    except ConfigError as e:
+        print_problems(e)
+        return 2
+    if quiet:
+        set_level({"request"})
+    front = Front(app, dev=dev, state_dir=Path(state_dir).resolve() if state_dir else None)
+    front.admin = build_admin(front)
+    config = uvicorn.Config(front, host=host, port=port, lifespan="on", log_level="warning",
+                            access_log=False, http="httptools", loop="none",
+                            timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        watcher = asyncio.ensure_future(_watch(front, Path(app_dir).resolve())) if dev else None
+        try:
+            await server.serve()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await front.stop()
+
+    uvloop.run(main())
+    if not server.started:
+        print(f"edgeworks: could not start: {front.startup_error or 'see the log above'}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,311 @@
+"""Front side of the isolates: start, supervise, respawn and drain isolate processes.
+
+An `IsolatePool` holds `pool_size` slots for one script version. Each slot runs one
+`IsolateProcess` at a time; when the process dies (crash, limit kill, OOM) the slot starts a new
+one, and callers waiting on the slot get the new process once it is ready. Requests in flight on a
+dead process fail at once with `IsolateDied`, which says whether that request was the one that
+broke a limit (from the note the isolate's watchdog leaves behind) or just shared the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ScriptConfig
+from .ipc import Channel, ChannelClosed, open_channel
+from .logs import log
+
+__all__ = ["IsolateDied", "IsolatePool", "IsolateProcess", "LoadFailed", "WallTimeExceeded"]
+
+INIT_TIMEOUT_S = 60.0
+SHUTDOWN_GRACE_S = 30.0
+
+
+class LoadFailed(Exception):
+    """The script could not be loaded in a fresh isolate (import error, missing handler...)."""
+
+
+class WallTimeExceeded(Exception):
+    pass
+
+
+@dataclass
+class IsolateDied(Exception):
+    reason: str  # cpu_limit | memory_limit | crashed | wall_limit
+    request_id: str | None
+    exit_code: int | None
+    detail: dict[str, Any]
+
+    def __str__(self) -> str:
+        return f"isolate died ({self.reason}, exit code {self.exit_code})"
+
+
+class IsolateProcess:
+    def __init__(self, pool: IsolatePool, index: int, generation: int):
+        self.pool = pool
+        self.index = index
+        self.note_path = str(pool.run_dir / f"{pool.script.name}-{index}-{generation}-{os.getpid()}.note")
+        self.proc: asyncio.subprocess.Process | None = None
+        self.channel: Channel | None = None
+        self.in_flight = 0
+        self.died: asyncio.Future[IsolateDied] = asyncio.get_running_loop().create_future()
+        self.stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def start(self, init: dict[str, Any]) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "runtime.isolate", str(child.fileno()), self.note_path,
+                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self.channel = await open_channel(parent, self.pool.on_isolate_message(self), self._on_close)
+        asyncio.ensure_future(self._reap())
+        try:
+            reply = await asyncio.wait_for(self.channel.request({"op": "init", **init}), INIT_TIMEOUT_S)
+        except (ChannelClosed, TimeoutError) as e:
+            self.kill()
+            raise LoadFailed(f"isolate for {self.pool.script.name!r} did not start: {e}") from None
+        if "error" in reply:
+            self.kill()
+            raise LoadFailed(reply["error"])
+        self.load_ms = reply.get("load_ms")
+
+    def _on_close(self, exc: BaseException | None) -> None:
+        if self.proc is not None and self.proc.returncode is None and not self.stopping:
+            self.kill()
+
+    async def _reap(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        note: dict[str, Any] = {}
+        try:
+            with open(self.note_path) as f:
+                note = json.load(f)
+            os.unlink(self.note_path)
+        except (OSError, ValueError):
+            pass
+        died = IsolateDied(note.get("reason", "crashed"), note.get("request_id"), code, note)
+        if self.channel is not None:
+            self.channel.connection_lost(ChannelClosed(str(died)))
+        if not self.died.done():
+            self.died.set_result(died)
+        self.pool.on_death(self, died)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+
+    async def request(self, msg: dict[str, Any], wall_s: float | None = None) -> dict[str, Any]:
+        """Send a request and wait for its reply; the process's death or the wall limit end it."""
+        assert self.channel is not None
+        self.in_flight += 1
+        fut = self.channel.request(msg)
+        timer = None
+        if wall_s is not None:
+            timer = asyncio.get_running_loop().call_later(wall_s, self._wall_expired, fut, msg)
+        try:
+            return await fut
+        except ChannelClosed:
+            raise await self.died from None
+        finally:
+            self.in_flight -= 1
+            if timer is not None:
+                timer.cancel()
+
+    def _wall_expired(self, fut: asyncio.Future[Any], msg: dict[str, Any]) -> None:
+        if fut.done():
+            return
+        fut.set_exception(WallTimeExceeded())
+        if self.channel is None or self.channel.closed:
+            return
+        self.channel.send({"op": "cancel", "target": msg["id"]})
+        asyncio.ensure_future(self._check_alive())
+
+    async def _check_alive(self) -> None:
+        """After a wall-time cancel the process must still answer; a stuck one is replaced."""
+        assert self.channel is not None
+        try:
+            await asyncio.wait_for(self.channel.request({"op": "ping"}), 2.0)
+        except (TimeoutError, ChannelClosed):
+            log("isolate_stuck", script=self.pool.script.name, pid=self.pid)
+            self.kill()
+
+    async def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        self.stopping = True
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        try:
+            assert self.channel is not None
+            await asyncio.wait_for(self.channel.request({"op": "shutdown", "grace_s": grace_s}), grace_s + 2)
+        except (TimeoutError, ChannelClosed):
+            pass
+        try:
+            await asyncio.wait_for(self.proc.wait(), 2)
+        except TimeoutError:
+            self.kill()
+            await self.proc.wait()
+
+
+class IsolatePool:
+    def __init__(
+        self,
+        script: ScriptConfig,
+        *,
+        root: Path,
+        state_dir: Path,
+        version: str,
+        dev: bool,
+        secrets: dict[str, str],
+        router: Any,
+    ):
+        self.script = script
+        self.root = root
+        self.state_dir = state_dir
+        self.version = version
+        self.dev = dev
+        self.secrets = secrets
+        self.router = router  # the front: receives calls isolates make (`on_call`) and events
+        self.run_dir = state_dir / "run"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.slots: list[IsolateProcess | None] = [None] * script.pool_size
+        self.ready: list[asyncio.Event] = [asyncio.Event() for _ in range(script.pool_size)]
+        self.generation = 0
+        self.closed = False
+        self.restarts = 0
+        self._rr = 0
+
+    def init_message(self, index: int) -> dict[str, Any]:
+        return {
+            "script": self.script.model_dump(mode="json"),
+            "root": str(self.root),
+            "state_dir": str(self.state_dir),
+            "pool_index": index,
+            "pool_size": self.script.pool_size,
+            "dev": self.dev,
+            "secrets": {k: v for k, v in self.secrets.items() if k in self.script.secrets},
+            "version": self.version,
+        }
+
+    async def _spawn(self, index: int) -> IsolateProcess:
+        self.generation += 1
+        proc = IsolateProcess(self, index, self.generation)
+        await proc.start(self.init_message(index))
+        self.slots[index] = proc
+        self.ready[index].set()
+        return proc
+
+    async def start(self) -> None:
+        results = await asyncio.gather(
+            *(self._spawn(i) for i in range(self.script.pool_size)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.stop()
+            raise errors[0]
+
+    def on_isolate_message(self, proc: IsolateProcess) -> Any:
+        def handle(msg: dict[str, Any]) -> None:
+            op = msg.get("op")
+            if op == "call":
+                asyncio.ensure_future(self.router.on_call(self, proc, msg))
+            elif op == "recycle":
+                asyncio.ensure_future(self.recycle(proc, msg.get("reason", "")))
+            elif op == "event":
+                self.router.on_event(self, msg)
+
+        return handle
+
+    def on_death(self, proc: IsolateProcess, died: IsolateDied) -> None:
+        if self.slots[proc.index] is not proc:
+            return  # already replaced (recycled) or never installed
+        self.slots[proc.index] = None
+        self.ready[proc.index].clear()
+        if self.closed or proc.stopping:
+            return
+        self.restarts += 1
+        log("isolate_died", script=self.script.name, pid=proc.pid, reason=died.reason,
+            exit_code=died.exit_code, request_id=died.request_id)
+        self.router.on_event(self, {"kind": "isolate_died", "reason": died.reason, "pid": proc.pid,
+                                    "exit_code": died.exit_code, "request_id": died.request_id})
+        asyncio.ensure_future(self._respawn(proc.index))
+
+    async def _respawn(self, index: int) -> None:
+        delay = 0.05
+        while not self.closed and self.slots[index] is None:
+            try:
+                await self._spawn(index)
+                log("isolate_respawned", script=self.script.name, pid=self.slots[index].pid)  # type: ignore[union-attr]
+                return
+            except LoadFailed as e:
+                log("isolate_respawn_failed", script=self.script.name, error=str(e))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def recycle(self, proc: IsolateProcess, reason: str) -> None:
+        """Replace a process that asked to go (e.g. after a MemoryError), then drain it."""
+        if self.slots[proc.index] is not proc or self.closed:
+            return
+        log("isolate_recycle", script=self.script.name, pid=proc.pid, reason=reason)
+        proc.stopping = True
+        new = IsolateProcess(self, proc.index, self.generation + 1)
+        self.generation += 1
+        try:
+            await new.start(self.init_message(proc.index))
+        except LoadFailed:
+            proc.stopping = False
+            return
+        self.slots[proc.index] = new
+        await proc.shutdown()
+
+    async def get(self, index: int) -> IsolateProcess:
+        while True:
+            proc = self.slots[index]
+            if proc is not None:
+                return proc
+            if self.closed:
+                raise IsolateDied("stopped", None, None, {})
+            await self.ready[index].wait()
+
+    async def pick(self) -> IsolateProcess:
+        """The live process with the fewest requests in flight (round robin among equals)."""
+        n = len(self.slots)
+        if n == 1:
+            return self.slots[0] or await self.get(0)
+        self._rr = (self._rr + 1) % n
+        best = None
+        for k in range(n):
+            p = self.slots[(self._rr + k) % n]
+            if p is not None and (best is None or p.in_flight < best.in_flight):
+                best = p
+        return best or await self.get(self._rr)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.slots if p is not None and p.pid is not None]
+
+    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        self.closed = True
+        procs = [p for p in self.slots if p is not None]
+        await asyncio.gather(*(p.shutdown(grace_s) for p in procs))
+        for e in self.ready:
+            e.set()
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000
