@@ -60,6 +60,8 @@ _SENSITIVE_PARTS = frozenset(
         "bearer",
     }
 )
+# "token" next to one of these names a quantity (token_count, max_tokens), not a credential.
+_QUANTITY_PARTS = frozenset({"count", "counts", "usage", "used", "limit", "total", "max", "min"})
 _SENSITIVE_JOINED = ("apikey", "privatekey", "password", "secretkey", "accesskey", "setcookie")
 _KEY_PARTS_RE = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
@@ -105,7 +107,8 @@ class RedactionPatternError(ValueError):
 def is_sensitive_key(key: str) -> bool:
     """True when a mapping key names a credential whose value must be masked whole."""
     parts = [p.lower() for p in _KEY_PARTS_RE.findall(key)]
-    if any(p in _SENSITIVE_PARTS for p in parts):
+    hits = [p for p in parts if p in _SENSITIVE_PARTS]
+    if hits and (hits != ["token"] or not _QUANTITY_PARTS.intersection(parts)):
         return True
     joined = "".join(parts)
     return any(j in joined for j in _SENSITIVE_JOINED)
