@@ -514,7 +514,9 @@ def verify(path: str | Path) -> VerifyResult:
         if head is not None and (head[0] != last or head[1] != prev):
             if head[0] > last:
                 return bad(last + 1, f"log ends at {last} but its head records {head[0]}")
-            return bad(head[0], "head does not match the last entry")
+            if head[0] < last:
+                return bad(head[0] + 1, f"entries after the recorded head ({head[0]})")
+            return bad(last, "head hash does not match the last entry")
         if head is None and last > 0:
             return bad(last, "head record is missing")
         return VerifyResult(True, None, None, total, last_cp)
