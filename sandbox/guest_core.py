@@ -1,0 +1,78 @@
+"""Core wasm guests and their JSON-in/JSON-out ABI.
+
+A core tool module must export:
+
+- `memory`: its linear memory;
+- `alloc(len: i32) -> i32`: returns a pointer to `len` writable bytes (never 0 on success);
+- `<export>(ptr: i32, len: i32) -> i64`: the tool function (`ToolSpec.export`, default `run`).
+
+A call: the host encodes the input as UTF-8 JSON, calls `alloc(len)`, writes the bytes at the
+returned pointer and calls `<export>(ptr, len)`. The result packs the output location as
+`(out_ptr << 32) | out_len`; the host reads `out_len` bytes at `out_ptr` and parses them as
+UTF-8 JSON, which is the tool's result. `out_len` above the call's `output_bytes` limit is an
+`output_limit` error; bytes outside memory or not JSON are `bad_output`.
+
+Each call instantiates the module afresh in its own Store (no state survives between calls).
+Host functions come from the `edge` import module (`sandbox.hostlink`); no other imports.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import wasmtime
+
+from .errors import ErrorCode, ToolError
+from .limits import Limits
+from .runner import MemoryProbe
+
+__all__ = ["call_core", "read_json_output"]
+
+_MASK32 = 0xFFFFFFFF
+
+
+def call_core(
+    store: wasmtime.Store,
+    probe: MemoryProbe,
+    pre: wasmtime.InstancePre,
+    export: str,
+    input_bytes: bytes,
+    limits: Limits,
+) -> Any:
+    instance = pre.instantiate(store)
+    exports = instance.exports(store)
+    memory = exports.get("memory")
+    alloc = exports.get("alloc")
+    fn = exports.get(export)
+    if not isinstance(memory, wasmtime.Memory):
+        raise ToolError(ErrorCode.BAD_OUTPUT, "module does not export `memory`")
+    probe.memory = memory
+    if not isinstance(alloc, wasmtime.Func) or not isinstance(fn, wasmtime.Func):
+        raise ToolError(ErrorCode.BAD_OUTPUT, f"module must export `alloc` and `{export}`")
+    ptr = alloc(store, len(input_bytes))
+    if not isinstance(ptr, int) or (ptr & _MASK32) + len(input_bytes) > memory.data_len(store):
+        raise ToolError(ErrorCode.BAD_OUTPUT, "alloc returned an unusable pointer")
+    ptr &= _MASK32
+    memory.write(store, input_bytes, ptr)
+    packed = fn(store, ptr, len(input_bytes))
+    if not isinstance(packed, int):
+        raise ToolError(ErrorCode.BAD_OUTPUT, f"`{export}` must return an i64")
+    out_ptr = (packed >> 32) & _MASK32
+    out_len = packed & _MASK32
+    if out_len > limits.output_bytes:
+        raise ToolError(
+            ErrorCode.OUTPUT_LIMIT,
+            f"output of {out_len} bytes exceeds the {limits.output_bytes}-byte limit",
+            {"output_bytes": limits.output_bytes, "size": out_len},
+        )
+    if out_ptr + out_len > memory.data_len(store):
+        raise ToolError(ErrorCode.BAD_OUTPUT, "output lies outside guest memory")
+    return read_json_output(bytes(memory.read(store, out_ptr, out_ptr + out_len)))
+
+
+def read_json_output(data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ToolError(ErrorCode.BAD_OUTPUT, f"output is not JSON: {e}", {"size": len(data)}) from None

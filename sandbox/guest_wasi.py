@@ -1,0 +1,141 @@
+"""WASI command guests: JSON on stdin, JSON on stdout.
+
+The module is a WASI preview-1 command exporting `_start`. stdin holds the input as UTF-8
+JSON (from a private temporary file removed after the call), stdout must hold exactly one JSON
+document (the result), stderr is kept (first `stderr_bytes`) for error details. argv is
+`[tool name]`, the environment is empty, and no directory is visible unless the tool declares
+a preopen: then it is mounted read-only, or writable when `writable` is true (wasmtime-py 50
+exposes this as `preopen_dir(..., fs_mutable=...)`, which defaults to writable, so the flag is
+always passed explicitly). Exit status 0 (or returning from `_start`) is success; any other
+status is `guest_error` with the stderr tail. Output beyond `output_bytes` is not stored, the
+guest's write fails with EIO, and the call ends with `output_limit`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from .errors import ErrorCode, ToolError
+from .guest_core import read_json_output
+from .host import HostContext
+from .runner import MemoryProbe
+from .spec import Preopen
+
+__all__ = ["CappedStream", "call_wasi", "configure_preopens", "run_command"]
+
+
+class CappedStream:
+    """A WASI output callback that keeps at most `cap` bytes and remembers overflowing."""
+
+    __slots__ = ("cap", "parts", "size", "overflowed")
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.overflowed = False
+
+    def __call__(self, data: bytes) -> int:
+        if self.overflowed or self.size + len(data) > self.cap:
+            self.overflowed = True
+            return -errno.EIO
+        self.parts.append(bytes(data))
+        self.size += len(data)
+        return len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def configure_preopens(wasi: wasmtime.WasiConfig, preopens: list[Preopen], app_dir: Path) -> None:
+    for p in preopens:
+        host = (app_dir / p.host_path).resolve()
+        if not host.is_dir():
+            raise ToolError(ErrorCode.BAD_INPUT, f"preopen {p.host_path!r} is not a directory")
+        wasi.preopen_dir(str(host), p.guest_path, fs_mutable=p.writable)
+
+
+def run_command(
+    store: wasmtime.Store,
+    probe: MemoryProbe,
+    pre: wasmtime.InstancePre,
+    argv: list[str],
+    input_bytes: bytes,
+    ctx: HostContext,
+    preopens: list[Preopen],
+    app_dir: Path,
+    stderr_cap: int,
+    tmp_dir: Path,
+) -> tuple[int, bytes, bytes]:
+    """Run `_start`; returns (exit status, stdout, stderr). Raises on output overflow."""
+    stdout = CappedStream(ctx.limits.output_bytes)
+    stderr = CappedStream(stderr_cap)
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = argv
+    wasi.env = []
+    wasi.stdout_custom = stdout
+    wasi.stderr_custom = stderr
+    stdin_path: str | None = None
+    if input_bytes:
+        fd, stdin_path = tempfile.mkstemp(dir=tmp_dir, prefix="stdin-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(input_bytes)
+        wasi.stdin_file(stdin_path)
+    status = 0
+    try:
+        configure_preopens(wasi, preopens, app_dir)
+        store.set_wasi(wasi)
+        instance = pre.instantiate(store)
+        exports = instance.exports(store)
+        memory = exports.get("memory")
+        if isinstance(memory, wasmtime.Memory):
+            probe.memory = memory
+        start = exports.get("_start")
+        if not isinstance(start, wasmtime.Func):
+            raise ToolError(ErrorCode.BAD_OUTPUT, "WASI module does not export `_start`")
+        try:
+            start(store)
+        except wasmtime.ExitTrap as e:
+            status = e.code
+    finally:
+        if stdin_path is not None:
+            os.unlink(stdin_path)
+        if stdout.overflowed and ctx.abort is None:
+            ctx.abort = ToolError(
+                ErrorCode.OUTPUT_LIMIT,
+                f"output exceeds the {ctx.limits.output_bytes}-byte limit",
+                {"output_bytes": ctx.limits.output_bytes},
+            )
+    if ctx.abort is not None:
+        raise ctx.abort
+    return status, stdout.value(), stderr.value()
+
+
+def call_wasi(
+    store: wasmtime.Store,
+    probe: MemoryProbe,
+    pre: wasmtime.InstancePre,
+    argv: list[str],
+    input_bytes: bytes,
+    ctx: HostContext,
+    preopens: list[Preopen],
+    app_dir: Path,
+    stderr_cap: int,
+    tmp_dir: Path,
+) -> Any:
+    status, out, err = run_command(
+        store, probe, pre, argv, input_bytes, ctx, preopens, app_dir, stderr_cap, tmp_dir
+    )
+    if status != 0:
+        raise ToolError(
+            ErrorCode.GUEST_ERROR,
+            f"guest exited with status {status}",
+            {"status": status, "stderr": err[-2000:].decode("utf-8", "replace")},
+        )
+    return read_json_output(out)

@@ -1,0 +1,149 @@
+"""One guest call on one fresh Store: limits, deadline, host context and error mapping.
+
+`execute(engine, limits, ctx, body)` builds a `wasmtime.Store`, applies the limits (fuel,
+memory, tables, instances), binds `ctx` as this thread's host context, opens an epoch-ticker
+window, sets the wall-clock deadline, runs `body(store)` and maps whatever went wrong to a
+`ToolError`. The store is created, used and dropped on the calling thread only.
+
+Mapping, first match wins:
+1. a violation the host recorded (`ctx.abort`: host-call or output limit);
+2. trap `INTERRUPT` -> `timeout`; trap `STACK_OVERFLOW` -> `stack_overflow`;
+3. any other trap, or running out of fuel, while the guest's linear memory was within one
+   64 KiB page of `memory_bytes` -> `memory_limit` (a failed `memory.grow` only returns -1,
+   so a guest that hits the cap typically ends in a trap or spins until fuel runs out);
+   instantiation refused because initial memory exceeds the cap -> `memory_limit`;
+4. trap `OUT_OF_FUEL` -> `out_of_fuel`; any other trap -> `trap` with `details.trap_code`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import wasmtime
+
+from .engine import SandboxEngine
+from .errors import ErrorCode, ToolError
+from .host import HostContext
+from .hostlink import bind_context
+from .limits import Limits
+
+__all__ = ["CallStats", "execute"]
+
+PAGE = 64 * 1024
+T = TypeVar("T")
+
+
+class CallStats:
+    __slots__ = ("fuel_used", "wall_ms")
+
+    def __init__(self) -> None:
+        self.fuel_used = 0
+        self.wall_ms = 0.0
+
+
+class MemoryProbe:
+    """Lets the body say which memory to inspect when classifying a failure."""
+
+    __slots__ = ("memory",)
+
+    def __init__(self) -> None:
+        self.memory: wasmtime.Memory | None = None
+
+
+def execute(
+    engine: SandboxEngine,
+    limits: Limits,
+    ctx: HostContext,
+    body: Callable[[wasmtime.Store, MemoryProbe], T],
+    stats: CallStats,
+) -> T:
+    store = wasmtime.Store(engine.engine)
+    store.set_limits(
+        memory_size=limits.memory_bytes,
+        table_elements=limits.table_elements,
+        instances=limits.instances,
+        tables=limits.instances * 4,
+        memories=limits.instances,
+    )
+    store.set_fuel(limits.fuel)
+    probe = MemoryProbe()
+    started = time.perf_counter()
+    try:
+        with bind_context(ctx), engine.ticker.running():
+            store.set_epoch_deadline(engine.ticker.deadline_ticks(limits.wall_ms))
+            result = body(store, probe)
+        if ctx.abort is not None:
+            raise ctx.abort
+        return result
+    except ToolError:
+        raise
+    except wasmtime.ExitTrap:
+        raise
+    except wasmtime.Trap as e:
+        raise _classify_trap(e, ctx, limits, store, probe) from None
+    except wasmtime.WasmtimeError as e:
+        raise _classify_error(e, ctx, limits, store, probe) from None
+    finally:
+        stats.wall_ms = (time.perf_counter() - started) * 1000
+        try:
+            stats.fuel_used = limits.fuel - store.get_fuel()
+        except wasmtime.WasmtimeError:
+            stats.fuel_used = limits.fuel
+
+
+def _memory_at_cap(store: wasmtime.Store, probe: MemoryProbe, limits: Limits) -> bool:
+    if probe.memory is None:
+        return False
+    try:
+        return probe.memory.data_len(store) + PAGE > limits.memory_bytes
+    except wasmtime.WasmtimeError:
+        return False
+
+
+def _classify_trap(
+    e: wasmtime.Trap, ctx: HostContext, limits: Limits, store: wasmtime.Store, probe: MemoryProbe
+) -> ToolError:
+    if ctx.abort is not None:
+        return ctx.abort
+    code = e.trap_code
+    if code == wasmtime.TrapCode.INTERRUPT:
+        return ToolError(ErrorCode.TIMEOUT, f"wall-clock limit of {limits.wall_ms} ms exceeded",
+                         {"wall_ms": limits.wall_ms})
+    if code == wasmtime.TrapCode.STACK_OVERFLOW:
+        return ToolError(ErrorCode.STACK_OVERFLOW, "wasm stack exhausted")
+    if _memory_at_cap(store, probe, limits):
+        return ToolError(
+            ErrorCode.MEMORY_LIMIT,
+            f"guest ran out of memory at the {limits.memory_bytes}-byte limit",
+            {"memory_bytes": limits.memory_bytes, "trap_code": code.name if code else None},
+        )
+    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return ToolError(ErrorCode.OUT_OF_FUEL, f"fuel limit of {limits.fuel} exhausted",
+                         {"fuel": limits.fuel})
+    return ToolError(
+        ErrorCode.TRAP,
+        _first_line(e.message),
+        {"trap_code": code.name if code else None, "message": e.message},
+    )
+
+
+def _classify_error(
+    e: wasmtime.WasmtimeError, ctx: HostContext, limits: Limits, store: wasmtime.Store,
+    probe: MemoryProbe,
+) -> ToolError:
+    if ctx.abort is not None:
+        return ctx.abort
+    text = str(e)
+    lowered = text.lower()
+    if "memory" in lowered and ("limit" in lowered or "exceed" in lowered or "minimum" in lowered):
+        return ToolError(ErrorCode.MEMORY_LIMIT, _first_line(text),
+                         {"memory_bytes": limits.memory_bytes})
+    return ToolError(ErrorCode.TRAP, _first_line(text), {"message": text})
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "trap"
+
+

@@ -1,0 +1,310 @@
+"""Sandbox: runs named tools for callers holding capability tokens.
+
+`await sandbox.run(name, input, token=..., request_id=...)` verifies the token, prepares the
+tool (compiled module from the engine cache, import check, pre-linked instance), and runs the
+guest on the engine's thread pool in a fresh Store, so the event loop is never blocked by guest
+code. `run_sync` is the same call on the current thread. Both return the tool's JSON result or
+raise `ToolError`; after any error the Sandbox keeps serving.
+
+Cancellation: cancelling the awaiting task does not stop the guest; it runs on until it ends or
+hits its limits (fuel, `wall_ms`), which bound how long a pool thread stays busy.
+
+Audit: every call emits `audit("sandbox.call", fields)` exactly once, on success and on every
+error (including invalid tokens and unknown tools), with `request_id`, `tool`, `jti`,
+`issuer`, `tenant`, `caps_used`, `caps_denied`, `fuel`, `wall_ms`, `host_calls`,
+`outcome` (`ok` or the error code) and `error` (message, on failure). Each denial also emits
+its own `sandbox.denied` entry when it happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from .capabilities import CapabilitySet
+from .engine import SandboxEngine
+from .errors import ErrorCode, ToolError
+from .guest_core import call_core
+from .guest_python import call_python
+from .guest_wasi import call_wasi
+from .host import HostContext
+from .hostlink import check_imports, edge_linker, micropython_linker
+from .kv import SandboxKV
+from .limits import Limits
+from .runner import CallStats, MemoryProbe, execute
+from .spec import SandboxConfig, ToolSpec, default_micropython_wasm
+from .tokens import CapabilityAuthority, TokenError
+from .types import AuditHook, Clock, noop_audit
+
+__all__ = ["Sandbox"]
+
+
+@dataclass
+class _Prepared:
+    spec: ToolSpec
+    limits: Limits
+    caps: CapabilitySet
+    pre: wasmtime.InstancePre | None
+    needs: list[tuple[str, str | None]]
+    refusal: ToolError | None
+    python_source: str = ""
+
+
+class Sandbox:
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        app_dir: str | os.PathLike[str],
+        tools: Sequence[ToolSpec],
+        authority: CapabilityAuthority,
+        config: SandboxConfig | None = None,
+        audit: AuditHook | None = None,
+        script: str = "app",
+        *,
+        engine: SandboxEngine | None = None,
+        clock: Clock | None = None,
+    ):
+        self.state_dir = Path(state_dir)
+        self.app_dir = Path(app_dir)
+        self.config = config or SandboxConfig()
+        self.authority = authority
+        self.audit = audit or noop_audit
+        self.script = script
+        self.engine = engine or SandboxEngine.shared()
+        self.clock = clock or authority.clock
+        self.tools: dict[str, ToolSpec] = {}
+        problems: list[str] = []
+        for i, spec in enumerate(tools):
+            if spec.name in self.tools:
+                problems.append(f"tools[{i}].name: duplicate tool name {spec.name!r}")
+            self.tools[spec.name] = spec
+            if spec.path is not None and not (self.app_dir / spec.path).is_file():
+                problems.append(f"tools[{i}].path: {spec.path!r} not found in {self.app_dir}")
+            for j, p in enumerate(spec.preopens):
+                if not (self.app_dir / p.host_path).is_dir():
+                    problems.append(f"tools[{i}].preopens[{j}].host_path: {p.host_path!r} is not a directory")
+        if problems:
+            raise ValueError("invalid tool declarations:\n" + "\n".join(problems))
+        self.cache_dir = self.state_dir / "sandbox" / "cache"
+        self.tmp_dir = self.state_dir / "sandbox" / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.kv = SandboxKV(self.state_dir, script)
+        self._prepared: dict[str, _Prepared] = {}
+        self._linkers: dict[str, wasmtime.Linker] = {}
+        self._lock = threading.Lock()
+
+    # -- public API --------------------------------------------------------------------------
+
+    async def run(
+        self, name: str, input: Any, *, token: str, request_id: str | None = None
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.run_sync, name, input, token=token, request_id=request_id)
+        return await loop.run_in_executor(self.engine.executor, call)
+
+    def run_sync(
+        self, name: str, input: Any, *, token: str, request_id: str | None = None
+    ) -> Any:
+        started = time.perf_counter()
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "tool": name,
+            "jti": None,
+            "issuer": None,
+            "tenant": None,
+            "caps_used": [],
+            "caps_denied": [],
+            "fuel": 0,
+            "wall_ms": 0.0,
+            "host_calls": 0,
+            "outcome": "ok",
+        }
+        ctx: HostContext | None = None
+        stats = CallStats()
+        try:
+            try:
+                tok = self.authority.verify(token)
+            except TokenError as e:
+                raise ToolError(ErrorCode.INVALID_TOKEN, e.message, {"reason": e.reason}) from None
+            request_id = request_id or tok.request_id or uuid.uuid4().hex
+            fields.update(
+                request_id=request_id, jti=tok.jti, issuer=tok.issuer, tenant=tok.tenant
+            )
+            prepared = self._prepare(name)
+            try:
+                input_json = json.dumps(input, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ToolError(ErrorCode.BAD_INPUT, f"input is not JSON-serializable: {e}") from None
+            if len(input_json) > self.config.max_input_bytes:
+                raise ToolError(
+                    ErrorCode.BAD_INPUT, f"input exceeds {self.config.max_input_bytes} bytes"
+                )
+            limits = prepared.limits
+            ctx = HostContext(
+                tool=name,
+                request_id=request_id,
+                tenant=tok.tenant,
+                jti=tok.jti,
+                issuer=tok.issuer,
+                token_caps=tok.capabilities,
+                tool_caps=prepared.caps,
+                limits=limits,
+                config=self.config,
+                kv=self.kv,
+                audit=self.audit,
+                clock=self.clock,
+                deadline=time.monotonic() + limits.wall_ms / 1000,
+            )
+            if prepared.refusal is not None:
+                raise prepared.refusal
+            for imp, kind in prepared.needs:
+                if kind is not None and not ctx.allows_kind(kind):
+                    ctx.deny(f"{kind}" if kind in ("log", "clock", "random") else f"{kind}:*", imp)
+                    raise ToolError(
+                        ErrorCode.CAPABILITY_DENIED,
+                        f"module imports {imp}, which needs a {kind} capability this call lacks",
+                        {"import": imp, "capability": kind},
+                    )
+            return execute(self.engine, limits, ctx, self._body(prepared, input_json, ctx), stats)
+        except ToolError as e:
+            fields["outcome"] = e.code
+            fields["error"] = e.message
+            raise
+        finally:
+            if ctx is not None:
+                fields.update(
+                    caps_used=list(ctx.used),
+                    caps_denied=list(ctx.denied),
+                    host_calls=ctx.host_calls,
+                )
+            fields["fuel"] = stats.fuel_used
+            fields["wall_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            try:
+                self.audit("sandbox.call", fields)
+            except Exception:  # an audit sink failure must not turn into a tool failure
+                pass
+
+    def prepare_all(self) -> None:
+        """Compile (or load from cache) every declared tool now instead of on first call."""
+        for name in self.tools:
+            self._prepare(name)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _body(self, prepared: _Prepared, input_json: str, ctx: HostContext):  # type: ignore[no-untyped-def]
+        spec = prepared.spec
+        pre = prepared.pre
+        assert pre is not None
+        if spec.kind == "wasm":
+            data = input_json.encode()
+            return lambda store, probe: call_core(store, probe, pre, spec.export, data, ctx.limits)
+        if spec.kind == "wasi":
+            data = input_json.encode()
+            argv = [spec.name]
+            return lambda store, probe: call_wasi(
+                store, probe, pre, argv, data, ctx, list(spec.preopens), self.app_dir,
+                self.config.stderr_bytes, self.tmp_dir,
+            )
+        source = prepared.python_source
+
+        def run_python(store: wasmtime.Store, probe: MemoryProbe) -> Any:
+            return call_python(
+                store, probe, pre, source, input_json, ctx, list(spec.preopens), self.app_dir,
+                self.config.stderr_bytes, self.tmp_dir,
+            )
+
+        return run_python
+
+    def _prepare(self, name: str) -> _Prepared:
+        prepared = self._prepared.get(name)
+        if prepared is not None:
+            return prepared
+        spec = self.tools.get(name)
+        if spec is None:
+            raise ToolError(ErrorCode.UNKNOWN_TOOL, f"no tool named {name!r}", {"tool": name})
+        with self._lock:
+            prepared = self._prepared.get(name)
+            if prepared is None:
+                prepared = self._build(spec)
+                self._prepared[name] = prepared
+            return prepared
+
+    def _build(self, spec: ToolSpec) -> _Prepared:
+        limits = self.config.limits.merged(spec.limits)
+        caps = CapabilitySet(spec.capabilities)
+        python_source = ""
+        if spec.kind == "python":
+            if spec.source is not None:
+                python_source = spec.source
+            else:
+                python_source = (self.app_dir / str(spec.path)).read_text(encoding="utf-8")
+            wasm = _micropython_bytes(self.config.micropython_wasm)
+        else:
+            wasm = self._wasm_bytes(spec)
+        try:
+            module = self.engine.module(wasm, self.cache_dir)
+        except wasmtime.WasmtimeError as e:
+            raise ToolError(ErrorCode.BAD_INPUT, f"tool {spec.name!r} does not compile: {e}") from None
+        wasi = spec.kind != "wasm"
+        refusal: ToolError | None = None
+        needs: list[tuple[str, str | None]] = []
+        pre: wasmtime.InstancePre | None = None
+        if spec.kind == "python":
+            pre = self._linker("python").instantiate_pre(module)
+        else:
+            try:
+                needs = check_imports(module, wasi=wasi)
+            except ToolError as e:
+                refusal = e
+            if refusal is None:
+                try:
+                    pre = self._linker(spec.kind).instantiate_pre(module)
+                except wasmtime.WasmtimeError as e:
+                    refusal = ToolError(ErrorCode.CAPABILITY_DENIED, f"imports cannot be linked: {e}")
+        return _Prepared(spec, limits, caps, pre, needs, refusal, python_source)
+
+    def _linker(self, kind: str) -> wasmtime.Linker:
+        linker = self._linkers.get(kind)
+        if linker is None:
+            if kind == "python":
+                linker = micropython_linker(self.engine.engine)
+            else:
+                linker = edge_linker(self.engine.engine, wasi=kind == "wasi")
+            self._linkers[kind] = linker
+        return linker
+
+    def _wasm_bytes(self, spec: ToolSpec) -> bytes:
+        if spec.source is not None:
+            text = spec.source
+        else:
+            path = self.app_dir / str(spec.path)
+            if path.suffix != ".wat":
+                return path.read_bytes()
+            text = path.read_text(encoding="utf-8")
+        try:
+            return wasmtime.wat2wasm(text)
+        except wasmtime.WasmtimeError as e:
+            raise ToolError(ErrorCode.BAD_INPUT, f"tool {spec.name!r}: invalid WAT: {e}") from None
+
+
+_MICROPYTHON: dict[str, bytes] = {}
+
+
+def _micropython_bytes(configured: str | None) -> bytes:
+    path = str(configured or default_micropython_wasm())
+    data = _MICROPYTHON.get(path)
+    if data is None:
+        data = Path(path).read_bytes()
+        _MICROPYTHON[path] = data
+    return data
