@@ -1,0 +1,94 @@
+"""The example app in functions/, served by a real `edgeworks dev`."""
+
+import shutil
+
+import pytest
+
+from tests.support import ROOT, Server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    app = tmp_path_factory.mktemp("example") / "functions"
+    shutil.copytree(ROOT / "functions", app, ignore=shutil.ignore_patterns(".edgeworks", "__pycache__"))
+    with Server(app) as s:
+        yield s
+
+
+def test_hello(server):
+    with server.client() as c:
+        r = c.get("/hello")
+    assert r.status_code == 200
+    assert r.text == "hello"
+    assert r.headers["content-type"].startswith("text/plain")
+
+
+def test_echo_returns_the_json_body(server):
+    with server.client() as c:
+        r = c.post("/echo", json={"a": [1, 2, {"b": None}], "s": "é"})
+        bad = c.post("/echo", content=b"not json")
+        wrong_method = c.get("/echo")
+    assert r.status_code == 200
+    assert r.json() == {"a": [1, 2, {"b": None}], "s": "é"}
+    assert bad.status_code == 400
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["allowed"] == ["POST"]
+
+
+def test_spin_within_limit(server):
+    with server.client() as c:
+        r = c.get("/spin", params={"ms": 30})
+    assert r.status_code == 200
+    assert r.json()["spun_ms"] == 30
+
+
+def test_spin_over_cpu_limit_gives_structured_error_and_server_keeps_serving(server):
+    with server.client() as c:
+        r = c.get("/spin", params={"ms": 5000})
+        after = c.get("/hello")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["error"] == "cpu_limit"
+    assert body["limit_ms"] == 1000
+    assert body["cf_code"] == 1102
+    assert body["request_id"] == r.headers["x-request-id"]
+    assert after.status_code == 200
+
+
+def test_request_id_kept_when_well_formed_and_replaced_when_not(server):
+    with server.client() as c:
+        kept = c.get("/hello", headers={"x-request-id": "client-chosen-id-123"})
+        bad = c.get("/hello", headers={"x-request-id": "bad id with spaces"})
+        fresh = c.get("/hello")
+    assert kept.headers["x-request-id"] == "client-chosen-id-123"
+    assert bad.headers["x-request-id"] != "bad id with spaces"
+    assert len(fresh.headers["x-request-id"]) == 32
+
+
+def test_every_request_logs_one_structured_line(server):
+    with server.client() as c:
+        rid = c.get("/hello", headers={"x-request-id": "log-line-check-0001"}).headers["x-request-id"]
+    from tests.support import wait_until
+
+    lines = wait_until(lambda: [r for r in server.logs("request") if r["request_id"] == rid])
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["script"] == "app" and line["status"] == 200
+    assert isinstance(line["cpu_ms"], float) and isinstance(line["wall_ms"], float)
+
+
+def test_unknown_path_is_a_json_404(server):
+    with server.client() as c:
+        r = c.get("/nowhere")
+    assert r.status_code == 404
+    assert r.json()["error"] == "not_found"
+
+
+def test_manual_cron_trigger_runs_scheduled_handler(server):
+    from tests.support import run_cli
+
+    out = run_cli("trigger", "app", "--cron", "*/5 * * * *", "--url", server.url)
+    assert out.returncode == 0, out.stderr
+    from tests.support import wait_until
+
+    wait_until(lambda: "scheduled run for '*/5 * * * *'" in server.output())

@@ -1,0 +1,154 @@
+"""Helpers for end-to-end tests: write an app to a temp dir, run a real server on a free port on
+127.0.0.1, and stop it by pid, checking that no isolate process outlives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_app(root: Path, manifest: str, files: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "edgeworks.toml").write_text(textwrap.dedent(manifest))
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(pred: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class Server:
+    """`edgeworks dev|serve APP` as a subprocess; use as a context manager."""
+
+    def __init__(self, app_dir: Path, mode: str = "dev", *, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, state_dir: Path | None = None):
+        self.app_dir = app_dir
+        self.mode = mode
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state_dir = state_dir or app_dir / ".edgeworks"
+        self.log_path = app_dir.parent / f"server-{self.port}.log"
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.seen_pids: set[int] = set()
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "runtime.cli", self.mode, str(self.app_dir), "--port",
+                str(self.port), "--state-dir", str(self.state_dir), *self.args]
+
+    def start(self, timeout: float = 30.0) -> Server:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                self.health()
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy:\n{self.output()}")
+
+    def health(self) -> dict[str, Any]:
+        r = httpx.get(f"{self.url}/__edgeworks/health", timeout=2)
+        r.raise_for_status()
+        data = r.json()
+        for s in data["scripts"].values():
+            self.seen_pids.update(s["pids"])
+        return data
+
+    def pids(self, script: str) -> list[int]:
+        return self.health()["scripts"][script]["pids"]
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def logs(self, event: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.output().splitlines():
+            if line.startswith("{"):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if event is None or rec.get("event") == event:
+                    out.append(rec)
+        return out
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            self.health()
+        except (httpx.HTTPError, KeyError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        code = self.proc.returncode
+        self.proc = None
+        orphans = [p for p in self.seen_pids if alive(p)]
+        for p in orphans:
+            os.kill(p, signal.SIGKILL)
+        assert not orphans, f"isolate processes outlived the server: {orphans}"
+        return code
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
