@@ -1,0 +1,53 @@
+"""Durable workflows built on durable objects.
+
+Each workflow instance is a durable object whose storage holds its status, params and every
+step's outcome; its alarm wakes it for sleeps, retries and event timeouts and doubles as a
+crash-recovery lease. Steps are **at-least-once**: a step interrupted by a crash runs again
+after restart; completed steps never run again (their recorded result is returned on replay).
+A step that only writes the instance's own storage (``step.sql``) and is declared
+``transactional=True`` is exactly-once: its writes and its result commit in one transaction.
+See ``step`` and ``instance`` for the exact replay and execution semantics.
+"""
+
+from .binding import WorkflowBinding, WorkflowInstance, make_workflow_binding
+from .definition import WorkflowDefinition
+from .entrypoint import WorkflowEntrypoint
+from .errors import (
+    ApprovalRejected,
+    NonRetryableError,
+    StepDivergenceError,
+    StepFailedError,
+    StepTimeoutError,
+    WorkflowError,
+    WorkflowLimitError,
+    WorkflowTimeoutError,
+)
+from .options import RetryPolicy, StepConfig, WorkflowLimits, parse_duration
+from .step import Step, StepCall
+from .types import APPROVAL_EVENT, STATUSES, WorkflowEvent, WorkflowHooks
+
+__all__ = [
+    "APPROVAL_EVENT",
+    "STATUSES",
+    "ApprovalRejected",
+    "NonRetryableError",
+    "RetryPolicy",
+    "Step",
+    "StepCall",
+    "StepConfig",
+    "StepDivergenceError",
+    "StepFailedError",
+    "StepTimeoutError",
+    "WorkflowBinding",
+    "WorkflowDefinition",
+    "WorkflowEntrypoint",
+    "WorkflowError",
+    "WorkflowEvent",
+    "WorkflowHooks",
+    "WorkflowInstance",
+    "WorkflowLimitError",
+    "WorkflowLimits",
+    "WorkflowTimeoutError",
+    "make_workflow_binding",
+    "parse_duration",
+]

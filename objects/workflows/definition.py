@@ -1,0 +1,82 @@
+"""``WorkflowDefinition``: one workflow class made hostable (its two durable-object classes).
+
+The host is given ``definition.object_classes()``; the binding factory calls
+``definition.bind(script, transport, tenant_scoped)`` so instances can reach their registry.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from ._objects import DurableObjectNamespace
+from .entrypoint import WorkflowEntrypoint
+from .instance import WorkflowInstanceObject
+from .options import StepConfig, WorkflowLimits
+from .registry import WorkflowRegistryObject
+from .types import WorkflowHooks
+
+__all__ = ["WorkflowDefinition"]
+
+
+class WorkflowDefinition:
+    """A ``WorkflowEntrypoint`` subclass plus its options and hooks."""
+
+    def __init__(
+        self,
+        entrypoint: type[WorkflowEntrypoint],
+        *,
+        class_name: str | None = None,
+        hooks: WorkflowHooks | None = None,
+        limits: WorkflowLimits | None = None,
+        step_defaults: StepConfig | None = None,
+    ) -> None:
+        if not (isinstance(entrypoint, type) and issubclass(entrypoint, WorkflowEntrypoint)):
+            raise TypeError(f"{entrypoint!r} is not a WorkflowEntrypoint subclass")
+        self.entrypoint = entrypoint
+        self.class_name = class_name or entrypoint.__name__
+        self.hooks = hooks or WorkflowHooks()
+        self.limits = limits or entrypoint.limits
+        self.step_defaults = step_defaults or entrypoint.step_defaults
+        self.instance_class_name = f"{self.class_name}.__workflow__"
+        self.registry_class_name = f"{self.class_name}.__workflows__"
+        self._script: str | None = None
+        self._transport: Any = None
+        self._tenant_scoped = False
+        self._live: weakref.WeakSet[WorkflowInstanceObject] = weakref.WeakSet()
+        self._instance_cls = type(f"{self.class_name}Instance", (WorkflowInstanceObject,),
+                                  {"definition": self})
+        self._registry_cls = type(f"{self.class_name}Registry", (WorkflowRegistryObject,), {})
+
+    def object_classes(self) -> dict[str, type]:
+        """The durable-object classes to register with the ``ObjectHost``."""
+        return {self.instance_class_name: self._instance_cls,
+                self.registry_class_name: self._registry_cls}
+
+    def bind(self, script: str, transport: Any, tenant_scoped: bool = False) -> None:
+        self._script = script
+        self._transport = transport
+        self._tenant_scoped = tenant_scoped
+
+    def namespace(self, class_name: str, tenant: str | None) -> DurableObjectNamespace | None:
+        if self._transport is None or self._script is None:
+            return None
+        return DurableObjectNamespace(self._script, class_name, self._transport,
+                                      tenant_provider=lambda: tenant,
+                                      tenant_scoped=self._tenant_scoped)
+
+    def registry_stub(self, tenant: str | None) -> Any:
+        namespace = self.namespace(self.registry_class_name, tenant)
+        return None if namespace is None else namespace.get_by_name("registry")
+
+    def instance_stub(self, tenant: str | None, instance_id: str) -> Any:
+        namespace = self.namespace(self.instance_class_name, tenant)
+        return None if namespace is None else namespace.get_by_name(instance_id)
+
+    def track(self, instance: WorkflowInstanceObject) -> None:
+        self._live.add(instance)
+
+    async def close(self) -> None:
+        """Abandon every in-process run task (call before closing the host)."""
+        for instance in list(self._live):
+            await instance.shutdown()

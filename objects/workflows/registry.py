@@ -1,0 +1,60 @@
+"""The per-class registry: a durable object listing instance ids and granting running slots.
+
+Ids are recorded durably and never removed, so an id is never reused (``register`` of a known
+id is refused with ``duplicate_id``). Running slots are *not* durable: after a restart every
+unfinished instance re-acquires its slot when its lease alarm resumes it, so the count of
+instances that hold a slot is at most ``limit``. A refused instance is queued (FIFO); ``release``
+returns the queued ids that may now take a slot, for the caller to wake (queued instances also
+poll with their alarm, so a lost wake-up only delays them).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from ._objects import DurableObject
+
+__all__ = ["WorkflowRegistryObject"]
+
+
+class WorkflowRegistryObject(DurableObject):
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        self._running: set[str] = set()
+        self._queue: deque[str] = deque()
+        self._limit = 1
+
+    async def register(self, instance_id: str, created: float) -> dict[str, Any]:
+        key = "id:" + instance_id
+        if await self.ctx.storage.get(key) is not None:
+            return {"ok": False, "error": {
+                "code": "duplicate_id", "message": f"instance id {instance_id!r} is already used"}}
+        await self.ctx.storage.put(key, {"created": created})
+        await self.ctx.storage.sync()
+        return {"ok": True, "value": None}
+
+    async def list(self) -> list[dict[str, Any]]:
+        items = dict(await self.ctx.storage.list())
+        rows = [{"id": key[3:], "created": value["created"]}
+                for key, value in items.items() if key.startswith("id:")]
+        return sorted(rows, key=lambda row: (row["created"], row["id"]))
+
+    async def acquire(self, instance_id: str, limit: int) -> bool:
+        self._limit = limit
+        if instance_id in self._running or len(self._running) < limit:
+            self._running.add(instance_id)
+            if instance_id in self._queue:
+                self._queue.remove(instance_id)
+            return True
+        if instance_id not in self._queue:
+            self._queue.append(instance_id)
+        return False
+
+    async def release(self, instance_id: str) -> list[str]:
+        self._running.discard(instance_id)
+        free = self._limit - len(self._running)
+        return [self._queue[i] for i in range(min(free, len(self._queue)))]
+
+    async def running(self) -> list[str]:
+        return sorted(self._running)

@@ -1,0 +1,378 @@
+"""The ``step`` object a run receives: durable steps, sleeps and event waits, by replay.
+
+Replay semantics. A run is re-entered from the top every time the instance wakes (alarm,
+event, resume, restart of the host). Each call on ``step`` gets a key ``name#n`` (``n`` counts
+earlier calls with the same name in this run) and a position (0, 1, 2, ...). A call whose key
+has a recorded outcome returns it (or raises the recorded failure) without running anything; a
+call whose position holds a *different* recorded key raises ``StepDivergenceError`` naming the
+expected and the actual step. A step's outcome is committed (durably) before ``step.do``
+returns, so the next step never starts before its predecessor's result is on disk.
+
+Waiting never holds a task: when a step must wait (sleep, event wait, retry delay) the run is
+abandoned by raising an internal ``BaseException`` and the instance sets its alarm for the
+wake-up time; the next wake replays to the same point and continues.
+
+Steps are at-least-once: a step interrupted by a crash (or by pause/terminate while its
+function runs) runs again on the next replay. ``step.do(..., transactional=True)`` makes a
+step exactly-once when its only effects are writes to the workflow's own storage through
+``step.sql`` / ``step.storage``: the function runs inside one storage transaction which also
+records its result, so either both the writes and the result commit, or neither.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Generator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from .errors import (
+    ApprovalRejected,
+    NonRetryableError,
+    StepDivergenceError,
+    StepFailedError,
+    WorkflowLimitError,
+    WorkflowTimeoutError,
+)
+from .options import RetryPolicy, StepConfig, parse_duration, to_epoch_seconds
+from .types import APPROVAL_EVENT
+
+if TYPE_CHECKING:
+    from .instance import WorkflowInstanceObject
+
+__all__ = ["Step", "StepCall"]
+
+StepFn = Callable[[], Awaitable[Any]]
+
+
+class _Suspend(BaseException):
+    """The run must wait until ``wake_at`` (epoch seconds; None = until an event arrives)."""
+
+    def __init__(self, wake_at: float | None, kind: str, step: str) -> None:
+        super().__init__(kind, step)
+        self.wake_at = wake_at
+        self.kind = kind
+        self.step = step
+
+
+class _Stop(BaseException):
+    """The run stops at a step boundary (pause requested, kill switch, or superseded)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _ResultError(Exception):
+    """A step returned something that cannot be recorded; never retried."""
+
+
+def normalize_value(what: str, value: Any, max_bytes: int, bound: str) -> Any:
+    """``value`` as it will read back from storage; a clear error if it cannot be stored."""
+    try:
+        packed = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _ResultError(
+            f"{what} is not msgpack/JSON-serializable ({type(value).__name__}): {exc}"
+        ) from None
+    if len(packed) > max_bytes:
+        raise WorkflowLimitError(bound, f"{what} is {len(packed)} bytes, over {bound}={max_bytes}")
+    return msgpack.unpackb(packed, raw=False, strict_map_key=False)
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def _merge_config(
+    base: StepConfig, retries: RetryPolicy | dict[str, Any] | None, timeout: Any
+) -> StepConfig:
+    update: dict[str, Any] = {}
+    if retries is not None:
+        if isinstance(retries, dict):
+            retries = RetryPolicy(**{**base.retries.model_dump(), **retries})
+        update["retries"] = retries
+    if timeout is not None:
+        update["timeout"] = timeout
+    if not update:
+        return base
+    return StepConfig(**{**base.model_dump(), **update})
+
+
+async def run_attempts(
+    run: WorkflowInstanceObject,
+    record_key: str,
+    rec: dict[str, Any],
+    fn: Callable[[], Awaitable[Any]],
+    config: StepConfig,
+    *,
+    transactional: bool = False,
+    audit_kind: str = "workflow.step",
+) -> Any:
+    """Run one attempt of ``fn`` and record its outcome (result, retry time or failure).
+
+    Returns the recorded result; raises ``_Suspend`` for a retry delay and ``StepFailedError``
+    once the retries are exhausted or the function raised ``NonRetryableError``.
+    """
+    name = rec["name"]
+    attempt = len(rec["attempts"]) + 1
+    started = run.now()
+    run.set_current(record_key, rec, attempt, started)
+    run.audit(f"{audit_kind}.attempt", {"step": name, "key": record_key, "attempt": attempt})
+
+    async def call() -> Any:
+        result = await run.call_user(fn, config.timeout, name)
+        return normalize_value(
+            f"result of step {name!r}", result,
+            run.limits.max_step_result_bytes, "max_step_result_bytes",
+        )
+
+    try:
+        if transactional:
+            async def body(txn: Any) -> Any:
+                result = await call()
+                done = _completed(rec, result, started, run.now())
+                await run.write(record_key, done)
+                return done
+
+            done = await run.storage.transaction(body)
+            await run.storage.sync()
+            run.remember(record_key, done)
+        else:
+            result = await call()
+            done = _completed(rec, result, started, run.now())
+            await run.commit({record_key: done})
+    except Exception as exc:
+        run.set_current(None, None, 0, 0.0)
+        ended = run.now()
+        failed = {**rec, "attempts": [*rec["attempts"], {
+            "started": started, "ended": ended, "error": error_fields(exc),
+        }]}
+        final = isinstance(exc, NonRetryableError | _ResultError | WorkflowLimitError)
+        if final or attempt > config.retries.limit:
+            failed.update(status="failed", error=error_fields(exc), ended=ended)
+            await run.commit({record_key: failed})
+            run.audit(f"{audit_kind}.outcome", {
+                "step": name, "key": record_key, "outcome": "failed", "attempts": attempt,
+                "error": error_fields(exc),
+            })
+            raise StepFailedError(name, type(exc).__name__, str(exc), attempt) from exc
+        wake_at = ended + config.retries.delay_after(attempt)
+        failed.update(status="retrying", wake_at=wake_at)
+        await run.commit({record_key: failed})
+        run.audit(f"{audit_kind}.outcome", {
+            "step": name, "key": record_key, "outcome": "retry", "attempt": attempt,
+            "retry_at": wake_at, "error": error_fields(exc),
+        })
+        raise _Suspend(wake_at, "retry", record_key) from None
+    run.set_current(None, None, 0, 0.0)
+    run.audit(f"{audit_kind}.outcome", {
+        "step": name, "key": record_key, "outcome": "complete", "attempts": attempt,
+    })
+    return done["result"]
+
+
+def _completed(rec: dict[str, Any], result: Any, started: float, ended: float) -> dict[str, Any]:
+    return {
+        **rec, "status": "complete", "result": result, "ended": ended, "wake_at": None,
+        "attempts": [*rec["attempts"], {"started": started, "ended": ended, "error": None}],
+    }
+
+
+def failure_from_record(rec: dict[str, Any]) -> Exception:
+    """The exception a recorded failed step raises again on replay."""
+    error = rec.get("error") or {"type": "Error", "message": ""}
+    if rec["kind"] == "event":
+        return WorkflowTimeoutError(rec["name"], rec["event_type"])
+    return StepFailedError(rec["name"], error["type"], error["message"], len(rec["attempts"]))
+
+
+class StepCall:
+    """What ``@step.do(name)`` returns: call it (or await it directly) to run the step."""
+
+    def __init__(self, step: Step, name: str, fn: StepFn, options: dict[str, Any]) -> None:
+        self._step = step
+        self._name = name
+        self._fn = fn
+        self._options = options
+
+    def __call__(self) -> Awaitable[Any]:
+        return self._step._do(self._name, self._fn, **self._options)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self().__await__()
+
+
+class Step:
+    """The durable step API of one run (see the module docstring for replay semantics)."""
+
+    def __init__(self, run: WorkflowInstanceObject) -> None:
+        self._run = run
+        self._counts: dict[str, int] = {}
+        self._position = 0
+
+    @property
+    def sql(self) -> Any:
+        """The workflow instance's own SQL storage (``exec(query, *params)``)."""
+        return self._run.storage.sql
+
+    @property
+    def storage(self) -> Any:
+        """The workflow instance's own storage (KV and SQL)."""
+        return self._run.storage
+
+    def do(
+        self,
+        name: str,
+        fn: StepFn | None = None,
+        *,
+        retries: RetryPolicy | dict[str, Any] | None = None,
+        timeout: str | float | None = None,
+        compensate: Callable[..., Awaitable[Any]] | None = None,
+        transactional: bool = False,
+    ) -> Any:
+        """Run ``fn`` once (durably); as a decorator when ``fn`` is omitted."""
+        options = {
+            "config": _merge_config(self._run.step_defaults, retries, timeout),
+            "compensate": compensate,
+            "transactional": transactional,
+        }
+        if fn is None:
+            def decorator(func: StepFn) -> StepCall:
+                return StepCall(self, name, func, options)
+
+            return decorator
+        return self._do(name, fn, **options)
+
+    async def _do(
+        self,
+        name: str,
+        fn: StepFn,
+        *,
+        config: StepConfig,
+        compensate: Callable[..., Awaitable[Any]] | None,
+        transactional: bool,
+    ) -> Any:
+        if not callable(fn):
+            raise TypeError(f"step {name!r}: expected an async function, got {fn!r}")
+        key, position, rec = self._enter(name)
+        if rec is None:
+            rec = {"name": name, "kind": "do", "pos": position, "status": "pending",
+                   "attempts": [], "started": self._run.now(), "wake_at": None,
+                   "compensable": compensate is not None}
+        elif rec["status"] == "complete":
+            self._run.add_compensation(key, rec, compensate, config)
+            return rec["result"]
+        elif rec["status"] == "failed":
+            raise failure_from_record(rec)
+        elif rec["wake_at"] is not None and rec["wake_at"] > self._run.now():
+            raise _Suspend(rec["wake_at"], "retry", key)
+        result = await run_attempts(self._run, "step:" + key, rec, fn, config,
+                                    transactional=transactional)
+        self._run.add_compensation(key, self._run.steps["step:" + key], compensate, config)
+        return result
+
+    async def sleep(self, name: str, duration: str | int | float) -> None:
+        """Wait ``duration`` ("10 seconds", "2 hours", or seconds) without holding a task."""
+        seconds = parse_duration(duration)
+        await self._sleep(name, lambda now: now + seconds)
+
+    async def sleep_until(self, name: str, when: datetime | int | float) -> None:
+        """Wait until ``when`` (a datetime, naive = UTC, or epoch seconds)."""
+        at = to_epoch_seconds(when)
+        await self._sleep(name, lambda now: at)
+
+    async def _sleep(self, name: str, wake_at: Callable[[float], float]) -> None:
+        key, position, rec = self._enter(name)
+        now = self._run.now()
+        if rec is None:
+            rec = {"name": name, "kind": "sleep", "pos": position, "status": "waiting",
+                   "attempts": [], "started": now, "wake_at": wake_at(now)}
+            if rec["wake_at"] > now:
+                await self._run.commit({"step:" + key: rec})
+                raise _Suspend(rec["wake_at"], "sleep", key)
+        elif rec["status"] == "complete":
+            return
+        if rec["wake_at"] > now:
+            raise _Suspend(rec["wake_at"], "sleep", key)
+        await self._run.commit({"step:" + key: {**rec, "status": "complete", "ended": now}})
+
+    async def wait_for_event(
+        self, name: str, type: str, timeout: str | int | float = "24 hours"
+    ) -> dict[str, Any]:
+        """The first event of ``type`` sent to this instance (also before the wait began).
+
+        Returns ``{"type", "payload", "timestamp"}``; raises ``WorkflowTimeoutError`` when
+        ``timeout`` passes first.
+        """
+        seconds = parse_duration(timeout)
+        key, position, rec = self._enter(name)
+        now = self._run.now()
+        if rec is not None and rec["status"] == "complete":
+            return rec["result"]
+        if rec is not None and rec["status"] == "failed":
+            raise failure_from_record(rec)
+        fresh = rec is None
+        if rec is None:
+            rec = {"name": name, "kind": "event", "pos": position, "status": "waiting",
+                   "event_type": type, "attempts": [], "started": now, "wake_at": now + seconds}
+        event_key = self._run.find_event(type)
+        if event_key is not None:
+            event = self._run.events[event_key]
+            result = {"type": type, "payload": event["payload"], "timestamp": event["received"]}
+            await self._run.commit({
+                "step:" + key: {**rec, "status": "complete", "result": result, "ended": now},
+                event_key: {**event, "consumed_by": key},
+            })
+            return result
+        if rec["wake_at"] <= now:
+            error = WorkflowTimeoutError(name, type)
+            await self._run.commit({"step:" + key: {
+                **rec, "status": "failed", "error": error_fields(error), "ended": now}})
+            raise error
+        if fresh:
+            await self._run.commit({"step:" + key: rec})
+        raise _Suspend(rec["wake_at"], "event", key)
+
+    async def wait_for_approval(
+        self, name: str, timeout: str | int | float = "24 hours"
+    ) -> dict[str, Any]:
+        """Wait for a human approval (event type ``"approval"``); raises ``ApprovalRejected``."""
+        event = await self.wait_for_event(name, APPROVAL_EVENT, timeout)
+        payload = event["payload"] if isinstance(event["payload"], dict) else {}
+        if not payload.get("approved"):
+            raise ApprovalRejected(name, payload.get("by"), payload.get("reason"))
+        return payload
+
+    def _enter(self, name: str) -> tuple[str, int, dict[str, Any] | None]:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"step name must be a non-empty string, got {name!r}")
+        self._run.check_boundary()
+        count = self._counts[name] = self._counts.get(name, 0) + 1
+        key = f"{name}#{count}"
+        position = self._position
+        self._position += 1
+        recorded = self._run.key_at(position)
+        if recorded is not None and recorded != key:
+            raise StepDivergenceError(position, recorded, key)
+        rec = self._run.steps.get("step:" + key)
+        if rec is not None and rec["pos"] != position:
+            raise StepDivergenceError(position, "<nothing recorded>", key)
+        if rec is None and position >= self._run.limits.max_steps:
+            raise WorkflowLimitError(
+                "max_steps", f"step {name!r} would be step {position + 1}, over "
+                f"max_steps={self._run.limits.max_steps}"
+            )
+        return key, position, rec
+
+
+def takes_argument(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+               for p in params)
+

@@ -1,0 +1,65 @@
+"""Shared vocabulary of the workflows package: statuses, the event a run receives, hooks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "APPROVAL_EVENT",
+    "FINAL_STATUSES",
+    "STATUSES",
+    "AuditHook",
+    "WorkflowEvent",
+    "WorkflowHooks",
+]
+
+QUEUED = "queued"
+RUNNING = "running"
+PAUSED = "paused"
+WAITING = "waiting"
+ERRORED = "errored"
+TERMINATED = "terminated"
+COMPLETE = "complete"
+
+STATUSES = (QUEUED, RUNNING, PAUSED, WAITING, ERRORED, TERMINATED, COMPLETE)
+FINAL_STATUSES = frozenset({ERRORED, TERMINATED, COMPLETE})
+ACTIVE_STATUSES = frozenset({QUEUED, RUNNING, WAITING})
+
+#: The event type a human approval waits for; its payload is {approved, by, reason}.
+APPROVAL_EVENT = "approval"
+
+AuditHook = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class WorkflowEvent:
+    """What ``run(event, step)`` receives: the creation params and instance identity."""
+
+    payload: Any
+    instance_id: str
+    timestamp: float
+
+
+def _no_audit(kind: str, fields: dict[str, Any]) -> None:
+    return None
+
+
+def _never_killed() -> str | None:
+    return None
+
+
+@dataclass
+class WorkflowHooks:
+    """What an upper layer injects: clock (epoch seconds), audit sink, kill switch.
+
+    ``is_killed()`` returns a reason while the workflow class is stopped by the kill switch;
+    a running instance then pauses at its next step boundary.
+    """
+
+    clock: Callable[[], float] = time.time
+    audit: AuditHook = field(default=_no_audit)
+    is_killed: Callable[[], str | None] = field(default=_never_killed)
