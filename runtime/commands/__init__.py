@@ -1,5 +1,5 @@
 """CLI command modules; each has `register(subparsers)` and sets `func(args) -> exit code`."""
 
-from . import serve, trigger
+from . import audit, load, serve, trigger
 
-COMMANDS = [serve, trigger]
+COMMANDS = [serve, trigger, load, audit]
