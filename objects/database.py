@@ -1,0 +1,267 @@
+"""One object's SQLite database, driven from a dedicated I/O thread.
+
+Layout: ``<state_dir>/objects/<script>/<class>/<id>.sqlite``, WAL journal. Internal tables:
+``_ew_kv(key, value)``, ``_ew_alarm(id=0, time)``, ``_ew_idempotency(key, reply, created_ms)``;
+user SQL may not name anything starting with ``_ew_`` (see ``objects.sql``).
+
+Durability (``synchronous``): ``"normal"`` (default) — in WAL mode a commit is not fsynced;
+committed data survives a crash of the process (SIGKILL), but the last commits may be lost if
+the machine loses power. ``"full"`` — every commit fsyncs the WAL; survives power loss, at the
+cost of one fsync per group commit.
+
+Every call runs on the object's single I/O thread, in submission order, so a read submitted
+after a commit sees it. The stdlib ``sqlite3`` module is used on a dedicated thread (rather than
+aiosqlite) so that one group commit — BEGIN, the upserts, the deletes, the alarm and the
+idempotency records, COMMIT — is a single hop to the thread instead of one per statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+__all__ = ["Batch", "Durability", "ObjectDatabase", "OpenState"]
+
+Durability = Literal["normal", "full"]
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS _ew_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _ew_alarm (id INTEGER PRIMARY KEY CHECK (id = 0), time INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS _ew_idempotency (
+    key TEXT PRIMARY KEY, reply BLOB NOT NULL, created_ms INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+_CHUNK = 500
+
+
+@dataclass
+class Batch:
+    """Everything one group commit writes, in one SQLite transaction."""
+
+    epoch: int
+    writes: dict[str, bytes | None] = field(default_factory=dict)  # None = delete
+    alarm_changed: bool = False
+    alarm: int | None = None
+    idempotency: list[tuple[str, bytes, int]] = field(default_factory=list)
+
+
+@dataclass
+class OpenState:
+    alarm: int | None
+    rows: list[tuple[str, bytes]]
+    complete: bool  # rows hold the whole KV table
+
+
+class ObjectDatabase:
+    def __init__(
+        self,
+        path: Path,
+        durability: Durability = "normal",
+        *,
+        alarm_hook: Callable[[int | None], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        # Called on the I/O thread inside the commit job with the alarm being committed: a
+        # time before the COMMIT, None after it (see objects.alarms.AlarmIndex).
+        self._alarm_hook = alarm_hook
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="edgeworks-do-io"
+        )
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    # -- open / close --------------------------------------------------------------------------
+    async def open(self, preload_rows: int, preload_bytes: int) -> OpenState:
+        return await self._run(self._open, preload_rows, preload_bytes)
+
+    def _open(self, preload_rows: int, preload_bytes: int) -> OpenState:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+        row = conn.execute("SELECT time FROM _ew_alarm WHERE id = 0").fetchone()
+        rows: list[tuple[str, bytes]] = []
+        total = 0
+        complete = True
+        for key, value in conn.execute(
+            "SELECT key, value FROM _ew_kv ORDER BY key LIMIT ?", (preload_rows + 1,)
+        ):
+            total += len(key) + len(value)
+            if len(rows) >= preload_rows or total > preload_bytes:
+                complete = False
+                break
+            rows.append((key, value))
+        if not complete:
+            rows = []
+        return OpenState(alarm=row[0] if row else None, rows=rows, complete=complete)
+
+    async def close(self, *, discard: bool = False) -> None:
+        """Close the connection; with ``discard`` roll back whatever is uncommitted first."""
+        try:
+            await self._run(self._close, discard)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _close(self, discard: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK" if discard else "COMMIT")
+        finally:
+            conn.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"database {self.path} is closed")
+        return self._conn
+
+    def _begin(self) -> sqlite3.Connection:
+        conn = self.conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    # -- reads ---------------------------------------------------------------------------------
+    async def read(self, keys: list[str]) -> dict[str, bytes]:
+        return await self._run(self._read, keys)
+
+    def _read(self, keys: list[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for k, v in self.conn.execute(
+                f"SELECT key, value FROM _ew_kv WHERE key IN ({marks})", chunk
+            ):
+                out[k] = v
+        return out
+
+    async def list(
+        self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
+    ) -> list[tuple[str, bytes]]:
+        return await self._run(self._list, start, end, prefix, reverse, limit)
+
+    def _list(
+        self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
+    ) -> list[tuple[str, bytes]]:
+        where, params = [], []
+        if start is not None:
+            where.append("key >= ?")
+            params.append(start)
+        if end is not None:
+            where.append("key < ?")
+            params.append(end)
+        if prefix:
+            where.append("key >= ? AND substr(key, 1, ?) = ?")
+            params += [prefix, len(prefix), prefix]
+        sql = "SELECT key, value FROM _ew_kv"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY key" + (" DESC" if reverse else "")
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return list(self.conn.execute(sql, params))
+
+    async def read_idempotency(self, key: str) -> bytes | None:
+        return await self._run(self._read_idempotency, key)
+
+    def _read_idempotency(self, key: str) -> bytes | None:
+        row = self.conn.execute("SELECT reply FROM _ew_idempotency WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- writes --------------------------------------------------------------------------------
+    async def commit(self, batch: Batch) -> None:
+        await self._run(self._commit, batch)
+
+    def _commit(self, batch: Batch) -> None:
+        if batch.alarm_changed and batch.alarm is not None and self._alarm_hook:
+            self._alarm_hook(batch.alarm)  # index first: a stale index entry is harmless
+        conn = self._begin()
+        try:
+            self._apply(conn, batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if batch.alarm_changed and batch.alarm is None and self._alarm_hook:
+            self._alarm_hook(None)
+
+    def _apply(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        puts = [(k, v) for k, v in batch.writes.items() if v is not None]
+        dels = [(k,) for k, v in batch.writes.items() if v is None]
+        if puts:
+            conn.executemany(
+                "INSERT INTO _ew_kv (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                puts,
+            )
+        if dels:
+            conn.executemany("DELETE FROM _ew_kv WHERE key = ?", dels)
+        if batch.alarm_changed:
+            if batch.alarm is None:
+                conn.execute("DELETE FROM _ew_alarm WHERE id = 0")
+            else:
+                conn.execute(
+                    "INSERT INTO _ew_alarm (id, time) VALUES (0, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET time = excluded.time",
+                    (batch.alarm,),
+                )
+        if batch.idempotency:
+            conn.executemany(
+                "INSERT OR REPLACE INTO _ew_idempotency (key, reply, created_ms) VALUES (?, ?, ?)",
+                batch.idempotency,
+            )
+
+    async def delete_all(self) -> None:
+        await self._run(self._delete_all)
+
+    def _delete_all(self) -> None:
+        conn = self._begin()
+        conn.execute("DELETE FROM _ew_kv")
+        objs = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') "
+            "AND name NOT LIKE '\\_ew\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        ).fetchall()
+        for kind, name in sorted(objs, key=lambda o: o[0] != "view"):
+            conn.execute(f'DROP {kind.upper()} IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
+
+    async def exec(self, query: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]], int]:
+        return await self._run(self._exec, query, params)
+
+    def _exec(self, query: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]], int]:
+        conn = self._begin()
+        before = conn.total_changes
+        cur = conn.execute(query, params)
+        columns = [d[0] for d in cur.description] if cur.description else []
+        rows = cur.fetchall()
+        return columns, rows, conn.total_changes - before
+
+    async def savepoint(self, name: str, action: Literal["open", "release", "rollback"]) -> None:
+        await self._run(self._savepoint, name, action)
+
+    def _savepoint(self, name: str, action: str) -> None:
+        if action == "open":
+            self._begin().execute(f"SAVEPOINT {name}")
+        elif action == "release":
+            self.conn.execute(f"RELEASE {name}")
+        else:
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")

@@ -1,0 +1,28 @@
+"""Options of an ``ObjectHost`` (validated once, at construction)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from objects import values
+
+__all__ = ["ObjectHostOptions"]
+
+
+class ObjectHostOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    idle_timeout_s: float = Field(30.0, gt=0, description="evict an object idle this long")
+    max_queue: int = Field(5000, ge=1, description="events waiting for delivery per object")
+    durability: Literal["normal", "full"] = Field(
+        "normal", description="SQLite synchronous=NORMAL (survives process crash) or FULL (power loss)"
+    )
+    max_key_bytes: int = Field(values.DEFAULT_MAX_KEY_BYTES, ge=1)
+    max_value_bytes: int = Field(values.DEFAULT_MAX_VALUE_BYTES, ge=1)
+    preload_rows: int = Field(10_000, ge=0, description="load the whole KV table when this small")
+    preload_bytes: int = Field(8 * 1024 * 1024, ge=0)
+    alarm_max_retries: int = Field(6, ge=0)
+    alarm_backoff_ms: int = Field(2000, ge=1, description="first retry delay; doubles each retry")
+    close_timeout_s: float = Field(10.0, gt=0, description="how long close() waits for events")

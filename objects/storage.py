@@ -1,0 +1,478 @@
+"""``ctx.storage``: the KV API (Cloudflare's, snake_case) over a cache and group commit.
+
+Cache: reads are served from memory. A small database (up to ``preload_rows`` keys and
+``preload_bytes``) is loaded whole when the object opens; otherwise keys are loaded on first
+read (and remembered, also when absent). A read that must go to SQLite holds the input gate.
+
+Writes never suspend: they update the cache and join the *current batch*. The first write of a
+batch schedules a flush with ``loop.call_soon``, so every write issued before the writer's next
+real suspension (and writes of other events that run in between) land in the same batch; one
+batch is one SQLite transaction (group commit). At most one commit is in flight; writes issued
+meanwhile form the next batch. Responses wait for their batch on the output gate
+(``objects.gates``); a failed commit breaks both gates and resets the object.
+
+Atomic sections — ``transaction(fn)`` and idempotent ops — hold the input gate for their whole
+run, buffer KV writes in an overlay (merged into the batch on success, dropped on exception or
+``txn.rollback()``), put SQL statements under a SAVEPOINT, and hold back flushing until they end,
+so everything they wrote is committed in one SQLite transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from objects import values
+from objects.database import Batch, ObjectDatabase
+from objects.errors import DurableObjectReset
+from objects.gates import InputGate, OutputGate
+from objects.sql import SqlCursor, SqlStorage
+
+__all__ = ["Storage", "StorageLimits", "Transaction"]
+
+T = TypeVar("T")
+_MISSING: Any = object()
+_savepoints = itertools.count()
+
+
+@dataclass(frozen=True)
+class StorageLimits:
+    max_key_bytes: int = values.DEFAULT_MAX_KEY_BYTES
+    max_value_bytes: int = values.DEFAULT_MAX_VALUE_BYTES
+    preload_rows: int = 10_000
+    preload_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass
+class _Section:
+    writes: dict[str, bytes | None] = field(default_factory=dict)
+    alarm: Any = _MISSING  # int | None when set inside the section
+    idempotency: list[tuple[str, bytes, int]] = field(default_factory=list)
+    savepoint: str | None = None
+    rolled_back: bool = False
+
+
+class Storage:
+    def __init__(
+        self,
+        db: ObjectDatabase,
+        input_gate: InputGate,
+        output_gate: OutputGate,
+        *,
+        limits: StorageLimits,
+        now_ms: Callable[[], int],
+        on_broken: Callable[[DurableObjectReset], None],
+        on_alarm_committed: Callable[[int | None], None],
+    ) -> None:
+        self._db = db
+        self._in = input_gate
+        self._out = output_gate
+        self._limits = limits
+        self._now_ms = now_ms
+        self._on_broken = on_broken
+        self._on_alarm_committed = on_alarm_committed
+        self._cache: dict[str, bytes | None] = {}
+        self._complete = False
+        self._alarm: int | None = None
+        self._idem: dict[str, bytes] = {}
+        self._sections: list[_Section] = []
+        self._broken: DurableObjectReset | None = None
+        # the batch being accumulated
+        self._epoch = 1
+        self._pending = False
+        self._dirty: dict[str, bytes | None] = {}
+        self._alarm_dirty = False
+        self._idem_dirty: list[tuple[str, bytes, int]] = []
+        self._inflight: dict[str, bytes | None] = {}
+        self._flush_scheduled = False
+        self._flusher: asyncio.Task[None] | None = None
+        self.sql = SqlStorage(self)
+
+    # -- lifecycle (host side) -----------------------------------------------------------------
+    async def open(self) -> None:
+        state = await self._db.open(self._limits.preload_rows, self._limits.preload_bytes)
+        self._alarm = state.alarm
+        if state.complete:
+            self._complete = True
+            self._cache = dict(state.rows)
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and self._flusher is None and not self._sections
+
+    @property
+    def stored_alarm(self) -> int | None:
+        return self._alarm
+
+    async def flush(self) -> None:
+        """Commit everything written so far (host side; raises if the object is broken)."""
+        if self._pending:
+            self._kick()
+        await self._out.wait()
+
+    async def close(self, *, discard: bool = False) -> None:
+        if self._broken is not None:
+            discard = True
+        if not discard:
+            try:
+                await self.flush()
+            except DurableObjectReset:
+                discard = True
+        if self._broken is None:
+            self._broken = DurableObjectReset("the object was closed")
+        await self._db.close(discard=discard)
+
+    def _fail(self, message: str) -> None:
+        if self._broken is not None:
+            return
+        self._broken = DurableObjectReset(message)
+        self._out.break_(self._broken)
+        self._in.break_(self._broken)
+        self._on_broken(self._broken)
+
+    # -- gating and batching -------------------------------------------------------------------
+    async def _enter(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if not self._in.is_open and not self._in.owns():
+            await self._in.wait_open()
+
+    def _note_write(self) -> None:
+        self._pending = True
+        self._out.note_write(self._epoch)
+        if not self._flush_scheduled and self._flusher is None:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._flush_scheduled = False
+        if self._flusher is None and self._pending and not self._sections and not self._broken:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._pending and not self._sections and self._broken is None:
+                batch = Batch(epoch=self._epoch, writes=self._dirty, idempotency=self._idem_dirty)
+                if self._alarm_dirty:
+                    batch.alarm_changed, batch.alarm = True, self._alarm
+                self._epoch += 1
+                self._pending = False
+                self._dirty, self._idem_dirty, self._alarm_dirty = {}, [], False
+                self._inflight = batch.writes
+                try:
+                    await self._db.commit(batch)
+                except Exception as exc:  # noqa: BLE001 - any commit failure resets the object
+                    self._fail(f"commit failed: {type(exc).__name__}: {exc}")
+                    return
+                finally:
+                    self._inflight = {}
+                self._out.mark_durable(batch.epoch)
+                if batch.alarm_changed:
+                    self._on_alarm_committed(batch.alarm)
+        finally:
+            self._flusher = None
+
+    def _write(self, key: str, data: bytes | None) -> None:
+        if self._sections:
+            self._sections[-1].writes[key] = data
+            return
+        self._cache[key] = data
+        self._dirty[key] = data
+        self._note_write()
+
+    def _lookup(self, key: str) -> bytes | None:
+        """Value visible to the caller, ``_MISSING`` when it must be read from SQLite."""
+        for section in reversed(self._sections):
+            if key in section.writes:
+                return section.writes[key]
+        if key in self._cache:
+            return self._cache[key]
+        return None if self._complete else _MISSING
+
+    async def _load(self, keys: list[str]) -> None:
+        missing = [k for k in keys if self._lookup(k) is _MISSING]
+        if not missing:
+            return
+        async with self._in.hold():
+            missing = [k for k in missing if self._lookup(k) is _MISSING]
+            if missing:
+                found = await self._db.read(missing)
+                if self._broken is not None:
+                    raise self._broken
+                for k in missing:
+                    self._cache.setdefault(k, found.get(k))
+
+    def _key(self, key: Any) -> str:
+        return values.check_key(key, self._limits.max_key_bytes)
+
+    # -- KV API --------------------------------------------------------------------------------
+    async def get(self, key: str | list[str]) -> Any:
+        """``get(key)`` -> value or None; ``get([keys])`` -> dict of the keys that exist."""
+        await self._enter()
+        if isinstance(key, list | tuple):
+            keys = [self._key(k) for k in key]
+            await self._load(keys)
+            out = {}
+            for k in keys:
+                data = self._lookup(k)
+                if data is not None:
+                    out[k] = values.decode(data)
+            return out
+        key = self._key(key)
+        data = self._lookup(key)
+        if data is _MISSING:
+            await self._load([key])
+            data = self._lookup(key)
+        return None if data is None else values.decode(data)
+
+    async def put(self, key: str | dict[str, Any], value: Any = _MISSING) -> None:
+        """``put(key, value)`` or ``put({key: value, ...})`` (all-or-nothing validation)."""
+        await self._enter()
+        if isinstance(key, dict):
+            if value is not _MISSING:
+                raise TypeError("put(entries) takes no value argument")
+            encoded = [
+                (self._key(k), values.encode(k, v, self._limits.max_value_bytes))
+                for k, v in key.items()
+            ]
+        else:
+            if value is _MISSING:
+                raise TypeError("put(key, value) needs a value")
+            k = self._key(key)
+            encoded = [(k, values.encode(k, value, self._limits.max_value_bytes))]
+        for k, data in encoded:
+            self._write(k, data)
+
+    async def delete(self, key: str | list[str]) -> bool | int:
+        """``delete(key)`` -> whether it existed; ``delete([keys])`` -> how many existed."""
+        await self._enter()
+        many = isinstance(key, list | tuple)
+        keys = [self._key(k) for k in key] if many else [self._key(key)]
+        await self._load(keys)
+        count = 0
+        for k in dict.fromkeys(keys):
+            if self._lookup(k) is not None:
+                count += 1
+            self._write(k, None)
+        return count if many else bool(count)
+
+    async def list(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """Entries in key order (``start`` inclusive, ``end`` exclusive), as a dict."""
+        await self._enter()
+        for name, v in (("prefix", prefix), ("start", start), ("end", end)):
+            if v is not None and not isinstance(v, str):
+                raise TypeError(f"list({name}=...) must be a str, got {type(v).__name__}")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ValueError(f"list(limit=...) must be a positive int, got {limit!r}")
+        merged: dict[str, bytes | None] = {}
+        if self._complete:
+            merged.update(self._cache)
+        else:
+            async with self._in.hold():
+                extra = len(self._dirty) + len(self._inflight)
+                extra += sum(len(s.writes) for s in self._sections)
+                rows = await self._db.list(
+                    start, end, prefix, reverse, None if limit is None else limit + extra
+                )
+                if self._broken is not None:
+                    raise self._broken
+                for k, v in rows:
+                    self._cache.setdefault(k, v)
+                merged.update(rows)
+                merged.update(self._inflight)
+                merged.update(self._dirty)
+        for section in self._sections:
+            merged.update(section.writes)
+
+        def wanted(k: str) -> bool:
+            return (
+                (start is None or k >= start)
+                and (end is None or k < end)
+                and (not prefix or k.startswith(prefix))
+            )
+
+        keys = sorted((k for k, v in merged.items() if v is not None and wanted(k)), reverse=reverse)
+        if limit is not None:
+            keys = keys[:limit]
+        return {k: values.decode(merged[k]) for k in keys}  # type: ignore[arg-type]
+
+    async def delete_all(self) -> None:
+        """Delete every KV entry and every user SQL table (the alarm is kept)."""
+        await self._enter()
+        if self._sections:
+            raise RuntimeError("delete_all() cannot be used inside a transaction")
+        async with self._in.hold():
+            self._note_write()
+            await self._db.delete_all()
+            self._cache, self._complete, self._dirty = {}, True, {}
+
+    async def sync(self) -> None:
+        """Wait until every write made so far is durable."""
+        await self._enter()
+        await self._out.wait()
+
+    async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``fn(txn)`` exclusively and atomically; an exception rolls every write back."""
+        async with self.atomic() as section:
+            return await fn(Transaction(self, section))
+
+    # -- alarms --------------------------------------------------------------------------------
+    async def get_alarm(self) -> int | None:
+        await self._enter()
+        for section in reversed(self._sections):
+            if section.alarm is not _MISSING:
+                return section.alarm
+        return self._alarm
+
+    async def set_alarm(self, when: int | float | dt.datetime) -> None:
+        """Schedule the object's single alarm at ``when`` (epoch ms, or a datetime; naive = UTC)."""
+        await self._enter()
+        if isinstance(when, dt.datetime):
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            ms = int(when.timestamp() * 1000)
+        elif isinstance(when, int | float) and not isinstance(when, bool):
+            ms = int(when)
+        else:
+            raise TypeError(f"set_alarm() takes epoch milliseconds or a datetime, got {when!r}")
+        if ms < 0:
+            raise ValueError(f"set_alarm() time must be >= 0, got {ms}")
+        self._set_alarm(ms)
+
+    async def delete_alarm(self) -> None:
+        await self._enter()
+        self._set_alarm(None)
+
+    def _set_alarm(self, ms: int | None) -> None:
+        if self._sections:
+            self._sections[-1].alarm = ms
+            return
+        self._alarm = ms
+        self._alarm_dirty = True
+        self._note_write()
+
+    # -- SQL -----------------------------------------------------------------------------------
+    async def _exec_sql(self, query: str, params: tuple[Any, ...]) -> SqlCursor:
+        await self._enter()
+        async with self._in.hold():
+            if self._sections and self._sections[-1].savepoint is None:
+                name = f"ew_sp_{next(_savepoints)}"
+                await self._db.savepoint(name, "open")
+                self._sections[-1].savepoint = name
+            self._note_write()
+            columns, rows, written = await self._db.exec(query, params)
+            return SqlCursor(columns, rows, written)
+
+    def _database_size(self) -> int:
+        try:
+            return sum(
+                os.path.getsize(str(self._db.path) + s)
+                for s in ("", "-wal")
+                if os.path.exists(str(self._db.path) + s)
+            )
+        except OSError:
+            return 0
+
+    # -- atomic sections and idempotency (host side) -------------------------------------------
+    @asynccontextmanager
+    async def atomic(self) -> Any:
+        """Exclusive, all-or-nothing section (see module docstring)."""
+        await self._enter()
+        async with self._in.hold():
+            section = _Section()
+            self._sections.append(section)
+            ok = False
+            try:
+                yield section
+                ok = not section.rolled_back
+            finally:
+                try:
+                    if section.savepoint is not None and self._broken is None:
+                        await self._db.savepoint(section.savepoint, "release" if ok else "rollback")
+                finally:
+                    self._sections.pop()
+                    if ok and self._broken is None:
+                        self._merge(section)
+                    if self._pending:
+                        self._kick()
+
+    def _merge(self, section: _Section) -> None:
+        if self._sections:
+            parent = self._sections[-1]
+            parent.writes.update(section.writes)
+            if section.alarm is not _MISSING:
+                parent.alarm = section.alarm
+            parent.idempotency += section.idempotency
+            return
+        for k, v in section.writes.items():
+            self._cache[k] = v
+            self._dirty[k] = v
+        if section.alarm is not _MISSING:
+            self._alarm = section.alarm
+            self._alarm_dirty = True
+        for rec in section.idempotency:
+            self._idem[rec[0]] = rec[1]
+        self._idem_dirty += section.idempotency
+        if section.writes or section.alarm is not _MISSING or section.idempotency:
+            self._note_write()
+
+    async def recorded_reply(self, idempotency_key: str) -> bytes | None:
+        """The reply recorded for ``idempotency_key``, if an op with that key was applied."""
+        await self._enter()
+        if idempotency_key in self._idem:
+            return self._idem[idempotency_key]
+        async with self._in.hold():
+            data = await self._db.read_idempotency(idempotency_key)
+        if data is not None:
+            self._idem[idempotency_key] = data
+        return data
+
+    def record_reply(self, section: _Section, idempotency_key: str, reply: bytes) -> None:
+        section.idempotency.append((idempotency_key, reply, self._now_ms()))
+
+
+class Transaction:
+    """The ``txn`` passed to ``storage.transaction(fn)``: the same KV methods, plus rollback."""
+
+    def __init__(self, storage: Storage, section: _Section) -> None:
+        self._storage = storage
+        self._section = section
+
+    async def get(self, key: str | list[str]) -> Any:
+        return await self._storage.get(key)
+
+    async def put(self, key: str | dict[str, Any], value: Any = _MISSING) -> None:
+        await self._storage.put(key, value)
+
+    async def delete(self, key: str | list[str]) -> bool | int:
+        return await self._storage.delete(key)
+
+    async def list(self, **options: Any) -> dict[str, Any]:
+        return await self._storage.list(**options)
+
+    async def get_alarm(self) -> int | None:
+        return await self._storage.get_alarm()
+
+    async def set_alarm(self, when: int | float | dt.datetime) -> None:
+        await self._storage.set_alarm(when)
+
+    async def delete_alarm(self) -> None:
+        await self._storage.delete_alarm()
+
+    def rollback(self) -> None:
+        """Discard every write of this transaction when ``fn`` returns."""
+        self._section.rolled_back = True
