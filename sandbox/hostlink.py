@@ -47,7 +47,7 @@ EDGE_MODULE = "edge"
 WASI_MODULE = "wasi_snapshot_preview1"
 EDGE_IMPORTS: dict[str, str] = {name.replace(".", "_"): name for name in HOST_FUNCTIONS}
 _MASK32 = 0xFFFFFFFF
-MICROPYTHON_RESULT_CAP = 4 * 1024 * 1024
+MICROPYTHON_RESULT_CAP = 256 * 1024  # the guest allocates this much per host.call
 
 _current = threading.local()
 

@@ -59,7 +59,7 @@ def execute(
     body: Callable[[wasmtime.Store, MemoryProbe], T],
     stats: CallStats,
 ) -> T:
-    store = wasmtime.Store(engine.engine)
+    store = wasmtime.Store(engine.engine)  # closed in `finally`: see module docstring
     store.set_limits(
         memory_size=limits.memory_bytes,
         table_elements=limits.table_elements,
@@ -91,6 +91,10 @@ def execute(
             stats.fuel_used = limits.fuel - store.get_fuel()
         except wasmtime.WasmtimeError:
             stats.fuel_used = limits.fuel
+        # Drop the store here, on its own thread: left to the garbage collector (or to
+        # interpreter exit) its WASI output callbacks are finalized from a wasmtime runtime
+        # thread that cannot enter Python, which aborts the process.
+        store.close()
 
 
 def _memory_at_cap(store: wasmtime.Store, probe: MemoryProbe, limits: Limits) -> bool:

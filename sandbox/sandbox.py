@@ -144,6 +144,7 @@ class Sandbox:
             prepared = self._prepare(name)
             try:
                 input_json = json.dumps(input, separators=(",", ":"), allow_nan=False)
+                json.dumps(input, ensure_ascii=False).encode("utf-8")  # lone surrogates
             except (TypeError, ValueError) as e:
                 raise ToolError(ErrorCode.BAD_INPUT, f"input is not JSON-serializable: {e}") from None
             if len(input_json) > self.config.max_input_bytes:
@@ -180,6 +181,10 @@ class Sandbox:
         except ToolError as e:
             fields["outcome"] = e.code
             fields["error"] = e.message
+            raise
+        except Exception as e:
+            fields["outcome"] = "internal_error"
+            fields["error"] = f"{type(e).__name__}: {e}"
             raise
         finally:
             if ctx is not None:
@@ -218,9 +223,11 @@ class Sandbox:
             )
         source = prepared.python_source
 
+        input_value = json.loads(input_json)  # normalized: exactly what JSON can carry
+
         def run_python(store: wasmtime.Store, probe: MemoryProbe) -> Any:
             return call_python(
-                store, probe, pre, source, input_json, ctx, list(spec.preopens), self.app_dir,
+                store, probe, pre, source, input_value, ctx, list(spec.preopens), self.app_dir,
                 self.config.stderr_bytes, self.tmp_dir,
             )
 

@@ -23,7 +23,7 @@ class Preopen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host_path: Annotated[str, Field(min_length=1)]
-    guest_path: Annotated[str, Field(pattern=r"^/[^\0]*$")]
+    guest_path: Annotated[str, Field(pattern=r"^/[^\x00]*$")]
     writable: bool = False
 
 
