@@ -71,6 +71,7 @@ class WorkflowInstance:
         _unwrap(await self._stub().restart())
 
     async def send_event(self, type: str, payload: Any = None) -> None:
+        payload = self._binding._params(payload, "event payload")
         _unwrap(await self._stub().send_event(type, payload))
 
     async def approve(self, by: str, reason: str | None = None) -> None:
@@ -103,9 +104,9 @@ class WorkflowBinding:
     def _instance_stub(self, instance_id: str) -> Any:
         return self.definition.instance_stub(self._tenant(), instance_id)
 
-    def _params(self, params: Any) -> Any:
+    def _params(self, params: Any, what: str = "workflow params") -> Any:
         try:
-            return normalize_value("workflow params", params,
+            return normalize_value(what, params,
                                    self.definition.limits.max_payload_bytes, "max_payload_bytes")
         except _ResultError as exc:
             raise WorkflowError("invalid_payload", str(exc)) from None

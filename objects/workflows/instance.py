@@ -215,7 +215,10 @@ class WorkflowInstanceObject(DurableObject):
         await self._load()
         if self.meta is None:
             return _err("not_found", "no such workflow instance")
-        return _ok(self._describe())
+        described = self._describe()
+        alarm = await self.storage.get_alarm()
+        described["alarm"] = None if alarm is None else alarm / 1000.0
+        return _ok(described)
 
     async def pause(self) -> dict[str, Any]:
         if (error := await self._require("pause")) is not None:
@@ -468,7 +471,7 @@ class WorkflowInstanceObject(DurableObject):
                         "status": "pending", "attempts": [], "wake_at": None,
                         "started": self.now(), "seq": len(self.comps)}
             elif comp["wake_at"] is not None and comp["wake_at"] > self.now():
-                raise _Suspend(comp["wake_at"], "compensation retry", comp_key)
+                raise _Suspend(comp["wake_at"], "compensation retry", key)
 
             undo = _undo_call(fn, rec.get("result"))
             with contextlib.suppress(Exception):

@@ -30,15 +30,16 @@ class WorkflowRegistryObject(DurableObject):
         if await self.ctx.storage.get(key) is not None:
             return {"ok": False, "error": {
                 "code": "duplicate_id", "message": f"instance id {instance_id!r} is already used"}}
-        await self.ctx.storage.put(key, {"created": created})
+        seq = (await self.ctx.storage.get("count") or 0) + 1
+        await self.ctx.storage.put({key: {"created": created, "seq": seq}, "count": seq})
         await self.ctx.storage.sync()
         return {"ok": True, "value": None}
 
     async def list(self) -> list[dict[str, Any]]:
         items = dict(await self.ctx.storage.list())
-        rows = [{"id": key[3:], "created": value["created"]}
+        rows = [{"id": key[3:], "created": value["created"], "seq": value["seq"]}
                 for key, value in items.items() if key.startswith("id:")]
-        return sorted(rows, key=lambda row: (row["created"], row["id"]))
+        return sorted(rows, key=lambda row: row["seq"])
 
     async def acquire(self, instance_id: str, limit: int) -> bool:
         self._limit = limit

@@ -166,7 +166,8 @@ async def run_attempts(
             "step": name, "key": record_key, "outcome": "retry", "attempt": attempt,
             "retry_at": wake_at, "error": error_fields(exc),
         })
-        raise _Suspend(wake_at, "retry", record_key) from None
+        kind = "retry" if record_key.startswith("step:") else "compensation retry"
+        raise _Suspend(wake_at, kind, record_key.split(":", 1)[1]) from None
     run.set_current(None, None, 0, 0.0)
     run.audit(f"{audit_kind}.outcome", {
         "step": name, "key": record_key, "outcome": "complete", "attempts": attempt,

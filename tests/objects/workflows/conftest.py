@@ -63,6 +63,17 @@ class Harness:
     ) -> dict[str, Any]:
         return await wait_for(instance, lambda s: s["status"] in statuses, timeout)
 
+    async def wait_for(self, instance: WorkflowInstance, predicate, timeout: float = 10.0):
+        return await wait_for(instance, predicate, timeout)
+
+    async def wait_for_calls(self, count: int, timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.env["calls"]) < count:
+            if loop.time() > deadline:
+                raise AssertionError(f"{len(self.env['calls'])} calls, expected {count}")
+            await asyncio.sleep(0.005)
+
     def advance(self, seconds: float) -> None:
         self.clock.advance(int(seconds * 1000))
 
