@@ -134,7 +134,7 @@ async def run_attempts(
             async def body(txn: Any) -> Any:
                 result = await call()
                 done = _completed(rec, result, started, run.now())
-                await run.write(record_key, done)
+                await run.write(record_key, done, txn)
                 return done
 
             done = await run.storage.transaction(body)
