@@ -1,19 +1,7 @@
-"""The durable-object API workflows are built on, from ``objects`` once it exports it.
-
-Until ``objects`` exports ``DurableObject``, ``ObjectHost``, ``DurableObjectNamespace`` and
-``LocalTransport``, a minimal stand-in with the same shapes is used (``_fallback_host``).
-"""
+"""The durable-object API workflows are built on (one import point for the package)."""
 
 from __future__ import annotations
 
-try:
-    from objects import (  # type: ignore[attr-defined]
-        DurableObject,
-        DurableObjectNamespace,
-        LocalTransport,
-        ObjectHost,
-    )
-except ImportError:  # pragma: no cover - depends on what objects/ has landed
-    from ._fallback_host import DurableObject, DurableObjectNamespace, LocalTransport, ObjectHost
+from objects import DurableObject, DurableObjectNamespace, LocalTransport, ObjectHost
 
 __all__ = ["DurableObject", "DurableObjectNamespace", "LocalTransport", "ObjectHost"]

@@ -116,7 +116,7 @@ class WorkflowBinding:
         params = self._params(params)
         tenant = self._tenant()
         registry = self.definition.registry_stub(tenant)
-        _unwrap(await registry.register(instance_id, self.definition.hooks.clock()))
+        _unwrap(await registry.register(instance_id, self.definition.hooks.now()))
         _unwrap(await self._instance_stub(instance_id).create(instance_id, params, tenant))
         return WorkflowInstance(self, instance_id)
 

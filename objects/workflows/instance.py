@@ -106,7 +106,7 @@ class WorkflowInstanceObject(DurableObject):
     # ----------------------------------------------------------------- engine interface
 
     def now(self) -> float:
-        return self.hooks.clock()
+        return self.hooks.now()
 
     def audit(self, kind: str, fields: dict[str, Any]) -> None:
         meta = self.meta or {}
@@ -372,6 +372,9 @@ class WorkflowInstanceObject(DurableObject):
     def _kick(self) -> None:
         if not self._task_alive():
             self._task = asyncio.get_running_loop().create_task(self._drive(self._token))
+            keep_alive = getattr(self.ctx, "wait_until", None)
+            if keep_alive is not None:  # not evicted while the run task is alive
+                keep_alive(self._task)
 
     async def _supersede(self) -> None:
         """Stop the current run task; it commits nothing after this returns."""

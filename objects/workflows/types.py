@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from objects.clock import Clock, SystemClock
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -54,12 +55,16 @@ def _never_killed() -> str | None:
 
 @dataclass
 class WorkflowHooks:
-    """What an upper layer injects: clock (epoch seconds), audit sink, kill switch.
+    """What an upper layer injects: clock (the host's, epoch ms), audit sink, kill switch.
 
     ``is_killed()`` returns a reason while the workflow class is stopped by the kill switch;
     a running instance then pauses at its next step boundary.
     """
 
-    clock: Callable[[], float] = time.time
+    clock: Clock = field(default_factory=SystemClock)
     audit: AuditHook = field(default=_no_audit)
     is_killed: Callable[[], str | None] = field(default=_never_killed)
+
+    def now(self) -> float:
+        """Epoch seconds by the injected clock."""
+        return self.clock.now() / 1000.0

@@ -33,7 +33,7 @@ class Harness:
 
     def hooks(self) -> WorkflowHooks:
         return WorkflowHooks(
-            clock=lambda: self.clock.now() / 1000.0,
+            clock=self.clock,
             audit=lambda kind, fields: self.audits.append((kind, fields)),
             is_killed=lambda: self.killed,
         )
