@@ -8,9 +8,11 @@ window, sets the wall-clock deadline, runs `body(store)` and maps whatever went 
 Mapping, first match wins:
 1. a violation the host recorded (`ctx.abort`: host-call or output limit);
 2. trap `INTERRUPT` -> `timeout`; trap `STACK_OVERFLOW` -> `stack_overflow`;
-3. any other trap, or running out of fuel, while the guest's linear memory was within one
-   64 KiB page of `memory_bytes` -> `memory_limit` (a failed `memory.grow` only returns -1,
-   so a guest that hits the cap typically ends in a trap or spins until fuel runs out);
+3. any other trap, or running out of fuel, while the guest's linear memory was within
+   max(one 64 KiB page, 1/8 of `memory_bytes`) of `memory_bytes` -> `memory_limit` (a
+   failed `memory.grow` only returns -1 and wasmtime-py exposes no hook to observe it, so a
+   guest that hits the cap typically ends in a trap or spins until fuel runs out; the
+   memory it holds at that point is the evidence);
    instantiation refused because initial memory exceeds the cap -> `memory_limit`;
 4. trap `OUT_OF_FUEL` -> `out_of_fuel`; any other trap -> `trap` with `details.trap_code`.
 """
@@ -101,7 +103,8 @@ def _memory_at_cap(store: wasmtime.Store, probe: MemoryProbe, limits: Limits) ->
     if probe.memory is None:
         return False
     try:
-        return probe.memory.data_len(store) + PAGE > limits.memory_bytes
+        headroom = max(PAGE, limits.memory_bytes // 8)
+        return probe.memory.data_len(store) + headroom > limits.memory_bytes
     except wasmtime.WasmtimeError:
         return False
 

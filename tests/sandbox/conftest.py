@@ -41,7 +41,8 @@ ECHO_WAT = f"""
 
 def edge_call_wat(name: str, payload: str, repeat: int = 1) -> str:
     """A tool that calls edge.call(name, payload) `repeat` times and returns the last answer."""
-    data = name + payload
+    data = wat_escape(name + payload)
+    name_len, payload_len = len(name.encode()), len(payload.encode())
     return f"""
 (module
   (import "edge" "call" (func $call (param i32 i32 i32 i32) (result i64)))
@@ -50,8 +51,8 @@ def edge_call_wat(name: str, payload: str, repeat: int = 1) -> str:
   (func (export "run") (param $p i32) (param $n i32) (result i64)
     (local $r i64) (local $i i32)
     (loop $again
-      (local.set $r (call $call (i32.const 16) (i32.const {len(name)})
-                                (i32.const {16 + len(name)}) (i32.const {len(payload)})))
+      (local.set $r (call $call (i32.const 16) (i32.const {name_len})
+                                (i32.const {16 + name_len}) (i32.const {payload_len})))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br_if $again (i32.lt_u (local.get $i) (i32.const {repeat}))))
     local.get $r))
