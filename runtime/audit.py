@@ -94,6 +94,8 @@ DEFAULT_CLASSIFICATIONS: dict[str, Classification] = {
     "limit": "internal",
 }
 
+# Upper bound on one transaction, so other processes never wait long for the write lock.
+_MAX_BATCH = 5000
 _COLUMNS = ("request_id", "tenant", "subject", "script", "risk", "classification")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -385,10 +387,11 @@ class AuditLog:
             with self._cond:
                 if not self._buffer:
                     return
-                batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
+                n = min(len(self._buffer), _MAX_BATCH)
+                batch = [self._buffer.popleft() for _ in range(n)]
             try:
                 self._write_batch(batch)
-            except sqlite3.Error as exc:
+            except Exception as exc:
                 with self._cond:
                     self._buffer.extendleft(reversed(batch))
                 self.write_errors += 1
@@ -473,55 +476,64 @@ def _row_entry(row: tuple[Any, ...]) -> AuditEntry:
 
 
 def verify(path: str | Path) -> VerifyResult:
-    """Walk the chain of the log at `path` (the file or its state dir)."""
+    """Walk the chain of the log at `path` (the file or its state dir).
+
+    A file SQLite cannot read (a damaged page or header) is reported as broken with
+    ``first_bad_seq`` None; a missing file raises FileNotFoundError."""
     conn = _open_existing(path)
     try:
-        conn.execute("BEGIN")  # one consistent snapshot while writers go on
-        checkpoints = dict(conn.execute("SELECT seq, hash FROM checkpoints").fetchall())
-        head = conn.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
-        total = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
-        expected_seq, prev, last_cp = 1, GENESIS_HASH, None
-
-        def bad(seq: int, reason: str) -> VerifyResult:
-            return VerifyResult(False, seq, reason, total, last_cp)
-
-        rows: Iterator[tuple[Any, ...]] = conn.execute(_SELECT + " ORDER BY seq")
-        for row in rows:
-            seq, data_text, prev_hash, stored = row[0], row[9], row[10], row[11]
-            if seq != expected_seq:
-                return bad(expected_seq, f"entry {expected_seq} is missing (next is {seq})")
-            if prev_hash != prev:
-                return bad(seq, "prev_hash does not match the previous entry's hash")
-            try:
-                data = json.loads(data_text)
-            except (TypeError, ValueError):
-                return bad(seq, "data is not valid JSON")
-            if not isinstance(data, dict) or canonical_json(data) != data_text:
-                return bad(seq, "data is not canonical JSON")
-            fields = dict(zip(("seq", "ts", "kind", *_COLUMNS), row[:9], strict=True))
-            computed = entry_hash(prev, {**fields, "data": data, "prev_hash": prev_hash})
-            if computed != stored:
-                return bad(seq, "hash mismatch: the entry was altered")
-            cp = checkpoints.pop(seq, None)
-            if cp is not None:
-                if cp != stored:
-                    return bad(seq, f"checkpoint at {seq} does not match the entry's hash")
-                last_cp = seq
-            prev, expected_seq = stored, expected_seq + 1
-        last = expected_seq - 1
-        if checkpoints:
-            return bad(last + 1, f"checkpoint at {min(checkpoints)} names a missing entry")
-        if head is not None and (head[0] != last or head[1] != prev):
-            if head[0] > last:
-                return bad(last + 1, f"log ends at {last} but its head records {head[0]}")
-            if head[0] < last:
-                return bad(head[0] + 1, f"entries after the recorded head ({head[0]})")
-            return bad(last, "head hash does not match the last entry")
-        if head is None and last > 0:
-            return bad(last, "head record is missing")
-        return VerifyResult(True, None, None, total, last_cp)
+        return _verify(conn)
+    except sqlite3.DatabaseError as exc:
+        return VerifyResult(False, None, f"the log cannot be read: {exc}", 0)
     finally:
         conn.close()
+
+
+def _verify(conn: sqlite3.Connection) -> VerifyResult:
+    conn.execute("BEGIN")  # one consistent snapshot while writers go on
+    checkpoints = dict(conn.execute("SELECT seq, hash FROM checkpoints").fetchall())
+    head = conn.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+    total = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+    expected_seq, prev, last_cp = 1, GENESIS_HASH, None
+
+    def bad(seq: int, reason: str) -> VerifyResult:
+        return VerifyResult(False, seq, reason, total, last_cp)
+
+    rows: Iterator[tuple[Any, ...]] = conn.execute(_SELECT + " ORDER BY seq")
+    for row in rows:
+        seq, data_text, prev_hash, stored = row[0], row[9], row[10], row[11]
+        if seq != expected_seq:
+            return bad(expected_seq, f"entry {expected_seq} is missing (next is {seq})")
+        if prev_hash != prev:
+            return bad(seq, "prev_hash does not match the previous entry's hash")
+        try:
+            data = json.loads(data_text)
+        except (TypeError, ValueError):
+            return bad(seq, "data is not valid JSON")
+        if not isinstance(data, dict) or canonical_json(data) != data_text:
+            return bad(seq, "data is not canonical JSON")
+        fields = dict(zip(("seq", "ts", "kind", *_COLUMNS), row[:9], strict=True))
+        computed = entry_hash(prev, {**fields, "data": data, "prev_hash": prev_hash})
+        if computed != stored:
+            return bad(seq, "hash mismatch: the entry was altered")
+        cp = checkpoints.pop(seq, None)
+        if cp is not None:
+            if cp != stored:
+                return bad(seq, f"checkpoint at {seq} does not match the entry's hash")
+            last_cp = seq
+        prev, expected_seq = stored, expected_seq + 1
+    last = expected_seq - 1
+    if checkpoints:
+        return bad(last + 1, f"checkpoint at {min(checkpoints)} names a missing entry")
+    if head is not None and (head[0] != last or head[1] != prev):
+        if head[0] > last:
+            return bad(last + 1, f"log ends at {last} but its head records {head[0]}")
+        if head[0] < last:
+            return bad(head[0] + 1, f"entries after the recorded head ({head[0]})")
+        return bad(last, "head hash does not match the last entry")
+    if head is None and last > 0:
+        return bad(last, "head record is missing")
+    return VerifyResult(True, None, None, total, last_cp)
 
 
 def _since_ts(since: datetime | str | float | None) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -91,8 +92,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"audit log ok: {result.entries} entries" + (f", checkpoint at {cp}" if cp else ""))
         return 0
     cp = result.last_good_checkpoint
+    where = "" if result.first_bad_seq is None else f" at seq {result.first_bad_seq}"
     print(
-        f"audit log BROKEN at seq {result.first_bad_seq}: {result.reason}"
+        f"audit log BROKEN{where}: {result.reason}"
         + (f" (last good checkpoint: {cp})" if cp else " (no good checkpoint before it)"),
         file=sys.stderr,
     )
@@ -104,14 +106,18 @@ def _cmd_query(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"no audit log at {path}", file=sys.stderr)
         return 2
-    entries = query(
-        path,
-        request_id=args.request_id,
-        tenant=args.tenant,
-        since=args.since,
-        kind=args.kind,
-        limit=args.limit,
-    )
+    try:
+        entries = query(
+            path,
+            request_id=args.request_id,
+            tenant=args.tenant,
+            since=args.since,
+            kind=args.kind,
+            limit=args.limit,
+        )
+    except sqlite3.DatabaseError as exc:
+        print(f"cannot read the audit log at {path}: {exc}", file=sys.stderr)
+        return 2
     out = sys.stdout
     for entry in entries:
         out.write(json.dumps(entry.as_dict(), ensure_ascii=False, separators=(",", ":")) + "\n")

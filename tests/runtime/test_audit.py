@@ -78,6 +78,22 @@ def test_verify_detects_one_edited_byte_in_the_file(tmp_path: Path):
     assert "hash mismatch" in result.reason
 
 
+def test_verify_reports_an_unreadable_file_as_broken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    fill(tmp_path, 3)
+    path = tmp_path / AUDIT_FILENAME
+    raw = bytearray(path.read_bytes())
+    raw[0:16] = b"not sqlite at al"  # the header
+    path.write_bytes(bytes(raw))
+    result = verify(tmp_path)
+    assert (result.ok, result.first_bad_seq) == (False, None)
+    assert "cannot be read" in result.reason
+    assert run_cli("audit", "verify", "--state-dir", str(tmp_path)) == 1
+    assert "BROKEN: the log cannot be read" in capsys.readouterr().err
+    assert run_cli("audit", "query", "--state-dir", str(tmp_path)) == 2
+
+
 def test_verify_detects_non_canonical_whitespace_in_data(tmp_path: Path):
     fill(tmp_path, 3)
     with db(tmp_path) as conn:
