@@ -1,0 +1,368 @@
+"""Gate behaviours: unit tests of InputGate/OutputGate and their effect on a live object."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from objects import (
+    DurableObject,
+    DurableObjectError,
+    DurableObjectNamespace,
+    LocalTransport,
+    ObjectHost,
+)
+from objects.database import ObjectDatabase
+from objects.gates import InputGate, OutputGate
+
+
+async def settle(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def eventually(pred, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+# -- InputGate ---------------------------------------------------------------------------------
+async def test_input_gate_blocks_waiters_while_held_and_reopens_in_order():
+    gate = InputGate()
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def holder():
+        async with gate.hold():
+            order.append("held")
+            await release.wait()
+        order.append("released")
+
+    async def waiter():
+        await gate.wait_open()
+        order.append("delivered")
+
+    h = asyncio.create_task(holder())
+    await settle()
+    w = asyncio.create_task(waiter())
+    await settle()
+    assert order == ["held"] and not gate.is_open
+    release.set()
+    await asyncio.gather(h, w)
+    assert order == ["held", "released", "delivered"]
+    assert gate.is_open
+
+
+async def test_input_gate_is_reentrant_inside_the_holding_context():
+    gate = InputGate()
+    async with gate.hold():
+        assert gate.owns()
+        await gate.wait_open()  # would deadlock if not re-entrant
+        async with gate.hold():
+            assert gate.owns()
+    assert gate.is_open and not gate.owns()
+
+
+async def test_input_gate_grants_lockers_fifo():
+    gate = InputGate()
+    order: list[int] = []
+
+    async def locker(i: int):
+        async with gate.hold():
+            order.append(i)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(locker(i) for i in range(10)))
+    assert order == list(range(10))
+
+
+async def test_input_gate_cancelled_waiter_does_not_take_the_gate():
+    gate = InputGate()
+    release = asyncio.Event()
+
+    async def holder():
+        async with gate.hold():
+            await release.wait()
+
+    async def locker():
+        async with gate.hold():
+            pass
+
+    h = asyncio.create_task(holder())
+    await settle()
+    lock = asyncio.create_task(locker())
+    await settle()
+    lock.cancel()
+    release.set()
+    await h
+    with pytest.raises(asyncio.CancelledError):
+        await lock
+    assert gate.is_open
+
+
+async def test_critical_section_closes_the_gate_synchronously():
+    gate = InputGate()
+    release = asyncio.Event()
+    task = gate.run_critical_section(release.wait)
+    assert not gate.is_open  # closed before any await
+    release.set()
+    await task
+    assert gate.is_open
+
+
+async def test_critical_section_failure_is_reported_before_the_gate_reopens():
+    gate = InputGate()
+    seen: list[bool] = []
+
+    async def boom():
+        raise RuntimeError("x")
+
+    task = gate.run_critical_section(boom, lambda exc: seen.append(gate.is_open))
+    with pytest.raises(RuntimeError):
+        await task
+    assert seen == [False]
+
+
+async def test_broken_input_gate_fails_waiters():
+    gate = InputGate()
+    release = asyncio.Event()
+    task = gate.run_critical_section(release.wait)
+    w = asyncio.create_task(gate.wait_open())
+    await settle()
+    gate.break_(RuntimeError("broken"))
+    with pytest.raises(RuntimeError, match="broken"):
+        await w
+    release.set()
+    await task
+
+
+# -- OutputGate --------------------------------------------------------------------------------
+async def test_output_gate_holds_until_the_write_epoch_is_durable():
+    gate = OutputGate()
+    await gate.wait()  # nothing pending: released at once
+    gate.note_write(1)
+    w = asyncio.create_task(gate.wait())
+    await settle()
+    assert not w.done()
+    gate.note_write(2)  # a later write does not delay a reply produced before it
+    gate.mark_durable(1)
+    await w
+    assert gate.pending
+
+
+async def test_output_gate_break_fails_pending_and_later_waits():
+    gate = OutputGate()
+    gate.note_write(1)
+    w = asyncio.create_task(gate.wait())
+    await settle()
+    gate.break_(RuntimeError("commit failed"))
+    with pytest.raises(RuntimeError):
+        await w
+    with pytest.raises(RuntimeError):
+        await gate.wait()
+
+
+# -- on a live object --------------------------------------------------------------------------
+class Counter(DurableObject):
+    constructed = 0
+
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        type(self).constructed += 1
+
+    async def increment(self):
+        v = (await self.ctx.storage.get("n")) or 0
+        await self.ctx.storage.put("n", v + 1)
+        return v + 1
+
+    async def increment_with_reads_between(self, i):
+        v = (await self.ctx.storage.get("n")) or 0
+        await self.ctx.storage.get(f"other-{i}")  # a real I/O wait (cache miss) in between
+        await self.ctx.storage.put("n", v + 1)
+        return v + 1
+
+    async def value(self):
+        return await self.ctx.storage.get("n")
+
+
+def make(tmp_path, cls=Counter, **kw):
+    host = ObjectHost("app", {cls.__name__: cls}, None, tmp_path, **kw)
+    ns = DurableObjectNamespace("app", cls.__name__, LocalTransport(host))
+    return host, ns
+
+
+@pytest.mark.parametrize("preload_rows", [10_000, 0])
+async def test_no_lost_update_with_1000_concurrent_increments(tmp_path, preload_rows):
+    host, ns = make(tmp_path, preload_rows=preload_rows)
+    stub = ns.get_by_name("hot")
+    results = await asyncio.gather(*(stub.increment() for _ in range(1000)))
+    assert sorted(results) == list(range(1, 1001))
+    assert await stub.value() == 1000
+    await host.close()
+
+
+async def test_storage_io_between_get_and_put_does_not_lose_updates(tmp_path):
+    host, ns = make(tmp_path, preload_rows=0)
+    stub = ns.get_by_name("hot")
+    await asyncio.gather(*(stub.increment_with_reads_between(i) for i in range(300)))
+    assert await stub.value() == 300
+    await host.close()
+
+
+def read_disk(host: ObjectHost, ns, name: str, key: str):
+    import msgpack
+
+    path = host.db_path(ns.class_name, ns.id_from_name(name).hex)
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT value FROM _ew_kv WHERE key = ?", (key,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else msgpack.unpackb(row[0])
+
+
+async def test_output_gate_releases_the_reply_only_after_the_commit(tmp_path, monkeypatch):
+    host, ns = make(tmp_path)
+    stub = ns.get_by_name("a")
+    await stub.increment()
+    import threading
+
+    entered, proceed = threading.Event(), threading.Event()
+    original = ObjectDatabase._commit
+
+    def slow_commit(self, batch):
+        entered.set()
+        proceed.wait(10)
+        return original(self, batch)
+
+    monkeypatch.setattr(ObjectDatabase, "_commit", slow_commit)
+    call = stub.increment()
+    await eventually(entered.is_set)
+    await settle()
+    assert not call.done()  # the method returned, but its write is not durable yet
+    assert read_disk(host, ns, "a", "n") == 1
+    proceed.set()
+    assert await call == 2
+    assert read_disk(host, ns, "a", "n") == 2  # released => on disk
+    await host.close()
+
+
+async def test_output_gate_drops_the_response_and_resets_when_the_commit_fails(tmp_path, monkeypatch):
+    Counter.constructed = 0
+    host, ns = make(tmp_path)
+    stub = ns.get_by_name("a")
+    assert await stub.increment() == 1
+    original = ObjectDatabase._apply
+    fail = {"n": 1}
+
+    def failing_apply(self, conn, batch):
+        if fail["n"]:
+            fail["n"] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return original(self, conn, batch)
+
+    monkeypatch.setattr(ObjectDatabase, "_apply", failing_apply)
+    with pytest.raises(DurableObjectError) as info:
+        await stub.increment()
+    assert info.value.type == "durable_object_reset"
+    assert "disk I/O error" in info.value.message
+    # the instance and its cache were dropped: the next event reconstructs from disk
+    assert await stub.value() == 1
+    assert Counter.constructed == 2
+    assert await stub.increment() == 2
+    await host.close()
+
+
+async def test_commit_failure_fails_every_reply_waiting_on_it(tmp_path, monkeypatch):
+    host, ns = make(tmp_path)
+    stub = ns.get_by_name("a")
+    await stub.value()
+
+    def failing_apply(self, conn, batch):
+        raise sqlite3.OperationalError("disk full")
+
+    monkeypatch.setattr(ObjectDatabase, "_apply", failing_apply)
+    results = await asyncio.gather(*(stub.increment() for _ in range(20)), return_exceptions=True)
+    assert all(isinstance(r, DurableObjectError) for r in results)
+    assert {r.type for r in results} == {"durable_object_reset"}
+    await host.close()
+
+
+class Loader(DurableObject):
+    constructed = 0
+
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        type(self).constructed += 1
+        self.loaded = None
+        ctx.block_concurrency_while(self._load)  # not awaited: constructors are sync
+
+    async def _load(self):
+        await self.env["release"].wait()
+        if self.env.get("fail_once"):
+            self.env["fail_once"] = False
+            raise RuntimeError("load failed")
+        self.loaded = "ready"
+
+    async def read(self):
+        return self.loaded
+
+    async def exclusive(self, tag):
+        log = self.env["log"]
+
+        async def section():
+            log.append(f"start {tag}")
+            await asyncio.sleep(0.01)
+            log.append(f"end {tag}")
+
+        await self.ctx.block_concurrency_while(section)
+
+    async def note(self, tag):
+        self.env["log"].append(f"event {tag}")
+
+
+async def test_block_concurrency_while_in_constructor_delays_every_event(tmp_path):
+    env = {"release": asyncio.Event(), "log": []}
+    host = ObjectHost("app", {"Loader": Loader}, env, tmp_path)
+    ns = DurableObjectNamespace("app", "Loader", LocalTransport(host))
+    stub = ns.get_by_name("x")
+    calls = [stub.read() for _ in range(5)]
+    await settle(50)
+    assert not any(c.done() for c in calls)
+    env["release"].set()
+    assert await asyncio.gather(*calls) == ["ready"] * 5
+    await host.close()
+
+
+async def test_block_concurrency_while_blocks_other_events_until_done(tmp_path):
+    env = {"release": asyncio.Event(), "log": []}
+    env["release"].set()
+    host = ObjectHost("app", {"Loader": Loader}, env, tmp_path)
+    ns = DurableObjectNamespace("app", "Loader", LocalTransport(host))
+    stub = ns.get_by_name("x")
+    await stub.read()
+    await asyncio.gather(stub.exclusive("a"), stub.note(1), stub.note(2))
+    assert env["log"] == ["start a", "end a", "event 1", "event 2"]
+    await host.close()
+
+
+async def test_block_concurrency_while_failure_resets_the_object(tmp_path):
+    Loader.constructed = 0
+    env = {"release": asyncio.Event(), "log": [], "fail_once": True}
+    env["release"].set()
+    host = ObjectHost("app", {"Loader": Loader}, env, tmp_path)
+    ns = DurableObjectNamespace("app", "Loader", LocalTransport(host))
+    stub = ns.get_by_name("x")
+    with pytest.raises(DurableObjectError) as info:
+        await stub.read()
+    assert info.value.type == "durable_object_reset"
+    assert "load failed" in info.value.message
+    assert await stub.read() == "ready"
+    assert Loader.constructed == 2
+    await host.close()

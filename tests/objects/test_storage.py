@@ -1,0 +1,348 @@
+"""The storage API inside an object: KV, list, transactions, SQL, limits and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from objects import (
+    DurableObject,
+    DurableObjectError,
+    DurableObjectNamespace,
+    LocalTransport,
+    ObjectHost,
+)
+
+
+class Harness(DurableObject):
+    """Runs a test-provided ``async fn(storage)`` inside the object (LocalTransport passes it)."""
+
+    async def run(self, fn):
+        return await fn(self.ctx.storage)
+
+
+@pytest.fixture(params=[10_000, 0], ids=["preloaded", "lazy"])
+async def harness(tmp_path, request):
+    hosts = []
+
+    def open_host(**kw):
+        host = ObjectHost("app", {"Harness": Harness}, None, tmp_path, preload_rows=request.param, **kw)
+        hosts.append(host)
+        ns = DurableObjectNamespace("app", "Harness", LocalTransport(host))
+        return host, ns.get_by_name("obj")
+
+    yield open_host
+    for h in hosts:
+        await h.close()
+
+
+async def test_get_put_delete_single_and_many(harness):
+    _, obj = harness()
+
+    async def fn(s):
+        assert await s.get("missing") is None
+        await s.put("a", 1)
+        await s.put({"b": [1, 2, {"x": b"\x00"}], "c": "text"})
+        assert await s.get("a") == 1
+        assert await s.get(["a", "b", "nope"]) == {"a": 1, "b": [1, 2, {"x": b"\x00"}]}
+        assert await s.delete("a") is True
+        assert await s.delete("a") is False
+        assert await s.delete(["b", "c", "nope"]) == 2
+        return await s.get(["a", "b", "c"])
+
+    assert await obj.run(fn) == {}
+
+
+async def test_values_survive_a_restart_and_reads_return_copies(harness):
+    host, obj = harness()
+
+    async def write(s):
+        await s.put("doc", {"list": [1, 2], "n": None, "f": 1.5, "big": 2**63 - 1})
+        doc = await s.get("doc")
+        doc["list"].append(3)  # mutating a read value must not change storage
+        return await s.get("doc")
+
+    assert await obj.run(write) == {"list": [1, 2], "n": None, "f": 1.5, "big": 2**63 - 1}
+    await host.close()
+    _, obj2 = harness()
+
+    async def read(s):
+        return await s.get("doc")
+
+    assert await obj2.run(read) == {"list": [1, 2], "n": None, "f": 1.5, "big": 2**63 - 1}
+
+
+async def test_list_orders_filters_and_limits(harness):
+    host, obj = harness()
+    keys = ["a", "b/1", "b/2", "b/3", "c", "é"]
+
+    async def setup(s):
+        await s.put({k: k.upper() for k in keys})
+
+    await obj.run(setup)
+    await host.close()  # make the data come from disk for the lazy variant
+    _, obj = harness()
+
+    async def fn(s):
+        await s.put("b/25", "new")  # uncommitted writes are visible to list
+        await s.delete("b/3")
+        return [
+            list(await s.list()),
+            list(await s.list(prefix="b/")),
+            list(await s.list(prefix="b/", reverse=True, limit=2)),
+            list(await s.list(start="b/2", end="c")),
+            list(await s.list(limit=2)),
+            await s.list(prefix="é"),
+        ]
+
+    out = await obj.run(fn)
+    assert out[0] == ["a", "b/1", "b/2", "b/25", "c", "é"]
+    assert out[1] == ["b/1", "b/2", "b/25"]
+    assert out[2] == ["b/25", "b/2"]
+    assert out[3] == ["b/2", "b/25"]
+    assert out[4] == ["a", "b/1"]
+    assert out[5] == {"é": "É"}
+
+
+async def test_transaction_commits_atomically(harness):
+    _, obj = harness()
+
+    async def fn(s):
+        await s.put("balance", 10)
+
+        async def move(txn):
+            b = await txn.get("balance")
+            await txn.put("balance", b - 3)
+            await txn.put("moved", 3)
+            return "done"
+
+        assert await s.transaction(move) == "done"
+        return await s.get(["balance", "moved"])
+
+    assert await obj.run(fn) == {"balance": 7, "moved": 3}
+
+
+async def test_transaction_rolls_back_on_exception_and_on_rollback(harness):
+    host, obj = harness()
+
+    async def fn(s):
+        await s.put("balance", 10)
+        await s.sql.exec("CREATE TABLE log (msg TEXT)")
+
+        async def failing(txn):
+            await txn.put("balance", 0)
+            await txn.delete("missing")
+            await s.sql.exec("INSERT INTO log VALUES ('in txn')")
+            assert await txn.get("balance") == 0  # the transaction sees its own writes
+            raise ValueError("abort")
+
+        with pytest.raises(ValueError, match="abort"):
+            await s.transaction(failing)
+
+        async def rolled(txn):
+            await txn.put("balance", -1)
+            txn.rollback()
+
+        await s.transaction(rolled)
+        rows = (await s.sql.exec("SELECT count(*) AS n FROM log")).one()["n"]
+        return await s.get("balance"), rows
+
+    assert await obj.run(fn) == (10, 0)
+    await host.close()
+    _, obj2 = harness()
+    assert await obj2.run(lambda s: s.get("balance")) == 10
+
+
+async def test_delete_all_clears_kv_and_sql_but_keeps_the_alarm(harness):
+    host, obj = harness()
+
+    async def fn(s):
+        await s.put({"a": 1, "b": 2})
+        await s.sql.exec("CREATE TABLE t (x)")
+        await s.set_alarm(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+        await s.delete_all()
+        await s.put("after", True)
+        tables = (await s.sql.exec("SELECT name FROM sqlite_master WHERE name = 't'")).to_list()
+        return await s.list(), tables, await s.get_alarm()
+
+    listed, tables, alarm = await obj.run(fn)
+    assert listed == {"after": True} and tables == []
+    assert alarm == int(dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    await host.close()
+    _, obj2 = harness()
+    assert await obj2.run(lambda s: s.list()) == {"after": True}
+
+
+async def test_sql_exec_and_cursor(harness):
+    _, obj = harness()
+
+    async def fn(s):
+        await s.sql.exec("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        ins = await s.sql.exec("INSERT INTO users (name) VALUES (?), (?)", "ada", "bob")
+        assert ins.rows_written == 2
+        cur = await s.sql.exec("SELECT id, name FROM users ORDER BY id")
+        assert cur.column_names == ["id", "name"]
+        assert cur.rows_read == 2
+        assert cur.raw() == [(1, "ada"), (2, "bob")]
+        assert list(cur) == [{"id": 1, "name": "ada"}, {"id": 2, "name": "bob"}]
+        assert cur.to_list() == list(cur)
+        one = (await s.sql.exec("SELECT name FROM users WHERE id = ?", 2)).one()
+        await s.sync()
+        return one
+
+    assert await obj.run(fn) == {"name": "bob"}
+
+
+async def test_sql_one_requires_exactly_one_row(harness):
+    _, obj = harness()
+
+    async def fn(s):
+        await s.sql.exec("CREATE TABLE t (x)")
+        await s.sql.exec("INSERT INTO t VALUES (1), (2)")
+        errors = []
+        for q in ("SELECT x FROM t WHERE x > 5", "SELECT x FROM t"):
+            with pytest.raises(ValueError, match="exactly one row") as info:
+                (await s.sql.exec(q)).one()
+            errors.append(str(info.value))
+        return errors
+
+    assert await obj.run(fn) == [
+        "expected exactly one row from the query, got 0",
+        "expected exactly one row from the query, got 2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM _ew_kv",
+        "select * from _EW_KV",
+        "DELETE FROM _ew_alarm",
+        "UPDATE _ew_idempotency SET reply = x''",
+        "DROP TABLE _ew_kv",
+        "CREATE TRIGGER t AFTER INSERT ON x BEGIN DELETE FROM _ew_kv; END",
+    ],
+)
+async def test_sql_cannot_touch_internal_tables(harness, query):
+    _, obj = harness()
+
+    async def fn(s):
+        await s.sql.exec(query)
+
+    with pytest.raises(DurableObjectError) as info:
+        await obj.run(fn)
+    assert info.value.type == "ValueError"
+    assert "_ew_" in info.value.message
+
+
+@pytest.mark.parametrize("query", ["BEGIN", "COMMIT", "  rollback", "SAVEPOINT x", "PRAGMA journal_mode=DELETE", "ATTACH 'x' AS y"])
+async def test_sql_rejects_transaction_and_connection_control(harness, query):
+    _, obj = harness()
+
+    async def fn(s):
+        await s.sql.exec(query)
+
+    with pytest.raises(DurableObjectError, match="not allowed") as info:
+        await obj.run(fn)
+    assert info.value.type == "ValueError"
+
+
+async def test_sql_errors_propagate_and_leave_the_object_usable(harness):
+    _, obj = harness()
+
+    async def fn(s):
+        await s.sql.exec("SELECT * FROM no_such_table")
+
+    with pytest.raises(DurableObjectError, match="no such table") as info:
+        await obj.run(fn)
+    assert info.value.type == "OperationalError"
+
+    async def ok(s):
+        await s.put("k", 1)
+        return await s.get("k")
+
+    assert await obj.run(ok) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "error_type", "fragments"),
+    [
+        (lambda s: s.put(5, "v"), "TypeError", ["key must be a str", "int"]),
+        (lambda s: s.get(None), "TypeError", ["key must be a str"]),
+        (lambda s: s.put("", "v"), "ValueError", ["must not be empty"]),
+        (lambda s: s.put("k" * 2049, "v"), "ValueError", ["2049 bytes", "limit is 2048 bytes"]),
+        (lambda s: s.get(["ok", "é" * 1025]), "ValueError", ["2050 bytes", "2048"]),
+        (lambda s: s.put("setkey", {1, 2}), "TypeError", ["'setkey'", "not msgpack-serializable", "set"]),
+        (lambda s: s.put({"good": 1, "objkey": object()}), "TypeError", ["'objkey'"]),
+        (lambda s: s.put("huge", 2**70), "TypeError", ["'huge'"]),
+        (lambda s: s.put("bigval", "x" * 200_000), "ValueError", ["'bigval'", "limit is 131072 bytes"]),
+        (lambda s: s.put("novalue"), "TypeError", ["needs a value"]),
+        (lambda s: s.list(limit=0), "ValueError", ["positive int"]),
+        (lambda s: s.list(prefix=3), "TypeError", ["prefix"]),
+        (lambda s: s.set_alarm("soon"), "TypeError", ["epoch milliseconds or a datetime"]),
+    ],
+)
+async def test_storage_errors_are_clear(harness, call, error_type, fragments):
+    _, obj = harness()
+    with pytest.raises(DurableObjectError) as info:
+        await obj.run(call)
+    assert info.value.type == error_type
+    for fragment in fragments:
+        assert fragment in info.value.message
+    # nothing was written by a rejected multi-put
+    assert await obj.run(lambda s: s.list()) == {}
+
+
+async def test_value_limit_is_configurable(harness):
+    _, obj = harness(max_value_bytes=100)
+    with pytest.raises(DurableObjectError, match="limit is 100 bytes"):
+        await obj.run(lambda s: s.put("k", "x" * 200))
+    await obj.run(lambda s: s.put("k", "x" * 50))
+
+
+async def test_writes_without_await_between_them_share_one_commit(harness, monkeypatch):
+    from objects.database import ObjectDatabase
+
+    _, obj = harness()
+    await obj.run(lambda s: s.get("warm"))
+    batches = []
+    original = ObjectDatabase._commit
+
+    def spy(self, batch):
+        batches.append(sorted(batch.writes))
+        return original(self, batch)
+
+    monkeypatch.setattr(ObjectDatabase, "_commit", spy)
+
+    async def fn(s):
+        for i in range(50):
+            await s.put(f"k{i:02}", i)
+        await s.sync()
+        await s.put("after", 1)
+
+    await obj.run(fn)
+    assert batches == [[f"k{i:02}" for i in range(50)], ["after"]]
+
+
+async def test_concurrent_events_coalesce_into_group_commits(harness, monkeypatch):
+    from objects.database import ObjectDatabase
+
+    _, obj = harness()
+    await obj.run(lambda s: s.get("warm"))
+    commits = []
+    original = ObjectDatabase._commit
+
+    def spy(self, batch):
+        commits.append(len(batch.writes))
+        return original(self, batch)
+
+    monkeypatch.setattr(ObjectDatabase, "_commit", spy)
+
+    async def bump(s, i):
+        await s.put(f"k{i}", i)
+
+    await asyncio.gather(*(obj.run(lambda s, i=i: bump(s, i)) for i in range(200)))
+    assert sum(commits) == 200
+    assert len(commits) < 200
