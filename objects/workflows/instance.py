@@ -206,6 +206,7 @@ class WorkflowInstanceObject(DurableObject):
         meta = {"id": instance_id, "tenant": tenant, "status": QUEUED, "params": params,
                 "created": now, "started": None, "ended": None, "output": None, "error": None,
                 "pause_reason": None, "waiting": None, "event_seq": 0, "restarts": 0}
+        await self._arm_lease()
         await self._save({"meta": meta})
         self.audit("workflow.state", {"status": QUEUED, "previous": None})
         self._kick()
@@ -241,6 +242,7 @@ class WorkflowInstanceObject(DurableObject):
                         f"cannot resume instance {self.meta['id']!r}: it is {self.meta['status']}")
         if self.hooks.is_killed():
             return _err("killed", f"workflow class is stopped: {self.hooks.is_killed()}")
+        await self._arm_lease()
         await self._set_status(RUNNING if self._task_alive() else QUEUED, pause_reason=None)
         self._kick()
         return _ok()
@@ -267,6 +269,7 @@ class WorkflowInstanceObject(DurableObject):
         meta = {**self.meta, "status": QUEUED, "started": None, "ended": None, "output": None,
                 "error": None, "pause_reason": None, "waiting": None,
                 "restarts": self.meta["restarts"] + 1}
+        await self._arm_lease()
         await self._save({"meta": meta})
         self.audit("workflow.state", {"status": QUEUED, "previous": previous, "restart": True})
         self._kick()
@@ -285,6 +288,8 @@ class WorkflowInstanceObject(DurableObject):
             return _err(exc.code, exc.message)
         except _ResultError as exc:
             return _err("invalid_payload", str(exc))
+        if self.meta["status"] == WAITING:
+            await self._arm_lease()  # the wake-up survives a crash right after this commit
         seq = self.meta["event_seq"] + 1
         event = {"type": event_type, "payload": payload, "received": self.now(),
                  "consumed_by": None}
@@ -312,10 +317,14 @@ class WorkflowInstanceObject(DurableObject):
         if self.meta is None:
             return
         if self._task_alive():
-            await self.storage.set_alarm((self.now() + self.limits.lease_seconds) * 1000.0)
+            await self._arm_lease()
             return
         if self.meta["status"] in (QUEUED, RUNNING, WAITING):
             self._kick()
+
+    async def _arm_lease(self) -> None:
+        """Set the alarm a lease ahead; callers commit it in the same batch as the new status."""
+        await self.storage.set_alarm((self.now() + self.limits.lease_seconds) * 1000.0)
 
     async def _require(self, action: str) -> dict[str, Any] | None:
         await self._load()
@@ -428,7 +437,7 @@ class WorkflowInstanceObject(DurableObject):
                 poll = self.now() + self.limits.queue_poll_seconds
                 await self.storage.set_alarm(poll * 1000.0)
                 return False
-        await self.storage.set_alarm((self.now() + self.limits.lease_seconds) * 1000.0)
+        await self._arm_lease()
         if meta["status"] != RUNNING:
             self._check_token()
             await self._set_status(RUNNING, started=meta["started"] or self.now(), waiting=None)
