@@ -13,8 +13,10 @@ meanwhile form the next batch. Responses wait for their batch on the output gate
 
 Atomic sections — ``transaction(fn)`` and idempotent ops — hold the input gate for their whole
 run, buffer KV writes in an overlay (merged into the batch on success, dropped on exception or
-``txn.rollback()``), put SQL statements under a SAVEPOINT, and hold back flushing until they end,
-so everything they wrote is committed in one SQLite transaction.
+``txn.rollback()``) and put SQL statements under a SAVEPOINT, so everything they wrote is
+committed in one SQLite transaction. Batches written before the
+section may still be committed while it runs, unless it has run SQL (its SAVEPOINT must not be
+committed half-way).
 """
 
 from __future__ import annotations
@@ -152,12 +154,12 @@ class Storage:
 
     def _kick(self) -> None:
         self._flush_scheduled = False
-        if self._flusher is None and self._pending and not self._sections and not self._broken:
+        if self._flusher is None and self._pending and not self._sql_section and not self._broken:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
         try:
-            while self._pending and not self._sections and self._broken is None:
+            while self._pending and not self._sql_section and self._broken is None:
                 batch = Batch(epoch=self._epoch, writes=self._dirty, idempotency=self._idem_dirty)
                 if self._alarm_dirty:
                     batch.alarm_changed, batch.alarm = True, self._alarm
@@ -177,6 +179,12 @@ class Storage:
                     self._on_alarm_committed(batch.alarm)
         finally:
             self._flusher = None
+
+    @property
+    def _sql_section(self) -> bool:
+        # A section that ran SQL has a SAVEPOINT open in the current SQLite transaction:
+        # committing now would commit part of it, so flushing waits for the section to end.
+        return any(section.savepoint is not None for section in self._sections)
 
     def _write(self, key: str, data: bytes | None) -> None:
         if self._sections:
@@ -321,8 +329,14 @@ class Storage:
             self._cache, self._complete, self._dirty = {}, True, {}
 
     async def sync(self) -> None:
-        """Wait until every write made so far is durable."""
+        """Wait until every write made so far is durable.
+
+        Inside a transaction this covers the writes made before it (its own are committed when
+        it ends); after SQL inside a transaction it raises, since nothing can commit until then.
+        """
         await self._enter()
+        if self._sql_section:
+            raise RuntimeError("sync() cannot wait inside a transaction that has run SQL")
         await self._out.wait()
 
     async def transaction(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
@@ -371,8 +385,8 @@ class Storage:
         async with self._in.hold():
             if self._sections and self._sections[-1].savepoint is None:
                 name = f"ew_sp_{next(_savepoints)}"
+                self._sections[-1].savepoint = name  # before the await: stops new flushes
                 await self._db.savepoint(name, "open")
-                self._sections[-1].savepoint = name
             self._note_write()
             columns, rows, written = await self._db.exec(query, params)
             return SqlCursor(columns, rows, written)

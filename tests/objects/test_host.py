@@ -70,6 +70,14 @@ class Counter(DurableObject):
         await self.ctx.storage.put("n", -1)
         return object()
 
+    async def sql_then_fail(self, fail):
+        await self.ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS log (msg TEXT)")
+        await self.ctx.storage.sql.exec("INSERT INTO log VALUES ('x')")
+        await self.ctx.storage.put("n", 1)
+        if fail:
+            raise RuntimeError("after sql")
+        return (await self.ctx.storage.sql.exec("SELECT count(*) AS c FROM log")).one()["c"]
+
     async def fetch(self, request):
         return {"status": 200, "echo": request, "n": await self.ctx.storage.get("n")}
 
@@ -338,3 +346,15 @@ def test_host_rejects_bad_configuration(tmp_path):
         ObjectHost("app", {"Counter": Counter}, None, tmp_path, durability="sometimes")
     with pytest.raises(ValueError):
         ObjectHost("../x", {"Counter": Counter}, None, tmp_path)
+
+
+async def test_sql_of_an_idempotent_op_is_atomic_with_its_record(tmp_path):
+    host, ns = make(tmp_path)
+    stub = ns.get_by_name("sql")
+    with pytest.raises(DurableObjectError, match="after sql"):
+        await stub.with_options(idempotency_key="a").sql_then_fail(True)
+    assert await stub.value() is None
+    assert await stub.with_options(idempotency_key="a").sql_then_fail(False) == 1
+    assert await stub.with_options(idempotency_key="a").sql_then_fail(False) == 1
+    assert await stub.with_options(idempotency_key="b").sql_then_fail(False) == 2
+    await host.close()

@@ -346,3 +346,39 @@ async def test_concurrent_events_coalesce_into_group_commits(harness, monkeypatc
     await asyncio.gather(*(obj.run(lambda s, i=i: bump(s, i)) for i in range(200)))
     assert sum(commits) == 200
     assert len(commits) < 200
+
+
+async def test_sync_inside_a_transaction_waits_for_earlier_writes_only(harness):
+    _, obj = harness()
+
+    async def fn(s):
+        await s.put("before", 1)
+
+        async def body(txn):
+            await txn.put("inside", 2)
+            await s.sync()  # must not deadlock on the transaction's own (uncommitted) writes
+            return "ok"
+
+        result = await s.transaction(body)
+        await s.sync()
+        return result, await s.get(["before", "inside"])
+
+    assert await obj.run(fn) == ("ok", {"before": 1, "inside": 2})
+
+
+async def test_sync_after_sql_inside_a_transaction_is_an_error_not_a_deadlock(harness):
+    _, obj = harness()
+
+    async def fn(s):
+        await s.sql.exec("CREATE TABLE t (x)")
+
+        async def body(txn):
+            await s.sql.exec("INSERT INTO t VALUES (1)")
+            await s.sync()
+
+        await s.transaction(body)
+
+    with pytest.raises(DurableObjectError, match="inside a transaction that has run SQL"):
+        await obj.run(fn)
+    cur = await obj.run(lambda s: s.sql.exec("SELECT count(*) AS n FROM t"))
+    assert cur.one() == {"n": 0}
