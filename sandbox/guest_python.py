@@ -65,6 +65,7 @@ class edge:
 """
 _EPILOGUE = '\n__h.call("__result__", repr(result))\n'
 _MENTIONS_EDGE = re.compile(r"\b(edge|HostError)\b")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(: |$)")
 _LINE = re.compile(r'File "<stdin>", line (\d+)')
 
 
@@ -153,7 +154,7 @@ def _guest_failure(status: int, stderr: str, offset: int) -> ToolError:
     last = next((ln for ln in reversed(trace.splitlines()) if ln.strip()), "")
     kind, _, message = last.partition(": ")
     details = {"status": status, "type": kind, "message": message, "traceback": trace}
-    if not trace.startswith("Traceback") and "Traceback" not in trace:
+    if not _EXCEPTION_LINE.match(last):
         return ToolError(
             ErrorCode.GUEST_ERROR, f"snippet exited with status {status} and no result", details
         )

@@ -2,20 +2,31 @@
 
 The module is a WASI preview-1 command exporting `_start`. stdin holds the input as UTF-8
 JSON (from a private temporary file removed after the call), stdout must hold exactly one JSON
-document (the result), stderr is kept (first `stderr_bytes`) for error details. argv is
+document (the result), stderr is kept (its last `stderr_bytes`) for error details. argv is
 `[tool name]`, the environment is empty, and no directory is visible unless the tool declares
 a preopen: then it is mounted read-only, or writable when `writable` is true (wasmtime-py 50
 exposes this as `preopen_dir(..., fs_mutable=...)`, which defaults to writable, so the flag is
 always passed explicitly). Exit status 0 (or returning from `_start`) is success; any other
 status is `guest_error` with the stderr tail. Output beyond `output_bytes` is not stored, the
 guest's write fails with EIO, and the call ends with `output_limit`.
+
+Output callbacks and process exit: wasmtime releases a WASI output callback from one of its own
+runtime threads, shortly (tens of microseconds) after the Store is closed. If that happens
+after the interpreter has begun to finalize, the thread cannot take the GIL, is unwound
+through Rust frames that forbid it, and the whole process aborts. Each stream therefore
+registers itself as pending until wasmtime has released it, and an `atexit` hook waits (at
+most 2 s) for the pending ones before the interpreter finalizes.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import tempfile
+import threading
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +38,46 @@ from .host import HostContext
 from .runner import MemoryProbe
 from .spec import Preopen
 
-__all__ = ["CappedStream", "call_wasi", "configure_preopens", "run_command"]
+__all__ = ["CappedStream", "TailStream", "call_wasi", "configure_preopens", "run_command"]
+
+
+_pending: set[threading.Event] = set()
+_pending_lock = threading.Lock()
+
+
+def _track_release(stream: object) -> None:
+    released = threading.Event()
+    with _pending_lock:
+        _pending.add(released)
+
+    def on_release() -> None:
+        released.set()
+        with _pending_lock:
+            _pending.discard(released)
+
+    weakref.finalize(stream, on_release).atexit = False
+
+
+@atexit.register
+def _wait_for_released_streams() -> None:
+    deadline = time.monotonic() + 2.0
+    with _pending_lock:
+        waiting = list(_pending)
+    for released in waiting:
+        released.wait(max(0.0, deadline - time.monotonic()))
 
 
 class CappedStream:
     """A WASI output callback that keeps at most `cap` bytes and remembers overflowing."""
 
-    __slots__ = ("cap", "parts", "size", "overflowed")
+    __slots__ = ("cap", "parts", "size", "overflowed", "__weakref__")
 
     def __init__(self, cap: int):
         self.cap = cap
         self.parts: list[bytes] = []
         self.size = 0
         self.overflowed = False
+        _track_release(self)
 
     def __call__(self, data: bytes) -> int:
         if self.overflowed or self.size + len(data) > self.cap:
@@ -51,6 +89,26 @@ class CappedStream:
 
     def value(self) -> bytes:
         return b"".join(self.parts)
+
+
+class TailStream:
+    """A WASI output callback that accepts everything and keeps the last `cap` bytes."""
+
+    __slots__ = ("cap", "buffer", "__weakref__")
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.buffer = bytearray()
+        _track_release(self)
+
+    def __call__(self, data: bytes) -> int:
+        self.buffer += data
+        if len(self.buffer) > 2 * self.cap:
+            del self.buffer[: len(self.buffer) - self.cap]
+        return len(data)
+
+    def value(self) -> bytes:
+        return bytes(self.buffer[-self.cap :])
 
 
 def configure_preopens(wasi: wasmtime.WasiConfig, preopens: list[Preopen], app_dir: Path) -> None:
@@ -75,7 +133,7 @@ def run_command(
 ) -> tuple[int, bytes, bytes]:
     """Run `_start`; returns (exit status, stdout, stderr). Raises on output overflow."""
     stdout = CappedStream(ctx.limits.output_bytes)
-    stderr = CappedStream(stderr_cap)
+    stderr = TailStream(stderr_cap)
     wasi = wasmtime.WasiConfig()
     wasi.argv = argv
     wasi.env = []
