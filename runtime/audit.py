@@ -43,12 +43,14 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _encode_str
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,27 +191,59 @@ def entry_hash(prev_hash: str, entry_without_hash: Mapping[str, Any]) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def format_ts(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _jsonable(value: Any) -> Any:
-    """A JSON-compatible copy; bytes are summarised, never stored."""
-    if value is None or isinstance(value, bool | int | str):
+def _to_json(value: Any) -> Any:
+    """The `Redactor.redact` converter for values JSON has no form for; bytes are summarised,
+    never stored."""
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return dict(value)
     if isinstance(value, set | frozenset):
-        return sorted((_jsonable(v) for v in value), key=canonical_json)
+        return sorted(value, key=str)
     if isinstance(value, bytes | bytearray | memoryview):
         return {"bytes": len(value)}
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+
+
+def _utf8_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, list):
+        return [_utf8_value(v) for v in value]
+    return value
+
+
+def _utf8_object(obj: dict[str, Any]) -> dict[str, Any]:
+    return {_utf8(k): _utf8_value(v) for k, v in obj.items()}
+
+
+_ts_second: tuple[int, str] = (-1, "")
+
+
+def format_ts(epoch_s: float) -> str:
+    global _ts_second
+    second = math.floor(epoch_s)
+    cached = _ts_second  # one tuple read: safe against a concurrent update
+    if cached[0] != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached = _ts_second = (second, text)
+    micros = min(int(round((epoch_s - second) * 1_000_000)), 999_999)
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 @dataclasses.dataclass(slots=True)
@@ -221,16 +255,20 @@ class _Pending:
     data_json: str
 
 
+def _q(value: str | None) -> str:
+    # What json.dumps(ensure_ascii=False) writes for a str or None, without its overhead.
+    return "null" if value is None else _encode_str(value)
+
+
 def _hashed_json(p: _Pending, seq: int, prev_hash: str) -> str:
     # Canonical JSON built by hand (sorted keys, data already canonical) so the writer does
     # not re-serialise data under the write lock; `verify` recomputes it generically.
     request_id, tenant, subject, script, risk = p.columns
-    d = canonical_json
     return (
-        f'{{"classification":{d(p.classification)},"data":{p.data_json},"kind":{d(p.kind)},'
-        f'"prev_hash":{d(prev_hash)},"request_id":{d(request_id)},"risk":{d(risk)},'
-        f'"script":{d(script)},"seq":{seq},"subject":{d(subject)},"tenant":{d(tenant)},'
-        f'"ts":{d(p.ts)}}}'
+        f'{{"classification":{_q(p.classification)},"data":{p.data_json},"kind":{_q(p.kind)},'
+        f'"prev_hash":{_q(prev_hash)},"request_id":{_q(request_id)},"risk":{_q(risk)},'
+        f'"script":{_q(script)},"seq":{seq},"subject":{_q(subject)},"tenant":{_q(tenant)},'
+        f'"ts":{_q(p.ts)}}}'
     )
 
 
@@ -311,14 +349,20 @@ class AuditLog:
             raise ValueError(f"unknown data classification {classification!r}")
         redact = self._redactor.redact_text
         cols = tuple(
-            None if columns.get(c) is None else redact(str(columns[c])) for c in _COLUMNS[:5]
+            None if columns.get(c) is None else _utf8(redact(str(columns[c])))
+            for c in _COLUMNS[:5]
         )
+        data_json = canonical_json(self._redactor.redact(data, _to_json))
+        try:
+            data_json.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: stored as U+FFFD, never a stuck batch
+            data_json = canonical_json(json.loads(data_json, object_hook=_utf8_object))
         pending = _Pending(
             ts=format_ts(self._clock()),
-            kind=kind,
+            kind=_utf8(kind),
             columns=cols,
             classification=classification,
-            data_json=canonical_json(self._redactor.redact(_jsonable(data))),
+            data_json=data_json,
         )
         with self._cond:
             if self._closed:

@@ -27,14 +27,15 @@ Dict entries whose key names a credential (parts such as ``password``, ``secret`
 are counts, not credentials) are masked whole as ``[redacted:secret]`` whatever their value.
 String keys are scanned like values.
 
-A `Redactor` is immutable after construction and safe to share between threads.
+A `Redactor` is safe to share between threads: its only state is two bounded caches of
+results (key names, strings up to 64 characters), whose updates are atomic dict operations.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["Redactor", "RedactionPatternError", "is_sensitive_key"]
@@ -72,7 +73,6 @@ _API_KEY = re.compile(
     r"|gh[pousr]_[A-Za-z0-9]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Za-z])"
     r"|xox[bapr]-[A-Za-z0-9-]{10,})"
 )
-_API_KEY_HINTS = ("sk-", "sk_", "gh", "AKIA", "ASIA", "xox")
 # The value after `=`/`:`; the name before it is checked in `_replace_key`, which is much
 # cheaper than asking the regex engine to try every name at every position.
 _KEY_VALUE = re.compile(r"[=:][ \t]*[\"']?([A-Za-z0-9+/_\-]{16,}={0,2})(?![A-Za-z0-9+/_\-=])")
@@ -93,6 +93,8 @@ _PHONE = re.compile(
     r")(?![\w\-])"
 )
 _NOT_DIGIT = re.compile(r"\D")
+_CACHED_LEN = 64
+_CACHE_SIZE = 4096
 
 
 class RedactionPatternError(ValueError):
@@ -146,37 +148,58 @@ class Redactor:
                 raise RedactionPatternError(i, rx, str(exc)) from None
         self._extra = tuple(extra)
         self._key_cache: dict[str, bool] = {}
+        self._text_cache: dict[str, str] = {}
 
-    def redact(self, value: Any) -> Any:
-        """A redacted copy of `value` (str, dict, list, tuple recursively; others unchanged)."""
+    def redact(self, value: Any, default: Callable[[Any], Any] | None = None) -> Any:
+        """A redacted copy of `value`: str, dict, list and tuple recursively.
+
+        Other values come back unchanged, or, when `default` is given, as ``default(value)``
+        (redacted in turn when it is a new object), and non-string dict keys as ``str(key)``:
+        the audit log passes a converter so that one walk yields redacted, JSON-ready data."""
         if isinstance(value, str):
             return self.redact_text(value)
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             for k, v in value.items():
-                if isinstance(k, str):
-                    if self._sensitive(k):
-                        out[self.redact_text(k)] = _MASK_SECRET
+                if not isinstance(k, str):
+                    if default is None:
+                        out[k] = self.redact(v)
                         continue
-                    k = self.redact_text(k)
-                out[k] = self.redact(v)
+                    k = str(k)
+                if self._sensitive(k):
+                    out[self.redact_text(k)] = _MASK_SECRET
+                else:
+                    out[self.redact_text(k)] = self.redact(v, default)
             return out
         if isinstance(value, list | tuple):
-            return [self.redact(v) for v in value]
-        return value
+            return [self.redact(v, default) for v in value]
+        if default is None:
+            return value
+        converted = default(value)
+        return converted if converted is value else self.redact(converted, default)
 
     def redact_text(self, text: str) -> str:
         """`text` with every finding replaced by ``[redacted:<label>]``."""
         if len(text) < 6:
             return text
+        if len(text) <= _CACHED_LEN:
+            # Short strings (ids, tenants, paths, methods) repeat: remember their result.
+            hit = self._text_cache.get(text)
+            if hit is None:
+                if len(self._text_cache) >= _CACHE_SIZE:
+                    self._text_cache.clear()
+                hit = self._text_cache[text] = self._scan(text)
+            return hit
+        return self._scan(text)
+
+    def _scan(self, text: str) -> str:
         # Each pass runs only when a cheap substring test says it could match; a finding
         # replaced by an earlier pass cannot match a later one.
         if "earer" in text or "EARER" in text:
             text = _BEARER.sub("[redacted:bearer]", text)
         if "eyJ" in text:
             text = _JWT.sub("[redacted:jwt]", text)
-        if any(h in text for h in _API_KEY_HINTS):
-            text = _API_KEY.sub("[redacted:api_key]", text)
+        text = _API_KEY.sub("[redacted:api_key]", text)
         if "=" in text or ":" in text:
             text = _KEY_VALUE.sub(_replace_key, text)
         if "@" in text:
@@ -192,7 +215,7 @@ class Redactor:
         hit = self._key_cache.get(key)
         if hit is None:
             hit = is_sensitive_key(key)
-            if len(self._key_cache) < 4096:
+            if len(self._key_cache) < _CACHE_SIZE:
                 self._key_cache[key] = hit
         return hit
 
