@@ -178,6 +178,7 @@ class VerifyResult:
     reason: str | None
     entries: int
     last_good_checkpoint: int | None = None
+    last_hash: str | None = None  # of the last entry when ok: record it elsewhere to anchor
 
 
 def canonical_json(value: Any) -> str:
@@ -577,7 +578,7 @@ def _verify(conn: sqlite3.Connection) -> VerifyResult:
         return bad(last, "head hash does not match the last entry")
     if head is None and last > 0:
         return bad(last, "head record is missing")
-    return VerifyResult(True, None, None, total, last_cp)
+    return VerifyResult(True, None, None, total, last_cp, None if last == 0 else prev)
 
 
 def _since_ts(since: datetime | str | float | None) -> str | None:

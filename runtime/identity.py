@@ -11,7 +11,8 @@ Rules, each rejection with its own code:
 code                      status  when
 ========================  ======  ======================================================
 ``missing_token``         401     no Authorization header where a token is required
-``malformed``             401     not ``Bearer <three base64url segments>``, bad header/claims
+``malformed``             401     not ``Bearer <three base64url segments>`` (at most 8 KiB),
+                                  an undecodable header or payload, claims of the wrong type
 ``alg_none``              401     the header says ``alg: none`` (any case)
 ``alg_not_allowed``       401     the algorithm is not pinned (e.g. HS256 against RSA keys)
 ``unknown_key``           401     the ``kid`` names no configured key
@@ -66,6 +67,7 @@ _RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _EC = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _KNOWN = _HMAC | _RSA | frozenset(_EC.values()) | {"EdDSA"}
 _MIN_SECRET_BYTES = 32
+_MAX_HEADER = 8192
 
 
 class AuthConfigError(ValueError):
@@ -264,6 +266,8 @@ class Verifier:
         """The identity in an ``Authorization`` header value, or `AuthError` (401)."""
         if not authorization or not authorization.strip():
             raise _unauthorized("missing_token", "a bearer token is required")
+        if len(authorization) > _MAX_HEADER:
+            raise _unauthorized("malformed", "the Authorization header is too long")
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token or token.count(".") != 2:

@@ -89,7 +89,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     result = verify(path)
     if result.ok:
         cp = result.last_good_checkpoint
-        print(f"audit log ok: {result.entries} entries" + (f", checkpoint at {cp}" if cp else ""))
+        print(
+            f"audit log ok: {result.entries} entries"
+            + (f", checkpoint at {cp}" if cp else "")
+            + (f", last hash {result.last_hash}" if result.last_hash else "")
+        )
         return 0
     cp = result.last_good_checkpoint
     where = "" if result.first_bad_seq is None else f" at seq {result.first_bad_seq}"

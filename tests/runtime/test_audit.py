@@ -63,6 +63,7 @@ def test_entries_form_a_sha256_chain_over_canonical_json(tmp_path: Path):
     assert rows[0][1] == "2027-01-15T08:00:00.000000Z"  # from the injected clock
     result = verify(tmp_path)
     assert (result.ok, result.first_bad_seq, result.entries) == (True, None, 5)
+    assert result.last_hash == rows[-1][11]
 
 
 def test_verify_detects_one_edited_byte_in_the_file(tmp_path: Path):

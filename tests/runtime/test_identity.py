@@ -292,3 +292,13 @@ def test_a_pinned_rs256_verifier_refuses_ps256(tmp_path: Path, rsa_key):
     with pytest.raises(AuthError) as err:
         v.verify("Bearer " + jwt.encode(claims(), rsa_key, "PS256"))
     assert err.value.code == "alg_not_allowed"
+    # HS256 keyed with the RSA public key PEM: the algorithm-confusion attack.
+    with pytest.raises(AuthError) as err:
+        v.verify("Bearer " + hand_made({"alg": "HS256", "typ": "JWT"}, claims(), pem(rsa_key)))
+    assert err.value.code == "alg_not_allowed"
+
+
+def test_oversized_tokens_are_refused_before_parsing(ed_verifier: Verifier):
+    with pytest.raises(AuthError) as err:
+        ed_verifier.verify("Bearer " + "a" * 9000 + ".b.c")
+    assert err.value.code == "malformed"
