@@ -144,7 +144,7 @@ def run_command(
         fd, stdin_path = tempfile.mkstemp(dir=tmp_dir, prefix="stdin-")
         with os.fdopen(fd, "wb") as f:
             f.write(input_bytes)
-        wasi.stdin_file(stdin_path)
+        wasi.stdin_file = stdin_path
     status = 0
     try:
         configure_preopens(wasi, preopens, app_dir)
