@@ -14,7 +14,9 @@ where ``prev_hash`` is the previous entry's hash (64 zeros for seq 1) and the ha
 detected too. `verify` walks the chain and names the first entry that breaks it.
 
 Redaction (`runtime.redact.Redactor`) runs inside `append`, before the entry is buffered, on
-``data`` and on the string columns; nothing unredacted is ever written.
+``data`` and on the string columns; nothing unredacted is ever written. The same walk makes
+``data`` JSON-ready: bytes become ``{"bytes": n}`` (their content is never stored), sets
+sorted lists, non-finite floats and other objects strings, lone surrogates U+FFFD.
 
 Concurrency, exactly:
 
@@ -33,7 +35,8 @@ Concurrency, exactly:
 - `flush` returns once every entry appended before the call is committed (or raises the write
   error). `close` flushes, stops the thread and closes the connection; it is idempotent and also
   runs at interpreter exit. Appending after `close` raises `AuditClosed`.
-- An `AuditLog` must be created in the process that uses it (not inherited across fork).
+- An `AuditLog` belongs to the process that created it: in a forked child, `append` raises
+  `AuditClosed` and `close` touches nothing (the connection and the buffer are the parent's).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -305,6 +309,7 @@ class AuditLog:
         self._wake = threading.Event()
         self.write_errors = 0
         self.last_error: BaseException | None = None
+        self._pid = os.getpid()
         self._conn = _connect(self.path, self.options.busy_timeout_s)
         self._init_schema()
         self._thread = threading.Thread(
@@ -343,6 +348,8 @@ class AuditLog:
         return "internal"
 
     def _enqueue(self, kind: str, columns: Mapping[str, Any], data: dict[str, Any]) -> None:
+        if os.getpid() != self._pid:  # before any lock: a forked child may inherit them held
+            raise AuditClosed("this AuditLog belongs to the parent process; open one here")
         if not isinstance(kind, str) or not kind:
             raise ValueError("audit kind must be a non-empty string")
         classification = columns.get("classification") or self.classification_for(kind)
@@ -389,6 +396,9 @@ class AuditLog:
             self._write_pending(raise_errors=True)
 
     def close(self) -> None:
+        if os.getpid() != self._pid:
+            self._closed = True  # a forked child: the connection, locks and buffer are the parent's
+            return
         with self._cond:
             if self._closed:
                 return

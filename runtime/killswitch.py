@@ -17,12 +17,14 @@ Exact semantics:
   (``killswitch.kill`` / ``killswitch.revive`` with ``target_kind``, ``target``, ``reason``,
   the actor as ``subject`` and whether the state changed). The change is in force even if the hook raises;
   the hook's exception then propagates. Killing what is already killed replaces the reason.
-- All methods are thread-safe; one lock guards the connection and the cache.
+- All methods are thread-safe; one lock guards the connection and the cache. A forked child
+  opens its own connection the first time it touches the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 import threading
 import time
@@ -76,15 +78,19 @@ class KillSwitch:
         self._audit = audit
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._init_schema()
+        self._connect()
         self._cache: dict[tuple[str, str], Kill] = {}
         self._version: int | None = None
         self._loaded_at = float("-inf")
         with self._lock:
             self._reload()
+
+    def _connect(self) -> None:
+        self._pid = os.getpid()
+        self._conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._init_schema()
 
     def _init_schema(self) -> None:
         conn = self._conn
@@ -105,6 +111,7 @@ class KillSwitch:
         """The reason `name` of `kind` is killed, or None; see the module docstring."""
         now = self._clock()
         if not (0 <= now - self._loaded_at < self._refresh_s):
+            self._own_process()
             with self._lock:
                 self._refresh(now)
         kill = self._cache.get((kind, name))
@@ -112,9 +119,18 @@ class KillSwitch:
 
     def list(self) -> list[Kill]:
         """Every current kill, fresh from the file, ordered by kind and name."""
+        self._own_process()
         with self._lock:
             self._reload()
             return sorted(self._cache.values(), key=lambda k: (k.kind, k.name))
+
+    def _own_process(self) -> None:
+        # A forked child must never use the parent's SQLite connection, nor its lock (which
+        # another thread of the parent may have held at the fork).
+        if os.getpid() != self._pid:
+            self._lock = threading.Lock()
+            self._connect()
+            self._version = None
 
     def _refresh(self, now: float) -> None:
         version = self._conn.execute("PRAGMA data_version").fetchone()[0]
@@ -139,6 +155,7 @@ class KillSwitch:
         _check_target(kind, name)
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError("a kill needs a reason")
+        self._own_process()
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -164,8 +181,11 @@ class KillSwitch:
     def revive(self, kind: KillKind, name: str, actor: str | None = None) -> bool:
         """Lift a kill; returns whether there was one."""
         _check_target(kind, name)
+        self._own_process()
         with self._lock:
-            cur = self._conn.execute("DELETE FROM kills WHERE kind = ? AND name = ?", (kind, name))
+            cur = self._conn.execute(
+                "DELETE FROM kills WHERE kind = ? AND name = ?", (kind, name)
+            )
             changed = cur.rowcount > 0
             self._reload()
         self._emit("killswitch.revive", kind, name, actor, changed=changed)
@@ -186,6 +206,8 @@ class KillSwitch:
             self._audit(event, fields)
 
     def close(self) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child that never used it: the connection is the parent's
         with self._lock:
             self._conn.close()
 

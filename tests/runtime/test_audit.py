@@ -371,6 +371,33 @@ def test_non_ascii_and_lone_surrogates_are_stored_without_blocking_the_log(tmp_p
     assert verify(tmp_path).ok
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_cannot_use_the_parents_log(tmp_path: Path):
+    with AuditLog(tmp_path) as log:
+        log.append("request", request_id="before")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                try:
+                    log.append("request", request_id="child")
+                    outcome = "appended"
+                except AuditClosed:
+                    outcome = "refused"
+                log.close()  # must not touch the parent's connection
+                os.write(w, outcome.encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            assert f.read() == "refused"
+        os.waitpid(pid, 0)
+        log.append("request", request_id="after")
+    assert [e.request_id for e in query(tmp_path)] == ["before", "after"]
+    assert verify(tmp_path).ok
+
+
 def test_append_after_close_raises_and_close_is_idempotent(tmp_path: Path):
     log = AuditLog(tmp_path)
     log.append("request")

@@ -185,3 +185,38 @@ def test_kill_and_revive_are_seen_by_another_process(tmp_path: Path):
             proc.wait()
         proc.stdin.close()
         proc.stdout.close()
+
+
+def _in_forked_child(fn) -> str:
+    """Run fn() in a forked child and return what it returned (as text)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report and leave without running any cleanup of the parent's
+        try:
+            os.close(r)
+            os.write(w, str(fn()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_uses_its_own_connection(tmp_path: Path):
+    clock = FakeClock()
+    with KillSwitch(tmp_path, clock=clock) as ks:
+        assert ks.check("tool", "shell") is None
+        ks.kill("tool", "shell", "parent killed it")
+
+        def child() -> str:
+            clock.t += 1
+            seen = ks.check("tool", "shell")
+            ks.kill("tool", "curl", "child killed it")
+            return f"{seen}|{ks.check('tool', 'curl')}"
+
+        assert _in_forked_child(child) == "parent killed it|child killed it"
+        clock.t += 1
+        assert ks.check("tool", "curl") == "child killed it"
