@@ -15,6 +15,10 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .audit import AuditOptions
+from .identity import AuthConfig
+from .risk import RiskRule
+
 __all__ = [
     "AppConfig",
     "ConfigError",
@@ -51,8 +55,9 @@ class RouteConfig(_Model):
 
     pattern: Annotated[str, Field(min_length=1)]
     methods: list[str] | None = None
-    auth: Literal["required", "optional", "none"] | None = None
+    auth: Literal["required", "optional", "none"] | None = None  # default: required when [auth] is set
     scopes: list[str] = []
+    require_tenant: bool = False
     body_model: str | None = None  # "module:Class" inside the script's app dir
     query_model: str | None = None
 
@@ -121,6 +126,9 @@ class AppSection(_Model):
 
 class AppConfig(_Model):
     app: AppSection = AppSection()
+    auth: AuthConfig | None = None
+    risk: list[RiskRule] = []
+    audit: AuditOptions = AuditOptions()
     scripts: Annotated[list[ScriptConfig], Field(min_length=1)]
     # Filled by the loader, not by the manifest.
     root: Path = Path(".")
@@ -223,6 +231,8 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
         elif main.suffix != ".py":
             problems.append(f"{where}.main: expected a .py file, got {s.main!r}")
         for j, r in enumerate(s.route_configs()):
+            if r.auth in ("required", "optional") and cfg.auth is None:
+                problems.append(f"{where}.routes[{j}].auth: {r.auth!r} needs an [auth] section")
             for method in r.methods or [None]:
                 key = f"{method or '*'} {_route_key(r)}"
                 if key in seen_routes:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from .identity import Identity
 
 __all__ = [
     "ExecutionContext",
@@ -21,14 +23,6 @@ __all__ = [
     "current",
     "use_scope",
 ]
-
-
-@dataclass(frozen=True)
-class Identity:
-    subject: str | None = None
-    tenant: str | None = None
-    scopes: tuple[str, ...] = ()
-    claims: dict[str, Any] = field(default_factory=dict)
 
 
 class SubrequestLimitExceeded(Exception):

@@ -16,10 +16,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .auditd import AuditPipe
 from .config import AppConfig, ScriptConfig, read_dev_vars
+from .contract import Contract, Refusal, identity_wire
 from .cron import CronScheduler
 from .errors import error_json as _error
+from .identity import AuthConfigError
 from .ipc import ChannelClosed
+from .killswitch import KillSwitch
 from .logs import log
 from .routing import Router
 from .supervisor import IsolateDied, IsolatePool, IsolateProcess, LoadFailed, WallTimeExceeded
@@ -40,10 +44,11 @@ class BodyTooLarge(Exception):
 class Deployment:
     """One loaded app version: its config, router and a pool per script."""
 
-    def __init__(self, app: AppConfig, version: str, pools: dict[str, IsolatePool]):
+    def __init__(self, app: AppConfig, version: str, pools: dict[str, IsolatePool], contract: Contract):
         self.app = app
         self.version = version
         self.pools = pools
+        self.contract = contract
         self.router = Router(app)
         self.scripts: dict[str, ScriptConfig] = {s.name: s for s in app.scripts}
 
@@ -62,6 +67,8 @@ class Front:
         self._stopped = False
         self._versions = 0
         self._lock = asyncio.Lock()
+        self.kills = KillSwitch(self.state_dir)
+        self.audit_log = AuditPipe(self.state_dir, app.audit)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def load(self, app: AppConfig) -> Deployment:
@@ -69,8 +76,12 @@ class Front:
         self._versions += 1
         version = f"v{self._versions}"
         secrets = read_dev_vars(app.root)
+        try:
+            contract = Contract(app, secrets, self.kills, self.audit_log)
+        except AuthConfigError as e:
+            raise LoadFailed(f"[auth]: {e}") from None
         pools: dict[str, IsolatePool] = {}
-        dep = Deployment(app, version, pools)
+        dep = Deployment(app, version, pools, contract)
         for s in app.scripts:
             pools[s.name] = IsolatePool(s, root=app.root, state_dir=self.state_dir, version=version,
                                         dev=self.dev, secrets=secrets, router=self)
@@ -83,6 +94,7 @@ class Front:
         return dep
 
     async def start(self) -> None:
+        await self.audit_log.start()
         self.current = await self.load(self.initial)
         self.cron.start()
         self.started.set()
@@ -112,6 +124,8 @@ class Front:
         self.cron.stop()
         if self.current is not None:
             await asyncio.gather(*(p.stop(5) for p in self.current.pools.values()))
+        await self.audit_log.close()
+        self.kills.close()
 
     def pids(self) -> list[int]:
         return [pid for p in (self.current.pools.values() if self.current else ()) for pid in p.pids()]
@@ -144,8 +158,9 @@ class Front:
 
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
+        start_ts = time.time()
         rid = None
-        host = ""
+        host = authorization = content_type = ""
         for k, v in scope["headers"]:
             if k == b"x-request-id":
                 cand = v.decode("latin-1")
@@ -153,6 +168,10 @@ class Front:
                     rid = cand
             elif k == b"host":
                 host = v.decode("latin-1")
+            elif k == b"authorization":
+                authorization = v.decode("latin-1")
+            elif k == b"content-type":
+                content_type = v.decode("latin-1")
         rid = rid or uuid.uuid4().hex
         method = scope["method"]
         path = scope["path"]
@@ -168,24 +187,50 @@ class Front:
             return
         route, params = found
         script = dep.scripts[route.script]
+        contract = dep.contract
         status, cpu_ms, error_code = 500, 0.0, None
+        identity = None
+        risk = "low"
         try:
+            contract.check_killed("script", route.script, rid)
+            contract.check_killed("route", route.config.pattern, rid, script=route.script)
+            identity = contract.identify(route.config, authorization or None, rid, route.script)
+            tenant = identity.tenant if identity else None
+            contract.check_killed("tenant", tenant, rid, script=route.script)
             try:
                 body = await self._read_body(receive, scope, script.limits.body_bytes)
             except BodyTooLarge:
-                status, error_code = 413, "body_too_large"
-                await self._send(send, 413, _error("body_too_large", f"request body exceeds the limit of {script.limits.body_bytes} bytes", rid, limit_bytes=script.limits.body_bytes), rid)
-                return
+                raise Refusal(413, "body_too_large", f"request body exceeds the limit of {script.limits.body_bytes} bytes",
+                              {"limit_bytes": script.limits.body_bytes}, []) from None
+            decision = contract.assess(method, path, tenant, body, content_type)
+            risk = decision.label
+            who = {"request_id": rid, "script": route.script, "tenant": tenant, "risk": risk,
+                   "subject": identity.subject if identity else None}
+            if decision.action == "block":
+                contract.audit("request.blocked", reason=decision.reason, **who)
+                raise Refusal(403, "blocked_by_policy", decision.reason, {"risk": risk}, [])
+            if decision.action == "approve":
+                contract.audit("request.held", reason=decision.reason, **who)
+                raise Refusal(202, "approval_required", decision.reason, {"risk": risk}, [])
             qs = scope.get("query_string", b"")
             url = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{path}" + (f"?{qs.decode('latin-1')}" if qs else "")
-            msg = {"op": "fetch", "rid": rid, "route": route.index,
+            msg = {"op": "fetch", "rid": rid, "route": route.index, "identity": identity_wire(identity), "risk": risk,
                    "req": {"url": url, "method": method,
-                           "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+                           "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
                            "body": body, "params": params}}
             status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send)
+            # One entry per request, written when it ends, carrying its start time: half the
+            # audit cost of separate start/end entries (see auditd.py for where the cost goes).
+            contract.audit("request", method=method, path=path, status=status, started=round(start_ts, 3),
+                           cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
+                           error=error_code, **who)
+        except Refusal as r:
+            status, error_code = r.status, r.code
+            await self._send(send, r.status, _error(r.code, r.message, rid, **r.extra), rid, r.headers)
         finally:
             log("request", request_id=rid, script=route.script, method=method, path=path, status=status,
-                cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
+                cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3), risk=risk,
+                **({"tenant": identity.tenant} if identity and identity.tenant else {}),
                 **({"error": error_code} if error_code else {}))
 
     async def _dispatch(self, pool: IsolatePool, script: ScriptConfig, msg: dict[str, Any], rid: str, send: Send) -> tuple[int, float, str | None]:
