@@ -10,6 +10,7 @@ Starlette app (see `admin.py`).
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 import uuid
@@ -67,14 +68,16 @@ class Front:
         self._stopped = False
         self._versions = 0
         self._lock = asyncio.Lock()
+        # A gradual rollout: (other deployment, fraction of requests it gets), or None.
+        self.split: tuple[Deployment, float] | None = None
         self.kills = KillSwitch(self.state_dir)
         self.audit_log = AuditPipe(self.state_dir, app.audit)
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def load(self, app: AppConfig) -> Deployment:
+    async def load(self, app: AppConfig, version: str | None = None) -> Deployment:
         """Start fresh pools for every script of `app`; raise LoadFailed if any fails to load."""
         self._versions += 1
-        version = f"v{self._versions}"
+        version = version or f"v{self._versions}"
         secrets = read_dev_vars(app.root)
         try:
             contract = Contract(app, secrets, self.kills, self.audit_log)
@@ -101,13 +104,13 @@ class Front:
         log("started", version=self.current.version, scripts=list(self.current.pools),
             pids={n: p.pids() for n, p in self.current.pools.items()})
 
-    async def swap(self, app: AppConfig) -> str:
+    async def swap(self, app: AppConfig, version: str | None = None) -> str:
         """Load `app` in new isolates, move traffic to them, then drain the old ones.
 
         Requests already running on the old version finish there; nothing is dropped. Raises
         LoadFailed (old version keeps serving) when the new version does not load."""
         async with self._lock:
-            new = await self.load(app)
+            new = await self.load(app, version)
             old, self.current = self.current, new
             log("reloaded", version=new.version)
         if old is not None:
@@ -177,6 +180,8 @@ class Front:
         path = scope["path"]
         dep = self.current
         assert dep is not None
+        if self.split is not None and random.random() < self.split[1]:
+            dep = self.split[0]
         found = dep.router.match(method, host, path)
         if found is None:
             allowed = dep.router.allowed_methods(host, path)
