@@ -136,7 +136,8 @@ class ObjectHost:
         return actor
 
     # -- handle --------------------------------------------------------------------------------
-    async def handle(self, address: ObjectAddress | tuple[Any, ...], op: Op) -> Reply:
+    async def handle(self, address: ObjectAddress | tuple[Any, ...] | list[Any], op: Op) -> Reply:
+        """Deliver ``op`` to the object at ``address`` (a 4-tuple, or a list after msgpack)."""
         if self._closed:
             return error_reply(CLOSED_TYPE, f"the object host of script {self.script!r} is closed")
         problem = self._check(address, op)
@@ -159,7 +160,7 @@ class ObjectHost:
             raise
 
     def _check(self, address: Any, op: Any) -> str | None:
-        if not isinstance(address, tuple) or len(address) != 4:
+        if not isinstance(address, tuple | list) or len(address) != 4:
             return "address must be (script, class_name, id_hex, tenant)"
         script, class_name, id_hex, _tenant = address
         if script != self.script:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["SqlCursor", "SqlStorage", "check_statement"]
 
 _INTERNAL = re.compile(r"_ew_", re.IGNORECASE)
+_LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.DOTALL)
 _CONTROL = re.compile(
     r"^\s*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE|ATTACH|DETACH|VACUUM|PRAGMA)\b",
     re.IGNORECASE,
@@ -38,7 +39,7 @@ def check_statement(query: Any) -> str:
         raise ValueError(
             "SQL statement rejected: names starting with '_ew_' are internal storage tables"
         )
-    m = _CONTROL.match(query)
+    m = _CONTROL.match(_LEADING_COMMENTS.sub("", query))
     if m:
         raise ValueError(
             f"SQL statement rejected: {m.group(1).upper()} is not allowed; "

@@ -104,6 +104,14 @@ async def test_calls_through_one_stub_arrive_in_call_order(tmp_path):
     await host.close()
 
 
+async def test_address_may_arrive_as_a_list_after_msgpack(tmp_path):
+    host, ns = make(tmp_path)
+    stub = ns.get_by_name("l")
+    op = {"kind": "rpc", "method": "increment", "args": [2], "kwargs": {}, "idempotency_key": None}
+    assert await host.handle(list(stub.address), op) == {"ok": 2}
+    await host.close()
+
+
 async def test_fetch_uses_the_codec_and_reaches_the_object(tmp_path):
     class Codec:
         def decode_request(self, encoded):
@@ -357,4 +365,31 @@ async def test_sql_of_an_idempotent_op_is_atomic_with_its_record(tmp_path):
     assert await stub.with_options(idempotency_key="a").sql_then_fail(False) == 1
     assert await stub.with_options(idempotency_key="a").sql_then_fail(False) == 1
     assert await stub.with_options(idempotency_key="b").sql_then_fail(False) == 2
+    await host.close()
+
+
+async def test_cancelling_a_delivered_call_does_not_cancel_its_event(tmp_path, monkeypatch):
+    import threading
+
+    from objects.database import ObjectDatabase
+
+    host, ns = make(tmp_path)
+    stub = ns.get_by_name("c")
+    await stub.value()
+    entered, proceed = threading.Event(), threading.Event()
+    original = ObjectDatabase._commit
+
+    def slow_commit(self, batch):
+        entered.set()
+        proceed.wait(10)
+        return original(self, batch)
+
+    monkeypatch.setattr(ObjectDatabase, "_commit", slow_commit)
+    call = asyncio.ensure_future(host.handle(stub.address, {"kind": "rpc", "method": "increment"}))
+    await eventually(entered.is_set)
+    call.cancel()  # the caller goes away while the reply waits on the output gate
+    proceed.set()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await stub.value() == 1  # the delivered event ran to completion and committed
     await host.close()

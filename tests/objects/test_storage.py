@@ -237,7 +237,20 @@ async def test_sql_cannot_touch_internal_tables(harness, query):
     assert "_ew_" in info.value.message
 
 
-@pytest.mark.parametrize("query", ["BEGIN", "COMMIT", "  rollback", "SAVEPOINT x", "PRAGMA journal_mode=DELETE", "ATTACH 'x' AS y"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "BEGIN",
+        "COMMIT",
+        "  rollback",
+        "SAVEPOINT x",
+        "PRAGMA journal_mode=DELETE",
+        "ATTACH 'x' AS y",
+        "/* hidden */ COMMIT",
+        "-- note\n  end",
+        "/* a */ -- b\n /* c */ VACUUM",
+    ],
+)
 async def test_sql_rejects_transaction_and_connection_control(harness, query):
     _, obj = harness()
 
