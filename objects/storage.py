@@ -298,11 +298,12 @@ class Storage:
                 )
                 if self._broken is not None:
                     raise self._broken
+                merged.update(rows)
+                # the cache holds the latest value (or None) of every key written since the
+                # object opened, committed or not: it overrides what SQLite returned
+                merged.update(self._cache)
                 for k, v in rows:
                     self._cache.setdefault(k, v)
-                merged.update(rows)
-                merged.update(self._inflight)
-                merged.update(self._dirty)
         for section in self._sections:
             merged.update(section.writes)
 
