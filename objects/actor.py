@@ -94,6 +94,7 @@ class ObjectActor:
                 max_value_bytes=options.max_value_bytes,
                 preload_rows=options.preload_rows,
                 preload_bytes=options.preload_bytes,
+                max_cached_keys=options.max_cached_keys,
             ),
             now_ms=now_ms,
             on_broken=self.reset,

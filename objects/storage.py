@@ -2,7 +2,8 @@
 
 Cache: reads are served from memory. A small database (up to ``preload_rows`` keys and
 ``preload_bytes``) is loaded whole when the object opens; otherwise keys are loaded on first
-read (and remembered, also when absent). A read that must go to SQLite holds the input gate.
+read (and remembered, also when absent); past ``max_cached_keys`` the oldest clean entries are
+forgotten. A read that must go to SQLite holds the input gate.
 
 Writes never suspend: they update the cache and join the *current batch*. The first write of a
 batch schedules a flush with ``loop.call_soon``, so every write issued before the writer's next
@@ -49,6 +50,7 @@ class StorageLimits:
     max_value_bytes: int = values.DEFAULT_MAX_VALUE_BYTES
     preload_rows: int = 10_000
     preload_bytes: int = 8 * 1024 * 1024
+    max_cached_keys: int = 100_000
 
 
 @dataclass
@@ -175,6 +177,7 @@ class Storage:
                 finally:
                     self._inflight = {}
                 self._out.mark_durable(batch.epoch)
+                self._trim()
                 if batch.alarm_changed:
                     self._on_alarm_committed(batch.alarm)
         finally:
@@ -213,8 +216,25 @@ class Storage:
                 found = await self._db.read(missing)
                 if self._broken is not None:
                     raise self._broken
+                self._trim()  # before inserting: the caller reads these keys next
                 for k in missing:
                     self._cache.setdefault(k, found.get(k))
+
+    def _trim(self) -> None:
+        """Forget the oldest clean entries once the cache holds more than ``max_cached_keys``.
+
+        Entries with uncommitted writes stay (they are the only copy); forgetting a clean entry
+        only means its next read goes to SQLite again.
+        """
+        limit = self._limits.max_cached_keys
+        if len(self._cache) <= limit:
+            return
+        self._complete = False
+        target = limit * 9 // 10
+        excess = len(self._cache) - target
+        for k in [k for k in self._cache if k not in self._dirty and k not in self._inflight][:excess]:
+            if not any(k in s.writes for s in self._sections):
+                del self._cache[k]
 
     def _key(self, key: Any) -> str:
         return values.check_key(key, self._limits.max_key_bytes)
@@ -302,6 +322,7 @@ class Storage:
                 # the cache holds the latest value (or None) of every key written since the
                 # object opened, committed or not: it overrides what SQLite returned
                 merged.update(self._cache)
+                self._trim()
                 for k, v in rows:
                     self._cache.setdefault(k, v)
         for section in self._sections:

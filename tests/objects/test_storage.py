@@ -395,3 +395,24 @@ async def test_sync_after_sql_inside_a_transaction_is_an_error_not_a_deadlock(ha
         await obj.run(fn)
     cur = await obj.run(lambda s: s.sql.exec("SELECT count(*) AS n FROM t"))
     assert cur.one() == {"n": 0}
+
+
+async def test_cache_is_bounded_and_evicted_entries_are_read_back(harness):
+    host, obj = harness(max_cached_keys=50)
+
+    async def fill(s):
+        for i in range(200):
+            await s.put(f"k{i:03}", i)
+        await s.sync()
+        cached = len(s._cache)
+        values = [await s.get(f"k{i:03}") for i in range(200)]
+        listed = await s.list(prefix="k", limit=5, reverse=True)
+        many = await s.get([f"k{i:03}" for i in range(120)])  # more keys than the cache holds
+        assert many == {f"k{i:03}": i for i in range(120)}
+        await s.get("k000")
+        return cached, values, list(listed), len(s._cache)
+
+    cached, values, listed, cached_after = await obj.run(fill)
+    assert cached <= 50 and cached_after <= 50 + 120  # bound + one multi-get
+    assert values == list(range(200))
+    assert listed == ["k199", "k198", "k197", "k196", "k195"]
