@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tomllib
 import uuid
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,6 +26,7 @@ __all__ = ["load_manifest_tools", "run_tool_cli"]
 
 def load_manifest_tools(app_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     """(script name, raw tool dict) for every tool declared in the app manifest."""
+    import tomllib
     data: dict[str, Any] = {}
     if (app_dir / "edgeworks.toml").is_file():
         data = tomllib.loads((app_dir / "edgeworks.toml").read_text())
@@ -60,7 +60,7 @@ def run_tool_cli(
         return fail(ToolError(ErrorCode.BAD_INPUT, f"--input is not JSON: {e}"), 2)
     try:
         declared = load_manifest_tools(app)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, ValueError) as e:  # tomllib.TOMLDecodeError is a ValueError
         return fail(ToolError(ErrorCode.UNKNOWN_TOOL, f"cannot read the manifest: {e}"), 2)
     matches = [(script, raw) for script, raw in declared if raw.get("name") == name]
     if not matches:

@@ -63,6 +63,7 @@ class edge:
         e = r.get("error") or {}
         raise HostError((e.get("code") or "error") + ": " + (e.get("message") or ""))
 """
+_OK_NONE = b'{"ok":true,"value":null}'
 _EPILOGUE = '\n__h.call("__result__", repr(result))\n'
 _MENTIONS_EDGE = re.compile(r"\b(edge|HostError)\b")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(: |$)")
@@ -113,7 +114,7 @@ def call_python(
 ) -> Any:
     delivered: list[bytes] = []
 
-    def bridge(name: str, raw: bytes) -> dict[str, Any]:
+    def bridge(name: str, raw: bytes) -> dict[str, Any] | bytes:
         if name == "__result__":
             if not delivered:
                 if len(raw) > ctx.limits.output_bytes and ctx.abort is None:
@@ -123,7 +124,7 @@ def call_python(
                         {"output_bytes": ctx.limits.output_bytes, "size": len(raw)},
                     )
                 delivered.append(raw)
-            return {"ok": True, "value": None}
+            return _OK_NONE
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:

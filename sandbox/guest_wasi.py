@@ -14,8 +14,8 @@ Output callbacks and process exit: wasmtime releases a WASI output callback from
 runtime threads, shortly (tens of microseconds) after the Store is closed. If that happens
 after the interpreter has begun to finalize, the thread cannot take the GIL, is unwound
 through Rust frames that forbid it, and the whole process aborts. Each stream therefore
-registers itself as pending until wasmtime has released it, and an `atexit` hook waits (at
-most 2 s) for the pending ones before the interpreter finalizes.
+counts itself as held until wasmtime drops it (`__del__`), and an `atexit` hook waits (at
+most 2 s) until none is held before the interpreter finalizes.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ import errno
 import os
 import tempfile
 import threading
-import time
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -41,43 +39,50 @@ from .spec import Preopen
 __all__ = ["CappedStream", "TailStream", "call_wasi", "configure_preopens", "run_command"]
 
 
-_pending: set[threading.Event] = set()
-_pending_lock = threading.Lock()
+class _Releases:
+    """Counts output callbacks wasmtime still holds; `wait` blocks until none are left."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held = 0
+
+    def acquire(self) -> None:
+        with self._cond:
+            self._held += 1
+
+    def release(self) -> None:
+        with self._cond:
+            self._held -= 1
+            if self._held == 0:
+                self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._held == 0, timeout)
 
 
-def _track_release(stream: object) -> None:
-    released = threading.Event()
-    with _pending_lock:
-        _pending.add(released)
-
-    def on_release() -> None:
-        released.set()
-        with _pending_lock:
-            _pending.discard(released)
-
-    weakref.finalize(stream, on_release).atexit = False
+_releases = _Releases()
 
 
 @atexit.register
 def _wait_for_released_streams() -> None:
-    deadline = time.monotonic() + 2.0
-    with _pending_lock:
-        waiting = list(_pending)
-    for released in waiting:
-        released.wait(max(0.0, deadline - time.monotonic()))
+    _releases.wait(2.0)
 
 
 class CappedStream:
     """A WASI output callback that keeps at most `cap` bytes and remembers overflowing."""
 
-    __slots__ = ("cap", "parts", "size", "overflowed", "__weakref__")
+    __slots__ = ("cap", "parts", "size", "overflowed")
 
     def __init__(self, cap: int):
         self.cap = cap
         self.parts: list[bytes] = []
         self.size = 0
         self.overflowed = False
-        _track_release(self)
+        _releases.acquire()
+
+    def __del__(self) -> None:  # runs when wasmtime drops the callback
+        _releases.release()
 
     def __call__(self, data: bytes) -> int:
         if self.overflowed or self.size + len(data) > self.cap:
@@ -94,12 +99,15 @@ class CappedStream:
 class TailStream:
     """A WASI output callback that accepts everything and keeps the last `cap` bytes."""
 
-    __slots__ = ("cap", "buffer", "__weakref__")
+    __slots__ = ("cap", "buffer")
 
     def __init__(self, cap: int):
         self.cap = cap
         self.buffer = bytearray()
-        _track_release(self)
+        _releases.acquire()
+
+    def __del__(self) -> None:
+        _releases.release()
 
     def __call__(self, data: bytes) -> int:
         self.buffer += data

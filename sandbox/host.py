@@ -83,7 +83,7 @@ class HostContext:
     logs: list[dict[str, Any]] = field(default_factory=list)
     abort: ToolError | None = None
     # MicroPython guests: answers `host.call` (reserved names first, then `dispatch`)
-    bridge: Callable[[str, bytes], dict[str, Any]] | None = None
+    bridge: Callable[[str, bytes], dict[str, Any] | bytes] | None = None
 
     def allows_kind(self, kind: str) -> bool:
         return self.token_caps.has_kind(kind) and self.tool_caps.has_kind(kind)

@@ -26,6 +26,7 @@ callback sees is always that of the store that is executing.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import threading
 from typing import Any
@@ -102,7 +103,9 @@ def _read(caller: wasmtime.Caller, memory: wasmtime.Memory, ptr: int, length: in
     length &= _MASK32
     if ptr + length > memory.data_len(caller):
         raise ValueError("pointer out of bounds")
-    return bytes(memory.read(caller, ptr, ptr + length))
+    # one copy straight out of linear memory (Memory.read builds a ctypes array per call)
+    base = ctypes.addressof(memory.data_ptr(caller).contents)
+    return ctypes.string_at(base + ptr, length)
 
 
 def _deliver(caller: wasmtime.Caller, ctx: HostContext, answer: dict[str, Any]) -> int:
@@ -210,7 +213,7 @@ def _mp_host_call(
         raw = _read(caller, memory, payload_ptr, payload_len)
         answer = ctx.bridge(name, raw)
         _stop_if_aborted(caller, ctx)
-        data = json.dumps(answer, separators=(",", ":")).encode()
+        data = answer if isinstance(answer, bytes) else json.dumps(answer, separators=(",", ":")).encode()
         if len(data) > (result_cap & _MASK32):
             data = json.dumps(
                 {"ok": False, "error": {"code": "output_limit", "message": "answer too large"}}

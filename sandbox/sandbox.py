@@ -18,7 +18,6 @@ its own `sandbox.denied` entry when it happens.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -109,6 +108,8 @@ class Sandbox:
     async def run(
         self, name: str, input: Any, *, token: str, request_id: str | None = None
     ) -> Any:
+        import asyncio  # deferred: callers of run() have it loaded; the CLI path does not
+
         loop = asyncio.get_running_loop()
         call = functools.partial(self.run_sync, name, input, token=token, request_id=request_id)
         return await loop.run_in_executor(self.engine.executor, call)

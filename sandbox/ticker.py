@@ -3,9 +3,12 @@
 What it guarantees, exactly:
 
 - One ticker per `wasmtime.Engine`; it is the only code that calls `engine.increment_epoch()`.
-- The thread ticks (increments the epoch every `tick_s` seconds) only while at least one
-  `running()` block is open, and parks on a condition variable otherwise, so an idle process
-  does not wake up. Opening the first block wakes it; the first tick comes `tick_s` later.
+- The thread ticks (increments the epoch every `tick_s` seconds) while at least one
+  `running()` block is open and for `idle_grace_s` after the last one closed; then it parks
+  on a condition variable, so an idle process does not wake up. Opening a block while it is
+  parked wakes it; the first tick comes `tick_s` later. (The grace period exists because
+  waking a parked thread costs a GIL hand-off, which back-to-back short calls would otherwise
+  pay on every call.)
 - `deadline_ticks(wall_ms)` = ceil(wall_ms / tick) + 1. A store given that many ticks with
   `Store.set_epoch_deadline` *inside* a `running()` block traps with `TrapCode.INTERRUPT`
   no earlier than `wall_ms` after the deadline was set (the +1 absorbs the partly elapsed
@@ -31,13 +34,18 @@ __all__ = ["EpochTicker"]
 
 
 class EpochTicker:
-    def __init__(self, engine: wasmtime.Engine, tick_s: float = 0.005):
-        if tick_s <= 0:
-            raise ValueError("tick_s must be positive")
+    def __init__(
+        self, engine: wasmtime.Engine, tick_s: float = 0.005, idle_grace_s: float = 1.0
+    ):
+        if tick_s <= 0 or idle_grace_s < 0:
+            raise ValueError("tick_s must be positive and idle_grace_s not negative")
         self.engine = engine
         self.tick_s = tick_s
+        self.idle_grace_s = idle_grace_s
         self._cond = threading.Condition()
         self._active = 0
+        self._parked = False
+        self._last_active = time.monotonic()
         self._closed = False
         self._thread: threading.Thread | None = None
         self.ticks = 0
@@ -56,12 +64,14 @@ class EpochTicker:
                     target=self._loop, name="sandbox-epoch-ticker", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif self._parked:
+                self._cond.notify()
         try:
             yield
         finally:
             with self._cond:
                 self._active -= 1
+                self._last_active = time.monotonic()
 
     def close(self) -> None:
         with self._cond:
@@ -76,8 +86,14 @@ class EpochTicker:
         # condition early (a new running() block, close()), so a deadline is never cut short.
         while True:
             with self._cond:
-                while self._active == 0 and not self._closed:
+                while (
+                    self._active == 0
+                    and not self._closed
+                    and time.monotonic() - self._last_active >= self.idle_grace_s
+                ):
+                    self._parked = True
                     self._cond.wait()
+                self._parked = False
                 due = time.monotonic() + self.tick_s
                 while not self._closed:
                     remaining = due - time.monotonic()

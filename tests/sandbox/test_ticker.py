@@ -25,13 +25,13 @@ def wait_for(predicate, timeout=5.0):
 
 
 def test_ticker_does_not_start_a_thread_until_first_use():
-    ticker = EpochTicker(engine(), tick_s=0.001)
+    ticker = EpochTicker(engine(), tick_s=0.001, idle_grace_s=0)
     assert ticker._thread is None
     ticker.close()
 
 
 def test_ticker_ticks_while_a_window_is_open_and_parks_when_none_is():
-    ticker = EpochTicker(engine(), tick_s=0.001)
+    ticker = EpochTicker(engine(), tick_s=0.001, idle_grace_s=0)
     try:
         with ticker.running():
             assert wait_for(lambda: ticker.ticks >= 3)
@@ -52,7 +52,7 @@ def test_deadline_covers_the_partial_current_tick():
 
 
 def test_windows_from_many_threads_share_one_ticker_thread():
-    ticker = EpochTicker(engine(), tick_s=0.001)
+    ticker = EpochTicker(engine(), tick_s=0.001, idle_grace_s=0)
     try:
         barrier = threading.Barrier(4)
 
@@ -72,7 +72,7 @@ def test_windows_from_many_threads_share_one_ticker_thread():
 
 
 def test_close_stops_the_thread_and_refuses_new_windows():
-    ticker = EpochTicker(engine(), tick_s=0.001)
+    ticker = EpochTicker(engine(), tick_s=0.001, idle_grace_s=0)
     with ticker.running():
         pass
     thread = ticker._thread
