@@ -14,7 +14,9 @@ The gate is *closed* while it has a holder or queued lockers, *open* otherwise.
   section*). Lockers are granted in FIFO order.
 - What is blocked while it is closed: (1) the delivery of any new event to the object; (2) every
   storage call made from outside the holding context (other events that were already running
-  wait at their next storage call). Code running *inside* the holding context (the task holding
+  wait at their next storage call). Unlike workerd, the completion of other I/O of an event that
+  is already running (a timer, an outgoing request) is not held back: such an event resumes, and
+  is stopped at its next storage call instead. Code running *inside* the holding context (the task holding
   it, and tasks it spawns, tracked with a context variable) is never blocked by its own gate.
 - Release: on exit of the holding operation. Waking waiters is scheduled with the event loop, so
   the code that awaited the storage operation runs up to its next real suspension *before* any
