@@ -71,6 +71,8 @@ class Front:
         # A gradual rollout: (other deployment, fraction of requests it gets), or None.
         self.split: tuple[Deployment, float] | None = None
         self.kills = KillSwitch(self.state_dir)
+        # Set by the admin plane: where requests a risk rule holds for approval are stored.
+        self.approvals: Any = None
         self.audit_log = AuditPipe(self.state_dir, app.audit)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -214,15 +216,18 @@ class Front:
             if decision.action == "block":
                 contract.audit("request.blocked", reason=decision.reason, **who)
                 raise Refusal(403, "blocked_by_policy", decision.reason, {"risk": risk}, [])
-            if decision.action == "approve":
-                contract.audit("request.held", reason=decision.reason, **who)
-                raise Refusal(202, "approval_required", decision.reason, {"risk": risk}, [])
             qs = scope.get("query_string", b"")
             url = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{path}" + (f"?{qs.decode('latin-1')}" if qs else "")
             msg = {"op": "fetch", "rid": rid, "route": route.index, "identity": identity_wire(identity), "risk": risk,
                    "req": {"url": url, "method": method,
                            "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
                            "body": body, "params": params}}
+            if decision.action == "approve":
+                contract.audit("request.held", reason=decision.reason, **who)
+                held = {"risk": risk}
+                if self.approvals is not None:
+                    held["approval_id"] = self.approvals.hold(msg, reason=decision.reason, **who)
+                raise Refusal(202, "approval_required", decision.reason, held, [])
             status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send)
             # One entry per request, written when it ends, carrying its start time: half the
             # audit cost of separate start/end entries (see auditd.py for where the cost goes).
@@ -354,6 +359,27 @@ class Front:
 
     def on_event(self, pool: IsolatePool, msg: dict[str, Any]) -> None:
         log("isolate_event", script=pool.script.name, **{k: v for k, v in msg.items() if k != "op"})
+
+    async def run_held(self, msg: dict[str, Any], script: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Run a request message held for approval on the current version and collect the
+        response (status, headers, body) instead of sending it to a client."""
+        dep = self.current
+        assert dep is not None
+        pool = dep.pools.get(script)
+        if pool is None:
+            raise LookupError(f"no script named {script!r}")
+        start: dict[str, Any] = {}
+        parts: list[bytes] = []
+
+        async def collect(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                parts.append(message.get("body", b""))
+
+        status, _, _ = await self._dispatch(pool, dep.scripts[script], dict(msg), msg["rid"], collect)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
+        return status, headers, b"".join(parts)
 
     # -- cron ------------------------------------------------------------------------------
     async def fire_scheduled(self, script: str, cron: str, scheduled_ms: float | None = None) -> dict[str, Any]:
