@@ -2,7 +2,41 @@
 
 import time
 
-from workers import Response, WorkerEntrypoint
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Counter(DurableObject):
+    """One counter per name. `get` then `put` never loses an update: while the storage call is
+    pending no other request reaches this object (the input gate), and the response waits until
+    the write is durable (the output gate)."""
+
+    async def increment(self, by=1):
+        value = (await self.ctx.storage.get("value") or 0) + by
+        await self.ctx.storage.put("value", value)
+        return value
+
+    async def read(self):
+        return await self.ctx.storage.get("value") or 0
+
+
+class ChatRoom(DurableObject):
+    """A chat session keeping its messages with the SQL API of the object's own database.
+    (`sql.exec` is awaited here: SQLite runs on the object's I/O thread.)"""
+
+    async def _sql(self, query, *params):
+        sql = self.ctx.storage.sql
+        await sql.exec(
+            "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, user TEXT, text TEXT)"
+        )
+        return await sql.exec(query, *params)
+
+    async def post(self, user, text):
+        await self._sql("INSERT INTO messages (user, text) VALUES (?, ?)", user, text)
+        return (await self._sql("SELECT count(*) AS n FROM messages")).one()["n"]
+
+    async def history(self, limit=50):
+        cursor = await self._sql("SELECT user, text FROM messages ORDER BY id DESC LIMIT ?", limit)
+        return cursor.to_list()[::-1]
 
 
 class Default(WorkerEntrypoint):
@@ -28,6 +62,21 @@ class Default(WorkerEntrypoint):
             while time.thread_time() < end:
                 n += 1
             return Response.json({"spun_ms": ms, "iterations": n})
+
+        # POST /counter/{name} increments, GET /counter/{name} reads: a durable object per name.
+        if request.path.startswith("/counter/"):
+            counter = self.env.COUNTER.get_by_name(request.params["name"])
+            if request.method == "POST":
+                return Response.json({"value": await counter.increment()})
+            return Response.json({"value": await counter.read()})
+
+        # POST /chat/{room} {"user": ..., "text": ...} adds a message; GET lists the room's messages.
+        if request.path.startswith("/chat/"):
+            room = self.env.CHAT.get_by_name(request.params["room"])
+            if request.method == "POST":
+                msg = await request.json()
+                return Response.json({"count": await room.post(msg["user"], msg["text"])})
+            return Response.json({"messages": await room.history()})
 
         return Response("not found", status=404)
 

@@ -414,8 +414,19 @@ async def _serve(fd: int, note_path: str) -> None:
     os._exit(0)  # the front went away: nothing left to serve
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the front dies, even if we are busy."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except OSError:
+        pass  # not Linux: the closed channel still ends the process
+
+
 def main() -> None:
     fd, note_path = int(sys.argv[1]), sys.argv[2]
+    _die_with_parent()
     try:
         import uvloop
 
