@@ -169,6 +169,7 @@ class Sandbox:
                 deadline=time.monotonic() + limits.wall_ms / 1000,
             )
             if prepared.refusal is not None:
+                ctx.deny(str(prepared.refusal.details.get("import", "import")), "instantiate")
                 raise prepared.refusal
             for imp, kind in prepared.needs:
                 if kind is not None and not ctx.allows_kind(kind):
