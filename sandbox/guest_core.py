@@ -23,13 +23,29 @@ from typing import Any
 
 import wasmtime
 
+from . import _fastcall
 from .errors import ErrorCode, ToolError
 from .limits import Limits
 from .runner import MemoryProbe
 
-__all__ = ["call_core", "read_json_output"]
+__all__ = ["call_core", "check_exports", "read_json_output"]
 
 _MASK32 = 0xFFFFFFFF
+
+
+def check_exports(module: wasmtime.Module, export: str) -> ToolError | None:
+    """The ABI violation in `module`'s exports, if any (checked once, when preparing)."""
+    i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+    types = {e.name: e.type for e in module.exports}
+    expected = {"alloc": ([i32], [i32]), export: ([i32, i32], [i64])}
+    if not isinstance(types.get("memory"), wasmtime.MemoryType):
+        return ToolError(ErrorCode.BAD_OUTPUT, "module does not export `memory`")
+    for name, (params, results) in expected.items():
+        ty = types.get(name)
+        if not isinstance(ty, wasmtime.FuncType) or ty.params != params or ty.results != results:
+            sig = "(i32) -> i32" if name == "alloc" else "(i32, i32) -> i64"
+            return ToolError(ErrorCode.BAD_OUTPUT, f"module must export `{name}: {sig}`")
+    return None
 
 
 def call_core(
@@ -40,24 +56,17 @@ def call_core(
     input_bytes: bytes,
     limits: Limits,
 ) -> Any:
+    # export types were checked by `check_exports` when the tool was prepared
     instance = pre.instantiate(store)
-    exports = instance.exports(store)
-    memory = exports.get("memory")
-    alloc = exports.get("alloc")
-    fn = exports.get(export)
-    if not isinstance(memory, wasmtime.Memory):
-        raise ToolError(ErrorCode.BAD_OUTPUT, "module does not export `memory`")
+    memory = _fastcall.export(store, instance, "memory")
+    alloc = _fastcall.export(store, instance, "alloc")
+    fn = _fastcall.export(store, instance, export)
     probe.memory = memory
-    if not isinstance(alloc, wasmtime.Func) or not isinstance(fn, wasmtime.Func):
-        raise ToolError(ErrorCode.BAD_OUTPUT, f"module must export `alloc` and `{export}`")
-    ptr = alloc(store, len(input_bytes))
-    if not isinstance(ptr, int) or (ptr & _MASK32) + len(input_bytes) > memory.data_len(store):
+    ptr = _fastcall.call_i32(store, alloc, len(input_bytes)) & _MASK32
+    if ptr + len(input_bytes) > memory.data_len(store):
         raise ToolError(ErrorCode.BAD_OUTPUT, "alloc returned an unusable pointer")
-    ptr &= _MASK32
     memory.write(store, input_bytes, ptr)
-    packed = fn(store, ptr, len(input_bytes))
-    if not isinstance(packed, int):
-        raise ToolError(ErrorCode.BAD_OUTPUT, f"`{export}` must return an i64")
+    packed = _fastcall.call_i32(store, fn, ptr, len(input_bytes))
     out_ptr = (packed >> 32) & _MASK32
     out_len = packed & _MASK32
     if out_len > limits.output_bytes:

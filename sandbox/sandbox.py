@@ -34,7 +34,7 @@ import wasmtime
 from .capabilities import CapabilitySet
 from .engine import SandboxEngine
 from .errors import ErrorCode, ToolError
-from .guest_core import call_core
+from .guest_core import call_core, check_exports
 from .guest_python import call_python
 from .guest_wasi import call_wasi
 from .host import HostContext
@@ -169,7 +169,8 @@ class Sandbox:
                 deadline=time.monotonic() + limits.wall_ms / 1000,
             )
             if prepared.refusal is not None:
-                ctx.deny(str(prepared.refusal.details.get("import", "import")), "instantiate")
+                if prepared.refusal.code == ErrorCode.CAPABILITY_DENIED:
+                    ctx.deny(str(prepared.refusal.details.get("import", "import")), "instantiate")
                 raise prepared.refusal
             for imp, kind in prepared.needs:
                 if kind is not None and not ctx.allows_kind(kind):
@@ -276,6 +277,8 @@ class Sandbox:
                 needs = check_imports(module, wasi=wasi)
             except ToolError as e:
                 refusal = e
+            if refusal is None and spec.kind == "wasm":
+                refusal = check_exports(module, spec.export)
             if refusal is None:
                 try:
                     pre = self._linker(spec.kind).instantiate_pre(module)

@@ -122,3 +122,23 @@ def test_bad_input_is_refused_before_the_guest_runs(hostile, token, audit_log):
     assert code_of(hostile, "echo", token, value={"x": float("nan")}).code == "bad_input"
     assert code_of(hostile, "echo", token, value={"x": object()}).code == "bad_input"
     assert code_of(hostile, "echo", token, value="\ud800").code == "bad_input"
+
+
+WRONG_SIGNATURE = f"""(module {ALLOC} (func (export "run") (param i32) (result i32) (i32.const 0)))"""
+NO_ALLOC = """(module (memory (export "memory") 1)
+  (func (export "run") (param i32 i32) (result i64) (i64.const 0)))"""
+
+
+@pytest.mark.parametrize("wat", [WRONG_SIGNATURE, NO_ALLOC])
+def test_abi_violations_in_exports_are_bad_output(make_sandbox, token, wat):
+    sb = make_sandbox([tool("t", wat)])
+    assert code_of(sb, "t", token).code == "bad_output"
+
+
+def test_public_api_fallback_behaves_the_same(hostile, token, monkeypatch):
+    from sandbox import _fastcall
+
+    monkeypatch.setattr(_fastcall, "AVAILABLE", False)
+    assert hostile.run_sync("echo", {"x": 1}, token=token) == {"x": 1}
+    assert code_of(hostile, "loop", token).code == "out_of_fuel"
+    assert code_of(hostile, "unreachable", token).details["trap_code"] == "UNREACHABLE"
