@@ -358,7 +358,11 @@ class Front:
         raise LookupError(f"unknown call kind {kind!r}")
 
     def on_event(self, pool: IsolatePool, msg: dict[str, Any]) -> None:
-        log("isolate_event", script=pool.script.name, **{k: v for k, v in msg.items() if k != "op"})
+        if msg.get("kind") == "audit":
+            self.audit_log.append(str(msg.get("entry")), **(msg.get("fields") or {}))
+            return
+        fields = {k: v for k, v in msg.items() if k != "op"}
+        self.audit_log.append(f"isolate.{fields.pop('kind', 'event')}", script=pool.script.name, **fields)
 
     async def run_held(self, msg: dict[str, Any], script: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """Run a request message held for approval on the current version and collect the

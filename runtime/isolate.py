@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -27,11 +28,18 @@ from pydantic import BaseModel, ValidationError
 
 from .bindings import BindingHost, build_env
 from .config import RouteConfig, ScriptConfig
-from .context import ExecutionContext, Identity, RequestScope, SubrequestLimitExceeded, use_scope
+from .context import (
+    ExecutionContext,
+    Identity,
+    RequestScope,
+    SubrequestLimitExceeded,
+    current,
+    use_scope,
+)
 from .entrypoints import ScheduledController, WorkerEntrypoint
 from .errors import error_body
 from .http import Request, Response
-from .ipc import Channel, open_channel
+from .ipc import Channel, ChannelClosed, open_channel
 from .logs import log
 from .meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered
 
@@ -148,7 +156,17 @@ class Isolate:
                 await h.start()
 
     def audit(self, kind: str, fields: dict[str, Any]) -> None:
-        log("audit", kind=kind, script=self.script.name if self.script else None, **fields)
+        """The audit hook handed to bindings: entries travel to the front's audit writer."""
+        entry = {"script": self.script.name if self.script else None, **fields}
+        entry.setdefault("request_id", current().request_id or None)
+        msg = {"op": "event", "kind": "audit", "entry": kind, "fields": entry}
+        try:
+            self.channel.send(msg)
+        except TypeError:  # a value msgpack cannot carry: keep the entry, as text
+            msg["fields"] = {k: v if isinstance(v, str | int | float | bool | None) else repr(v) for k, v in entry.items()}
+            self.channel.send(msg)
+        except ChannelClosed:
+            log("audit_lost", kind=kind, **{k: repr(v) for k, v in entry.items()})
 
     # -- dispatch --------------------------------------------------------------------------
     def on_message(self, msg: dict[str, Any]) -> None:
@@ -427,6 +445,9 @@ def _die_with_parent() -> None:
 def main() -> None:
     fd, note_path = int(sys.argv[1]), sys.argv[2]
     _die_with_parent()
+    # Thread stacks are private writable memory, so they count against the memory limit
+    # (RLIMIT_DATA); handler code and object I/O threads need far less than the 8 MiB default.
+    threading.stack_size(512 * 1024)
     try:
         import uvloop
 
