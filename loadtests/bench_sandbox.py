@@ -188,13 +188,13 @@ def main() -> None:
 
         print(f"wasmtime {wasmtime.__name__} | iterations {n} | warm, one thread\n")
         print("(a) core-wasm JSON tool (echo)")
-        raw = row("raw wasmtime instantiate+call", timed(raw_core(engine), n))
+        raw = row("raw wasmtime-py (public API) instantiate+call", timed(raw_core(engine), n))
         api = row("Sandbox.run_sync (token+audit+limits)", timed(lambda: sb.run_sync("echo", INPUT_CORE, token=token), n))
         api_async = row("await Sandbox.run (thread pool)", timed_async(lambda: sb.run("echo", INPUT_CORE, token=token), n))
         print(f"  ratio run_sync/raw {api / raw:.2f}x   run/raw {api_async / raw:.2f}x   target p50 <= 100 us\n")
 
         print("(b) MicroPython snippet: sum(range(1000))")
-        mp_raw = row("raw wasmtime MicroPython instantiate+_start", timed(raw_micropython(engine), n))
+        mp_raw = row("raw wasmtime-py MicroPython instantiate+_start", timed(raw_micropython(engine), n))
         mp_api = row("Sandbox.run_sync", timed(lambda: sb.run_sync("sum", INPUT_PY, token=token), n))
         mp_async = row("await Sandbox.run", timed_async(lambda: sb.run("sum", INPUT_PY, token=token), n))
         line = f"  ratio run_sync/raw {mp_api / mp_raw:.2f}x   run/raw {mp_async / mp_raw:.2f}x"

@@ -145,7 +145,8 @@ class Sandbox:
             prepared = self._prepare(name)
             try:
                 input_json = json.dumps(input, separators=(",", ":"), allow_nan=False)
-                json.dumps(input, ensure_ascii=False).encode("utf-8")  # lone surrogates
+                if "\\ud" in input_json:  # escaped surrogates: refuse unpaired ones
+                    json.dumps(input, ensure_ascii=False).encode("utf-8")
             except (TypeError, ValueError) as e:
                 raise ToolError(ErrorCode.BAD_INPUT, f"input is not JSON-serializable: {e}") from None
             if len(input_json) > self.config.max_input_bytes:

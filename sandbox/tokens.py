@@ -201,7 +201,9 @@ class CapabilityAuthority:
         iss = claims["iss"]
         if claims["aud"] != AUDIENCE:
             raise TokenError("wrong_audience", f"audience {claims['aud']!r}")
-        capset = self._parse_caps(claims["caps"], reason="malformed")
+        capset = claims.get("_capset")
+        if capset is None:
+            capset = claims["_capset"] = self._parse_caps(claims["caps"], reason="malformed")
         if self._ceilings is not None and iss not in self._ceilings:
             raise TokenError("unknown_issuer", f"issuer {iss!r} is not accepted")
         if claims["exp"] - claims["iat"] > self.max_ttl:
