@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sandbox import ToolSpec
+
 from .audit import AuditOptions
 from .identity import AuthConfig
 from .risk import RiskRule
@@ -104,7 +106,7 @@ class ScriptConfig(_Model):
     services: list[ServiceBinding] = []
     durable_objects: list[DurableObjectBinding] = []
     workflows: list[WorkflowBinding] = []
-    tools: list[dict[str, Any]] = []
+    tools: list[ToolSpec] = []
     object_idle_s: Annotated[float, Field(gt=0)] = 30.0
 
     @field_validator("crons")

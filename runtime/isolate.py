@@ -40,6 +40,7 @@ from .entrypoints import ScheduledController, WorkerEntrypoint
 from .errors import error_body
 from .http import Request, Response
 from .ipc import Channel, ChannelClosed, open_channel
+from .killswitch import KillSwitch
 from .logs import log
 from .meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered
 
@@ -142,6 +143,7 @@ class Isolate:
             dev=self.dev,
             secrets=init.get("secrets", {}),
             audit=self.audit,
+            kills=KillSwitch(Path(init["state_dir"])),
             hosts=self.hosts,
         )
         try:

@@ -35,6 +35,7 @@ class BindingHost:
     dev: bool = False
     secrets: dict[str, str] = field(default_factory=dict)
     audit: Any = None  # callable(kind, fields) or None
+    kills: Any = None  # this process's KillSwitch on the state dir
     env: Any = None  # the Env being built, for bindings that hand it to user classes
     hosts: dict[str, Any] = field(default_factory=dict)  # per-kind hosts the isolate serves
 

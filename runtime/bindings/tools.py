@@ -1,11 +1,58 @@
-"""tools binding (wired once its library lands)."""
+"""`env.TOOLS`: run the script's declared sandbox tools under a capability token.
+
+    token = env.TOOLS.mint(["log", "kv.read:notes/"])        # issuer "script:<name>", this request
+    result = await env.TOOLS.run("summarise", {"text": ...}, capability=token)
+
+The token's tenant and request id come from the calling request. A tool stopped by the kill switch
+answers `capability_denied` naming the switch, before any guest code runs; every call and denial
+is audited by the sandbox through the isolate's audit hook.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build"]
+from sandbox import CapabilityAuthority, Sandbox, ToolError
+
+from ..context import current
+
+__all__ = ["Tools", "build"]
+
+
+class Tools:
+    def __init__(self, sandbox: Sandbox, authority: CapabilityAuthority, script: str, kills: Any, audit: Any):
+        self._sandbox = sandbox
+        self._authority = authority
+        self._issuer = f"script:{script}"
+        self._kills = kills
+        self._audit = audit or (lambda kind, fields: None)
+
+    def mint(self, capabilities: list[str], *, ttl: int | None = None) -> str:
+        scope = current()
+        return self._authority.mint(self._issuer, capabilities, tenant=scope.tenant,
+                                    request_id=scope.request_id or None, ttl=ttl)
+
+    def attenuate(self, token: str, capabilities: list[str] | None = None, expires_at: float | None = None) -> str:
+        return self._authority.attenuate(token, capabilities, expires_at)
+
+    def revoke(self, jti: str) -> None:
+        self._authority.revoke(jti)
+
+    async def run(self, name: str, input: Any = None, *, capability: str) -> Any:
+        scope = current()
+        reason = self._kills.check("tool", name) if self._kills is not None else None
+        if reason is not None:
+            self._audit("tool.denied", {"request_id": scope.request_id, "tool": name, "reason": reason,
+                                        "capability": f"tool:{name}", "killed": True})
+            raise ToolError("capability_denied", f"tool {name!r} is stopped by the kill switch: {reason}",
+                            {"capability": f"tool:{name}", "killed": True})
+        return await self._sandbox.run(name, input, token=capability, request_id=scope.request_id or None)
 
 
 def build(host: Any) -> dict[str, Any]:
-    return {}
+    specs = host.script.tools
+    if not specs:
+        return {}
+    authority = CapabilityAuthority(host.state_dir)
+    sandbox = Sandbox(host.state_dir, host.app_root, specs, authority, audit=host.audit, script=host.script.name)
+    return {"TOOLS": Tools(sandbox, authority, host.script.name, host.kills, host.audit)}

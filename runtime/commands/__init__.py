@@ -1,5 +1,5 @@
 """CLI command modules; each has `register(subparsers)` and sets `func(args) -> exit code`."""
 
-from . import audit, load, serve, trigger
+from . import audit, load, serve, tool, trigger
 
-COMMANDS = [serve, trigger, load, audit]
+COMMANDS = [serve, trigger, load, tool, audit]
