@@ -81,8 +81,6 @@ def execute(
         return result
     except ToolError:
         raise
-    except wasmtime.ExitTrap:
-        raise
     except wasmtime.Trap as e:
         raise _classify_trap(e, ctx, limits, store, probe) from None
     except wasmtime.WasmtimeError as e:

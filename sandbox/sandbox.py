@@ -78,7 +78,7 @@ class Sandbox:
         self.app_dir = Path(app_dir)
         self.config = config or SandboxConfig()
         self.authority = authority
-        self.audit = audit or noop_audit
+        self.audit = _guarded(audit) if audit is not None else noop_audit
         self.script = script
         self.engine = engine or SandboxEngine.shared()
         self.clock = clock or authority.clock
@@ -199,10 +199,7 @@ class Sandbox:
                 )
             fields["fuel"] = stats.fuel_used
             fields["wall_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            try:
-                self.audit("sandbox.call", fields)
-            except Exception:  # an audit sink failure must not turn into a tool failure
-                pass
+            self.audit("sandbox.call", fields)
 
     def prepare_all(self) -> None:
         """Compile (or load from cache) every declared tool now instead of on first call."""
@@ -309,6 +306,18 @@ class Sandbox:
             return wasmtime.wat2wasm(text)
         except wasmtime.WasmtimeError as e:
             raise ToolError(ErrorCode.BAD_INPUT, f"tool {spec.name!r}: invalid WAT: {e}") from None
+
+
+def _guarded(audit: AuditHook) -> AuditHook:
+    """An audit sink failure must not turn into a tool failure (or escape into wasmtime)."""
+
+    def call(kind: str, fields: dict[str, Any]) -> None:
+        try:
+            audit(kind, fields)
+        except Exception:
+            pass
+
+    return call
 
 
 _MICROPYTHON: dict[str, bytes] = {}

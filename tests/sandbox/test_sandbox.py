@@ -153,3 +153,17 @@ def test_invalid_wat_is_bad_input(make_sandbox, authority):
     with pytest.raises(ToolError) as info:
         sb.run_sync("bad", {}, token=authority.mint("a", []))
     assert info.value.code == "bad_input"
+
+
+def test_a_failing_audit_sink_does_not_fail_the_call(tmp_path, authority, engine):
+    def broken(kind, fields):
+        raise RuntimeError("sink down")
+
+    sb = Sandbox(tmp_path / "state", tmp_path, [
+        ToolSpec(name="kv", kind="python", source=KV_SNIPPET, capabilities=["kv.read:notes/"]),
+    ], authority, audit=broken, engine=engine)
+    token = authority.mint("a", ["kv.read:notes/"])
+    assert sb.run_sync("kv", "notes/x", token=token) is None
+    with pytest.raises(ToolError) as info:  # the denial path audits too
+        sb.run_sync("kv", "other/x", token=token)
+    assert info.value.code == "capability_denied"
