@@ -1,34 +1,366 @@
-"""The admin plane under `/__edgeworks/`: health, dev triggers, and (as they land) the human
-override endpoints. A Starlette app; the request hot path never goes through it."""
+"""The admin plane under `/__edgeworks/`: health, the kill switch, deployments and versions,
+approvals of held requests, a live log tail and the OpenAPI document describing all of it. A
+Starlette app; the request hot path never goes through it.
+
+Access: ``GET /__edgeworks/health`` is open. Every other endpoint needs a bearer JWT that the
+current deployment's `Verifier` accepts and that carries the scope ``edgeworks:admin`` (401/403
+JSON with ``WWW-Authenticate`` otherwise). Without an ``[auth]`` section the admin API is open
+in ``dev`` mode (the local emulator on loopback) and refused with 403 ``admin_disabled`` in
+``serve`` mode. Every admin call that changes something is audited as ``admin.*`` with the
+caller's subject, and every refusal as ``admin.denied``.
+
+Deployments (see `_Deployer`): one deploy, rollback or split runs at a time. A bundle is staged
+in the version store, validated (`load_app`, then loaded in fresh isolates) and only then gets
+the traffic; a bundle that fails either step is answered 422 and removed, and the old version
+keeps serving. Any change of the current version clears a traffic split.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["build_admin"]
+from .admin_api import (
+    ADMIN_SCOPE,
+    ActivationResult,
+    DecisionRequest,
+    KillRequest,
+    ReviveRequest,
+    RollbackRequest,
+    SplitRequest,
+    openapi_spec,
+)
+from .approvals import AlreadyDecided, ApprovalStore
+from .config import ConfigError, load_app
+from .contract import Refusal
+from .errors import error_json
+from .identity import AuthError
+from .logs import add_listener, log
+from .supervisor import LoadFailed
+from .types import Receive, Scope, Send
+from .versions import MAX_BUNDLE_BYTES, BundleError, VersionStore
+
+__all__ = ["ADMIN_SCOPE", "build_admin"]
 
 PREFIX = "/__edgeworks"
+TAIL_QUEUE = 1000
 
 
-def _err(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+def _err(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
 
 
-def build_admin(front: Any) -> Starlette:
+class _Problem(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.response = _err(status, code, message, **extra)
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise _Problem(400, "invalid_json", "the request body is not JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors = [{"loc": list(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in e.errors(include_url=False)]
+        raise _Problem(422, "invalid_body", "the request body does not match the schema", errors=errors) from None
+
+
+# -- deployments -----------------------------------------------------------------------------
+
+
+class _Deployer:
+    """Moves traffic between versions of the store; one change at a time."""
+
+    def __init__(self, front: Any, store: VersionStore):
+        self.front = front
+        self.store = store
+        self.lock = asyncio.Lock()
+        self.aliases: dict[str, str] = {}
+        self.history: list[str] = []  # activated version ids, the current one last
+        self._drains: set[asyncio.Future[Any]] = set()
+        initial = self._record_initial()
+        self.aliases["v1"] = initial  # the name Front.start gives the version it loads
+        self.history.append(initial)
+
+    def _record_initial(self) -> str:
+        root = Path(self.front.initial.root)
+        return self.store.record_dir(root, by=None, message=f"serving at startup from {root}",
+                                     skip=[self.front.state_dir]).id
+
+    def current(self) -> str | None:
+        dep = self.front.current
+        return None if dep is None else self.aliases.get(dep.version, dep.version)
+
+    def split_state(self) -> dict[str, Any] | None:
+        split = self.front.split
+        if split is None:
+            return None
+        return {"version": self.aliases.get(split[0].version, split[0].version), "percent": round(split[1] * 100, 4)}
+
+    def _drain(self, dep: Any) -> None:
+        fut = asyncio.ensure_future(asyncio.gather(*(p.stop() for p in dep.pools.values())))
+        self._drains.add(fut)
+        fut.add_done_callback(self._drains.discard)
+
+    def _clear_split(self) -> None:
+        split, self.front.split = self.front.split, None
+        if split is not None:
+            self._drain(split[0])
+
+    def _app(self, vid: str) -> Any:
+        if self.store.get(vid) is None:
+            raise _Problem(404, "unknown_version", f"no version {vid!r} in the store")
+        try:
+            return load_app(self.store.app_dir(vid))
+        except ConfigError as e:
+            raise _Problem(422, "invalid_config", "the version's configuration is invalid", problems=e.problems) from None
+
+    async def _activate(self, vid: str) -> None:
+        app = self._app(vid)
+        try:
+            await self.front.swap(app, version=vid)
+        except LoadFailed as e:
+            raise _Problem(422, "load_failed", str(e)) from None
+        self._clear_split()
+
+    async def deploy(self, bundle: bytes, by: str | None, message: str | None, max_bytes: int) -> dict[str, Any]:
+        async with self.lock:
+            try:
+                staged = await asyncio.to_thread(self.store.stage, bundle, max_bytes=max_bytes)
+            except BundleError as e:
+                raise _Problem(400, "bad_bundle", str(e)) from None
+            try:
+                try:
+                    app = load_app(staged.root)
+                except ConfigError as e:
+                    raise _Problem(422, "invalid_config", "the bundle's configuration is invalid", problems=e.problems) from None
+                previous = self.current()
+                try:
+                    await self.front.swap(app, version=staged.id)
+                except LoadFailed as e:
+                    raise _Problem(422, "load_failed", str(e)) from None
+            except BaseException:
+                self.store.discard(staged)
+                raise
+            meta = self.store.commit(staged, by=by, message=message)
+            self._clear_split()
+            self.history.append(meta.id)
+            return {"version": self.store.describe(meta), "previous": previous}
+
+    async def rollback(self, version: str | None) -> dict[str, Any]:
+        async with self.lock:
+            previous = self.current()
+            if version is None:
+                if len(self.history) < 2:
+                    raise _Problem(409, "no_previous_version", "there is no earlier version to roll back to")
+                target = self.history[-2]
+                await self._activate(target)
+                self.history.pop()
+            else:
+                await self._activate(version)
+                self.history.append(version)
+            return {"current": self.current(), "previous": previous, "split": None}
+
+    async def split(self, version: str, percent: float) -> dict[str, Any]:
+        async with self.lock:
+            previous = self.current()
+            if percent == 0:
+                self._clear_split()
+                return {"current": previous, "previous": previous, "split": None}
+            if version == previous:
+                raise _Problem(409, "already_current", f"{version!r} is the current version")
+            if percent == 100:
+                await self._activate(version)
+                self.history.append(version)
+                return {"current": self.current(), "previous": previous, "split": None}
+            split = self.front.split
+            if split is not None and self.aliases.get(split[0].version, split[0].version) == version:
+                self.front.split = (split[0], percent / 100)
+            else:
+                app = self._app(version)
+                try:
+                    dep = await self.front.load(app, version)
+                except LoadFailed as e:
+                    raise _Problem(422, "load_failed", str(e)) from None
+                self._clear_split()
+                self.front.split = (dep, percent / 100)
+            return {"current": previous, "previous": previous, "split": self.split_state()}
+
+
+# -- tail ------------------------------------------------------------------------------------
+
+
+class _Subscriber:
+    def __init__(self, status: str | None, script: str | None, request_id: str | None, maxsize: int):
+        self.status, self.script, self.request_id = status, script, request_id
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize)
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+        self.dropped = 0
+
+    def matches(self, rec: dict[str, Any]) -> bool:
+        if self.script is not None and rec.get("script") != self.script:
+            return False
+        if self.request_id is not None and rec.get("request_id") != self.request_id:
+            return False
+        if self.status is not None:
+            st = rec.get("status")
+            if not isinstance(st, int):
+                return False
+            if self.status.endswith("xx"):
+                return str(st)[:1] == self.status[0]
+            return str(st) == self.status
+        return True
+
+    def offer(self, rec: dict[str, Any]) -> None:
+        if not self.matches(rec):
+            return
+        if threading.get_ident() == self.thread:
+            self._put(rec)
+        else:
+            self.loop.call_soon_threadsafe(self._put, rec)
+
+    def _put(self, rec: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(rec)
+        except asyncio.QueueFull:
+            self.dropped += 1  # a slow reader loses lines; the server never waits for it
+
+
+class _TailHub:
+    def __init__(self) -> None:
+        self.subscribers: set[_Subscriber] = set()
+        add_listener(self.publish)
+
+    def publish(self, rec: dict[str, Any]) -> None:
+        for sub in list(self.subscribers):
+            sub.offer(rec)
+
+
+def _line(rec: dict[str, Any]) -> bytes:
+    return json.dumps(rec, default=str, separators=(",", ":")).encode() + b"\n"
+
+
+class _TailResponse(Response):
+    """NDJSON over a streaming response until the client goes away (or `limit` lines)."""
+
+    def __init__(self, hub: _TailHub, sub: _Subscriber, limit: int | None):
+        super().__init__(media_type="application/x-ndjson")
+        self.hub, self.sub, self.limit = hub, sub, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sub = self.sub
+        self.hub.subscribers.add(sub)
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        gone = asyncio.ensure_future(disconnected())
+        sent = 0
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-cache")]})
+            await send({"type": "http.response.body", "body": _line({"event": "tail.started"}), "more_body": True})
+            while self.limit is None or sent < self.limit:
+                get = asyncio.ensure_future(sub.queue.get())
+                await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    return
+                batch = [get.result()]
+                while not sub.queue.empty() and len(batch) < 256:
+                    batch.append(sub.queue.get_nowait())
+                if self.limit is not None:
+                    batch = batch[: self.limit - sent]
+                sent += len(batch)
+                out = b"".join(map(_line, batch))
+                if sub.dropped:
+                    out = _line({"event": "tail.dropped", "count": sub.dropped}) + out
+                    sub.dropped = 0
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except OSError:
+            return
+        finally:
+            self.hub.subscribers.discard(sub)
+            gone.cancel()
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def build_admin(front: Any, *, max_bundle_bytes: int = MAX_BUNDLE_BYTES, tail_queue: int = TAIL_QUEUE) -> Starlette:
+    store = VersionStore(front.state_dir)
+    deployer = _Deployer(front, store)
+    approvals = ApprovalStore(front.state_dir)
+    front.approvals = approvals
+    hub = _TailHub()
+    spec = openapi_spec()
+
+    def audit(kind: str, request: Request, subject: str | None, **fields: Any) -> None:
+        front.audit_log.append(kind, request_id=request.state.rid, subject=subject, **fields)
+
+    def authorize(request: Request) -> str | None:
+        """The caller's subject; raises _Problem when the call is not allowed."""
+        dep = front.current
+        verifier = dep.contract.verifier if dep is not None else None
+        if verifier is None:
+            if front.dev:
+                return None
+            raise _Problem(403, "admin_disabled", "the admin API needs an [auth] section in the manifest when serving")
+        try:
+            identity = verifier.authenticate(request.headers.get("authorization"), "required", [ADMIN_SCOPE])
+        except AuthError as e:
+            problem = _Problem(e.status, e.code, e.message)
+            problem.response.headers["www-authenticate"] = e.www_authenticate
+            raise problem from None
+        assert identity is not None
+        return identity.subject
+
+    def guarded(fn: Callable[[Request, str | None], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+            request.state.rid = rid[:128]
+            try:
+                subject = authorize(request)
+            except _Problem as p:
+                front.audit_log.append("admin.denied", request_id=request.state.rid, path=request.url.path,
+                                       code=json.loads(p.response.body)["error"], status=p.response.status_code)
+                return p.response
+            try:
+                return await fn(request, subject)
+            except _Problem as p:
+                return p.response
+        return endpoint
+
     async def health(request: Request) -> JSONResponse:
         dep = front.current
         return JSONResponse({
             "ok": dep is not None,
-            "version": dep.version if dep else None,
+            "version": deployer.current() if dep else None,
             "scripts": {n: {"pids": p.pids(), "restarts": p.restarts} for n, p in dep.pools.items()} if dep else {},
         })
 
-    async def scheduled(request: Request) -> JSONResponse:
+    async def openapi(request: Request, subject: str | None) -> JSONResponse:
+        return JSONResponse(spec)
+
+    async def scheduled(request: Request, subject: str | None) -> JSONResponse:
         script = request.query_params.get("script")
         dep = front.current
         if not script and dep is not None and len(dep.app.scripts) == 1:
@@ -40,9 +372,156 @@ def build_admin(front: Any) -> Starlette:
             result = await front.fire_scheduled(script, cron)
         except LookupError as e:
             return _err(404, "not_found", str(e))
+        audit("admin.scheduled", request, subject, script=script, cron=cron, ok=bool(result.get("ok")))
         return JSONResponse(result, status_code=200 if result.get("ok") else 500)
 
+    # -- kill switch
+    async def kill(request: Request, subject: str | None) -> JSONResponse:
+        body = await _parse(request, KillRequest)
+        front.kills.kill(body.kind, body.name, body.reason, actor=subject)
+        audit("admin.kill", request, subject, target_kind=body.kind, target=body.name, reason=body.reason)
+        log("killed", kind=body.kind, name=body.name, reason=body.reason, subject=subject)
+        entry = next(k for k in front.kills.list() if (k.kind, k.name) == (body.kind, body.name))
+        return JSONResponse({"kill": _kill_dict(entry)})
+
+    async def revive(request: Request, subject: str | None) -> JSONResponse:
+        body = await _parse(request, ReviveRequest)
+        changed = front.kills.revive(body.kind, body.name, actor=subject)
+        audit("admin.revive", request, subject, target_kind=body.kind, target=body.name, changed=changed)
+        log("revived", kind=body.kind, name=body.name, subject=subject, changed=changed)
+        return JSONResponse({"kind": body.kind, "name": body.name, "revived": changed})
+
+    async def kills(request: Request, subject: str | None) -> JSONResponse:
+        return JSONResponse({"kills": [_kill_dict(k) for k in front.kills.list()]})
+
+    # -- versions
+    async def versions(request: Request, subject: str | None) -> JSONResponse:
+        return JSONResponse({"current": deployer.current(), "split": deployer.split_state(),
+                             "versions": [store.describe(m) for m in store.list()]})
+
+    async def deploy(request: Request, subject: str | None) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_bundle_bytes:
+            return _err(413, "bundle_too_large", f"bundles are limited to {max_bundle_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bundle_bytes:
+                return _err(413, "bundle_too_large", f"bundles are limited to {max_bundle_bytes} bytes")
+            chunks.append(chunk)
+        message = request.query_params.get("message") or request.headers.get("x-edgeworks-message")
+        try:
+            result = await deployer.deploy(b"".join(chunks), subject, message, max_bundle_bytes)
+        except _Problem as p:
+            audit("admin.deploy_rejected", request, subject, code=json.loads(p.response.body)["error"],
+                  detail=json.loads(p.response.body).get("message"))
+            raise
+        audit("admin.deploy", request, subject, version=result["version"]["id"], previous=result["previous"],
+              message=message)
+        log("deployed", version=result["version"]["id"], previous=result["previous"], subject=subject)
+        return JSONResponse(result, status_code=201)
+
+    async def rollback(request: Request, subject: str | None) -> JSONResponse:
+        body = await _parse(request, RollbackRequest)
+        result = await deployer.rollback(body.version)
+        audit("admin.rollback", request, subject, version=result["current"], previous=result["previous"])
+        log("rolled_back", version=result["current"], previous=result["previous"], subject=subject)
+        return JSONResponse(ActivationResult.model_validate(result).model_dump())
+
+    async def split(request: Request, subject: str | None) -> JSONResponse:
+        body = await _parse(request, SplitRequest)
+        result = await deployer.split(body.version, body.percent)
+        audit("admin.split", request, subject, version=body.version, percent=body.percent, current=result["current"])
+        log("split", version=body.version, percent=body.percent, current=result["current"], subject=subject)
+        return JSONResponse(ActivationResult.model_validate(result).model_dump())
+
+    # -- approvals
+    async def list_approvals(request: Request, subject: str | None) -> JSONResponse:
+        status = request.query_params.get("status")
+        if status not in (None, "pending", "approved", "rejected"):
+            return _err(400, "bad_request", "status is one of pending, approved, rejected")
+        return JSONResponse({"approvals": approvals.list(status)})
+
+    async def get_approval(request: Request, subject: str | None) -> JSONResponse:
+        row = approvals.get(request.path_params["id"])
+        if row is None:
+            return _err(404, "not_found", "no such approval")
+        return JSONResponse(row)
+
+    async def decide(request: Request, subject: str | None, status: str) -> JSONResponse:
+        aid = request.path_params["id"]
+        body = await _parse(request, DecisionRequest)
+        by = body.by or subject
+        try:
+            row = approvals.decide(aid, status, by, body.reason)  # type: ignore[arg-type]
+        except KeyError:
+            return _err(404, "not_found", "no such approval")
+        except AlreadyDecided as e:
+            return _err(409, "already_decided", str(e))
+        audit(f"admin.approval.{'approve' if status == 'approved' else 'reject'}", request, subject,
+              approval_id=aid, held_request_id=row["request_id"], script=row["script"], tenant=row["tenant"],
+              decided_by=by, reason=body.reason)
+        if status == "approved":
+            await _run_approved(aid, row)
+            row = approvals.get(aid)
+        return JSONResponse(row)
+
+    async def _run_approved(aid: str, row: dict[str, Any]) -> None:
+        msg = approvals.message(aid)
+        rid = row["request_id"]
+        dep = front.current
+        try:
+            dep.contract.check_killed("script", row["script"], rid)
+            dep.contract.check_killed("tenant", row["tenant"], rid, script=row["script"])
+            status, headers, body = await front.run_held(msg, row["script"])
+        except Refusal as r:
+            status, headers, body = r.status, [("content-type", "application/json")], error_json(r.code, r.message, rid, **r.extra)
+        except LookupError as e:
+            status, headers, body = 503, [("content-type", "application/json")], error_json("script_gone", str(e), rid)
+        approvals.record_response(aid, status, headers, body)
+        front.audit_log.append("request.approved_run", request_id=rid, approval_id=aid, script=row["script"],
+                               tenant=row["tenant"], subject=row["subject"], risk=row["risk"], status=status)
+        log("request", request_id=rid, script=row["script"], method=row["method"], path=row["path"], status=status,
+            risk=row["risk"], approval_id=aid)
+
+    async def approve(request: Request, subject: str | None) -> JSONResponse:
+        return await decide(request, subject, "approved")
+
+    async def reject(request: Request, subject: str | None) -> JSONResponse:
+        return await decide(request, subject, "rejected")
+
+    # -- tail
+    async def tail(request: Request, subject: str | None) -> Response:
+        q = request.query_params
+        status = q.get("status")
+        if status is not None and not (status.isdigit() and len(status) == 3 or status in ("1xx", "2xx", "3xx", "4xx", "5xx")):
+            return _err(400, "bad_request", "status is a code like 404 or a class like 5xx")
+        limit = q.get("limit")
+        if limit is not None and not (limit.isdigit() and int(limit) > 0):
+            return _err(400, "bad_request", "limit is a positive integer")
+        audit("admin.tail", request, subject, filters={k: v for k, v in q.items()})
+        sub = _Subscriber(status, q.get("script"), q.get("request_id"), tail_queue)
+        return _TailResponse(hub, sub, int(limit) if limit else None)
+
+    g = guarded
     return Starlette(routes=[
         Route(f"{PREFIX}/health", health, methods=["GET"]),
-        Route(f"{PREFIX}/scheduled", scheduled, methods=["POST"]),
+        Route(f"{PREFIX}/openapi.json", g(openapi), methods=["GET"]),
+        Route(f"{PREFIX}/scheduled", g(scheduled), methods=["POST"]),
+        Route(f"{PREFIX}/kill", g(kill), methods=["POST"]),
+        Route(f"{PREFIX}/revive", g(revive), methods=["POST"]),
+        Route(f"{PREFIX}/kills", g(kills), methods=["GET"]),
+        Route(f"{PREFIX}/versions", g(versions), methods=["GET"]),
+        Route(f"{PREFIX}/versions", g(deploy), methods=["POST"]),
+        Route(f"{PREFIX}/rollback", g(rollback), methods=["POST"]),
+        Route(f"{PREFIX}/split", g(split), methods=["POST"]),
+        Route(f"{PREFIX}/approvals", g(list_approvals), methods=["GET"]),
+        Route(f"{PREFIX}/approvals/{{id}}", g(get_approval), methods=["GET"]),
+        Route(f"{PREFIX}/approvals/{{id}}/approve", g(approve), methods=["POST"]),
+        Route(f"{PREFIX}/approvals/{{id}}/reject", g(reject), methods=["POST"]),
+        Route(f"{PREFIX}/tail", g(tail), methods=["GET"]),
     ])
+
+
+def _kill_dict(k: Any) -> dict[str, Any]:
+    return {"kind": k.kind, "name": k.name, "reason": k.reason, "actor": k.actor, "ts": k.ts}

@@ -1,0 +1,278 @@
+"""The version store: immutable app bundles deployed to a running server.
+
+Layout: ``<state_dir>/versions/<id>/app/`` holds the unpacked app dir and
+``<state_dir>/versions/<id>/meta.json`` its `VersionMeta` (created time, who, message, source,
+sha256 of every file). ``id`` is ``<first 12 hex of the content hash>-<UTC yyyymmddHHMMSS>``
+(``-2``, ``-3``... on a collision), so the same content deployed twice gets two ids that share a
+prefix. The content hash is the sha256 over the sorted ``path\\0sha256\\n`` lines.
+
+A bundle is a gzipped tar of the app dir. `unpack_bundle` accepts only regular files and
+directories with relative paths that stay inside the target (no ``..``, no absolute paths, no
+links or devices), and stops at ``max_bytes`` of compressed input, ``max_unpacked_bytes`` of
+file content and ``max_files`` entries; any violation raises `BundleError` and leaves nothing.
+
+Lifecycle: `stage(bundle)` unpacks into the version's final directory (its code must not move
+once isolates import it) and returns a `StagedVersion`; the caller validates and loads it, then
+`commit` writes ``meta.json`` (from then on the version is listed and never changes) or
+`discard` removes the directory. A directory without ``meta.json`` is a failed or interrupted
+stage and is never listed. `pack_dir` builds a bundle from an app dir (what ``edgeworks
+deploy`` sends), skipping caches, VCS dirs, virtualenvs and state dirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "BundleError",
+    "StagedVersion",
+    "VersionMeta",
+    "VersionStore",
+    "pack_dir",
+    "unpack_bundle",
+]
+
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+MAX_UNPACKED_BYTES = 256 * 1024 * 1024
+MAX_FILES = 10_000
+SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "venv", "node_modules",
+                       ".edgeworks", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+class BundleError(ValueError):
+    """The bundle is not an acceptable app archive; the message says why."""
+
+
+class VersionMeta(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    created: float
+    created_by: str | None = None
+    message: str | None = None
+    source: Literal["upload", "initial"] = "upload"
+    content_hash: str
+    bytes: int
+    files: dict[str, str]
+
+
+@dataclass
+class StagedVersion:
+    id: str
+    root: Path  # the app dir to load
+    content_hash: str
+    files: dict[str, str]
+    size: int
+
+
+def _hash_files(files: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(f"{path}\0{files[path]}\n".encode())
+    return h.hexdigest()
+
+
+def _safe_name(name: str) -> PurePosixPath:
+    if not name or "\\" in name or "\0" in name:
+        raise BundleError(f"bad member name {name!r}")
+    p = PurePosixPath(name)
+    if p.is_absolute() or name.startswith("/"):
+        raise BundleError(f"absolute path {name!r} in bundle")
+    parts = [s for s in p.parts if s not in ("", ".")]
+    if any(s == ".." for s in parts):
+        raise BundleError(f"path {name!r} leaves the bundle")
+    if not parts:
+        raise BundleError(f"bad member name {name!r}")
+    return PurePosixPath(*parts)
+
+
+def unpack_bundle(data: bytes, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES,
+                  max_unpacked_bytes: int = MAX_UNPACKED_BYTES, max_files: int = MAX_FILES) -> dict[str, str]:
+    """Unpack a tar.gz into `dest` (which must not exist); return {path: sha256}. On any
+    problem raise `BundleError` and remove whatever was written."""
+    if len(data) > max_bytes:
+        raise BundleError(f"bundle is {len(data)} bytes; the limit is {max_bytes}")
+    if dest.exists():
+        raise BundleError(f"{dest} already exists")
+    files: dict[str, str] = {}
+    total = 0
+    try:
+        dest.mkdir(parents=True)
+        try:
+            tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise BundleError(f"not a gzipped tar archive: {e}") from None
+        with tar:
+            count = 0
+            while True:
+                try:
+                    member = tar.next()
+                except (tarfile.TarError, OSError, EOFError) as e:
+                    raise BundleError(f"corrupt archive: {e}") from None
+                if member is None:
+                    break
+                count += 1
+                if count > max_files:
+                    raise BundleError(f"bundle has more than {max_files} entries")
+                rel = _safe_name(member.name)
+                target = dest.joinpath(*rel.parts)
+                if member.isdir():
+                    if target.exists() and not target.is_dir():
+                        raise BundleError(f"{rel} is both a file and a directory")
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isreg():
+                    kind = "link" if member.issym() or member.islnk() else "special file"
+                    raise BundleError(f"{rel} is a {kind}; bundles hold regular files only")
+                total += member.size
+                if total > max_unpacked_bytes:
+                    raise BundleError(f"bundle unpacks to more than {max_unpacked_bytes} bytes")
+                key = rel.as_posix()
+                if key in files or target.exists():
+                    raise BundleError(f"{rel} appears twice")
+                # Parents may not be links: only this function writes under dest, and it never
+                # makes one, so a plain mkdir is enough.
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                assert src is not None
+                h = hashlib.sha256()
+                with src, open(target, "xb") as out:
+                    while chunk := src.read(1 << 16):
+                        h.update(chunk)
+                        out.write(chunk)
+                files[key] = h.hexdigest()
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    if not files:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise BundleError("bundle holds no files")
+    return files
+
+
+def _walk(root: Path, skip: Iterable[Path]) -> list[tuple[Path, str]]:
+    skip_resolved = {p.resolve() for p in skip}
+    out: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if n not in SKIP_DIRS and not (d / n).is_symlink()
+                             and (d / n).resolve() not in skip_resolved)
+        for name in sorted(filenames):
+            p = d / name
+            if name.endswith(SKIP_SUFFIXES) or not p.is_file():
+                continue
+            out.append((p, p.relative_to(root).as_posix()))
+    return out
+
+
+def pack_dir(root: str | Path, *, skip: Iterable[Path] = ()) -> bytes:
+    """A tar.gz of the app dir `root` (links followed to regular files; caches, VCS dirs,
+    virtualenvs, ``.edgeworks`` and the dirs in `skip` left out)."""
+    root = Path(root).resolve()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path, arcname in _walk(root, skip):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(arcname)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class VersionStore:
+    """Immutable versions under ``<state_dir>/versions``; see the module docstring."""
+
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time):
+        self.dir = Path(state_dir) / "versions"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+
+    def stage(self, bundle: bytes, **limits: int) -> StagedVersion:
+        tmp = self.dir / f".staging-{uuid.uuid4().hex}"
+        try:
+            files = unpack_bundle(bundle, tmp / "app", **limits)
+            content_hash = _hash_files(files)
+            vid = self._new_id(content_hash)
+            os.rename(tmp, self.dir / vid)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        size = sum((self.dir / vid / "app" / p).stat().st_size for p in files)
+        return StagedVersion(vid, self.dir / vid / "app", content_hash, files, size)
+
+    def _new_id(self, content_hash: str) -> str:
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(self._clock()))
+        base = f"{content_hash[:12]}-{stamp}"
+        vid, n = base, 1
+        while (self.dir / vid).exists():
+            n += 1
+            vid = f"{base}-{n}"
+        return vid
+
+    def commit(self, staged: StagedVersion, *, by: str | None, message: str | None,
+               source: Literal["upload", "initial"] = "upload") -> VersionMeta:
+        meta = VersionMeta(id=staged.id, created=round(self._clock(), 3), created_by=by, message=message,
+                           source=source, content_hash=staged.content_hash, bytes=staged.size,
+                           files=staged.files)
+        final = self.dir / staged.id / "meta.json"
+        tmp = final.with_suffix(".tmp")
+        tmp.write_text(meta.model_dump_json(indent=1))
+        os.replace(tmp, final)
+        return meta
+
+    def discard(self, staged: StagedVersion) -> None:
+        if not (self.dir / staged.id / "meta.json").exists():
+            shutil.rmtree(self.dir / staged.id, ignore_errors=True)
+
+    def get(self, vid: str) -> VersionMeta | None:
+        if not vid or "/" in vid or vid.startswith("."):
+            return None
+        path = self.dir / vid / "meta.json"
+        try:
+            return VersionMeta.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def app_dir(self, vid: str) -> Path:
+        return self.dir / vid / "app"
+
+    def list(self) -> list[VersionMeta]:
+        out = []
+        for d in self.dir.iterdir():
+            if d.name.startswith("."):
+                continue
+            meta = self.get(d.name)
+            if meta is not None:
+                out.append(meta)
+        return sorted(out, key=lambda m: (m.created, m.id))
+
+    def record_dir(self, root: Path, *, by: str | None, message: str | None,
+                   source: Literal["upload", "initial"] = "initial", skip: Iterable[Path] = ()) -> VersionMeta:
+        """Snapshot an app dir into the store (the version a server starts with). An earlier
+        snapshot of the same source with the same content is reused instead of a new one."""
+        staged = self.stage(pack_dir(root, skip=skip), max_bytes=1 << 62, max_unpacked_bytes=1 << 62,
+                            max_files=1 << 30)
+        for meta in reversed(self.list()):
+            if meta.source == source and meta.content_hash == staged.content_hash:
+                self.discard(staged)
+                return meta
+        return self.commit(staged, by=by, message=message, source=source)
+
+    @staticmethod
+    def describe(meta: VersionMeta) -> dict[str, object]:
+        return json.loads(meta.model_dump_json(exclude={"files"})) | {"file_count": len(meta.files)}
