@@ -1,5 +1,5 @@
 """CLI command modules; each has `register(subparsers)` and sets `func(args) -> exit code`."""
 
-from . import audit, load, serve, tool, trigger
+from . import audit, deploy, kill, load, serve, tail, tool, trigger
 
-COMMANDS = [serve, trigger, load, tool, audit]
+COMMANDS = [serve, trigger, load, tool, audit, deploy, kill, tail]
