@@ -11,7 +11,9 @@ A capability token carries a list of capability strings. The grammar:
   `host[:port]`; `host` is an exact name or IP (`api.example.com`, `127.0.0.1`) or
   `*.<domain>`, which matches any subdomain at any depth but not `<domain>` itself. With no port
   the pattern matches only the scheme's default port (80 for http, 443 for https); `:<n>`
-  matches port n; `:*` any port. Names compare case-insensitively.
+  matches port n; `:*` any port. Names compare case-insensitively. IPv6 literals are not
+  expressible, so fetches to them are always denied. The pattern constrains the URL's host
+  name, not the address it resolves to.
 
 A capability A is *covered* by B when everything A grants, B grants too; attenuation is only
 allowed to produce capabilities each covered by some capability of the original token.
