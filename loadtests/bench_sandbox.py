@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sandbox import CapabilityAuthority, Sandbox, SandboxEngine, ToolSpec  # noqa: E402
+from sandbox.engine import WASMTIME_VERSION  # noqa: E402
 from sandbox.guest_python import build_program  # noqa: E402
 from sandbox.spec import default_micropython_wasm  # noqa: E402
 
@@ -186,7 +187,7 @@ def main() -> None:
         assert sb.run_sync("sum", INPUT_PY, token=token) == 499500
         assert sb.run_sync("echo", INPUT_CORE, token=token) == INPUT_CORE
 
-        print(f"wasmtime {wasmtime.__name__} | iterations {n} | warm, one thread\n")
+        print(f"wasmtime-py {WASMTIME_VERSION} | iterations {n} | warm, one caller\n")
         print("(a) core-wasm JSON tool (echo)")
         raw = row("raw wasmtime-py (public API) instantiate+call", timed(raw_core(engine), n))
         api = row("Sandbox.run_sync (token+audit+limits)", timed(lambda: sb.run_sync("echo", INPUT_CORE, token=token), n))
