@@ -78,6 +78,21 @@ class Default(WorkerEntrypoint):
                 return Response.json({"count": await room.post(msg["user"], msg["text"])})
             return Response.json({"messages": await room.history()})
 
+        # GET /tools/demo: run sandbox tools with a short-lived capability token minted for this
+        # request, and show what a token without the needed capability gets.
+        if request.path == "/tools/demo":
+            token = self.env.TOOLS.mint(["kv.read:notes/"])
+            out = {
+                "sum": await self.env.TOOLS.run("sum", {"n": 1000}, capability=token),
+                "echo": await self.env.TOOLS.run("echo", {"hello": "wasm"}, capability=token),
+                "note": await self.env.TOOLS.run("notes", {"key": "todo"}, capability=token),
+            }
+            try:
+                await self.env.TOOLS.run("notes", {"key": "todo"}, capability=self.env.TOOLS.mint([]))
+            except Exception as e:  # ToolError: capability_denied, naming the capability
+                out["denied"] = {"code": e.code, "message": e.message}
+            return Response.json(out)
+
         return Response("not found", status=404)
 
     async def scheduled(self, controller):
