@@ -15,6 +15,11 @@ A capability token carries a list of capability strings. The grammar:
   expressible, so fetches to them are always denied. The pattern constrains the URL's host
   name, not the address it resolves to.
 
+- `fs.read:<guest path>` / `fs.write:<guest path>`: mount a directory the tool declares as a
+  preopen at that guest path (or below it): read-only with `fs.read`, writable with `fs.write`
+  when the tool also declares the preopen writable. `/data` covers `/data` and `/data/x`,
+  not `/database`. Without either, a declared preopen is not mounted for the call.
+
 A capability A is *covered* by B when everything A grants, B grants too; attenuation is only
 allowed to produce capabilities each covered by some capability of the original token.
 """
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 __all__ = ["Capability", "CapabilitySet", "CapabilityError", "SIMPLE_CAPABILITIES"]
 
 SIMPLE_CAPABILITIES = frozenset({"log", "clock", "random"})
-_SCOPED = frozenset({"kv.read", "kv.write", "http.fetch"})
+_SCOPED = frozenset({"kv.read", "kv.write", "http.fetch", "fs.read", "fs.write"})
 
 
 class CapabilityError(ValueError):
@@ -53,6 +58,8 @@ class Capability:
             raise CapabilityError(f"unknown or malformed capability {text!r}")
         if kind == "http.fetch":
             _parse_host_pattern(arg)
+        if kind in ("fs.read", "fs.write") and (not arg.startswith("/") or "\0" in arg):
+            raise CapabilityError(f"fs capability needs an absolute guest path: {text!r}")
         return cls(kind, arg)
 
     def covers(self, other: Capability) -> bool:
@@ -64,6 +71,8 @@ class Capability:
             if self.arg == "*":
                 return True
             return other.arg != "*" and other.arg.startswith(self.arg)
+        if self.kind in ("fs.read", "fs.write"):
+            return self.allows_path(other.arg)
         mine_host, mine_port = _parse_host_pattern(self.arg)
         their_host, their_port = _parse_host_pattern(other.arg)
         if mine_port != "*" and mine_port != their_port:
@@ -75,6 +84,10 @@ class Capability:
 
     def allows_key(self, key: str) -> bool:
         return self.arg == "*" or key.startswith(self.arg)
+
+    def allows_path(self, path: str) -> bool:
+        base = self.arg.rstrip("/") or "/"
+        return path == base or path.startswith(base if base == "/" else base + "/")
 
     def allows_host(self, host: str, port: int, scheme: str) -> bool:
         pattern_host, pattern_port = _parse_host_pattern(self.arg)
@@ -128,6 +141,9 @@ class CapabilitySet:
 
     def allows_host(self, host: str, port: int, scheme: str) -> bool:
         return any(c.allows_host(host, port, scheme) for c in self._by_kind.get("http.fetch", ()))
+
+    def allows_path(self, kind: str, path: str) -> bool:
+        return any(c.allows_path(path) for c in self._by_kind.get(kind, ()))
 
     def covers(self, cap: Capability) -> bool:
         return any(mine.covers(cap) for mine in self._by_kind.get(cap.kind, ()))

@@ -3,7 +3,7 @@
 Tools are read from the app manifest (`edgeworks.toml`, or `[tool.edgeworks]` in
 `pyproject.toml`): a top-level `tools` list and each `scripts[].tools` list, entries in
 `ToolSpec` shape. The call runs with a token minted for issuer `cli` carrying exactly the
-tool's declared capabilities. Prints the JSON result (exit 0) or `{"error": {...}}` (exit 1;
+tool's declared capabilities (plus `fs.read`/`fs.write` for its declared preopens). Prints the JSON result (exit 0) or `{"error": {...}}` (exit 1;
 exit 2 when the tool cannot even be found or the input is not JSON).
 """
 
@@ -73,7 +73,10 @@ def run_tool_cli(
     except ValueError as e:
         return fail(ToolError(ErrorCode.UNKNOWN_TOOL, f"tool {name!r} is misdeclared: {e}"), 2)
     request_id = f"cli-{uuid.uuid4().hex[:12]}"
-    token = authority.mint("cli", spec.capabilities, request_id=request_id)
+    caps = list(spec.capabilities) + [
+        f"fs.{'write' if p.writable else 'read'}:{p.guest_path}" for p in spec.preopens
+    ]
+    token = authority.mint("cli", caps, request_id=request_id)
     try:
         result = sandbox.run_sync(name, value, token=token, request_id=request_id)
     except ToolError as e:

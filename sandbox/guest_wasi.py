@@ -4,7 +4,8 @@ The module is a WASI preview-1 command exporting `_start`. stdin holds the input
 JSON (from a private temporary file removed after the call), stdout must hold exactly one JSON
 document (the result), stderr is kept (its last `stderr_bytes`) for error details. argv is
 `[tool name]`, the environment is empty, and no directory is visible unless the tool declares
-a preopen: then it is mounted read-only, or writable when `writable` is true (wasmtime-py 50
+a preopen and the call's token grants it (`fs.read:` / `fs.write:`, see `sandbox.spec.Preopen`):
+then it is mounted read-only, or writable when granted writable (wasmtime-py 50
 exposes this as `preopen_dir(..., fs_mutable=...)`, which defaults to writable, so the flag is
 always passed explicitly). Exit status 0 (or returning from `_start`) is success; any other
 status is `guest_error` with the stderr tail. Output beyond `output_bytes` is not stored, the

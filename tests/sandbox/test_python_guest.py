@@ -135,9 +135,11 @@ def test_preopen_is_read_only_unless_writable(make_sandbox, authority, tmp_path)
                  preopens=[Preopen(host_path="data", guest_path="/data", writable=True)]),
         ToolSpec(name="none", kind="python", source=source),
     ])
-    token = authority.mint("script:app", [])
+    token = authority.mint("script:app", ["fs.write:/data"])
     assert sb.run_sync("ro", None, token=token) == ["hello", False]
     assert not (data / "out.txt").exists()
     assert sb.run_sync("rw", None, token=token) == ["hello", True]
     assert (data / "out.txt").read_text() == "HELLO"
     assert fails(sb, "none", token).details["type"] == "OSError"
+    # declared, but this token grants no fs capability: nothing is mounted
+    assert fails(sb, "ro", authority.mint("script:app", [])).details["type"] == "OSError"

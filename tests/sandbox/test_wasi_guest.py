@@ -116,18 +116,36 @@ def test_output_beyond_the_cap_is_output_limit(wasi, token):
     assert wasi.run_sync("echo", [1], token=token) == [1]
 
 
-def test_preopen_is_read_only_by_default(wasi, token, app_data):
-    assert wasi.run_sync("writer_ro", {}, token=token) == {"ok": False}
+@pytest.fixture
+def fs_read(authority):
+    return authority.mint("script:app", ["fs.read:/data"])
+
+
+@pytest.fixture
+def fs_write(authority):
+    return authority.mint("script:app", ["fs.write:/data"])
+
+
+def test_preopen_granted_read_only_refuses_writes(wasi, fs_read, fs_write, app_data):
+    assert wasi.run_sync("writer_ro", {}, token=fs_read) == {"ok": False}
+    assert wasi.run_sync("writer_ro", {}, token=fs_write) == {"ok": False}  # declared read-only
+    assert wasi.run_sync("writer_rw", {}, token=fs_read) == {"ok": False}  # granted read-only
     assert not (app_data / "out.txt").exists()
 
 
-def test_writable_preopen_accepts_writes(wasi, token, app_data):
-    assert wasi.run_sync("writer_rw", {}, token=token) == {"ok": True}
+def test_writable_preopen_with_write_grant_accepts_writes(wasi, fs_write, app_data, audit_log):
+    assert wasi.run_sync("writer_rw", {}, token=fs_write) == {"ok": True}
     assert (app_data / "out.txt").read_text() == "hi"
+    assert [f for k, f in audit_log if k == "sandbox.call"][-1]["caps_used"] == ["fs.write:/data"]
 
 
-def test_no_directory_is_visible_without_a_preopen(wasi, token):
-    assert wasi.run_sync("writer_none", {}, token=token) == {"ok": False}
+def test_declared_preopen_is_not_mounted_without_a_grant(wasi, token, app_data):
+    assert wasi.run_sync("writer_rw", {}, token=token) == {"ok": False}
+    assert not (app_data / "out.txt").exists()
+
+
+def test_no_directory_is_visible_without_a_preopen(wasi, fs_write):
+    assert wasi.run_sync("writer_none", {}, token=fs_write) == {"ok": False}
 
 
 def test_missing_preopen_directory_is_a_declaration_error(make_sandbox):
