@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
@@ -305,7 +306,11 @@ class _TailResponse(Response):
 # -- the app ---------------------------------------------------------------------------------
 
 
-def build_admin(front: Any, *, max_bundle_bytes: int = MAX_BUNDLE_BYTES, tail_queue: int = TAIL_QUEUE) -> Starlette:
+def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: int = TAIL_QUEUE) -> Starlette:
+    """The admin app for `front`. Bundles are capped at `max_bundle_bytes` (default: the
+    environment variable EDGEWORKS_MAX_BUNDLE_BYTES, else 64 MiB)."""
+    if max_bundle_bytes is None:
+        max_bundle_bytes = int(os.environ.get("EDGEWORKS_MAX_BUNDLE_BYTES") or MAX_BUNDLE_BYTES)
     store = VersionStore(front.state_dir)
     deployer = _Deployer(front, store)
     approvals = ApprovalStore(front.state_dir)
@@ -500,6 +505,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int = MAX_BUNDLE_BYTES, tail_qu
         if limit is not None and not (limit.isdigit() and int(limit) > 0):
             return _err(400, "bad_request", "limit is a positive integer")
         audit("admin.tail", request, subject, filters={k: v for k, v in q.items()})
+        log("tail_subscribed", filters=dict(q.items()), subject=subject)
         sub = _Subscriber(status, q.get("script"), q.get("request_id"), tail_queue)
         return _TailResponse(hub, sub, int(limit) if limit else None)
 
