@@ -13,7 +13,8 @@ Audit: every call emits `audit("sandbox.call", fields)` exactly once, on success
 error (including invalid tokens and unknown tools), with `request_id`, `tool`, `jti`,
 `issuer`, `tenant`, `caps_used`, `caps_denied`, `fuel`, `wall_ms`, `host_calls`,
 `outcome` (`ok` or the error code) and `error` (message, on failure). Each denial also emits
-its own `sandbox.denied` entry when it happens.
+its own `sandbox.denied` entry when it happens (a refused token, an import or host call
+outside the grants).
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ class Sandbox:
             try:
                 tok = self.authority.verify(token)
             except TokenError as e:
+                self.audit("sandbox.denied", {"request_id": request_id, "tool": name,
+                                              "reason": e.reason, "capability": None})
                 raise ToolError(ErrorCode.INVALID_TOKEN, e.message, {"reason": e.reason}) from None
             request_id = request_id or tok.request_id or uuid.uuid4().hex
             fields.update(

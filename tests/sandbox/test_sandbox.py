@@ -60,6 +60,7 @@ def test_invalid_token_is_refused_and_audited(sb, audit_log):
     assert info.value.code == "invalid_token"
     assert info.value.details["reason"] == "malformed"
     assert calls(audit_log)[-1]["outcome"] == "invalid_token"
+    assert [f["reason"] for k, f in audit_log if k == "sandbox.denied"] == ["malformed"]
 
 
 def test_revocation_between_two_calls(sb, authority):
