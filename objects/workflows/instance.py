@@ -101,6 +101,9 @@ class WorkflowInstanceObject(DurableObject):
         self._poke = False
         self._slot = False
         self._current: dict[str, Any] | None = None
+        self._unsynced = False
+        self._meta_dirty = False
+        self._held_audits: list[tuple[str, dict[str, Any]]] = []
         self.definition.track(self)
 
     # ----------------------------------------------------------------- engine interface
@@ -109,12 +112,20 @@ class WorkflowInstanceObject(DurableObject):
         return self.hooks.now()
 
     def audit(self, kind: str, fields: dict[str, Any]) -> None:
+        """Emit an audit entry; held back until what it reports is durable."""
         meta = self.meta or {}
+        entry = (kind, {"workflow": self.definition.class_name, "instance": meta.get("id"),
+                        **fields})
+        if self._unsynced:
+            self._held_audits.append(entry)
+        else:
+            self._emit(entry)
+
+    def _emit(self, entry: tuple[str, dict[str, Any]]) -> None:
         try:
-            self.hooks.audit(kind, {"workflow": self.definition.class_name,
-                                    "instance": meta.get("id"), **fields})
+            self.hooks.audit(*entry)
         except Exception:
-            log.exception("workflow audit hook failed for %s", kind)
+            log.exception("workflow audit hook failed for %s", entry[0])
 
     def remember(self, key: str, value: dict[str, Any]) -> None:
         if key == "meta":
@@ -142,17 +153,39 @@ class WorkflowInstanceObject(DurableObject):
         await txn.put(key, value)
 
     async def commit(self, puts: dict[str, dict[str, Any]]) -> None:
-        """Durably write ``puts`` in one transaction; refused to a superseded run."""
-        self._check_token()
-        await self._save(puts)
+        """Write ``puts`` atomically (one batch); refused to a superseded run.
 
-    async def _save(self, puts: dict[str, dict[str, Any]]) -> None:
+        Durability is awaited lazily, by ``flush()``, which runs before the next step function
+        starts and before the run suspends or finishes: so a step's result is durable before
+        the next step starts, and the last step's result shares its commit with the final
+        status.
+        """
+        self._check_token()
+        await self._put(puts)
+        self._unsynced = True
+
+    async def flush(self) -> None:
+        """Wait until every write of the run is durable, then emit the audits held for it."""
+        if self._unsynced:
+            await self.storage.sync()
+            self._unsynced = False
+        held, self._held_audits = self._held_audits, []
+        for entry in held:
+            self._emit(entry)
+
+    async def _put(self, puts: dict[str, dict[str, Any]]) -> None:
         for key, value in puts.items():
             self.remember(key, value)
-
+        if self._meta_dirty and "meta" not in puts:
+            puts = {**puts, "meta": self.meta}  # type: ignore[dict-item]
+        self._meta_dirty = False
         # One put of several entries lands in one batch (one SQLite transaction).
         await self.storage.put(puts)
-        await self.storage.sync()
+
+    async def _save(self, puts: dict[str, dict[str, Any]]) -> None:
+        await self._put(puts)
+        self._unsynced = True
+        await self.flush()
 
     def _check_token(self) -> None:
         if _TOKEN.get() not in (-1, self._token):
@@ -316,15 +349,16 @@ class WorkflowInstanceObject(DurableObject):
         await self._load()
         if self.meta is None:
             return
-        if self._task_alive():
-            await self._arm_lease()
-            return
         if self.meta["status"] in (QUEUED, RUNNING, WAITING):
+            # Re-armed before returning, so the fired alarm is replaced rather than deleted:
+            # there is no moment at which an unfinished instance has no alarm on disk.
+            await self._arm_lease()
             self._kick()
 
     async def _arm_lease(self) -> None:
         """Set the alarm a lease ahead; callers commit it in the same batch as the new status."""
         await self.storage.set_alarm((self.now() + self.limits.lease_seconds) * 1000.0)
+        self._unsynced = True  # the next flush (before any step function runs) makes it durable
 
     async def _require(self, action: str) -> dict[str, Any] | None:
         await self._load()
@@ -437,10 +471,22 @@ class WorkflowInstanceObject(DurableObject):
                 poll = self.now() + self.limits.queue_poll_seconds
                 await self.storage.set_alarm(poll * 1000.0)
                 return False
-        await self._arm_lease()
+        alarm = await self.storage.get_alarm()
+        if alarm is None or alarm < (self.now() + self.limits.lease_seconds / 2) * 1000.0:
+            await self._arm_lease()
+        meta = self.meta  # re-read: RPCs (events, pause) may have replaced it meanwhile
+        if meta["status"] not in (QUEUED, RUNNING, WAITING):
+            await self._release_slot()
+            return False
         if meta["status"] != RUNNING:
+            # Not committed on its own: the status rides with the run's first commit (until
+            # then the stored status and the lease alarm resume the run just as well).
             self._check_token()
-            await self._set_status(RUNNING, started=meta["started"] or self.now(), waiting=None)
+            previous = meta["status"]
+            self.meta = {**meta, "status": RUNNING, "started": meta["started"] or self.now(),
+                         "waiting": None}
+            self._meta_dirty = True
+            self.audit("workflow.state", {"status": RUNNING, "previous": previous})
         return await self._run_once()
 
     async def _run_once(self) -> bool:
@@ -495,9 +541,10 @@ class WorkflowInstanceObject(DurableObject):
         if suspend.wake_at is not None and suspend.wake_at <= self.now():
             return True
         self._check_token()
-        await self._release_slot()
         if self.meta["status"] == PAUSED:
             await self.storage.delete_alarm()
+            await self.flush()
+            await self._release_slot()
             return False
         waiting = {"kind": suspend.kind, "step": suspend.step, "until": suspend.wake_at}
         if suspend.wake_at is None:
@@ -505,22 +552,24 @@ class WorkflowInstanceObject(DurableObject):
         else:
             await self.storage.set_alarm(suspend.wake_at * 1000.0)
         await self._set_status(WAITING, waiting=waiting)
+        await self._release_slot()
         return False
 
     async def _stopped(self, stop: _Stop, reason: str | None) -> None:
         if stop.reason == "superseded":
             return
         assert self.meta is not None
-        await self._release_slot()
         await self.storage.delete_alarm()
         if reason is not None:
             self.meta["pause_reason"] = f"kill switch: {reason}"
         await self._set_status(PAUSED, pause_reason=self.meta["pause_reason"], waiting=None)
+        await self._release_slot()
 
     async def _finish(self, status: str, **fields: Any) -> None:
-        await self._release_slot()
+        # No suspension since the last step's write: one commit holds both.
         await self.storage.delete_alarm()
         await self._set_status(status, ended=self.now(), waiting=None, **fields)
+        await self._release_slot()
 
     async def _acquire_slot(self) -> bool:
         assert self.meta is not None

@@ -116,6 +116,7 @@ async def run_attempts(
     Returns the recorded result; raises ``_Suspend`` for a retry delay and ``StepFailedError``
     once the retries are exhausted or the function raised ``NonRetryableError``.
     """
+    await run.flush()  # the previous step's outcome is durable before this one starts
     name = rec["name"]
     attempt = len(rec["attempts"]) + 1
     started = run.now()

@@ -84,7 +84,14 @@ async def main() -> None:
         except WorkflowError as exc:
             assert exc.code == "duplicate_id", exc
     print("CREATED", flush=True)
+    deadline = asyncio.get_running_loop().time() + 20
     while True:
+        if asyncio.get_running_loop().time() > deadline:  # diagnose a hang, then fail
+            for row in await binding.list():
+                print(row, file=sys.stderr)
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+            sys.exit(3)
         listed = await binding.list()
         if len(listed) == count and all(
                 row["status"] in ("complete", "errored") for row in listed):
