@@ -246,7 +246,7 @@ def openapi_spec() -> dict[str, Any]:
                 "post": {**_op("deploy a bundle (tar.gz of the app dir); validated before it gets traffic",
                                {"201": _json(DeployResult, "deployed and serving")}, 400, 413, 422,
                                params=[_query("message", "what this version changes")]),
-                         "requestBody": {"required": True, "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}},
+                         "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
             },
             f"{p}/rollback": {"post": _op("serve an earlier version (default: the previous one)",
                                           {"200": _json(ActivationResult, "serving")}, 400, 404, 409, 422, body=RollbackRequest)},

@@ -82,4 +82,4 @@ def _deploy(args: argparse.Namespace) -> int:
     bundle = pack_dir(root)
     params = {"message": args.message} if args.message else {}
     return call(args, "POST", "versions", content=bundle, params=params,
-                headers={"content-type": "application/gzip"})
+                headers={"content-type": "application/octet-stream"})
