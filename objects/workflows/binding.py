@@ -116,15 +116,17 @@ class WorkflowBinding:
         params = self._params(params)
         tenant = self._tenant()
         registry = self.definition.registry_stub(tenant)
-        registered = await registry.register(instance_id, self.definition.hooks.now())
         stub = self._instance_stub(instance_id)
-        if not registered.get("ok"):
-            # The registry is written first; an id registered by a create that crashed before
-            # the instance existed may be completed. The instance's own create is what refuses
-            # a second creation, so two racing creates still yield exactly one instance.
-            if (await stub.status()).get("ok"):
-                _unwrap(registered)
-        _unwrap(await stub.create(instance_id, params, tenant))
+        # Both written at once (two objects, two commits in parallel). The instance's own
+        # create is what refuses a second creation of an id; the registry lists ids. After a
+        # crash between the two, retrying the create repairs whichever is missing.
+        registered, created = await asyncio.gather(
+            registry.register(instance_id, self.definition.hooks.now()),
+            stub.create(instance_id, params, tenant),
+        )
+        _unwrap(created)
+        if not registered.get("ok") and registered["error"]["code"] != "duplicate_id":
+            _unwrap(registered)
         return WorkflowInstance(self, instance_id)
 
     async def create_batch(self, items: list[dict[str, Any]]) -> list[WorkflowInstance]:
