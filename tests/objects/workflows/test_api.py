@@ -170,3 +170,27 @@ def test_parse_duration():
     for bad in ("soon", "10 fortnights", -1, True, ""):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+async def test_tenant_scoped_instances_are_separate_per_tenant(harness):
+    from objects import LocalTransport
+    from objects.workflows import make_workflow_binding
+
+    await harness.start(Waits)
+    current = {"tenant": "acme"}
+    binding = make_workflow_binding(
+        "app", "Waits", LocalTransport(harness.host), lambda: current["tenant"],
+        definition=harness.definition, tenant_scoped=True)
+    acme = await binding.create(id="same")
+    await harness.wait(acme, "waiting")
+    current["tenant"] = "globex"
+    with pytest.raises(WorkflowError) as info:
+        await binding.get("same")
+    assert info.value.code == "not_found"
+    assert await binding.list() == []
+    globex = await binding.create(id="same")  # the same id in another tenant is another instance
+    await globex.send_event("go", "globex")
+    assert (await harness.wait(globex, "complete"))["output"]["payload"] == "globex"
+    current["tenant"] = "acme"
+    assert (await acme.status())["status"] == "waiting"
+    assert [row["id"] for row in await binding.list()] == ["same"]
