@@ -2,7 +2,52 @@
 
 import time
 
-from workers import DurableObject, Response, WorkerEntrypoint
+from workers import DurableObject, NonRetryableError, Response, WorkerEntrypoint, WorkflowEntrypoint
+
+
+class AgentTask(WorkflowEntrypoint):
+    """plan -> execute substeps (a sandbox tool each) -> verify -> publish a decision artifact.
+
+    A task with "risk": "high" waits for a human approval before publishing
+    (`edgeworks workflows approve app AGENT <id>`); a substep marked "fail" fails without retry,
+    and the completed substeps are compensated in reverse order."""
+
+    async def run(self, event, step):
+        task = event.payload
+
+        async def plan():
+            return [{"name": s["name"], "n": s.get("n", 10), "fail": s.get("fail", False)}
+                    for s in task.get("substeps", [{"name": "default"}])]
+
+        substeps = await step.do("plan", plan)
+        results = {}
+        for sub in substeps:
+            async def execute(sub=sub):
+                if sub["fail"]:
+                    raise NonRetryableError(f"substep {sub['name']} failed")
+                token = self.env.TOOLS.mint([])  # the tool needs no host capability
+                return await self.env.TOOLS.run("sum", {"n": sub["n"]}, capability=token)
+
+            async def undo(result, sub=sub):
+                await step.storage.put(f"compensated:{sub['name']}", result)
+
+            results[sub["name"]] = await step.do(f"execute {sub['name']}", execute, compensate=undo,
+                                                 retries={"limit": 2, "delay": "1 second"})
+
+        async def verify():
+            return all(r["sum"] == sum(range(s["n"])) for s, r in zip(substeps, results.values(), strict=True))
+
+        if not await step.do("verify", verify):
+            raise NonRetryableError("verification failed")
+        if task.get("risk") == "high":
+            approval = await step.wait_for_approval("human approval", timeout="1 hour")
+        else:
+            approval = {"approved": True, "by": "policy", "reason": "low risk"}
+
+        async def publish():
+            return {"decision": "publish", "results": results, "approved_by": approval.get("by")}
+
+        return await step.do("publish", publish)
 
 
 class Counter(DurableObject):
@@ -92,6 +137,14 @@ class Default(WorkerEntrypoint):
             except Exception as e:  # ToolError: capability_denied, naming the capability
                 out["denied"] = {"code": e.code, "message": e.message}
             return Response.json(out)
+
+        # POST /agent starts an agent workflow with the JSON body as its task; GET /agent/{id}.
+        if request.path == "/agent":
+            instance = await self.env.AGENT.create(params=await request.json())
+            return Response.json({"id": instance.id}, status=201)
+        if request.path.startswith("/agent/"):
+            instance = await self.env.AGENT.get(request.params["id"])
+            return Response.json(await instance.status())
 
         return Response("not found", status=404)
 

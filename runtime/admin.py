@@ -42,6 +42,7 @@ from .admin_api import (
     SplitRequest,
     openapi_spec,
 )
+from .admin_workflows import workflow_routes
 from .approvals import AlreadyDecided, ApprovalStore
 from .config import ConfigError, load_app
 from .contract import Refusal
@@ -348,6 +349,9 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
                 front.audit_log.append("admin.denied", request_id=request.state.rid, path=request.url.path,
                                        code=json.loads(p.response.body)["error"], status=p.response.status_code)
                 return p.response
+            if request.method == "GET" and fn is not tail:
+                front.audit_log.append("admin.read", request_id=request.state.rid, subject=subject,
+                                       path=request.url.path)
             try:
                 return await fn(request, subject)
             except _Problem as p:
@@ -526,6 +530,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         Route(f"{PREFIX}/approvals/{{id}}/approve", g(approve), methods=["POST"]),
         Route(f"{PREFIX}/approvals/{{id}}/reject", g(reject), methods=["POST"]),
         Route(f"{PREFIX}/tail", g(tail), methods=["GET"]),
+        *workflow_routes(front, g, audit),
     ])
 
 

@@ -92,6 +92,7 @@ class DurableObjectBinding(_Model):
 class WorkflowBinding(_Model):
     binding: Annotated[str, Field(pattern=BINDING_NAME)]
     class_name: Annotated[str, Field(pattern=BINDING_NAME)]
+    tenant_scoped: bool = False
 
 
 class ScriptConfig(_Model):

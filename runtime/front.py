@@ -385,6 +385,21 @@ class Front:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
         return status, headers, b"".join(parts)
 
+    async def workflow_call(self, script: str, binding: str, action: str, instance: str | None,
+                            args: list[Any], status: str | None = None) -> dict[str, Any]:
+        """Perform an admin action on a workflow through one isolate of `script`."""
+        dep = self.current
+        assert dep is not None
+        pool = dep.pools.get(script)
+        if pool is None:
+            return {"error": {"code": "no_such_script", "message": f"no script named {script!r}"}}
+        msg = {"op": "workflow", "binding": binding, "action": action, "instance": instance,
+               "args": args, "status": status, "rid": uuid.uuid4().hex}
+        try:
+            return await (await pool.pick()).request(msg, dep.scripts[script].limits.wall_ms / 1000)
+        except (IsolateDied, WallTimeExceeded) as e:
+            return {"error": {"code": "unavailable", "message": str(e)}}
+
     # -- cron ------------------------------------------------------------------------------
     async def fire_scheduled(self, script: str, cron: str, scheduled_ms: float | None = None) -> dict[str, Any]:
         dep = self.current

@@ -183,6 +183,7 @@ class Isolate:
             "rpc": self.handle_rpc,
             "object": self.handle_object,
             "scheduled": self.handle_scheduled,
+            "workflow": self.handle_workflow,
             "shutdown": self.handle_shutdown,
             "ping": self.handle_ping,
         }.get(op)
@@ -374,6 +375,31 @@ class Isolate:
 
         _, err, cpu_ms = await self._run_limited(msg, run())
         self.channel.reply(msg["id"], {"ok": err is None, "error": err, "cpu_ms": cpu_ms})
+
+    async def handle_workflow(self, msg: dict[str, Any]) -> None:
+        """An admin action on a workflow instance, performed through the script's binding."""
+        from objects.workflows import WorkflowBinding, WorkflowError
+
+        use_scope(self._scope(msg))
+        binding = self.env.get(msg["binding"])
+        if not isinstance(binding, WorkflowBinding):
+            return self.channel.reply(msg["id"], {"error": {"code": "no_such_binding", "message": f"no workflow binding {msg['binding']!r}"}})
+        action, args = msg["action"], msg.get("args") or []
+        try:
+            if action == "list":
+                result: Any = await binding.list(msg.get("status"))
+            elif action == "create":
+                result = {"id": (await binding.create(id=msg.get("instance"), params=args[0] if args else None)).id}
+            elif action in ("status", "pause", "resume", "terminate", "restart", "send_event", "approve", "reject"):
+                instance = await binding.get(msg["instance"])
+                result = await getattr(instance, action)(*args)
+                if action != "status":
+                    result = {"ok": True, "status": (await instance.status()).get("status")}
+            else:
+                return self._reply_exc(msg["id"], "bad_request", f"unknown workflow action {action!r}")
+        except WorkflowError as e:
+            return self.channel.reply(msg["id"], {"error": {"code": e.code, "message": str(e)}})
+        self._reply_value(msg["id"], result)
 
     async def handle_ping(self, msg: dict[str, Any]) -> None:
         self.channel.reply(msg["id"], {"pong": os.getpid()})

@@ -18,7 +18,9 @@ from . import durable_objects, services, tools, variables, workflows
 
 __all__ = ["PLUGINS", "BindingHost", "Env", "build_env"]
 
-PLUGINS = [variables, services, durable_objects, workflows, tools]
+# Order matters once: workflows register their internal object classes before the
+# durable-object host is created from all of them.
+PLUGINS = [variables, services, workflows, durable_objects, tools]
 
 
 @dataclass
@@ -38,6 +40,7 @@ class BindingHost:
     kills: Any = None  # this process's KillSwitch on the state dir
     env: Any = None  # the Env being built, for bindings that hand it to user classes
     hosts: dict[str, Any] = field(default_factory=dict)  # per-kind hosts the isolate serves
+    object_classes: dict[str, Any] = field(default_factory=dict)  # internal durable-object classes
 
 
 class Env:

@@ -19,7 +19,7 @@ from ..context import current
 from ..http import Request, Response
 from .services import coerce_request
 
-__all__ = ["build", "namespace_secret"]
+__all__ = ["build", "namespace_secret", "object_transport"]
 
 
 class _HostCodec:
@@ -85,13 +85,23 @@ def namespace_secret(state_dir: Path) -> bytes:
     return key
 
 
+def object_transport(host: Any) -> ObjectTransport:
+    """The one transport of this process for object calls (shared by every binding kind that
+    is built on objects); its local host is attached by `build` once all classes are known."""
+    transport = host.hosts.get("object_transport")
+    if transport is None:
+        transport = host.hosts["object_transport"] = ObjectTransport(host, None)
+    return transport
+
+
 def build(host: Any) -> dict[str, Any]:
+    """Runs after the plugins that add internal object classes (workflows) to `host.object_classes`."""
     bindings = host.script.durable_objects
-    if not bindings:
+    if not bindings and not host.object_classes:
         return {}
     from ..isolate import LoadError
 
-    classes: dict[str, type[DurableObject]] = {}
+    classes: dict[str, type[DurableObject]] = dict(host.object_classes)
     for b in bindings:
         if b.script not in (None, host.script.name):
             continue
@@ -108,7 +118,8 @@ def build(host: Any) -> dict[str, Any]:
             owns=lambda _cls, id_hex: owner_index(id_hex, host.pool_size) == host.pool_index,
         )
         host.hosts["durable_objects"] = local
-    transport = ObjectTransport(host, local)
+    transport = object_transport(host)
+    transport.local = local
     secret = namespace_secret(host.state_dir)
     return {
         b.binding: DurableObjectNamespace(

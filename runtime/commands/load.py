@@ -34,6 +34,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _num(text: str | None) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:  # locust writes N/A when nothing completed
+        return 0.0
+
+
 def _aggregate(stats_csv: Path) -> dict[str, float]:
     with stats_csv.open() as f:
         for row in csv.DictReader(f):
@@ -43,9 +50,9 @@ def _aggregate(stats_csv: Path) -> dict[str, float]:
                     "requests": n,
                     "failures": float(row["Failure Count"]),
                     "rps": float(row["Requests/s"]),
-                    "p50": float(row["50%"] or 0),
-                    "p95": float(row["95%"] or 0),
-                    "p99": float(row["99%"] or 0),
+                    "p50": _num(row["50%"]),
+                    "p95": _num(row["95%"]),
+                    "p99": _num(row["99%"]),
                 }
     raise ValueError(f"no Aggregated row in {stats_csv}")
 

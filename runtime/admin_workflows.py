@@ -1,0 +1,114 @@
+"""Human override for workflows: list instances, see status and history, pause, resume,
+terminate, restart, send an event, approve or reject a pending approval.
+
+The instances live in isolates; each call is relayed to one isolate of the script
+(`Front.workflow_call`), which performs it through the script's own workflow binding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = ["ACTIONS", "workflow_routes"]
+
+PREFIX = "/__edgeworks/workflows"
+ACTIONS = ("pause", "resume", "terminate", "restart", "event", "approve", "reject")
+
+
+class EventBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    payload: Any = None
+
+
+class DecisionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str | None = None
+    reason: str | None = None
+
+
+class CreateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    params: Any = None
+
+
+Guard = Callable[[Callable[[Request, str | None], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+async def _body(request: Request, model: type[BaseModel]) -> Any:
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as e:
+        raise ValueError("; ".join(f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors())) from None
+
+
+def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> list[Route]:
+    async def call(script: str, binding: str, action: str, instance: str | None = None,
+                   args: list[Any] | None = None, status: str | None = None) -> JSONResponse:
+        reply = await front.workflow_call(script, binding, action, instance, args or [], status)
+        if "error" in reply:
+            err = reply["error"]
+            code = err.get("code") or err.get("type") or "workflow_error"
+            http = 404 if code in ("not_found", "no_such_binding", "no_such_script", "unknown_instance") else 409
+            if code in ("invalid_id", "invalid_status", "invalid_payload", "bad_request"):
+                http = 400
+            return _error(http, code, err.get("message", ""))
+        return JSONResponse(reply.get("result"))
+
+    async def list_instances(request: Request, subject: str | None) -> Response:
+        p = request.path_params
+        return await call(p["script"], p["binding"], "list", status=request.query_params.get("status"))
+
+    async def create(request: Request, subject: str | None) -> Response:
+        p = request.path_params
+        try:
+            body = await _body(request, CreateBody)
+        except ValueError as e:
+            return _error(400, "bad_request", str(e))
+        audit("admin.workflow.create", request, subject, script=p["script"], binding=p["binding"], instance=body.id)
+        return await call(p["script"], p["binding"], "create", body.id, [body.params])
+
+    async def status(request: Request, subject: str | None) -> Response:
+        p = request.path_params
+        return await call(p["script"], p["binding"], "status", p["id"])
+
+    async def act(request: Request, subject: str | None) -> Response:
+        p = request.path_params
+        action = p["action"]
+        if action not in ACTIONS:
+            return _error(404, "not_found", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+        try:
+            if action == "event":
+                ev = await _body(request, EventBody)
+                args: list[Any] = [ev.type, ev.payload]
+                action = "send_event"
+            elif action in ("approve", "reject"):
+                d = await _body(request, DecisionBody)
+                args = [d.by or subject or "admin", d.reason]
+            else:
+                args = []
+        except ValueError as e:
+            return _error(400, "bad_request", str(e))
+        audit(f"admin.workflow.{p['action']}", request, subject, script=p["script"], binding=p["binding"],
+              instance=p["id"], args=args)
+        return await call(p["script"], p["binding"], action, p["id"], args)
+
+    base = f"{PREFIX}/{{script}}/{{binding}}"
+    return [
+        Route(base, guarded(list_instances), methods=["GET"]),
+        Route(base, guarded(create), methods=["POST"]),
+        Route(f"{base}/{{id}}", guarded(status), methods=["GET"]),
+        Route(f"{base}/{{id}}/{{action}}", guarded(act), methods=["POST"]),
+    ]

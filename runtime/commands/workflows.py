@@ -1,0 +1,50 @@
+"""`edgeworks workflows ...`: the human override for workflow instances on a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .deploy import add_target, call
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("workflows", help="list, inspect and steer workflow instances",
+                       description="Human override for the workflow binding BINDING of script SCRIPT.")
+    wsub = p.add_subparsers(dest="wf_command", required=True, metavar="ACTION")
+
+    def action(name: str, help: str, instance: bool = True) -> argparse.ArgumentParser:
+        a = wsub.add_parser(name, help=help, description=help)
+        a.add_argument("script")
+        a.add_argument("binding", help="the workflow binding name, e.g. REFUND")
+        if instance:
+            a.add_argument("instance", help="instance id")
+        add_target(a)
+        return a
+
+    a = action("list", "list instances (optionally by status)", instance=False)
+    a.add_argument("--status", default=None)
+    a.set_defaults(func=lambda x: call(x, "GET", f"workflows/{x.script}/{x.binding}", params={"status": x.status} if x.status else None))
+    a = action("create", "create an instance", instance=False)
+    a.add_argument("--id", default=None)
+    a.add_argument("--params", default="null", help="JSON params")
+    a.set_defaults(func=lambda x: call(x, "POST", f"workflows/{x.script}/{x.binding}", json={"id": x.id, "params": json.loads(x.params)}))
+    a = action("status", "status and step history of an instance")
+    a.set_defaults(func=lambda x: call(x, "GET", f"workflows/{x.script}/{x.binding}/{x.instance}"))
+    for name in ("pause", "resume", "terminate", "restart"):
+        a = action(name, f"{name} an instance")
+        a.set_defaults(func=lambda x, n=name: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/{n}"))
+    a = action("event", "send an event to an instance")
+    a.add_argument("--type", required=True)
+    a.add_argument("--payload", default="null", help="JSON payload")
+    a.set_defaults(func=lambda x: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/event",
+                                       json={"type": x.type, "payload": json.loads(x.payload)}))
+    for name in ("approve", "reject"):
+        a = action(name, f"{name} a pending approval")
+        a.add_argument("--by", default=None, help="who decided (default: the token's subject)")
+        a.add_argument("--reason", default=None)
+        a.set_defaults(func=lambda x, n=name: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/{n}",
+                                                   json={"by": x.by, "reason": x.reason}))
