@@ -177,7 +177,8 @@ class ObjectActor:
                 event.delivered = True
                 self.inflight += 1
                 self._track(asyncio.get_running_loop().create_task(self._run(event)))
-                await asyncio.sleep(0)  # let it run to its first suspension
+                if self.queue:
+                    await asyncio.sleep(0)  # let it run to its first suspension
         except DurableObjectReset as exc:
             self.reset(exc)
         except Exception as exc:  # noqa: BLE001 - e.g. the database cannot be opened
@@ -262,14 +263,14 @@ class ObjectActor:
         if stored != expected or stored > self._now_ms():
             return {"ok": {"status": "stale", "alarm": stored}}
         if event.drop:
-            await self.storage.delete_alarm()
-            return {"ok": {"status": "dropped", "alarm": None}}
+            await self.storage.clear_alarm_if(expected)
+            return {"ok": {"status": "dropped", "alarm": self.storage.stored_alarm}}
         instance = self.instance
         if instance is None:
             raise self.broken or DurableObjectReset("object is not constructed")
         await instance.alarm(AlarmInfo(retry_count=event.retry_count, is_retry=event.retry_count > 0))
-        if self.storage.stored_alarm == expected:
-            await self.storage.delete_alarm()
+        # the handler (or work it started) may have set a new alarm: keep that one
+        await self.storage.clear_alarm_if(expected)
         return {"ok": {"status": "fired", "alarm": self.storage.stored_alarm}}
 
     # -- background work, failure, close -------------------------------------------------------

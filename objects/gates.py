@@ -9,14 +9,17 @@ InputGate
 The gate is *closed* while it has a holder or queued lockers, *open* otherwise.
 
 - Holders: a storage operation that must really wait (a cache miss read from SQLite, ``list``,
-  ``delete_all``, ``sql.exec``) holds the gate for the duration of its I/O; ``transaction(fn)``,
-  an idempotent op, and ``block_concurrency_while(fn)`` hold it until they finish (a *critical
-  section*). Lockers are granted in FIFO order.
-- What is blocked while it is closed: (1) the delivery of any new event to the object; (2) every
-  storage call made from outside the holding context (other events that were already running
-  wait at their next storage call). Unlike workerd, the completion of other I/O of an event that
-  is already running (a timer, an outgoing request) is not held back: such an event resumes, and
-  is stopped at its next storage call instead. Code running *inside* the holding context (the task holding
+  ``sql.exec``) holds the gate for the duration of its I/O; ``transaction(fn)``, an idempotent
+  op, ``delete_all()`` and ``block_concurrency_while(fn)`` hold it until they finish (a
+  *critical section*). Lockers are granted in FIFO order.
+- What is blocked while it is closed: (1) the delivery of any new event to the object;
+  (2) other storage operations that must wait for I/O (they queue for the gate); (3) while a
+  critical section holds it, *every* storage call made from outside the holding context (events
+  that were already running wait at their next storage call). Cached reads and writes from
+  another context during a mere I/O hold proceed: they take effect before the pending operation
+  completes, which is a valid order, and they keep "writes never suspend" true. Unlike workerd,
+  the completion of other I/O of an event that is already running (a timer, an outgoing
+  request) is not held back: such an event resumes, and is stopped as described above. Code running *inside* the holding context (the task holding
   it, and tasks it spawns, tracked with a context variable) is never blocked by its own gate.
 - Release: on exit of the holding operation. Waking waiters is scheduled with the event loop, so
   the code that awaited the storage operation runs up to its next real suspension *before* any
@@ -61,7 +64,10 @@ _gate_ids = itertools.count()
 
 
 class _Token:
-    __slots__ = ()
+    __slots__ = ("exclusive",)
+
+    def __init__(self, exclusive: bool) -> None:
+        self.exclusive = exclusive
 
 
 class InputGate:
@@ -78,6 +84,12 @@ class InputGate:
     @property
     def is_open(self) -> bool:
         return self._holder is None and not self._lockers
+
+    @property
+    def blocks_storage(self) -> bool:
+        """True when a critical section held by *another* context must stop storage calls."""
+        holder = self._holder
+        return holder is not None and holder.exclusive and self._owner_var.get() is not holder
 
     def owns(self) -> bool:
         """True when the current context is inside the section holding the gate."""
@@ -103,9 +115,9 @@ class InputGate:
                     self._open_waiters.remove(fut)
 
     # -- holding the gate ----------------------------------------------------------------------
-    def _enqueue(self) -> tuple[_Token, asyncio.Future[None]]:
+    def _enqueue(self, exclusive: bool) -> tuple[_Token, asyncio.Future[None]]:
         self._check()
-        token = _Token()
+        token = _Token(exclusive)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._holder is None and not self._lockers:
             self._holder = token
@@ -144,12 +156,15 @@ class InputGate:
                 w.set_result(None)
 
     @asynccontextmanager
-    async def hold(self) -> Any:
-        """Hold the gate for the body (re-entrant inside the holding context)."""
+    async def hold(self, *, exclusive: bool = False) -> Any:
+        """Hold the gate for the body (re-entrant inside the holding context).
+
+        ``exclusive``: a critical section, which also stops storage calls of other contexts.
+        """
         if self.owns():
             yield
             return
-        token, fut = self._enqueue()
+        token, fut = self._enqueue(exclusive)
         await self._acquire(token, fut)
         reset = self._owner_var.set(token)
         try:
@@ -171,7 +186,7 @@ class InputGate:
         """
         if self.owns():
             return asyncio.get_running_loop().create_task(_call(fn, on_failure))
-        token, fut = self._enqueue()
+        token, fut = self._enqueue(True)
         ctx = contextvars.copy_context()
         ctx.run(self._owner_var.set, token)
 

@@ -95,7 +95,7 @@ class Storage:
         self._idem_dirty: list[tuple[str, bytes, int]] = []
         self._inflight: dict[str, bytes | None] = {}
         self._flush_scheduled = False
-        self._flusher: asyncio.Task[None] | None = None
+        self._committing = False
         self.sql = SqlStorage(self)
 
     # -- lifecycle (host side) -----------------------------------------------------------------
@@ -108,7 +108,7 @@ class Storage:
 
     @property
     def idle(self) -> bool:
-        return not self._pending and self._flusher is None and not self._sections
+        return not self._pending and not self._committing and not self._sections
 
     @property
     def stored_alarm(self) -> int | None:
@@ -144,44 +144,46 @@ class Storage:
     async def _enter(self) -> None:
         if self._broken is not None:
             raise self._broken
-        if not self._in.is_open and not self._in.owns():
+        if self._in.blocks_storage:
             await self._in.wait_open()
+            if self._broken is not None:
+                raise self._broken
 
     def _note_write(self) -> None:
         self._pending = True
         self._out.note_write(self._epoch)
-        if not self._flush_scheduled and self._flusher is None:
+        if not self._flush_scheduled and not self._committing:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._kick)
 
     def _kick(self) -> None:
+        """Start the next group commit unless one is in flight (a plain callback: no task)."""
         self._flush_scheduled = False
-        if self._flusher is None and self._pending and not self._sql_section and not self._broken:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        if self._committing or not self._pending or self._sql_section or self._broken:
+            return
+        batch = Batch(epoch=self._epoch, writes=self._dirty, idempotency=self._idem_dirty)
+        if self._alarm_dirty:
+            batch.alarm_changed, batch.alarm = True, self._alarm
+        self._epoch += 1
+        self._pending = False
+        self._dirty, self._idem_dirty, self._alarm_dirty = {}, [], False
+        self._inflight = batch.writes
+        self._committing = True
+        self._db.commit_soon(batch).add_done_callback(lambda fut: self._committed(batch, fut))
 
-    async def _flush_loop(self) -> None:
-        try:
-            while self._pending and not self._sql_section and self._broken is None:
-                batch = Batch(epoch=self._epoch, writes=self._dirty, idempotency=self._idem_dirty)
-                if self._alarm_dirty:
-                    batch.alarm_changed, batch.alarm = True, self._alarm
-                self._epoch += 1
-                self._pending = False
-                self._dirty, self._idem_dirty, self._alarm_dirty = {}, [], False
-                self._inflight = batch.writes
-                try:
-                    await self._db.commit(batch)
-                except Exception as exc:  # noqa: BLE001 - any commit failure resets the object
-                    self._fail(f"commit failed: {type(exc).__name__}: {exc}")
-                    return
-                finally:
-                    self._inflight = {}
-                self._out.mark_durable(batch.epoch)
-                self._trim()
-                if batch.alarm_changed:
-                    self._on_alarm_committed(batch.alarm)
-        finally:
-            self._flusher = None
+    def _committed(self, batch: Batch, fut: asyncio.Future[None]) -> None:
+        self._committing = False
+        self._inflight = {}
+        exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            self._fail(f"commit failed: {type(exc).__name__}: {exc}")
+            return
+        self._out.mark_durable(batch.epoch)
+        self._trim()
+        if batch.alarm_changed:
+            self._on_alarm_committed(batch.alarm)
+        if self._pending:
+            self._kick()
 
     @property
     def _sql_section(self) -> bool:
@@ -345,7 +347,7 @@ class Storage:
         await self._enter()
         if self._sections:
             raise RuntimeError("delete_all() cannot be used inside a transaction")
-        async with self._in.hold():
+        async with self._in.hold(exclusive=True):
             self._note_write()
             await self._db.delete_all()
             self._cache, self._complete, self._dirty = {}, True, {}
@@ -393,6 +395,14 @@ class Storage:
         await self._enter()
         self._set_alarm(None)
 
+    async def clear_alarm_if(self, expected: int) -> bool:
+        """Delete the alarm if it is still ``expected``; check and delete in one step."""
+        await self._enter()
+        if self._alarm != expected:
+            return False
+        self._set_alarm(None)
+        return True
+
     def _set_alarm(self, ms: int | None) -> None:
         if self._sections:
             self._sections[-1].alarm = ms
@@ -428,7 +438,7 @@ class Storage:
     async def atomic(self) -> Any:
         """Exclusive, all-or-nothing section (see module docstring)."""
         await self._enter()
-        async with self._in.hold():
+        async with self._in.hold(exclusive=True):
             section = _Section()
             self._sections.append(section)
             ok = False

@@ -245,3 +245,42 @@ async def test_invalid_alarm_times_are_rejected(tmp_path, when):
     with pytest.raises(DurableObjectError):
         await ns.get_by_name("a").set(when)
     await host.close()
+
+
+class Rescheduler(DurableObject):
+    """Its alarm handler leaves a transaction running that sets the next alarm."""
+
+    async def set(self, when):
+        await self.ctx.storage.set_alarm(when)
+
+    async def get(self):
+        return await self.ctx.storage.get_alarm()
+
+    async def alarm(self, info):
+        self.env["fired"].append(info.retry_count)
+        release = asyncio.Event()
+        self.env["release"] = release
+
+        async def later(txn):
+            await release.wait()
+            await txn.set_alarm(self.env["clock"].now() + 5000)
+
+        self.ctx.wait_until(self.ctx.storage.transaction(later))
+        await asyncio.sleep(0)  # the transaction now holds the gate
+
+
+async def test_alarm_set_by_work_the_handler_started_is_not_cleared(tmp_path):
+    clock = FakeClock(T0)
+    env: dict = {"fired": [], "clock": clock}
+    host = ObjectHost("app", {"Rescheduler": Rescheduler}, env, tmp_path, clock=clock)
+    stub = DurableObjectNamespace("app", "Rescheduler", LocalTransport(host)).get_by_name("r")
+    await stub.set(T0 + 10)
+    clock.advance(10)
+    await eventually(lambda: "release" in env)
+    await settle()
+    env["release"].set()
+    await eventually(lambda: index_rows(tmp_path) == [("Rescheduler", stub.id.hex, T0 + 5010)])
+    assert await stub.get() == T0 + 5010
+    clock.advance(5000)
+    await eventually(lambda: len(env["fired"]) == 2)
+    await host.close()

@@ -197,9 +197,22 @@ def make(tmp_path, cls=Counter, **kw):
     return host, ns
 
 
-@pytest.mark.parametrize("preload_rows", [10_000, 0])
-async def test_no_lost_update_with_1000_concurrent_increments(tmp_path, preload_rows):
-    host, ns = make(tmp_path, preload_rows=preload_rows)
+class Seeder(DurableObject):
+    async def seed(self):
+        await self.ctx.storage.put("seed", True)
+
+
+async def make_cold(tmp_path, cls=Counter, name="hot"):
+    """A host whose object has data on disk but nothing cached: every first read misses."""
+    seeder = ObjectHost("app", {cls.__name__: Seeder}, None, tmp_path)
+    await DurableObjectNamespace("app", cls.__name__, LocalTransport(seeder)).get_by_name(name).seed()
+    await seeder.close()
+    return make(tmp_path, cls=cls, preload_rows=0)
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["preloaded", "cold-cache"])
+async def test_no_lost_update_with_1000_concurrent_increments(tmp_path, cold):
+    host, ns = await make_cold(tmp_path) if cold else make(tmp_path)
     stub = ns.get_by_name("hot")
     results = await asyncio.gather(*(stub.increment() for _ in range(1000)))
     assert sorted(results) == list(range(1, 1001))
@@ -208,7 +221,7 @@ async def test_no_lost_update_with_1000_concurrent_increments(tmp_path, preload_
 
 
 async def test_storage_io_between_get_and_put_does_not_lose_updates(tmp_path):
-    host, ns = make(tmp_path, preload_rows=0)
+    host, ns = await make_cold(tmp_path)
     stub = ns.get_by_name("hot")
     await asyncio.gather(*(stub.increment_with_reads_between(i) for i in range(300)))
     assert await stub.value() == 300
@@ -365,4 +378,77 @@ async def test_block_concurrency_while_failure_resets_the_object(tmp_path):
     assert "load failed" in info.value.message
     assert await stub.read() == "ready"
     assert Loader.constructed == 2
+    await host.close()
+
+
+class Interleaver(DurableObject):
+    async def hold_section(self, release):
+        async def body(txn):
+            await release.wait()
+            await txn.put("section", "done")
+
+        await self.ctx.storage.transaction(body)
+
+    async def write_now(self):
+        await self.ctx.storage.put("outsider", 1)
+        return await self.ctx.storage.get("section")
+
+    async def slow_read_then(self, release):
+        await release.wait()  # resumed while another event's read holds the gate
+        await self.ctx.storage.put("a", 1)
+        await self.ctx.storage.put("b", 2)  # no suspension between: one batch
+        return "ok"
+
+    async def read_missing(self, key):
+        return await self.ctx.storage.get(key)
+
+
+async def test_storage_calls_of_other_events_wait_for_a_critical_section(tmp_path):
+    host, ns = make(tmp_path, cls=Interleaver)
+    stub = ns.get_by_name("i")
+    release = asyncio.Event()
+    holder = stub.hold_section(release)
+    await settle()
+    # delivered before the section began? no: it is queued behind the closed gate
+    outsider = stub.write_now()
+    await settle()
+    assert not outsider.done()
+    release.set()
+    await holder
+    assert await outsider == "done"  # ran after the transaction committed its write
+    await host.close()
+
+
+async def test_writes_do_not_suspend_while_another_event_reads_from_disk(tmp_path, monkeypatch):
+    import threading
+
+    host, ns = await make_cold(tmp_path, cls=Interleaver, name="i")
+    stub = ns.get_by_name("i")
+    await stub.read_missing("warm")
+    release = asyncio.Event()
+    running = stub.slow_read_then(release)  # delivered, now waiting on something else
+    await settle()
+    entered, proceed = threading.Event(), threading.Event()
+    original = ObjectDatabase._read
+
+    def slow_read(self, keys):
+        entered.set()
+        proceed.wait(10)
+        return original(self, keys)
+
+    monkeypatch.setattr(ObjectDatabase, "_read", slow_read)
+    batches = []
+    original_commit = ObjectDatabase.commit_soon
+
+    def spy(self, batch):  # on the loop: the batch is formed before the read finishes
+        batches.append(sorted(batch.writes))
+        return original_commit(self, batch)
+
+    monkeypatch.setattr(ObjectDatabase, "commit_soon", spy)
+    reader = stub.read_missing("cold")
+    await eventually(entered.is_set)
+    release.set()  # the running event writes while the read holds the gate
+    await eventually(lambda: batches == [["a", "b"]])
+    proceed.set()
+    assert await running == "ok" and await reader is None
     await host.close()
