@@ -10,6 +10,7 @@ import weakref
 from typing import Any
 
 from ._objects import DurableObjectNamespace
+from .engine import InstanceEngine
 from .entrypoint import WorkflowEntrypoint
 from .instance import WorkflowInstanceObject
 from .options import StepConfig, WorkflowLimits
@@ -43,7 +44,7 @@ class WorkflowDefinition:
         self._script: str | None = None
         self._transport: Any = None
         self._tenant_scoped = False
-        self._live: weakref.WeakSet[WorkflowInstanceObject] = weakref.WeakSet()
+        self._live: weakref.WeakSet[InstanceEngine] = weakref.WeakSet()
         self._instance_cls = type(f"{self.class_name}Instance", (WorkflowInstanceObject,),
                                   {"definition": self})
         self._registry_cls = type(f"{self.class_name}Registry", (WorkflowRegistryObject,), {})
@@ -73,7 +74,7 @@ class WorkflowDefinition:
         namespace = self.namespace(self.instance_class_name, tenant)
         return None if namespace is None else namespace.get_by_name(instance_id)
 
-    def track(self, instance: WorkflowInstanceObject) -> None:
+    def track(self, instance: InstanceEngine) -> None:
         self._live.add(instance)
 
     async def close(self) -> None:

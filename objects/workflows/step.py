@@ -40,7 +40,7 @@ from .options import RetryPolicy, StepConfig, parse_duration, to_epoch_seconds
 from .types import APPROVAL_EVENT
 
 if TYPE_CHECKING:
-    from .instance import WorkflowInstanceObject
+    from .engine import InstanceEngine
 
 __all__ = ["Step", "StepCall"]
 
@@ -102,7 +102,7 @@ def _merge_config(
 
 
 async def run_attempts(
-    run: WorkflowInstanceObject,
+    run: InstanceEngine,
     record_key: str,
     rec: dict[str, Any],
     fn: Callable[[], Awaitable[Any]],
@@ -210,7 +210,7 @@ class StepCall:
 class Step:
     """The durable step API of one run (see the module docstring for replay semantics)."""
 
-    def __init__(self, run: WorkflowInstanceObject) -> None:
+    def __init__(self, run: InstanceEngine) -> None:
         self._run = run
         self._counts: dict[str, int] = {}
         self._position = 0
