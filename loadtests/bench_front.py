@@ -1,7 +1,9 @@
 """Requests/s of GET /hello: raw Starlette+uvicorn vs edgeworks (front + isolate process).
 
-Both servers run under uvicorn with the same loop and HTTP parser and are driven by the same
-wrk command, alternating, several rounds; prints the median req/s of each and the ratio.
+All servers run under uvicorn with the same loop and HTTP parser and are driven by the same
+wrk command, alternating, several rounds; prints the median req/s of each and the ratios.
+edgeworks runs twice: as configured in functions/ (every request gets a hash-chained audit
+entry), and with `[audit] requests = false` (refusals, tools, workflows still audited).
 
     .venv/bin/python loadtests/bench_front.py [--rounds 5] [--seconds 5] [--connections 50]
 """
@@ -47,10 +49,18 @@ def start_raw(port: int) -> subprocess.Popen[bytes]:
          "--log-level", "warning"], cwd=ROOT)
 
 
-def start_edgeworks(port: int, state: str) -> subprocess.Popen[bytes]:
+def start_edgeworks(port: int, state: str, app: Path = ROOT / "functions") -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "serve", str(ROOT / "functions"), "--port", str(port),
+        [sys.executable, "-m", "runtime.cli", "serve", str(app), "--port", str(port),
          "--state-dir", state, "--quiet"], cwd=ROOT)
+
+
+def app_without_request_audit(tmp: str) -> Path:
+    app = Path(tmp) / "functions"
+    shutil.copytree(ROOT / "functions", app, ignore=shutil.ignore_patterns(".edgeworks", "__pycache__"))
+    manifest = app / "edgeworks.toml"
+    manifest.write_text("[audit]\nrequests = false\n\n" + manifest.read_text())
+    return app
 
 
 def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> float:
@@ -71,22 +81,23 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     state = tempfile.mkdtemp(prefix="bench-front-")
-    rp, ep = free_port(), free_port()
-    procs = [start_raw(rp), start_edgeworks(ep, state)]
+    rp, ep, np_ = free_port(), free_port(), free_port()
+    procs = [start_raw(rp), start_edgeworks(ep, f"{state}/a"),
+             start_edgeworks(np_, f"{state}/b", app_without_request_audit(state))]
     try:
-        raw_url, ew_url = f"http://127.0.0.1:{rp}/hello", f"http://127.0.0.1:{ep}/hello"
-        wait_ready(raw_url, procs[0])
-        wait_ready(ew_url, procs[1])
-        wrk(raw_url, 1, args.connections)  # warm-up
-        wrk(ew_url, 1, args.connections)
-        raw, ew = [], []
+        urls = [f"http://127.0.0.1:{p}/hello" for p in (rp, ep, np_)]
+        for url, proc in zip(urls, procs, strict=True):
+            wait_ready(url, proc)
+            wrk(url, 1, args.connections)  # warm-up
+        runs: list[list[float]] = [[], [], []]
         for i in range(args.rounds):
-            raw.append(wrk(raw_url, args.seconds, args.connections))
-            ew.append(wrk(ew_url, args.seconds, args.connections))
-            print(f"round {i + 1}: raw starlette {raw[-1]:,.0f} req/s   edgeworks {ew[-1]:,.0f} req/s")
-        r, e = statistics.median(raw), statistics.median(ew)
-        print(f"median: raw starlette+uvicorn {r:,.0f} req/s; edgeworks (front + isolate) {e:,.0f} req/s;"
-              f" ratio {e / r:.2f}x")
+            for url, out in zip(urls, runs, strict=True):
+                out.append(wrk(url, args.seconds, args.connections))
+            print(f"round {i + 1}: raw starlette {runs[0][-1]:,.0f} req/s   edgeworks {runs[1][-1]:,.0f} req/s"
+                  f"   edgeworks, request audit off {runs[2][-1]:,.0f} req/s")
+        r, e, n = (statistics.median(x) for x in runs)
+        print(f"median: raw starlette+uvicorn {r:,.0f} req/s; edgeworks (front + isolate, audited) {e:,.0f} req/s"
+              f" = {e / r:.2f}x; with request audit off {n:,.0f} req/s = {n / r:.2f}x")
     finally:
         for p in procs:
             p.send_signal(signal.SIGINT)

@@ -154,6 +154,10 @@ class AuditOptions(BaseModel):
     synchronous: Literal["NORMAL", "FULL"] = "FULL"
     classifications: dict[str, Classification] = Field(default_factory=dict)
     redact_patterns: list[str] = Field(default_factory=list)
+    # One entry per request at the edge (kind "request"). Refusals, tool calls, workflow changes,
+    # kills and deploys are audited regardless; turning this off trades the per-request trail for
+    # front throughput (see loadtests/bench_front.py for the cost).
+    requests: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ class Contract:
         self.kills = kills
         self.audit_log = audit_log
         self.has_rules = bool(app.risk)
+        self.audit_requests = app.audit.requests
 
     def audit(self, kind: str, **fields: Any) -> None:
         self.audit_log.append(kind, **fields)

@@ -231,9 +231,10 @@ class Front:
             status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send)
             # One entry per request, written when it ends, carrying its start time: half the
             # audit cost of separate start/end entries (see auditd.py for where the cost goes).
-            contract.audit("request", method=method, path=path, status=status, started=round(start_ts, 3),
-                           cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
-                           error=error_code, **who)
+            if contract.audit_requests:
+                contract.audit("request", method=method, path=path, status=status, started=round(start_ts, 3),
+                               cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
+                               error=error_code, **who)
         except Refusal as r:
             status, error_code = r.status, r.code
             await self._send(send, r.status, _error(r.code, r.message, rid, **r.extra), rid, r.headers)
