@@ -47,7 +47,9 @@ class WorkflowDefinition:
         self._live: weakref.WeakSet[InstanceEngine] = weakref.WeakSet()
         self._instance_cls = type(f"{self.class_name}Instance", (WorkflowInstanceObject,),
                                   {"definition": self})
-        self._registry_cls = type(f"{self.class_name}Registry", (WorkflowRegistryObject,), {})
+        self._registries: weakref.WeakSet[WorkflowRegistryObject] = weakref.WeakSet()
+        self._registry_cls = type(f"{self.class_name}Registry", (WorkflowRegistryObject,),
+                                  {"on_construct": self._registries.add})
 
     def object_classes(self) -> dict[str, type]:
         """The durable-object classes to register with the ``ObjectHost``."""
@@ -81,3 +83,5 @@ class WorkflowDefinition:
         """Abandon every in-process run task (call before closing the host)."""
         for instance in list(self._live):
             await instance.shutdown()
+        for registry in list(self._registries):
+            registry.forget_slots()

@@ -1,15 +1,18 @@
 """The per-class registry: a durable object listing instance ids and granting running slots.
 
-Ids are recorded durably and never removed, so an id is never reused (``register`` of a known
-id is refused with ``duplicate_id``). Running slots are *not* durable: after a restart every
-unfinished instance re-acquires its slot when its lease alarm resumes it, so the count of
-instances that hold a slot is at most ``limit``. A refused instance is queued (FIFO); ``release``
-returns the queued ids that may now take a slot, for the caller to wake (queued instances also
-poll with their alarm, so a lost wake-up only delays them).
+Ids are recorded durably and never removed, in creation order, for listing (the instance
+object itself refuses a second creation of its id). Running slots are *not* durable: after a
+restart every unfinished instance re-acquires its slot when its lease alarm resumes it, so the
+count of instances that hold a slot is at most ``limit``. While any slot is held the registry
+keeps itself resident (``ctx.wait_until``), so idle eviction cannot forget the slots. A refused
+instance is queued (FIFO); ``release`` returns the queued ids that may now take a slot, for the
+caller to wake (queued instances also poll with their alarm, so a lost wake-up only delays
+them).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import Any
 
@@ -19,11 +22,16 @@ __all__ = ["WorkflowRegistryObject"]
 
 
 class WorkflowRegistryObject(DurableObject):
+    on_construct: Any = None
+
     def __init__(self, ctx: Any, env: Any) -> None:
         super().__init__(ctx, env)
+        if self.on_construct is not None:
+            self.on_construct(self)
         self._running: set[str] = set()
         self._queue: deque[str] = deque()
         self._limit = 1
+        self._resident: asyncio.Future[None] | None = None
 
     async def register(self, instance_id: str, created: float) -> dict[str, Any]:
         key = "id:" + instance_id
@@ -45,6 +53,7 @@ class WorkflowRegistryObject(DurableObject):
         self._limit = limit
         if instance_id in self._running or len(self._running) < limit:
             self._running.add(instance_id)
+            self._stay_resident()
             if instance_id in self._queue:
                 self._queue.remove(instance_id)
             return True
@@ -54,8 +63,24 @@ class WorkflowRegistryObject(DurableObject):
 
     async def release(self, instance_id: str) -> list[str]:
         self._running.discard(instance_id)
+        if not self._running and self._resident is not None:
+            self._resident.set_result(None)
+            self._resident = None
         free = self._limit - len(self._running)
         return [self._queue[i] for i in range(min(free, len(self._queue)))]
+
+    def forget_slots(self) -> None:
+        """Drop every slot (the host is closing; instances re-acquire when they resume)."""
+        self._running.clear()
+        if self._resident is not None:
+            self._resident.set_result(None)
+            self._resident = None
+
+    def _stay_resident(self) -> None:
+        keep_alive = getattr(self.ctx, "wait_until", None)
+        if self._resident is None and keep_alive is not None:
+            self._resident = asyncio.get_running_loop().create_future()
+            keep_alive(self._resident)
 
     async def running(self) -> list[str]:
         return sorted(self._running)

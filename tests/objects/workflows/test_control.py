@@ -291,3 +291,28 @@ async def test_transactional_step_commits_sql_writes_with_its_result(harness):
     instance = await binding.create(id="l")
     status = await harness.wait(instance, "complete")
     assert status["output"] == 1  # the failed attempt's insert was rolled back with it
+
+
+async def test_the_registry_is_not_evicted_while_it_holds_slots(harness):
+    gate = asyncio.Event()
+
+    class Held(WorkflowEntrypoint):
+        async def run(self, event, step):
+            async def work():
+                self.env["calls"].append(event.instance_id)
+                await gate.wait()
+
+            await step.do("work", work)
+
+    binding = await harness.start(Held, WorkflowLimits(max_concurrent=1))
+    first = await binding.create(id="first")
+    await harness.wait_for_calls(1)
+    harness.advance(3600)  # far past the host's idle timeout
+    await harness.host.evict_idle()
+    second = await binding.create(id="second")
+    await asyncio.sleep(0.03)
+    assert harness.env["calls"] == ["first"]  # the slot count survived: second stays queued
+    assert (await second.status())["status"] == "queued"
+    gate.set()
+    await harness.wait(first, "complete")
+    await harness.wait(second, "complete")
