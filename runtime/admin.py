@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,9 +47,9 @@ from .config import ConfigError, load_app
 from .contract import Refusal
 from .errors import error_json
 from .identity import AuthError
-from .logs import add_listener, log
+from .logs import log
 from .supervisor import LoadFailed
-from .types import Receive, Scope, Send
+from .tail import Subscriber, TailHub, TailResponse
 from .versions import MAX_BUNDLE_BYTES, BundleError, VersionStore
 
 __all__ = ["ADMIN_SCOPE", "build_admin"]
@@ -204,106 +203,6 @@ class _Deployer:
             return {"current": previous, "previous": previous, "split": self.split_state()}
 
 
-# -- tail ------------------------------------------------------------------------------------
-
-
-class _Subscriber:
-    def __init__(self, status: str | None, script: str | None, request_id: str | None, maxsize: int):
-        self.status, self.script, self.request_id = status, script, request_id
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize)
-        self.loop = asyncio.get_running_loop()
-        self.thread = threading.get_ident()
-        self.dropped = 0
-
-    def matches(self, rec: dict[str, Any]) -> bool:
-        if self.script is not None and rec.get("script") != self.script:
-            return False
-        if self.request_id is not None and rec.get("request_id") != self.request_id:
-            return False
-        if self.status is not None:
-            st = rec.get("status")
-            if not isinstance(st, int):
-                return False
-            if self.status.endswith("xx"):
-                return str(st)[:1] == self.status[0]
-            return str(st) == self.status
-        return True
-
-    def offer(self, rec: dict[str, Any]) -> None:
-        if not self.matches(rec):
-            return
-        if threading.get_ident() == self.thread:
-            self._put(rec)
-        else:
-            self.loop.call_soon_threadsafe(self._put, rec)
-
-    def _put(self, rec: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait(rec)
-        except asyncio.QueueFull:
-            self.dropped += 1  # a slow reader loses lines; the server never waits for it
-
-
-class _TailHub:
-    def __init__(self) -> None:
-        self.subscribers: set[_Subscriber] = set()
-        add_listener(self.publish)
-
-    def publish(self, rec: dict[str, Any]) -> None:
-        for sub in list(self.subscribers):
-            sub.offer(rec)
-
-
-def _line(rec: dict[str, Any]) -> bytes:
-    return json.dumps(rec, default=str, separators=(",", ":")).encode() + b"\n"
-
-
-class _TailResponse(Response):
-    """NDJSON over a streaming response until the client goes away (or `limit` lines)."""
-
-    def __init__(self, hub: _TailHub, sub: _Subscriber, limit: int | None):
-        super().__init__(media_type="application/x-ndjson")
-        self.hub, self.sub, self.limit = hub, sub, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sub = self.sub
-        self.hub.subscribers.add(sub)
-
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        gone = asyncio.ensure_future(disconnected())
-        sent = 0
-        try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-cache")]})
-            await send({"type": "http.response.body", "body": _line({"event": "tail.started"}), "more_body": True})
-            while self.limit is None or sent < self.limit:
-                get = asyncio.ensure_future(sub.queue.get())
-                await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    return
-                batch = [get.result()]
-                while not sub.queue.empty() and len(batch) < 256:
-                    batch.append(sub.queue.get_nowait())
-                if self.limit is not None:
-                    batch = batch[: self.limit - sent]
-                sent += len(batch)
-                out = b"".join(map(_line, batch))
-                if sub.dropped:
-                    out = _line({"event": "tail.dropped", "count": sub.dropped}) + out
-                    sub.dropped = 0
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        except OSError:
-            return
-        finally:
-            self.hub.subscribers.discard(sub)
-            gone.cancel()
-
-
 # -- the app ---------------------------------------------------------------------------------
 
 
@@ -316,7 +215,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
     deployer = _Deployer(front, store)
     approvals = ApprovalStore(front.state_dir)
     front.approvals = approvals
-    hub = _TailHub()
+    hub = TailHub()
     spec = openapi_spec()
 
     def audit(kind: str, request: Request, subject: str | None, **fields: Any) -> None:
@@ -510,8 +409,8 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
             return _err(400, "bad_request", "limit is a positive integer")
         audit("admin.tail", request, subject, filters={k: v for k, v in q.items()})
         log("tail_subscribed", filters=dict(q.items()), subject=subject)
-        sub = _Subscriber(status, q.get("script"), q.get("request_id"), tail_queue)
-        return _TailResponse(hub, sub, int(limit) if limit else None)
+        sub = Subscriber(status, q.get("script"), q.get("request_id"), tail_queue)
+        return TailResponse(hub, sub, int(limit) if limit else None)
 
     g = guarded
     return Starlette(routes=[
