@@ -361,3 +361,45 @@ def test_cli_reports_unreachable_and_refused(tmp_path):
     assert r.returncode == 2 and "cannot reach" in r.stderr
     r = run_cli("deploy", str(tmp_path), "--to", "http://127.0.0.1:9")
     assert r.returncode == 2 and "edgeworks.toml" in r.stderr
+
+
+# -- tail semantics --------------------------------------------------------------------------
+
+
+async def test_tail_subscriber_drops_when_full_and_reports_it_then_ends_on_disconnect():
+    import asyncio
+
+    from runtime.tail import Subscriber, TailHub, TailResponse
+
+    hub = TailHub()
+    try:
+        sub = Subscriber("5xx", None, None, maxsize=2)
+        hub.subscribers.add(sub)
+        for i in range(5):
+            hub.publish({"event": "request", "status": 500, "i": i})
+        hub.publish({"event": "request", "status": 200})  # filtered out, not counted
+        hub.publish({"event": "started"})  # no status: filtered out
+        assert sub.queue.qsize() == 2 and sub.dropped == 3
+        hub.subscribers.clear()
+
+        sent: list[dict] = []
+        disconnect = asyncio.Event()
+
+        async def receive():
+            await disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if len(sent) == 3:
+                disconnect.set()
+
+        await asyncio.wait_for(TailResponse(hub, sub, None)({"type": "http"}, receive, send), 5)
+        body = b"".join(m.get("body", b"") for m in sent[1:])
+        lines = [json.loads(x) for x in body.splitlines()]
+        assert lines[0] == {"event": "tail.started"}
+        assert lines[1] == {"event": "tail.dropped", "count": 3}
+        assert [x["i"] for x in lines[2:]] == [0, 1]
+        assert sub not in hub.subscribers and sub.dropped == 0
+    finally:
+        hub.close()
