@@ -1,7 +1,18 @@
 """Durable objects: one strongly consistent, single-threaded owner per key, persisted in SQLite.
 
 Public API; see the modules for exact semantics (``gates`` for the input and output gates,
-``storage`` for caching and group commit, ``host`` for delivery, eviction and alarms).
+``storage`` for caching and group commit, ``database`` for the file layout and durability,
+``host`` for delivery, eviction and alarms, ``stub`` for E-order and idempotency keys).
+
+Where this differs from Cloudflare's API, and why:
+
+- ``await ctx.storage.sql.exec(...)`` is a coroutine (SQLite runs on the object's I/O thread)
+  and runs one statement; transaction control statements are rejected (batching owns the
+  transaction; use ``storage.transaction``).
+- Values are msgpack values (tuples come back as lists), not structured clones.
+- An RPC method may be sync or async; a stub call returns a task, started at once (E-order).
+- ``ctx.block_concurrency_while(fn)`` returns the task running ``fn`` (call it from
+  ``__init__`` without awaiting, or await it from a method).
 """
 
 from objects.alarms import AlarmInfo
