@@ -178,6 +178,20 @@ def test_risk_rules_label_block_and_approval_flow(server):
     assert (held["status"], held["risk"], run["status"], run["approval_id"]) == (202, "high", 200, aid)
 
 
+def test_approving_a_request_of_a_killed_script_records_the_refusal_not_a_run(server):
+    user = bearer(tok(sub="payer"))
+    admin = bearer(tok(sub="approver", scope="edgeworks:admin"))
+    with server.client() as c:
+        aid = c.post("/pay", json={"amount": 2000}, headers=user).json()["approval_id"]
+        assert c.post("/__edgeworks/kill", json={"kind": "script", "name": "app", "reason": "freeze"},
+                      headers=admin).status_code == 200
+        row = c.post(f"/__edgeworks/approvals/{aid}/approve", json={}, headers=admin).json()
+        assert row["status"] == "approved" and row["response"]["status"] == 503
+        assert json.loads(row["response"]["body"])["error"] == "killed"
+        assert c.post("/__edgeworks/revive", json={"kind": "script", "name": "app"}, headers=admin).json()["revived"]
+        assert c.get("/none").status_code == 200
+
+
 def test_audit_log_is_intact_findable_by_request_id_and_holds_no_token(server):
     with server.client() as c:
         r = c.get("/req", headers={**bearer(tok()), "x-request-id": "audit-probe-0001"})
