@@ -112,8 +112,11 @@ class ObjectActor:
 
     # -- submission ----------------------------------------------------------------------------
     def submit(self, event: QueuedEvent, *, bounded: bool = True) -> bool:
-        """Queue ``event``; False (not queued) when the queue already holds ``max_queue``."""
-        if bounded and len(self.queue) >= self.options.max_queue:
+        """Queue ``event``; False (not queued) when ``max_queue`` events are already pending.
+
+        Pending = queued for delivery or delivered and not yet replied to.
+        """
+        if bounded and len(self.queue) + self.inflight >= self.options.max_queue:
             return False
         self.queue.append(event)
         self.last_active_ms = self._now_ms()

@@ -5,8 +5,9 @@ process's host with ``await host.handle(address, op)``. The host creates the obj
 first use (``objects.actor``), delivers the op under the gates and returns the reply dict. It
 never raises for a bad op: every failure is an ``{"error": ...}`` reply.
 
-- Overload: when an object already has ``max_queue`` events waiting for delivery, ``handle``
-  replies ``durable_object_overloaded`` at once (alarms are not subject to the limit).
+- Overload: when an object already has ``max_queue`` pending events (queued for delivery, or
+  delivered and not yet replied to), ``handle`` replies ``durable_object_overloaded`` at once
+  instead of queueing without bound (alarms are not subject to the limit).
 - Cancellation: cancelling ``handle`` withdraws an event that was not yet delivered; a
   delivered event runs to completion and its writes are committed (its reply is discarded).
 - Eviction: an object with nothing queued, running or uncommitted for ``idle_timeout_s`` (by
@@ -151,7 +152,7 @@ class ObjectHost:
             return error_reply(
                 OVERLOADED_TYPE,
                 f"durable object {address.class_name}/{address.id_hex} is overloaded: "
-                f"{self.options.max_queue} events already queued",
+                f"{self.options.max_queue} events already pending",
             )
         try:
             return await event.fut

@@ -15,7 +15,7 @@ class ObjectHostOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     idle_timeout_s: float = Field(30.0, gt=0, description="evict an object idle this long")
-    max_queue: int = Field(5000, ge=1, description="events waiting for delivery per object")
+    max_queue: int = Field(5000, ge=1, description="pending events (queued or running) per object")
     durability: Literal["normal", "full"] = Field(
         "normal", description="SQLite synchronous=NORMAL (survives process crash) or FULL (power loss)"
     )

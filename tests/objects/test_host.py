@@ -84,6 +84,10 @@ class Counter(DurableObject):
     async def _private(self):
         return "secret"
 
+    async def wait_for(self, event):
+        await event.wait()
+        return "released"
+
     async def keep_busy(self):
         self.ctx.wait_until(self.env["background"].wait())
         return "ok"
@@ -226,7 +230,7 @@ async def test_overloaded_object_rejects_new_events_instead_of_queueing(tmp_path
     with pytest.raises(DurableObjectError) as info:
         await stub.increment()
     assert info.value.type == "durable_object_overloaded"
-    assert "3 events already queued" in info.value.message
+    assert "3 events already pending" in info.value.message
     gate.set()
     assert sorted(await asyncio.gather(*queued)) == [1, 2, 3]
     assert await stub.increment() == 4  # accepted again once the queue drained
@@ -392,4 +396,19 @@ async def test_cancelling_a_delivered_call_does_not_cancel_its_event(tmp_path, m
     with pytest.raises(asyncio.CancelledError):
         await call
     assert await stub.value() == 1  # the delivered event ran to completion and committed
+    await host.close()
+
+
+async def test_running_events_count_toward_the_overload_limit(tmp_path):
+    host, ns = make(tmp_path, max_queue=4)
+    stub = ns.get_by_name("slow")
+    release = asyncio.Event()
+    running = [stub.wait_for(release) for _ in range(4)]  # delivered, all waiting
+    await settle()
+    with pytest.raises(DurableObjectError) as info:
+        await stub.value()
+    assert info.value.type == "durable_object_overloaded"
+    release.set()
+    assert await asyncio.gather(*running) == ["released"] * 4
+    assert await stub.value() is None
     await host.close()
