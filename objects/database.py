@@ -187,8 +187,9 @@ class ObjectDatabase:
         return row[0] if row else None
 
     # -- writes --------------------------------------------------------------------------------
-    async def commit(self, batch: Batch) -> None:
-        await self._run(self._commit, batch)
+    def commit_soon(self, batch: Batch) -> asyncio.Future[None]:
+        """Submit a group commit now; the future resolves once it is durable (or failed)."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._commit, batch)
 
     def _commit(self, batch: Batch) -> None:
         if batch.alarm_changed and batch.alarm is not None and self._alarm_hook:
