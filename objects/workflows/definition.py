@@ -44,6 +44,8 @@ class WorkflowDefinition:
         self._script: str | None = None
         self._transport: Any = None
         self._tenant_scoped = False
+        self._namespaces: dict[tuple[str, str | None], DurableObjectNamespace] = {}
+        self._registry_stubs: dict[str | None, Any] = {}
         self._live: weakref.WeakSet[InstanceEngine] = weakref.WeakSet()
         self._instance_cls = type(f"{self.class_name}Instance", (WorkflowInstanceObject,),
                                   {"definition": self})
@@ -60,17 +62,29 @@ class WorkflowDefinition:
         self._script = script
         self._transport = transport
         self._tenant_scoped = tenant_scoped
+        self._namespaces.clear()
+        self._registry_stubs.clear()
 
     def namespace(self, class_name: str, tenant: str | None) -> DurableObjectNamespace | None:
         if self._transport is None or self._script is None:
             return None
-        return DurableObjectNamespace(self._script, class_name, self._transport,
-                                      tenant_provider=lambda: tenant,
-                                      tenant_scoped=self._tenant_scoped)
+        key = (class_name, tenant)
+        namespace = self._namespaces.get(key)
+        if namespace is None:
+            namespace = DurableObjectNamespace(self._script, class_name, self._transport,
+                                               tenant_provider=lambda: tenant,
+                                               tenant_scoped=self._tenant_scoped)
+            self._namespaces[key] = namespace
+        return namespace
 
     def registry_stub(self, tenant: str | None) -> Any:
-        namespace = self.namespace(self.registry_class_name, tenant)
-        return None if namespace is None else namespace.get_by_name("registry")
+        stub = self._registry_stubs.get(tenant)
+        if stub is None:
+            namespace = self.namespace(self.registry_class_name, tenant)
+            if namespace is None:
+                return None
+            stub = self._registry_stubs[tenant] = namespace.get_by_name("registry")
+        return stub
 
     def instance_stub(self, tenant: str | None, instance_id: str) -> Any:
         namespace = self.namespace(self.instance_class_name, tenant)
