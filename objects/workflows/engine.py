@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -194,9 +195,13 @@ class InstanceEngine(DurableObject):
             raise _Stop("killed")
 
     async def call_user(self, fn: Callable[[], Awaitable[Any]], timeout: float, name: str) -> Any:
+        async def invoke() -> Any:
+            value = fn()  # an async function, or a plain one (which cannot be timed out)
+            return await value if inspect.isawaitable(value) else value
+
         self._in_user = True
         try:
-            return await asyncio.wait_for(fn(), timeout)
+            return await asyncio.wait_for(invoke(), timeout)
         except TimeoutError:
             raise StepTimeoutError(f"step {name!r} exceeded its timeout of {timeout:g} s") from None
         finally:

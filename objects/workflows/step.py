@@ -371,10 +371,14 @@ class Step:
 
 
 def takes_argument(fn: Callable[..., Any]) -> bool:
+    """Whether a compensation function wants the step's result as its argument."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-               for p in params)
+    # Only a parameter the function *requires* receives the step result; ``name=name``-style
+    # defaults (closing over a loop variable) are left alone.
+    return any(p.kind == p.VAR_POSITIONAL or (
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty)
+        for p in params)
 

@@ -205,3 +205,31 @@ async def test_repeated_names_are_counted_and_replayed_without_rerun(harness):
 
 async def _const(value):
     return value
+
+
+async def test_plain_functions_are_steps_too_and_compensations_get_the_result(harness):
+    class Plain(WorkflowEntrypoint):
+        async def run(self, event, step):
+            calls = self.env["calls"]
+            value = await step.do("plain", lambda: 41 + 1)
+            for name in ("a", "b"):
+                await step.do(name, lambda name=name: name.upper(),
+                              compensate=lambda result, name=name: calls.append((name, result)))
+            await step.do("no-arg", lambda: "x", compensate=lambda: calls.append("no-arg"))
+
+            async def defaulted(flag=True):
+                calls.append(("defaulted", flag))
+
+            await step.do("defaulted", lambda: 1, compensate=defaulted)
+            await step.do("fail", _fail, retries={"limit": 0})
+            return value
+
+    binding = await harness.start(Plain)
+    instance = await binding.create(id="p")
+    status = await harness.wait(instance, "errored")
+    assert status["steps"][0]["status"] == "complete"
+    assert harness.env["calls"] == [("defaulted", True), "no-arg", ("b", "B"), ("a", "A")]
+
+
+async def _fail():
+    raise RuntimeError("no")
