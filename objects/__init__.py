@@ -23,8 +23,9 @@ from objects.host import ObjectHost, PassThroughCodec
 from objects.ids import DurableObjectId, owner_index
 from objects.options import ObjectHostOptions
 from objects.sql import SqlCursor
-from objects.storage import Storage, Transaction
+from objects.storage import Storage
 from objects.stub import DurableObjectNamespace, DurableObjectStub, LocalTransport
+from objects.transaction import Transaction
 from objects.types import ObjectAddress, Transport
 
 __all__ = [

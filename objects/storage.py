@@ -28,7 +28,7 @@ import itertools
 import os
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from objects import values
@@ -36,11 +36,11 @@ from objects.database import Batch, ObjectDatabase
 from objects.errors import DurableObjectReset
 from objects.gates import InputGate, OutputGate
 from objects.sql import SqlCursor, SqlStorage
+from objects.transaction import MISSING, Section, Transaction
 
-__all__ = ["Storage", "StorageLimits", "Transaction"]
+__all__ = ["Storage", "StorageLimits"]
 
 T = TypeVar("T")
-_MISSING: Any = object()
 _savepoints = itertools.count()
 
 
@@ -51,15 +51,6 @@ class StorageLimits:
     preload_rows: int = 10_000
     preload_bytes: int = 8 * 1024 * 1024
     max_cached_keys: int = 100_000
-
-
-@dataclass
-class _Section:
-    writes: dict[str, bytes | None] = field(default_factory=dict)
-    alarm: Any = _MISSING  # int | None when set inside the section
-    idempotency: list[tuple[str, bytes, int]] = field(default_factory=list)
-    savepoint: str | None = None
-    rolled_back: bool = False
 
 
 class Storage:
@@ -85,7 +76,7 @@ class Storage:
         self._complete = False
         self._alarm: int | None = None
         self._idem: dict[str, bytes] = {}
-        self._sections: list[_Section] = []
+        self._sections: list[Section] = []
         self._broken: DurableObjectReset | None = None
         # the batch being accumulated
         self._epoch = 1
@@ -200,20 +191,20 @@ class Storage:
         self._note_write()
 
     def _lookup(self, key: str) -> bytes | None:
-        """Value visible to the caller, ``_MISSING`` when it must be read from SQLite."""
+        """Value visible to the caller, ``MISSING`` when it must be read from SQLite."""
         for section in reversed(self._sections):
             if key in section.writes:
                 return section.writes[key]
         if key in self._cache:
             return self._cache[key]
-        return None if self._complete else _MISSING
+        return None if self._complete else MISSING
 
     async def _load(self, keys: list[str]) -> None:
-        missing = [k for k in keys if self._lookup(k) is _MISSING]
+        missing = [k for k in keys if self._lookup(k) is MISSING]
         if not missing:
             return
         async with self._in.hold():
-            missing = [k for k in missing if self._lookup(k) is _MISSING]
+            missing = [k for k in missing if self._lookup(k) is MISSING]
             if missing:
                 found = await self._db.read(missing)
                 if self._broken is not None:
@@ -256,23 +247,23 @@ class Storage:
             return out
         key = self._key(key)
         data = self._lookup(key)
-        if data is _MISSING:
+        if data is MISSING:
             await self._load([key])
             data = self._lookup(key)
         return None if data is None else values.decode(data)
 
-    async def put(self, key: str | dict[str, Any], value: Any = _MISSING) -> None:
+    async def put(self, key: str | dict[str, Any], value: Any = MISSING) -> None:
         """``put(key, value)`` or ``put({key: value, ...})`` (all-or-nothing validation)."""
         await self._enter()
         if isinstance(key, dict):
-            if value is not _MISSING:
+            if value is not MISSING:
                 raise TypeError("put(entries) takes no value argument")
             encoded = [
                 (self._key(k), values.encode(k, v, self._limits.max_value_bytes))
                 for k, v in key.items()
             ]
         else:
-            if value is _MISSING:
+            if value is MISSING:
                 raise TypeError("put(key, value) needs a value")
             k = self._key(key)
             encoded = [(k, values.encode(k, value, self._limits.max_value_bytes))]
@@ -372,7 +363,7 @@ class Storage:
     async def get_alarm(self) -> int | None:
         await self._enter()
         for section in reversed(self._sections):
-            if section.alarm is not _MISSING:
+            if section.alarm is not MISSING:
                 return section.alarm
         return self._alarm
 
@@ -439,7 +430,7 @@ class Storage:
         """Exclusive, all-or-nothing section (see module docstring)."""
         await self._enter()
         async with self._in.hold(exclusive=True):
-            section = _Section()
+            section = Section()
             self._sections.append(section)
             ok = False
             try:
@@ -456,24 +447,24 @@ class Storage:
                     if self._pending:
                         self._kick()
 
-    def _merge(self, section: _Section) -> None:
+    def _merge(self, section: Section) -> None:
         if self._sections:
             parent = self._sections[-1]
             parent.writes.update(section.writes)
-            if section.alarm is not _MISSING:
+            if section.alarm is not MISSING:
                 parent.alarm = section.alarm
             parent.idempotency += section.idempotency
             return
         for k, v in section.writes.items():
             self._cache[k] = v
             self._dirty[k] = v
-        if section.alarm is not _MISSING:
+        if section.alarm is not MISSING:
             self._alarm = section.alarm
             self._alarm_dirty = True
         for rec in section.idempotency:
             self._idem[rec[0]] = rec[1]
         self._idem_dirty += section.idempotency
-        if section.writes or section.alarm is not _MISSING or section.idempotency:
+        if section.writes or section.alarm is not MISSING or section.idempotency:
             self._note_write()
 
     async def recorded_reply(self, idempotency_key: str) -> bytes | None:
@@ -487,38 +478,5 @@ class Storage:
             self._idem[idempotency_key] = data
         return data
 
-    def record_reply(self, section: _Section, idempotency_key: str, reply: bytes) -> None:
+    def record_reply(self, section: Section, idempotency_key: str, reply: bytes) -> None:
         section.idempotency.append((idempotency_key, reply, self._now_ms()))
-
-
-class Transaction:
-    """The ``txn`` passed to ``storage.transaction(fn)``: the same KV methods, plus rollback."""
-
-    def __init__(self, storage: Storage, section: _Section) -> None:
-        self._storage = storage
-        self._section = section
-
-    async def get(self, key: str | list[str]) -> Any:
-        return await self._storage.get(key)
-
-    async def put(self, key: str | dict[str, Any], value: Any = _MISSING) -> None:
-        await self._storage.put(key, value)
-
-    async def delete(self, key: str | list[str]) -> bool | int:
-        return await self._storage.delete(key)
-
-    async def list(self, **options: Any) -> dict[str, Any]:
-        return await self._storage.list(**options)
-
-    async def get_alarm(self) -> int | None:
-        return await self._storage.get_alarm()
-
-    async def set_alarm(self, when: int | float | dt.datetime) -> None:
-        await self._storage.set_alarm(when)
-
-    async def delete_alarm(self) -> None:
-        await self._storage.delete_alarm()
-
-    def rollback(self) -> None:
-        """Discard every write of this transaction when ``fn`` returns."""
-        self._section.rolled_back = True
