@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from objects.workflows import WorkflowEntrypoint, WorkflowLimits
+import pytest
+
+from objects.workflows import WorkflowEntrypoint, WorkflowError, WorkflowLimits
 
 
 class Saga(WorkflowEntrypoint):
@@ -186,6 +188,9 @@ async def test_terminate_a_running_instance_cancels_its_step(harness):
     instance = await binding.create(id="t")
     await harness.wait_for_calls(1)
     assert (await instance.status())["status"] == "running"
+    with pytest.raises(WorkflowError) as info:
+        await instance.resume()  # resuming a running instance is illegal
+    assert info.value.code == "not_paused"
     await instance.terminate()
     status = await instance.status()
     assert status["status"] == "terminated" and status["alarm"] is None
@@ -216,8 +221,6 @@ async def test_kill_switch_pauses_at_the_next_step_boundary(harness):
     status = await harness.wait(instance, "paused")
     assert status["pause_reason"] == "kill switch: incident 42"
     assert harness.env["calls"] == ["one"]
-    from objects.workflows import WorkflowError
-
     try:
         await instance.resume()
     except WorkflowError as exc:
