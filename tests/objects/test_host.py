@@ -412,3 +412,20 @@ async def test_running_events_count_toward_the_overload_limit(tmp_path):
     assert await asyncio.gather(*running) == ["released"] * 4
     assert await stub.value() is None
     await host.close()
+
+
+@pytest.mark.parametrize(("durability", "level"), [("normal", 1), ("full", 2)])
+async def test_one_wal_database_per_object_with_the_configured_durability(tmp_path, durability, level):
+    host, ns = make(tmp_path, durability=durability)
+    stub = ns.get_by_name("layout")
+    await stub.increment()
+    path = tmp_path / "objects" / "app" / "Counter" / f"{stub.id.hex}.sqlite"
+    assert host.db_path("Counter", stub.id.hex) == path and path.exists()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+    actor = host._actors[("Counter", stub.id.hex)]
+    assert actor.db.conn.execute("PRAGMA synchronous").fetchone() == (level,)
+    await host.close()
