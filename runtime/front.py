@@ -127,8 +127,8 @@ class Front:
             return
         self._stopped = True
         self.cron.stop()
-        if self.current is not None:
-            await asyncio.gather(*(p.stop(5) for p in self.current.pools.values()))
+        deps = [d for d in (self.current, self.split[0] if self.split else None) if d is not None]
+        await asyncio.gather(*(p.stop(5) for d in deps for p in d.pools.values()))
         await self.audit_log.close()
         self.kills.close()
 
