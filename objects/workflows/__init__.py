@@ -6,7 +6,19 @@ crash-recovery lease. Steps are **at-least-once**: a step interrupted by a crash
 after restart; completed steps never run again (their recorded result is returned on replay).
 A step that only writes the instance's own storage (``step.sql``) and is declared
 ``transactional=True`` is exactly-once: its writes and its result commit in one transaction.
-See ``step`` and ``instance`` for the exact replay and execution semantics.
+See ``step`` (replay), ``engine`` (execution, leases, durability) and ``instance`` (the RPC
+surface and its error codes) for the exact semantics.
+
+Hosting a workflow class::
+
+    definition = WorkflowDefinition(Refund, hooks=WorkflowHooks(clock=clock, audit=audit,
+                                                                is_killed=is_killed))
+    host = ObjectHost(script, {**other_classes, **definition.object_classes()}, env, state_dir,
+                      clock=clock)
+    env.REFUND = make_workflow_binding(script, "Refund", transport, tenant_provider,
+                                       definition=definition, tenant_scoped=True)
+    instance = await env.REFUND.create(id="order-1", params={"amount": 5})
+    await instance.approve("alice", "ok")
 """
 
 from .binding import WorkflowBinding, WorkflowInstance, make_workflow_binding
