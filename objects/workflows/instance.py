@@ -70,10 +70,11 @@ class WorkflowInstanceObject(InstanceEngine):
         assert self.meta is not None
         if self.meta["status"] == PAUSED:
             return _err("already_paused", f"instance {self.meta['id']!r} is already paused")
+        if not self._task_alive():
+            await self.storage.delete_alarm()  # same batch as the status
         await self._set_status(PAUSED, pause_reason="paused by request")
         if not self._task_alive():
             await self._release_slot()
-            await self.storage.delete_alarm()
         return _ok()
 
     async def resume(self) -> dict[str, Any]:
@@ -94,9 +95,9 @@ class WorkflowInstanceObject(InstanceEngine):
         if (error := await self._require("terminate")) is not None:
             return error
         await self._supersede()
+        await self.storage.delete_alarm()  # same batch as the status
         await self._set_status(TERMINATED, ended=self.now(), waiting=None)
         await self._release_slot()
-        await self.storage.delete_alarm()
         return _ok()
 
     async def restart(self) -> dict[str, Any]:
