@@ -33,7 +33,7 @@ from objects.errors import (
     DurableObjectReset,
     exception_reply,
 )
-from objects.gates import InputGate, OutputGate
+from objects.gates import InputGate, OutputGate, current_output_gate
 from objects.ids import DurableObjectId
 from objects.options import ObjectHostOptions
 from objects.storage import Storage, StorageLimits
@@ -193,6 +193,7 @@ class ObjectActor:
 
     async def _run(self, event: QueuedEvent) -> None:
         reply: Reply
+        current_output_gate.set(self.output_gate)  # this task's context only
         try:
             if event.kind == "alarm":
                 reply = await self._run_alarm(event)

@@ -37,8 +37,8 @@ Writes are numbered by *epoch*: every write joins the batch being accumulated, a
 SQLite transaction, see ``objects.storage``) has one epoch. ``note_write(e)`` records that a write
 of epoch ``e`` exists; ``mark_durable(e)`` that every batch up to ``e`` is committed.
 
-- What is blocked: the release of a reply (a ``fetch`` response or an RPC result) produced while
-  writes were not durable; ``wait()`` returns only once every write noted *before the call* is
+- What is blocked: the release of a reply (a ``fetch`` response or an RPC result) and the
+  sending of an outgoing stub call made by the object, produced while writes were not durable; ``wait()`` returns only once every write noted *before the call* is
   durable. A reply produced when nothing is pending is released at once.
 - Failure: when a commit fails, ``break_(exc)`` makes every pending and future ``wait`` raise;
   the host turns the reply into an error and resets the object (instance dropped, cache
@@ -57,7 +57,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-__all__ = ["InputGate", "OutputGate"]
+__all__ = ["InputGate", "OutputGate", "current_output_gate"]
 
 T = TypeVar("T")
 _gate_ids = itertools.count()
@@ -228,6 +228,8 @@ async def _call(
 
 
 class OutputGate:
+    """Holds replies *and outgoing calls* (stubs consult ``current_output_gate``)."""
+
     def __init__(self) -> None:
         self._latest = 0
         self._durable = 0
@@ -276,3 +278,13 @@ class OutputGate:
             if not fut.done():
                 fut.set_exception(exc)
         self._waiters.clear()
+
+
+current_output_gate: contextvars.ContextVar[OutputGate | None] = contextvars.ContextVar(
+    "current_output_gate", default=None
+)
+"""The output gate of the object whose event is running in this context (None outside).
+
+A stub call made from inside an object waits on it before sending, so an outgoing message
+produced after a write is sent only once that write is durable (and fails if it never is).
+"""

@@ -12,6 +12,10 @@ E-order: each call starts its transport coroutine *when the call is made* (as a 
 made through one stub reach the transport, and hence the object, in the order they were made,
 even when the caller does not await between them. The returned task may be awaited later.
 
+Output gate: a call made from inside a durable object is sent only once every write the object
+made before the call is durable (``objects.gates.current_output_gate``); waiters are released
+in call order, so E-order holds. If the commit fails, the call raises ``DurableObjectReset``.
+
 Errors: an error reply raises ``DurableObjectError(type, message)``. Attribute names starting
 with ``_`` are not RPC methods (``AttributeError`` at once); a method the object does not have
 fails with type ``method_not_found``.
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from objects.errors import DurableObjectError
+from objects.gates import current_output_gate
 from objects.ids import DurableObjectId, IdFactory
 from objects.types import ObjectAddress, Op, Reply, Transport
 
@@ -140,7 +145,11 @@ class DurableObjectStub:
         return DurableObjectStub(self.id, self.address, self._transport, self._codec, idempotency_key)
 
     def _send(self, op: Op, decode: Callable[[Any], Any] | None = None) -> asyncio.Task[Any]:
+        gate = current_output_gate.get()
+
         async def call() -> Any:
+            if gate is not None and gate.pending:
+                await gate.wait()  # called from an object: its earlier writes go first
             reply = await self._transport(self.address, op)
             if "error" in reply:
                 err = reply["error"]

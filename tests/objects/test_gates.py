@@ -452,3 +452,42 @@ async def test_writes_do_not_suspend_while_another_event_reads_from_disk(tmp_pat
     proceed.set()
     assert await running == "ok" and await reader is None
     await host.close()
+
+
+class Caller(DurableObject):
+    async def write_then_call(self):
+        await self.ctx.storage.put("sent", True)
+        return await self.env["ns"].get_by_name("callee").receive()
+
+    async def receive(self):
+        self.env["received"].append(True)
+        return "received"
+
+
+async def test_output_gate_holds_outgoing_calls_until_the_write_is_durable(tmp_path, monkeypatch):
+    import threading
+
+    env: dict = {"received": []}
+    host = ObjectHost("app", {"Caller": Caller}, env, tmp_path)
+    env["ns"] = ns = DurableObjectNamespace("app", "Caller", LocalTransport(host))
+    caller = ns.get_by_name("caller")
+    await ns.get_by_name("callee").receive()
+    env["received"].clear()
+    entered, proceed = threading.Event(), threading.Event()
+    original = ObjectDatabase._commit
+
+    def slow_commit(self, batch):
+        if "sent" in batch.writes:
+            entered.set()
+            proceed.wait(10)
+        return original(self, batch)
+
+    monkeypatch.setattr(ObjectDatabase, "_commit", slow_commit)
+    call = caller.write_then_call()
+    await eventually(entered.is_set)
+    await settle()
+    assert env["received"] == []  # the outgoing call waits for the caller's commit
+    proceed.set()
+    assert await call == "received"
+    assert env["received"] == [True]
+    await host.close()
