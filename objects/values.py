@@ -29,7 +29,10 @@ def check_key(key: Any, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES) -> str:
         raise TypeError(f"storage key must be a str, got {type(key).__name__}: {key!r}")
     if not key:
         raise ValueError("storage key must not be empty")
-    size = len(key.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"storage key {_short(key)} is not valid UTF-8 (lone surrogate)") from None
     if size > max_key_bytes:
         raise ValueError(
             f"storage key {_short(key)} is {size} bytes; the limit is {max_key_bytes} bytes"

@@ -292,6 +292,8 @@ async def test_sql_errors_propagate_and_leave_the_object_usable(harness):
         (lambda s: s.put("huge", 2**70), "TypeError", ["'huge'"]),
         (lambda s: s.put("bigval", "x" * 200_000), "ValueError", ["'bigval'", "limit is 131072 bytes"]),
         (lambda s: s.put("novalue"), "TypeError", ["needs a value"]),
+        (lambda s: s.put("bad\ud800", 1), "ValueError", ["not valid UTF-8"]),
+        (lambda s: s.put("badvalue", "\udfff"), "TypeError", ["'badvalue'"]),
         (lambda s: s.list(limit=0), "ValueError", ["positive int"]),
         (lambda s: s.list(prefix=3), "TypeError", ["prefix"]),
         (lambda s: s.set_alarm("soon"), "TypeError", ["epoch milliseconds or a datetime"]),
