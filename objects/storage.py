@@ -375,11 +375,13 @@ class Storage:
                 when = when.replace(tzinfo=dt.UTC)
             ms = int(when.timestamp() * 1000)
         elif isinstance(when, int | float) and not isinstance(when, bool):
+            if when != when or when in (float("inf"), float("-inf")):
+                raise ValueError(f"set_alarm() time must be finite, got {when!r}")
             ms = int(when)
         else:
             raise TypeError(f"set_alarm() takes epoch milliseconds or a datetime, got {when!r}")
-        if ms < 0:
-            raise ValueError(f"set_alarm() time must be >= 0, got {ms}")
+        if not 0 <= ms < 2**63:
+            raise ValueError(f"set_alarm() time must be epoch milliseconds >= 0, got {ms}")
         self._set_alarm(ms)
 
     async def delete_alarm(self) -> None:
