@@ -17,13 +17,14 @@ The gate is *closed* while it has a holder or queued lockers, *open* otherwise.
   critical section holds it, *every* storage call made from outside the holding context (events
   that were already running wait at their next storage call). Cached reads and writes from
   another context during a mere I/O hold proceed: they take effect before the pending operation
-  completes, which is a valid order, and they keep "writes never suspend" true. Unlike workerd,
-  the completion of other I/O of an event that is already running (a timer, an outgoing
-  request) is not held back: such an event resumes, and is stopped as described above. Code running *inside* the holding context (the task holding
+  completes, which is a valid order. Code running *inside* the holding context (the task holding
   it, and tasks it spawns, tracked with a context variable) is never blocked by its own gate.
-- Release: on exit of the holding operation. Waking waiters is scheduled with the event loop, so
-  the code that awaited the storage operation runs up to its next real suspension *before* any
-  other event or storage call proceeds. Reads from the cache and all writes never suspend, hence
+  Unlike workerd, the completion of other I/O of an event that is already running (a timer, an
+  outgoing request) is not held back: such an event resumes, and is stopped as described above.
+- Release: on exit of the holding operation. The next locker is granted, and waiters are woken,
+  on a later turn of the event loop, so the code that awaited the storage operation runs up to
+  its next real suspension *before* another holder starts or another waiting event or storage
+  call proceeds. Reads from the cache and writes do not suspend then, hence
   ``v = await get(k); await put(k, v + 1)`` is atomic under any concurrency.
 - Failure: an exception in a holding *storage operation* just releases the gate (the caller gets
   the exception). An exception in ``block_concurrency_while(fn)`` releases it and the host resets
@@ -38,8 +39,9 @@ SQLite transaction, see ``objects.storage``) has one epoch. ``note_write(e)`` re
 of epoch ``e`` exists; ``mark_durable(e)`` that every batch up to ``e`` is committed.
 
 - What is blocked: the release of a reply (a ``fetch`` response or an RPC result) and the
-  sending of an outgoing stub call made by the object, produced while writes were not durable; ``wait()`` returns only once every write noted *before the call* is
-  durable. A reply produced when nothing is pending is released at once.
+  sending of an outgoing stub call made by the object, produced while writes were not durable:
+  ``wait()`` returns only once every write noted *before the call* is durable. A reply produced
+  when nothing is pending is released at once.
 - Failure: when a commit fails, ``break_(exc)`` makes every pending and future ``wait`` raise;
   the host turns the reply into an error and resets the object (instance dropped, cache
   discarded, queued events failed; the next event reconstructs it from disk).
@@ -79,6 +81,7 @@ class InputGate:
         self._lockers: collections.deque[tuple[_Token, asyncio.Future[None]]] = collections.deque()
         self._open_waiters: list[asyncio.Future[None]] = []
         self._broken: BaseException | None = None
+        self._grant_scheduled = False
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -143,6 +146,20 @@ class InputGate:
         if self._holder is not token:
             return
         self._holder = None
+        if self._lockers:
+            # Grant on the next loop turn, not now: the code that awaited the releasing
+            # operation must run to its next suspension before the next holder starts (else a
+            # critical section could slip between its ``get`` and its ``put``).
+            if not self._grant_scheduled:
+                self._grant_scheduled = True
+                asyncio.get_running_loop().call_soon(self._grant_next)
+            return
+        self._wake_open_waiters()
+
+    def _grant_next(self) -> None:
+        self._grant_scheduled = False
+        if self._holder is not None or self._broken is not None:
+            return
         while self._lockers:
             nxt, fut = self._lockers.popleft()
             if fut.done():
@@ -150,6 +167,9 @@ class InputGate:
             self._holder = nxt
             fut.set_result(None)
             return
+        self._wake_open_waiters()
+
+    def _wake_open_waiters(self) -> None:
         waiters, self._open_waiters = self._open_waiters, []
         for w in waiters:
             if not w.done():

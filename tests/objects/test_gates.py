@@ -491,3 +491,49 @@ async def test_output_gate_holds_outgoing_calls_until_the_write_is_durable(tmp_p
     assert await call == "received"
     assert env["received"] == [True]
     await host.close()
+
+
+class Racer(DurableObject):
+    async def read_then_increment(self):
+        v = (await self.ctx.storage.get("k")) or 0  # a cache miss: real I/O
+        await self.ctx.storage.put("k", v + 1)
+        return v + 1
+
+    async def later_transaction(self, release):
+        await release.wait()
+
+        async def body(txn):
+            await txn.put("k", ((await txn.get("k")) or 0) + 1)
+
+        await self.ctx.storage.transaction(body)
+
+    async def value(self):
+        return await self.ctx.storage.get("k")
+
+
+async def test_a_queued_critical_section_cannot_slip_between_get_and_put(tmp_path, monkeypatch):
+    import threading
+
+    host, ns = await make_cold(tmp_path, cls=Racer, name="r")
+    stub = ns.get_by_name("r")
+    release = asyncio.Event()
+    txn = stub.later_transaction(release)  # delivered first, waits for `release`
+    await settle()
+    entered, proceed = threading.Event(), threading.Event()
+    original = ObjectDatabase._read
+
+    def slow_read(self, keys):
+        entered.set()
+        proceed.wait(10)
+        return original(self, keys)
+
+    monkeypatch.setattr(ObjectDatabase, "_read", slow_read)
+    inc = stub.read_then_increment()
+    await eventually(entered.is_set)
+    release.set()  # the transaction queues for the gate while the read holds it
+    await settle()
+    proceed.set()
+    assert await inc == 1
+    await txn
+    assert await stub.value() == 2
+    await host.close()
