@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import sqlite3
+import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,39 @@ CREATE TABLE IF NOT EXISTS _ew_idempotency (
 """
 
 _CHUNK = 500
+
+_template: bytes | None = None
+_template_lock = threading.Lock()
+
+
+def _empty_database() -> bytes:
+    """The bytes of an empty object database: WAL mode and the internal schema already set.
+
+    A new object's file is written from these bytes instead of being created by SQLite: creating
+    a database, switching it to WAL and creating the schema cost three synchronous writes, which
+    dominated the first use of an object (a workflow instance is one)."""
+    global _template
+    with _template_lock:
+        if _template is None:
+            with tempfile.TemporaryDirectory(prefix="edgeworks-template-") as d:
+                conn = sqlite3.connect(f"{d}/t.sqlite", isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.close()
+                with open(f"{d}/t.sqlite", "rb") as f:
+                    _template = f.read()
+        return _template
+
+
+def _create_from_template(path: Path, fsync: bool) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(_empty_database())
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)  # never a half-written database under the real name
 
 
 @dataclass
@@ -86,9 +122,11 @@ class ObjectDatabase:
 
     def _open(self, preload_rows: int, preload_bytes: int) -> OpenState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            _create_from_template(self.path, fsync=self.durability == "full")
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA journal_mode=WAL")  # already set by the template; kept for old files
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
         self._conn = conn
