@@ -7,6 +7,8 @@ host schedule every pending alarm at start without opening every object database
 Consistency: the index entry is written *before* the object's commit that sets an alarm and
 removed *after* the commit that deletes it, so the index is always a superset of the real
 alarms. A stale entry is harmless: the object checks its own stored alarm when the alarm fires.
+The index has the durability of the objects it serves (``synchronous`` NORMAL or FULL): at the
+default, an entry survives a crash of the process, like the object's own commit.
 
 Retries: an alarm handler that raises is retried after ``backoff_ms * 2**(n-1)`` ms for retry
 ``n`` (2 s, 4 s, 8 s, ... by default), at most ``max_retries`` (6) times; then the alarm is
@@ -40,8 +42,9 @@ def retry_delay_ms(retry: int, backoff_ms: int) -> int:
 class AlarmIndex:
     """Thread-safe; ``set`` is called from object I/O threads inside their commit job."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, durability: str = "normal") -> None:
         self.path = path
+        self._synchronous = "FULL" if durability == "full" else "NORMAL"
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
@@ -50,6 +53,7 @@ class AlarmIndex:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS alarms (class_name TEXT NOT NULL, id TEXT NOT NULL, "

@@ -97,7 +97,7 @@ class ObjectHost:
         self.codec: RequestCodec = codec or PassThroughCodec()
         self._audit: AuditHook = audit or _no_audit
         self._owns: OwnsPredicate = owns or _owns_all
-        self._index = AlarmIndex(self.root / "_alarms.sqlite")
+        self._index = AlarmIndex(self.root / "_alarms.sqlite", self.options.durability)
         self._actors: dict[tuple[str, str], ObjectActor] = {}
         self._closing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._alarms: dict[tuple[str, str], asyncio.Task[None]] = {}
