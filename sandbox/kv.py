@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
+
+from ._sqlite import PerThreadConnection
 
 __all__ = ["SandboxKV"]
 
@@ -25,21 +25,11 @@ class SandboxKV:
         if not _SCRIPT.match(script):
             raise ValueError(f"bad script name {script!r}")
         self.path = Path(state_dir) / "sandbox" / "kv" / f"{script}.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._conn().execute(
+        self._conn = PerThreadConnection(
+            self.path,
             "CREATE TABLE IF NOT EXISTS kv (tenant TEXT NOT NULL, key TEXT NOT NULL,"
-            " value TEXT NOT NULL, PRIMARY KEY (tenant, key)) WITHOUT ROWID"
+            " value TEXT NOT NULL, PRIMARY KEY (tenant, key)) WITHOUT ROWID",
         )
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
 
     def get(self, tenant: str, key: str) -> Any:
         row = (

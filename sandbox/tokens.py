@@ -32,7 +32,6 @@ one process takes effect at the next `verify` in every process.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from ._sqlite import PerThreadConnection
 from .capabilities import CapabilityError, CapabilitySet
 from .types import Clock, system_clock
 
@@ -356,24 +356,12 @@ class _RevocationStore:
     """Revoked jtis in SQLite; one connection per thread (sqlite3 objects are thread-bound)."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._local = threading.local()
-        conn = self._conn()
-        with conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS revoked ("
-                " jti TEXT PRIMARY KEY, keep_until INTEGER NOT NULL, revoked_at INTEGER NOT NULL)"
-            )
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
+        self._conn = PerThreadConnection(
+            path,
+            "CREATE TABLE IF NOT EXISTS revoked ("
+            " jti TEXT PRIMARY KEY, keep_until INTEGER NOT NULL, revoked_at INTEGER NOT NULL)",
+        )
 
     def add(self, jti: str, keep_until: int, now: int) -> None:
         conn = self._conn()
