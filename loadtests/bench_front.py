@@ -26,7 +26,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support import free_port  # noqa: E402
+from tests.support import copy_example, free_port  # noqa: E402
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -56,8 +56,7 @@ def start_edgeworks(port: int, state: str, app: Path = ROOT / "functions") -> su
 
 
 def app_without_request_audit(tmp: str) -> Path:
-    app = Path(tmp) / "functions"
-    shutil.copytree(ROOT / "functions", app, ignore=shutil.ignore_patterns(".edgeworks", "__pycache__"))
+    app = copy_example(Path(tmp))
     manifest = app / "edgeworks.toml"
     manifest.write_text("[audit]\nrequests = false\n\n" + manifest.read_text())
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,13 @@ def write_app(root: Path, manifest: str, files: dict[str, str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
     return root
+
+
+def copy_example(parent: Path) -> Path:
+    """A private copy of the example app in functions/ (tests never write into the checkout)."""
+    app = parent / "functions"
+    shutil.copytree(ROOT / "functions", app, ignore=shutil.ignore_patterns(".edgeworks", "__pycache__"))
+    return app
 
 
 def alive(pid: int) -> bool:

@@ -1,16 +1,13 @@
 """The example app in functions/, served by a real `edgeworks dev`."""
 
-import shutil
-
 import pytest
 
-from tests.support import ROOT, Server
+from tests.support import Server, copy_example
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app = tmp_path_factory.mktemp("example") / "functions"
-    shutil.copytree(ROOT / "functions", app, ignore=shutil.ignore_patterns(".edgeworks", "__pycache__"))
+    app = copy_example(tmp_path_factory.mktemp("example"))
     with Server(app) as s:
         yield s
 

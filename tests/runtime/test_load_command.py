@@ -1,16 +1,13 @@
 """`edgeworks load` drives locust against a real server and gates on thresholds."""
 
-import shutil
-
 import pytest
 
-from tests.support import ROOT, Server, run_cli
+from tests.support import Server, copy_example, run_cli
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app = tmp_path_factory.mktemp("load") / "functions"
-    shutil.copytree(ROOT / "functions", app, ignore=shutil.ignore_patterns(".edgeworks", "__pycache__"))
+    app = copy_example(tmp_path_factory.mktemp("load"))
     with Server(app, mode="serve", args=("--quiet",)) as s:
         yield s
 

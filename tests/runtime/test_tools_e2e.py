@@ -2,13 +2,12 @@
 entries keyed by request id, hostile tools contained, and `edgeworks tool run`."""
 
 import json
-import shutil
 
 import pytest
 
 from runtime.audit import query
 from runtime.killswitch import KillSwitch
-from tests.support import ROOT, Server, run_cli, wait_until, write_app
+from tests.support import Server, copy_example, run_cli, wait_until, write_app
 
 MANIFEST = """
 [[scripts]]
@@ -101,8 +100,7 @@ def test_killed_tool_answers_capability_denied_within_a_second(server):
 
 
 def test_example_app_tools_demo(tmp_path):
-    app = tmp_path / "functions"
-    shutil.copytree(ROOT / "functions", app, ignore=shutil.ignore_patterns(".edgeworks", "__pycache__"))
+    app = copy_example(tmp_path)
     with Server(app) as s, s.client() as c:
         body = c.get("/tools/demo").json()
     assert body["sum"] == {"sum": 499500}

@@ -4,7 +4,6 @@ completed step's side effect exactly once, and the workflow kill switch."""
 
 import json
 import os
-import shutil
 import signal
 import time
 
@@ -12,13 +11,12 @@ import httpx
 import pytest
 
 from runtime.killswitch import KillSwitch
-from tests.support import ROOT, Server, alive, run_cli, wait_until, write_app
+from tests.support import Server, alive, copy_example, run_cli, wait_until, write_app
 
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
-    app = tmp_path_factory.mktemp("wf") / "functions"
-    shutil.copytree(ROOT / "functions", app, ignore=shutil.ignore_patterns(".edgeworks", "__pycache__"))
+    app = copy_example(tmp_path_factory.mktemp("wf"))
     with Server(app) as s:
         yield s
 
