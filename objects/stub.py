@@ -51,6 +51,17 @@ class _PassThroughStubCodec:
         return encoded
 
 
+def _idempotency_header(request_or_url: Any, init: dict[str, Any]) -> str | None:
+    headers = init.get("headers") if "headers" in init else getattr(request_or_url, "headers", None)
+    if headers is None:
+        return None
+    items = headers.items() if hasattr(headers, "items") else headers
+    for name, value in items:
+        if str(name).lower() == "idempotency-key" and value:
+            return str(value)
+    return None
+
+
 class LocalTransport:
     """Delivers ops to an ``ObjectHost`` in this process (no serialization)."""
 
@@ -160,10 +171,12 @@ class DurableObjectStub:
         return asyncio.get_running_loop().create_task(call())
 
     def fetch(self, request_or_url: Any, **init: Any) -> asyncio.Task[Any]:
+        """Send a request to the object's ``fetch``. An ``Idempotency-Key`` header makes it
+        apply at most once, like ``with_options(idempotency_key=...)`` (which wins if both)."""
         op = {
             "kind": "fetch",
             "request": self._codec.encode_request(request_or_url, init),
-            "idempotency_key": self._idempotency_key,
+            "idempotency_key": self._idempotency_key or _idempotency_header(request_or_url, init),
         }
         return self._send(op, self._codec.decode_response)
 

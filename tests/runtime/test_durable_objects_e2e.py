@@ -19,7 +19,7 @@ MANIFEST = """
 [[scripts]]
 name = "app"
 main = "app.py"
-routes = ["/c/{{name}}", "/pid/{{name}}", "/alarm/{{name}}", "/t/{{name}}", "/tid/{{name}}"]
+routes = ["/c/{{name}}", "/pid/{{name}}", "/alarm/{{name}}", "/t/{{name}}", "/tid/{{name}}", "/f/{{name}}"]
 pool_size = {pool}
 durable_objects = [
     {{ binding = "COUNTER", class_name = "Counter" }},
@@ -53,6 +53,9 @@ class Counter(DurableObject):
     async def fired(self):
         return await self.ctx.storage.get("fired") or 0
 
+    async def fetch(self, request):
+        return Response.json({"value": await self.increment(), "key": request.headers.get("idempotency-key")})
+
 async def fetch(request, env, ctx):
     name = request.params["name"]
     p = request.path
@@ -64,6 +67,8 @@ async def fetch(request, env, ctx):
         if request.method == "POST":
             return Response.json({"value": await stub.increment(), "served_by": os.getpid()})
         return Response.json({"value": await stub.read()})
+    if p.startswith("/f/"):
+        return await env.COUNTER.get_by_name(name).fetch(request)  # the client's headers go along
     if p.startswith("/pid/"):
         return Response.json({"owner": await env.COUNTER.get_by_name(name).pid(), "front_isolate": os.getpid()})
     if p.startswith("/alarm/"):
@@ -191,6 +196,16 @@ def test_idempotent_retries_through_kill_9_of_the_runtime_lose_and_duplicate_not
           f"{defects / logical * 1e6:.0f} defects per million transitions")
     assert kills > 0
     assert final == logical
+
+
+def test_idempotency_key_header_on_object_fetch(tmp_path):
+    with Server(app_dir(tmp_path)) as s, s.client() as c:
+        first = c.post("/f/paid", headers={"idempotency-key": "charge-1"}).json()
+        retry = c.post("/f/paid", headers={"idempotency-key": "charge-1"}).json()
+        other = c.post("/f/paid", headers={"idempotency-key": "charge-2"}).json()
+        plain = c.post("/f/paid").json()
+    assert first == retry == {"value": 1, "key": "charge-1"}  # the recorded response, applied once
+    assert other["value"] == 2 and plain["value"] == 3
 
 
 def test_alarm_missed_while_the_runtime_was_down_fires_after_start(tmp_path):
