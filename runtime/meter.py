@@ -84,6 +84,7 @@ class _Driver:
         while True:
             if meter.cpu > meter.limit and error is None:
                 error = CpuLimitExceeded()
+            outer = _running  # metered code may run metered code (a workflow step in a request)
             _running = meter
             start = meter.step_start = clock()
             try:
@@ -95,7 +96,7 @@ class _Driver:
                 return stop.value
             finally:
                 meter.step_start = None
-                _running = None
+                _running = outer
                 meter.cpu += clock() - start
             try:
                 value, error = (yield yielded), None

@@ -201,7 +201,7 @@ class InstanceEngine(DurableObject):
 
         self._in_user = True
         try:
-            return await asyncio.wait_for(invoke(), timeout)
+            return await asyncio.wait_for(self.hooks.run_step(invoke()), timeout)
         except TimeoutError:
             raise StepTimeoutError(f"step {name!r} exceeded its timeout of {timeout:g} s") from None
         finally:

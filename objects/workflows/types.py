@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,21 +49,29 @@ def _no_audit(kind: str, fields: dict[str, Any]) -> None:
     return None
 
 
+def _run_directly(step: Awaitable[Any]) -> Awaitable[Any]:
+    return step
+
+
 def _never_killed() -> str | None:
     return None
 
 
 @dataclass
 class WorkflowHooks:
-    """What an upper layer injects: clock (the host's, epoch ms), audit sink, kill switch.
+    """What an upper layer injects: clock (the host's, epoch ms), audit sink, kill switch,
+    and the bounds every step's function runs under.
 
     ``is_killed()`` returns a reason while the workflow class is stopped by the kill switch;
-    a running instance then pauses at its next step boundary.
+    a running instance then pauses at its next step boundary. ``run_step(awaitable)`` wraps
+    each attempt of a step function (the runtime meters its CPU time there); an exception it
+    raises fails the attempt like one raised by the step itself.
     """
 
     clock: Clock = field(default_factory=SystemClock)
     audit: AuditHook = field(default=_no_audit)
     is_killed: Callable[[], str | None] = field(default=_never_killed)
+    run_step: Callable[[Awaitable[Any]], Awaitable[Any]] = field(default=_run_directly)
 
     def now(self) -> float:
         """Epoch seconds by the injected clock."""

@@ -3,6 +3,8 @@ script, placed and persisted like any other object (see `objects.workflows`)."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable
 from typing import Any
 
 from objects.workflows import (
@@ -13,9 +15,23 @@ from objects.workflows import (
 )
 
 from ..context import current
+from ..meter import CpuLimitExceeded, Meter, metered
 from .durable_objects import object_transport
 
-__all__ = ["build"]
+__all__ = ["StepCpuLimitExceeded", "build"]
+
+
+class StepCpuLimitExceeded(Exception):
+    """A step attempt used more CPU than the script's `cpu_ms`; it fails (and is retried)
+    like any other step error."""
+
+
+async def _metered_step(cpu_ms: int, step: Awaitable[Any]) -> Any:
+    """Each step attempt runs under the script's CPU limit, like a request (see runtime.meter)."""
+    try:
+        return await metered(step, Meter(current().request_id, cpu_ms / 1000))  # type: ignore[arg-type]
+    except CpuLimitExceeded:
+        raise StepCpuLimitExceeded(f"step exceeded the CPU limit of {cpu_ms} ms") from None
 
 
 def build(host: Any) -> dict[str, Any]:
@@ -34,6 +50,7 @@ def build(host: Any) -> dict[str, Any]:
             audit=host.audit or WorkflowHooks().audit,
             is_killed=(lambda name=b.class_name, kills=host.kills: kills.check("workflow", name))
             if host.kills else WorkflowHooks().is_killed,
+            run_step=functools.partial(_metered_step, host.script.limits.cpu_ms),
         )
         definition = WorkflowDefinition(cls, class_name=b.class_name, hooks=hooks)
         host.object_classes.update(definition.object_classes())

@@ -170,3 +170,32 @@ def test_killed_workflow_class_pauses_at_the_next_step_boundary(tmp_path):
             wait_until(lambda: c.get("/status/k1").json()["status"] == "complete", timeout=20)
         finally:
             ks.close()
+
+
+SPIN_MANIFEST = """
+[[scripts]]
+name = "app"
+main = "app.py"
+routes = ["/start/{id}", "/status/{id}"]
+workflows = [{ binding = "JOB", class_name = "Job" }]
+[scripts.limits]
+cpu_ms = 100
+"""
+
+SPIN_APP = CRASH_APP.replace("""            async def work(i=i):
+                effect(f"{wid} step{i}")
+                return i""", """            async def work(i=i):
+                while True:
+                    pass""").replace("await step.do(f\"step{i}\", work)",
+                                     "await step.do(f\"step{i}\", work, retries={\"limit\": 1, \"delay\": 0})")
+
+
+def test_a_step_runs_under_the_scripts_cpu_limit(tmp_path):
+    app = write_app(tmp_path / "app", SPIN_MANIFEST, {"app.py": SPIN_APP})
+    with Server(app) as s, s.client() as c:
+        assert c.post("/start/spin").status_code == 200
+        st = wait_until(lambda: (x := c.get("/status/spin").json())["status"] == "errored" and x, timeout=20)
+        assert c.post("/start/other").status_code == 200  # the isolate kept serving
+    step = st["steps"][0]
+    assert len(step["attempts"]) == 2  # the first attempt and one retry
+    assert all("CPU limit of 100 ms" in a["error"]["message"] for a in step["attempts"])
