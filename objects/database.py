@@ -9,10 +9,13 @@ committed data survives a crash of the process (SIGKILL), but the last commits m
 the machine loses power. ``"full"`` — every commit fsyncs the WAL; survives power loss, at the
 cost of one fsync per group commit.
 
-Every call runs on the object's single I/O thread, in submission order, so a read submitted
-after a commit sees it. The stdlib ``sqlite3`` module is used on a dedicated thread (rather than
-aiosqlite) so that one group commit — BEGIN, the upserts, the deletes, the alarm and the
-idempotency records, COMMIT — is a single hop to the thread instead of one per statement.
+Every call runs on the object's I/O thread, in submission order, so a read submitted after a
+commit sees it. The stdlib ``sqlite3`` module is used on that thread (rather than aiosqlite) so
+that one group commit — BEGIN, the upserts, the deletes, the alarm and the idempotency records,
+COMMIT — is a single hop to the thread instead of one per statement. I/O threads are a fixed set
+per process (``IO_THREADS``), each serving the objects whose path hashes to it: starting a thread
+per object cost more than a whole workflow step, and a thread never runs two jobs at once, so each
+object's jobs still run one at a time and in order.
 """
 
 from __future__ import annotations
@@ -41,6 +44,21 @@ CREATE TABLE IF NOT EXISTS _ew_idempotency (
 """
 
 _CHUNK = 500
+
+IO_THREADS = 8
+_io_threads: list[concurrent.futures.ThreadPoolExecutor] = []
+_io_lock = threading.Lock()
+
+
+def _io_thread(path: Path) -> concurrent.futures.ThreadPoolExecutor:
+    with _io_lock:
+        if not _io_threads:
+            _io_threads.extend(
+                concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"edgeworks-do-io-{i}")
+                for i in range(IO_THREADS)
+            )
+    return _io_threads[hash(str(path)) % IO_THREADS]
+
 
 _template: bytes | None = None
 _template_lock = threading.Lock()
@@ -107,9 +125,7 @@ class ObjectDatabase:
         # Called on the I/O thread inside the commit job with the alarm being committed: a
         # time before the COMMIT, None after it (see objects.alarms.AlarmIndex).
         self._alarm_hook = alarm_hook
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="edgeworks-do-io"
-        )
+        self._executor = _io_thread(path)
         self._conn: sqlite3.Connection | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -148,10 +164,7 @@ class ObjectDatabase:
 
     async def close(self, *, discard: bool = False) -> None:
         """Close the connection; with ``discard`` roll back whatever is uncommitted first."""
-        try:
-            await self._run(self._close, discard)
-        finally:
-            self._executor.shutdown(wait=False)
+        await self._run(self._close, discard)
 
     def _close(self, discard: bool) -> None:
         conn, self._conn = self._conn, None
