@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -80,6 +81,27 @@ def _resolve_model(root: Path, ref: str | None, module: Any) -> type[BaseModel] 
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise LoadError(f"route model {ref!r} is not a pydantic model")
     return model
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+MAX_RESPONSE_BYTES = 100 * 1024 * 1024  # below the IPC message cap; stream anything larger
+
+
+def _response_problem(resp: Response) -> str | None:
+    """Why a handler's response cannot be sent as is (header injection, size), or None."""
+    for name, value in resp.headers.items():
+        if not _TOKEN.match(name):
+            return f"invalid response header name {name!r}"
+        if _BAD_VALUE.search(value):
+            return f"response header {name!r} contains CR, LF or NUL"
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            return f"response header {name!r} is not latin-1 text"
+    if len(resp.body) > MAX_RESPONSE_BYTES:
+        return f"response body of {len(resp.body)} bytes exceeds {MAX_RESPONSE_BYTES}; stream it instead"
+    return None
 
 
 def _positional(fn: Any, *args: Any) -> Any:
@@ -297,6 +319,11 @@ class Isolate:
                                  "body": json.dumps(body).encode(), "cpu_ms": cpu_ms, "error_code": code})
 
     async def _reply_response(self, mid: int, msg: dict[str, Any], resp: Response, cpu_ms: float) -> None:
+        problem = _response_problem(resp)
+        if problem is not None:
+            rid = msg.get("rid", "")
+            log("error", request_id=rid, script=self.script.name if self.script else None, exception=problem)
+            return self._reply_error(mid, rid, {"code": "invalid_response", "status": 500, "message": problem}, cpu_ms)
         head = {"status": resp.status, "headers": resp.headers.items(), "body": resp.body, "cpu_ms": cpu_ms}
         if resp.stream is None:
             self.channel.reply(mid, head)

@@ -68,6 +68,10 @@ class Default(WorkerEntrypoint):
             return Response.json({"total": total, "err": err, "private": priv})
         if p == "/cls/bad-return":
             return "not a response"
+        if p == "/cls/inject":
+            return Response("x", headers={"x-a": "1\\r\\nset-cookie: pwned=1"})
+        if p == "/cls/badname":
+            return Response("x", headers={"bad name": "1"})
         if p == "/cls/raise":
             raise ValueError("boom")
         return Response("?", status=404)
@@ -203,3 +207,12 @@ def test_missing_fetch_handler_is_a_load_error(tmp_path):
     out = run_cli("serve", str(app), "--port", "0", "--state-dir", str(tmp_path / "state"))
     assert out.returncode == 3
     assert "no fetch handler" in out.stderr
+
+
+def test_responses_with_header_injection_are_refused(server):
+    with server.client() as c:
+        inj = c.get("/cls/inject")
+        bad = c.get("/cls/badname")
+    assert inj.status_code == 500 and inj.json()["error"] == "invalid_response"
+    assert "set-cookie" not in inj.headers
+    assert bad.status_code == 500 and "invalid response header name" in bad.json()["message"]
