@@ -10,6 +10,7 @@ Starlette app (see `admin.py`).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -29,6 +30,7 @@ from .logs import log
 from .routing import Router
 from .supervisor import IsolateDied, IsolatePool, IsolateProcess, LoadFailed, WallTimeExceeded
 from .types import Receive, Scope, Send
+from .zygote import Zygote
 
 __all__ = ["Front", "ADMIN_PREFIX"]
 
@@ -71,6 +73,7 @@ class Front:
         # A gradual rollout: (other deployment, fraction of requests it gets), or None.
         self.split: tuple[Deployment, float] | None = None
         self.kills = KillSwitch(self.state_dir)
+        self.zygote: Zygote | None = None  # forks isolates from pre-imported code
         # Set by the admin plane: where requests a risk rule holds for approval are stored.
         self.approvals: Any = None
         self.audit_log = AuditPipe(self.state_dir, app.audit)
@@ -100,6 +103,13 @@ class Front:
 
     async def start(self) -> None:
         await self.audit_log.start()
+        if os.environ.get("EDGEWORKS_ZYGOTE", "1") != "0":
+            self.zygote = Zygote()
+            try:
+                await self.zygote.start()
+            except (OSError, TimeoutError) as e:  # spawning each isolate still works, slower
+                log("zygote_unavailable", error=str(e))
+                self.zygote = None
         self.current = await self.load(self.initial)
         self.cron.start()
         self.started.set()
@@ -129,6 +139,8 @@ class Front:
         self.cron.stop()
         deps = [d for d in (self.current, self.split[0] if self.split else None) if d is not None]
         await asyncio.gather(*(p.stop(5) for d in deps for p in d.pools.values()))
+        if self.zygote is not None:
+            await self.zygote.stop()
         await self.audit_log.close()
         self.kills.close()
 

@@ -45,7 +45,7 @@ from .killswitch import KillSwitch
 from .logs import log
 from .meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered
 
-__all__ = ["Isolate", "LoadError", "main"]
+__all__ = ["Isolate", "LoadError", "main", "run"]
 
 
 class LoadError(Exception):
@@ -498,7 +498,11 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
-    fd, note_path = int(sys.argv[1]), sys.argv[2]
+    run(int(sys.argv[1]), sys.argv[2])
+
+
+def run(fd: int, note_path: str) -> None:
+    """Serve the front on socket `fd` until it goes away (in a spawned or a forked process)."""
     _die_with_parent()
     # Thread stacks are private writable memory, so they count against the memory limit
     # (RLIMIT_DATA); handler code and object I/O threads need far less than the 8 MiB default.

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ class IsolateProcess:
         self.pool = pool
         self.index = index
         self.note_path = str(pool.run_dir / f"{pool.script.name}-{index}-{generation}-{os.getpid()}.note")
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | None = None  # or a zygote's ForkedProcess
         self.channel: Channel | None = None
         self.in_flight = 0
         self.died: asyncio.Future[IsolateDied] = asyncio.get_running_loop().create_future()
@@ -66,10 +65,17 @@ class IsolateProcess:
     async def start(self, init: dict[str, Any]) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtime.isolate", str(child.fileno()), self.note_path,
-                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-            )
+            zygote = getattr(self.pool.router, "zygote", None)
+            if zygote is not None and zygote.alive:
+                try:
+                    self.proc = await zygote.spawn(child.fileno(), self.note_path)  # type: ignore[assignment]
+                except (ConnectionError, TimeoutError) as e:
+                    log("zygote_unavailable", error=str(e))
+            if self.proc is None:
+                self.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "runtime.isolate", str(child.fileno()), self.note_path,
+                    pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                )
         finally:
             child.close()
         self.channel = await open_channel(parent, self.pool.on_isolate_message(self), self._on_close)
@@ -305,7 +311,3 @@ class IsolatePool:
         await asyncio.gather(*(p.shutdown(grace_s) for p in procs))
         for e in self.ready:
             e.set()
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000
