@@ -235,7 +235,61 @@ def main() -> None:
         row("  of which: authority+Sandbox+first call", first, unit="ms")
         base = row("baseline: python -c pass", bare, unit="ms")
         print(f"  ratio spawn/bare interpreter {total / base:.1f}x   target <= 50 ms")
-        print(f"\naudit entries written: {len(audit)}; cache: {engine.stats}")
+        print(f"\naudit entries written: {len(audit)}; cache: {engine.stats}\n")
+    isolate_first_result(args.spawns)
+
+
+TOOL_MANIFEST = """
+[[scripts]]
+name = "app"
+main = "app.py"
+routes = ["/sum"]
+[[scripts.tools]]
+name = "sum"
+kind = "python"
+source = "result = sum(range(1000))"
+"""
+
+TOOL_APP = """
+from workers import Response
+
+async def fetch(request, env, ctx):
+    token = env.TOOLS.mint([])
+    return Response(str(await env.TOOLS.run("sum", None, capability=token)))
+"""
+
+
+def isolate_first_result(rounds: int) -> None:
+    """(d) In the runtime a new process is a new isolate: SIGKILL the isolate of a running server
+    and time until a request gets a MicroPython result again from its replacement (forked from
+    the zygote, or spawned when EDGEWORKS_ZYGOTE=0). Includes death detection and one HTTP hop."""
+    import os
+    import signal
+
+    from tests.support import Server, write_app
+
+    print("(d) runtime: isolate killed -> first MicroPython result from its replacement, over HTTP")
+    medians = {}
+    for label, env in (("forked from the zygote", {}), ("spawned (EDGEWORKS_ZYGOTE=0)", {"EDGEWORKS_ZYGOTE": "0"})):
+        with tempfile.TemporaryDirectory(prefix="bench-isolate-") as tmp:
+            app = write_app(Path(tmp) / "app", TOOL_MANIFEST, {"app.py": TOOL_APP})
+            samples = []
+            with Server(app, mode="serve", env=env, args=("--quiet",)) as s, s.client() as c:
+                assert c.get("/sum").text == "499500"
+                for _ in range(rounds):
+                    pid = s.pids("app")[0]
+                    t = time.perf_counter()
+                    os.kill(pid, signal.SIGKILL)
+                    while True:
+                        try:
+                            if c.get("/sum").text == "499500" and s.pids("app")[0] != pid:
+                                break
+                        except Exception:  # the server answers 503 while the slot is empty
+                            pass
+                    samples.append(time.perf_counter() - t)
+            medians[label] = row(label, samples, unit="ms")
+    forked, spawned = medians.values()
+    print(f"  ratio spawned/forked {spawned / forked:.1f}x   target <= 50 ms")
 
 
 if __name__ == "__main__":
