@@ -39,7 +39,6 @@ _RID = re.compile(r"^[A-Za-z0-9._:-]{8,128}\Z")
 _JSON = [(b"content-type", b"application/json")]
 
 
-
 class BodyTooLarge(Exception):
     pass
 
@@ -65,7 +64,6 @@ class Front:
         self.current: Deployment | None = None
         self.cron = CronScheduler(self)
         self.admin: Any = None
-        self.started = asyncio.Event()
         self.startup_error: str | None = None
         self._stopped = False
         self._versions = 0
@@ -112,7 +110,6 @@ class Front:
                 self.zygote = None
         self.current = await self.load(self.initial)
         self.cron.start()
-        self.started.set()
         log("started", version=self.current.version, scripts=list(self.current.pools),
             pids={n: p.pids() for n, p in self.current.pools.items()})
 
@@ -257,6 +254,9 @@ class Front:
                 **({"error": error_code} if error_code else {}))
 
     async def _dispatch(self, pool: IsolatePool, script: ScriptConfig, msg: dict[str, Any], rid: str, send: Send) -> tuple[int, float, str | None]:
+        if pool.closed and self.current is not None:
+            # The version was replaced while this request was being read: the new one serves it.
+            pool = self.current.pools.get(script.name, pool)
         proc = await pool.pick()
         try:
             reply = await proc.request(msg, script.limits.wall_ms / 1000)
