@@ -60,6 +60,8 @@ from .types import (
     WorkflowHooks,
 )
 
+ACTIVE = (QUEUED, RUNNING, WAITING)  # statuses in which the driver has work to do
+
 if TYPE_CHECKING:
     from .definition import WorkflowDefinition
 
@@ -246,6 +248,10 @@ class InstanceEngine(DurableObject):
         return self._task is not None and not self._task.done()
 
     def _kick(self) -> None:
+        """Make the driver run. A kick that arrives while the driver is still finishing its last
+        round (an alarm fired while it released its slot, say) is not lost: the driver goes
+        round once more before it exits (a spurious round just replays and suspends again)."""
+        self._poke = True
         if not self._task_alive():
             self._task = asyncio.get_running_loop().create_task(self._drive(self._token))
             keep_alive = getattr(self.ctx, "wait_until", None)
@@ -280,7 +286,7 @@ class InstanceEngine(DurableObject):
             while True:
                 self._poke = False
                 again = await self._drive_once()
-                if not (again or (self._poke and self.meta and self.meta["status"] == WAITING)):
+                if not (again or (self._poke and self.meta and self.meta["status"] in ACTIVE)):
                     return
         except (_Stop, asyncio.CancelledError):
             return
@@ -291,7 +297,7 @@ class InstanceEngine(DurableObject):
     async def _drive_once(self) -> bool:
         assert self.meta is not None
         meta = self.meta
-        if meta["status"] not in (QUEUED, RUNNING, WAITING):
+        if meta["status"] not in ACTIVE:
             return False
         reason = self.hooks.is_killed()
         if reason:
@@ -308,7 +314,7 @@ class InstanceEngine(DurableObject):
         if alarm is None or alarm < (self.now() + self.limits.lease_seconds / 2) * 1000.0:
             await self._arm_lease()
         meta = self.meta  # re-read: RPCs (events, pause) may have replaced it meanwhile
-        if meta["status"] not in (QUEUED, RUNNING, WAITING):
+        if meta["status"] not in ACTIVE:
             await self._release_slot()
             return False
         if meta["status"] != RUNNING:

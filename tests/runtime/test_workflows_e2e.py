@@ -167,7 +167,16 @@ def test_killed_workflow_class_pauses_at_the_next_step_boundary(tmp_path):
             ks.revive("workflow", "Job", actor="test")
             # the revive reaches every isolate within a second; until then resume is refused
             wait_until(lambda: c.post("/__edgeworks/workflows/app/JOB/k1/resume").status_code == 200, timeout=1.5)
-            wait_until(lambda: c.get("/status/k1").json()["status"] == "complete", timeout=20)
+            last: dict = {}
+
+            def complete() -> bool:
+                last.update(c.get("/status/k1").json())
+                return last["status"] == "complete"
+
+            try:
+                wait_until(complete, timeout=20)
+            except AssertionError:
+                raise AssertionError(f"not complete after resume: {json.dumps(last)[:2000]}") from None
         finally:
             ks.close()
 
