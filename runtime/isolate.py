@@ -72,11 +72,14 @@ def _import_main(root: Path, main: str) -> Any:
     return module
 
 
-def _resolve_model(root: Path, ref: str | None, module: Any) -> type[BaseModel] | None:
+def _resolve_model(ref: str | None, module: Any) -> type[BaseModel] | None:
     if ref is None:
         return None
     mod_name, _, attr = ref.partition(":")
-    mod = module if not attr else importlib.import_module(mod_name)
+    try:
+        mod = module if not attr else importlib.import_module(mod_name)
+    except ImportError as e:
+        raise LoadError(f"route model {ref!r}: cannot import {mod_name!r}: {e}") from None
     model = getattr(mod, attr or mod_name, None)
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise LoadError(f"route model {ref!r} is not a pydantic model")
@@ -151,7 +154,7 @@ class Isolate:
             )
         self.routes = script.route_configs()
         self.models = [
-            (_resolve_model(root, r.body_model, module), _resolve_model(root, r.query_model, module))
+            (_resolve_model(r.body_model, module), _resolve_model(r.query_model, module))
             for r in self.routes
         ]
         host = BindingHost(
