@@ -148,7 +148,7 @@ class IsolateProcess:
         """After a wall-time cancel the process must still answer; a stuck one is replaced."""
         assert self.channel is not None
         try:
-            await asyncio.wait_for(self.channel.request({"op": "ping"}), 2.0)
+            await asyncio.wait_for(self.channel.request({"op": "ping"}), 5.0)
         except (TimeoutError, ChannelClosed):
             log("isolate_stuck", script=self.pool.script.name, pid=self.pid)
             self.kill()

@@ -14,7 +14,7 @@ main = "hostile.py"
 routes = ["/h/*"]
 [scripts.limits]
 cpu_ms = 200
-wall_ms = 1500
+wall_ms = 4000
 memory_mb = 200
 subrequests = 3
 body_bytes = 1000
@@ -135,7 +135,7 @@ def test_wall_limit_on_an_awaiting_handler(server):
     with server.client() as c:
         r = c.get("/h/sleep")
     assert r.status_code == 503
-    assert r.json()["error"] == "wall_limit" and r.json()["limit_ms"] == 1500
+    assert r.json()["error"] == "wall_limit" and r.json()["limit_ms"] == 4000
     assert server.pids("hostile") == pid  # the cancel was honoured, the isolate lives on
     still_serving(server)
 
