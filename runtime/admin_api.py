@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from .admin_workflows import ACTIONS, CreateBody, DecisionBody, EventBody
 from .killswitch import KillKind
 
 __all__ = [
@@ -178,7 +179,7 @@ class ScheduledResult(BaseModel):
 _MODELS: list[type[BaseModel]] = [
     ErrorBody, Health, KillRequest, ReviveRequest, KillResult, KillList, ReviveResult, VersionList,
     DeployResult, RollbackRequest, SplitRequest, ActivationResult, Approval, ApprovalList,
-    DecisionRequest, ScheduledResult,
+    DecisionRequest, ScheduledResult, CreateBody, EventBody, DecisionBody,
 ]
 
 
@@ -215,6 +216,30 @@ def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_WF = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in ("script", "binding")]
+
+
+def _any(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {}}}}
+
+
+def _workflow_paths(p: str) -> dict[str, Any]:
+    base = f"{p}/workflows/{{script}}/{{binding}}"
+    action = {"name": "action", "in": "path", "required": True,
+              "schema": {"type": "string", "enum": list(ACTIONS)}}
+    return {
+        base: {"get": {**_op("instances of a workflow binding", {"200": _any("[{id, status, created}]")}, 400, 404,
+                             params=[_query("status", "filter by status")]), "parameters": _WF},
+               "post": {**_op("create an instance", {"200": _any("{id}")}, 400, 404, 409, body=CreateBody),
+                        "parameters": _WF}},
+        f"{base}/{{id}}": {"get": {**_op("status and step history of an instance", {"200": _any("status")}, 400, 404, 409),
+                                   "parameters": [*_WF, _ID]}},
+        f"{base}/{{id}}/{{action}}": {"post": {**_op(
+            "pause, resume, terminate, restart, send an event ({type, payload}) or decide an approval ({by, reason})",
+            {"200": _any("{ok, status}")}, 400, 404, 409), "parameters": [*_WF, _ID, action],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "oneOf": [_ref(EventBody), _ref(DecisionBody), {"type": "object", "maxProperties": 0}]}}}}}},
+    }
 
 
 def openapi_spec() -> dict[str, Any]:
@@ -261,6 +286,7 @@ def openapi_spec() -> dict[str, Any]:
                                                              body=DecisionRequest), "parameters": [_ID]}},
             f"{p}/approvals/{{id}}/reject": {"post": {**_op("reject the held request", {"200": _json(Approval, "rejected")},
                                                             400, 404, 409, 422, body=DecisionRequest), "parameters": [_ID]}},
+            **_workflow_paths(p),
             f"{p}/tail": {"get": _op("live log lines as NDJSON, until the client disconnects or limit lines",
                                      {"200": {"description": "a stream of JSON lines",
                                               "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},

@@ -42,6 +42,17 @@ class CreateBody(BaseModel):
 Guard = Callable[[Callable[[Request, str | None], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]
 
 
+def _status_for(code: str) -> int:
+    """HTTP status of a workflow error code: what is missing, what is malformed, what conflicts."""
+    if code in ("not_found", "no_such_binding", "no_such_script"):
+        return 404
+    if code.startswith(("invalid_", "max_")) or code == "bad_request":
+        return 400
+    if code == "unavailable":
+        return 503
+    return 409  # legal request, wrong state: duplicate_id, instance_finished, not_paused, killed...
+
+
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
@@ -61,10 +72,7 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
         if "error" in reply:
             err = reply["error"]
             code = err.get("code") or err.get("type") or "workflow_error"
-            http = 404 if code in ("not_found", "no_such_binding", "no_such_script", "unknown_instance") else 409
-            if code in ("invalid_id", "invalid_status", "invalid_payload", "bad_request"):
-                http = 400
-            return _error(http, code, err.get("message", ""))
+            return _error(_status_for(code), code, err.get("message", ""))
         return JSONResponse(reply.get("result"))
 
     async def list_instances(request: Request, subject: str | None) -> Response:

@@ -429,6 +429,9 @@ class Isolate:
                 return self._reply_exc(msg["id"], "bad_request", f"unknown workflow action {action!r}")
         except WorkflowError as e:
             return self.channel.reply(msg["id"], {"error": {"code": e.code, "message": str(e)}})
+        except Exception as e:  # the admin caller gets the reason, the isolate keeps serving
+            log("error", request_id=msg.get("rid"), exception=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+            return self.channel.reply(msg["id"], {"error": {"code": "workflow_error", "message": f"{type(e).__name__}: {e}"}})
         self._reply_value(msg["id"], result)
 
     async def handle_ping(self, msg: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ name = "app"
 main = "app.py"
 routes = [{ pattern = "/open", auth = "none" }, { pattern = "/fail", auth = "none" }]
 crons = ["0 0 1 1 *"]
+workflows = [{ binding = "JOB", class_name = "Job" }]
 """
 
 OPEN_MANIFEST = """
@@ -48,7 +49,12 @@ crons = ["0 0 1 1 *"]
 """
 
 APP = '''
-from workers import Response
+from workers import Response, WorkflowEntrypoint
+
+class Job(WorkflowEntrypoint):
+    async def run(self, event, step):
+        await step.wait_for_event("go", type="go", timeout=3600)
+        return "done"
 
 async def fetch(request, env, ctx):
     if request.path == "/fail":
@@ -210,7 +216,8 @@ def test_openapi_document_and_schemathesis_finds_no_server_error(tmp_path):
         assert spec["openapi"].startswith("3.")
         paths = spec["paths"]
         for p in ("kill", "revive", "kills", "versions", "rollback", "split", "approvals", "approvals/{id}",
-                  "approvals/{id}/approve", "approvals/{id}/reject", "tail", "health"):
+                  "approvals/{id}/approve", "approvals/{id}/reject", "tail", "health",
+                  "workflows/{script}/{binding}", "workflows/{script}/{binding}/{id}/{action}"):
             assert f"/__edgeworks/{p}" in paths, p
         assert "KillRequest" in spec["components"]["schemas"]
         proc = subprocess.run(
