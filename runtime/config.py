@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sandbox import ToolSpec
+from sandbox import SandboxConfig, ToolSpec
 
 from .audit import AuditOptions
 from .identity import AuthConfig
@@ -108,7 +108,11 @@ class ScriptConfig(_Model):
     durable_objects: list[DurableObjectBinding] = []
     workflows: list[WorkflowBinding] = []
     tools: list[ToolSpec] = []
+    sandbox: SandboxConfig = SandboxConfig()  # defaults for every tool call (limits, http caps)
     object_idle_s: Annotated[float, Field(gt=0)] = 30.0
+    # "normal": a commit survives a crash of the process; "full": also a power loss (fsync).
+    object_durability: Literal["normal", "full"] = "normal"
+    object_max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
 
     @field_validator("crons")
     @classmethod

@@ -114,7 +114,8 @@ def build(host: Any) -> dict[str, Any]:
     if classes:
         local = ObjectHost(
             host.script.name, classes, host.env, host.state_dir,
-            idle_timeout_s=host.script.object_idle_s, codec=_HostCodec(), audit=host.audit,
+            idle_timeout_s=host.script.object_idle_s, durability=host.script.object_durability,
+            max_queue=host.script.object_max_queue, codec=_HostCodec(), audit=host.audit,
             owns=lambda _cls, id_hex: owner_index(id_hex, host.pool_size) == host.pool_index,
         )
         host.hosts["durable_objects"] = local

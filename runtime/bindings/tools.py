@@ -54,5 +54,6 @@ def build(host: Any) -> dict[str, Any]:
     if not specs:
         return {}
     authority = CapabilityAuthority(host.state_dir)
-    sandbox = Sandbox(host.state_dir, host.app_root, specs, authority, audit=host.audit, script=host.script.name)
+    sandbox = Sandbox(host.state_dir, host.app_root, specs, authority, host.script.sandbox,
+                      audit=host.audit, script=host.script.name)
     return {"TOOLS": Tools(sandbox, authority, host.script.name, host.kills, host.audit)}

@@ -261,3 +261,33 @@ async def fetch(request, env, ctx):
     assert "no_such_method" in out["missing"]
     assert "private" in out["private"]
     assert out["bad_id"]
+
+
+SLOW_APP = '''
+import asyncio
+from workers import DurableObject, Response
+
+class Counter(DurableObject):
+    async def slow(self):
+        await self.ctx.block_concurrency_while(lambda: asyncio.sleep(0.5))
+        return 1
+
+async def fetch(request, env, ctx):
+    try:
+        return Response.json({"v": await env.COUNTER.get_by_name("busy").slow()})
+    except Exception as e:
+        return Response.json({"error": str(e)}, status=503)
+'''
+
+
+def test_an_object_over_its_queue_bound_answers_overloaded(tmp_path):
+    app = app_dir(tmp_path)
+    manifest = (app / "edgeworks.toml").read_text().replace("pool_size = 1", "pool_size = 1\nobject_max_queue = 2")
+    (app / "edgeworks.toml").write_text(manifest)
+    (app / "app.py").write_text(SLOW_APP)
+    with Server(app) as s, s.client() as c, concurrent.futures.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda _: c.get("/c/x"), range(10)))
+    ok = [r for r in results if r.status_code == 200]
+    overloaded = [r for r in results if r.status_code == 503]
+    assert ok and overloaded
+    assert all("durable_object_overloaded" in r.json()["error"] for r in overloaded)

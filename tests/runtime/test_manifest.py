@@ -171,3 +171,17 @@ def test_cli_help_on_every_command():
         out = run_cli(*cmd, "--help")
         assert out.returncode == 0, (cmd, out.stderr)
         assert "usage: edgeworks" in out.stdout
+
+
+def test_object_and_sandbox_settings_are_validated(tmp_path):
+    p = problems(tmp_path, """
+        [[scripts]]
+        name = "app"
+        main = "app.py"
+        object_durability = "sometimes"
+        [scripts.sandbox.limits]
+        fuel = -1
+    """)
+    text = "\n".join(p)
+    assert "scripts[0].object_durability: Input should be 'normal' or 'full'" in text
+    assert "scripts[0].sandbox.limits.fuel: Input should be greater than 0" in text

@@ -115,3 +115,11 @@ def test_cli_tool_run(tmp_path):
     assert json.loads(ok.stdout) == 45
     bad = run_cli("tool", "run", "nope", "--dir", str(app))
     assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "unknown_tool"
+
+
+def test_script_sandbox_defaults_apply_to_every_tool(tmp_path):
+    manifest = MANIFEST.replace('routes = ["/run/{tool}"]', 'routes = ["/run/{tool}"]\n[scripts.sandbox.limits]\nfuel = 1000')
+    app = write_app(tmp_path / "app", manifest, {"app.py": APP})
+    with Server(app) as s, s.client() as c:
+        r = c.post("/run/sum", json={"n": 100000})
+    assert r.json()["error"] == "out_of_fuel"
