@@ -33,25 +33,8 @@ from sandbox import CapabilityAuthority, Sandbox, SandboxEngine, ToolSpec  # noq
 from sandbox.engine import WASMTIME_VERSION  # noqa: E402
 from sandbox.guest_python import build_program  # noqa: E402
 from sandbox.spec import default_micropython_wasm  # noqa: E402
+from tests.sandbox.conftest import ECHO_WAT  # noqa: E402  (the echo tool the sandbox tests use)
 
-ECHO_WAT = """
-(module
-  (memory (export "memory") 1)
-  (global $bump (mut i32) (i32.const 1024))
-  (func (export "alloc") (param $n i32) (result i32)
-    (local $p i32)
-    global.get $bump local.set $p
-    global.get $bump local.get $n i32.add global.set $bump
-    (block $ok
-      (loop $grow
-        (br_if $ok (i32.le_u (global.get $bump) (i32.mul (memory.size) (i32.const 65536))))
-        (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
-        (br $grow)))
-    local.get $p)
-  (func (export "run") (param $p i32) (param $n i32) (result i64)
-    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32))
-            (i64.extend_i32_u (local.get $n)))))
-"""
 SNIPPET = "result = sum(range(input['n']))"
 INPUT_CORE = {"order": 1234, "items": ["a", "b"], "total": 12.5}
 INPUT_PY = {"n": 1000}
