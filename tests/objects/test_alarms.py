@@ -10,21 +10,14 @@ import pytest
 
 from objects import DurableObject, DurableObjectNamespace, FakeClock, LocalTransport, ObjectHost
 
+from .aio import eventually
+from .aio import settle as _settle
+
 T0 = 1_700_000_000_000
 
 
 async def settle(n: int = 30) -> None:
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-async def eventually(pred, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
+    await _settle(n)
 
 
 class Alarmed(DurableObject):

@@ -17,19 +17,7 @@ from objects import (
 from objects.database import ObjectDatabase
 from objects.gates import InputGate, OutputGate
 
-
-async def settle(n: int = 20) -> None:
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-async def eventually(pred, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
+from .aio import eventually, settle
 
 
 # -- InputGate ---------------------------------------------------------------------------------
