@@ -18,7 +18,6 @@ import collections
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -36,6 +35,7 @@ from objects.errors import (
 from objects.gates import InputGate, OutputGate, current_output_gate
 from objects.ids import DurableObjectId
 from objects.options import ObjectHostOptions
+from objects.shared import SharedObjectDatabase
 from objects.storage import Storage, StorageLimits
 from objects.types import AuditHook, ObjectAddress, Reply, RequestCodec
 
@@ -60,13 +60,12 @@ class ObjectActor:
         address: ObjectAddress,
         cls: type[DurableObject],
         env: Any,
-        db_path: Path,
+        db: ObjectDatabase | SharedObjectDatabase,
         options: ObjectHostOptions,
         *,
         now_ms: Callable[[], int],
         codec: RequestCodec,
         audit: AuditHook,
-        alarm_index_set: Callable[[int | None], None],
         on_reset: Callable[[ObjectActor], None],
         on_alarm_committed: Callable[[int | None], None],
         on_opened: Callable[[int | None], None],
@@ -84,7 +83,7 @@ class ObjectActor:
         self._wait_before_open = wait_before_open
         self.input_gate = InputGate()
         self.output_gate = OutputGate()
-        self.db = ObjectDatabase(db_path, options.durability, alarm_hook=alarm_index_set)
+        self.db = db
         self.storage = Storage(
             self.db,
             self.input_gate,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     from objects.alarms import AlarmInfo
@@ -60,7 +60,13 @@ class DurableObject:
 
     Override ``fetch(request)`` and ``alarm(info)`` and add public async methods: every method
     whose name does not start with ``_`` (other than ``fetch`` and ``alarm``) is callable by RPC.
+
+    ``shared_storage = True`` keeps the storage of the class's objects in the script's shared
+    database (one file, one group commit for many objects) until an object first runs SQL, when
+    it moves to a database of its own (``objects.shared``): for many small, short-lived objects.
     """
+
+    shared_storage: ClassVar[bool] = False
 
     def __init__(self, ctx: DurableObjectState, env: Any) -> None:
         self.ctx = ctx

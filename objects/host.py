@@ -25,9 +25,11 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from objects import values
 from objects.actor import ObjectActor, QueuedEvent
 from objects.alarms import AlarmIndex, retry_delay_ms
 from objects.clock import Clock, SystemClock
+from objects.database import ObjectDatabase
 from objects.durable_object import DurableObject
 from objects.errors import (
     BAD_REQUEST_TYPE,
@@ -37,6 +39,7 @@ from objects.errors import (
 )
 from objects.ids import DurableObjectId
 from objects.options import ObjectHostOptions
+from objects.shared import SharedDatabase, SharedObjectDatabase, scan_key
 from objects.types import AuditHook, ObjectAddress, Op, OwnsPredicate, Reply, RequestCodec
 
 __all__ = ["ObjectHost", "PassThroughCodec"]
@@ -98,6 +101,8 @@ class ObjectHost:
         self._audit: AuditHook = audit or _no_audit
         self._owns: OwnsPredicate = owns or _owns_all
         self._index = AlarmIndex(self.root / "_alarms.sqlite", self.options.durability)
+        self._shared = SharedDatabase(self.root / "_shared.sqlite", self.options.durability) \
+            if any(cls.shared_storage for cls in self.classes.values()) else None
         self._actors: dict[tuple[str, str], ObjectActor] = {}
         self._closing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._alarms: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -107,6 +112,23 @@ class ObjectHost:
     # -- paths and lookups ---------------------------------------------------------------------
     def db_path(self, class_name: str, id_hex: str) -> Path:
         return self.root / class_name / f"{id_hex}.sqlite"
+
+    def _database(self, class_name: str, id_hex: str) -> ObjectDatabase | SharedObjectDatabase:
+        path = self.db_path(class_name, id_hex)
+
+        def index(time: int | None) -> None:
+            self._index.set(class_name, id_hex, time)
+
+        if self._shared is not None and self.classes[class_name].shared_storage \
+                and not path.exists():
+            return SharedObjectDatabase(self._shared, class_name, id_hex, path, alarm_hook=index)
+        return ObjectDatabase(path, self.options.durability, alarm_hook=index)
+
+    async def scan(self, class_name: str, key: str) -> list[tuple[str, Any]]:
+        """``(id_hex, value)`` of the committed ``key`` of every object of ``class_name``, of
+        whichever process owns it (a listing; values as decoded from storage)."""
+        rows = await asyncio.to_thread(scan_key, self.root, class_name, key)
+        return [(id_hex, values.decode(data)) for id_hex, data in rows]
 
     def is_live(self, class_name: str, id_hex: str) -> bool:
         """Whether the object currently has a live (constructed or constructing) actor."""
@@ -121,12 +143,11 @@ class ObjectHost:
                 ObjectAddress(self.script, class_name, id_hex, tenant),
                 self.classes[class_name],
                 self.env,
-                self.db_path(class_name, id_hex),
+                self._database(class_name, id_hex),
                 self.options,
                 now_ms=self.clock.now,
                 codec=self.codec,
                 audit=self._audit,
-                alarm_index_set=lambda t: self._index.set(class_name, id_hex, t),
                 on_reset=self._on_reset,
                 on_alarm_committed=lambda t: self._alarm_committed(class_name, id_hex, t),
                 on_opened=lambda t: self._actor_opened(class_name, id_hex, t),
@@ -224,7 +245,10 @@ class ObjectHost:
     # -- alarms --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Schedule the pending alarm of every owned object listed in the alarm index."""
-        for class_name, id_hex, time in await self._index.all():
+        listed = await self._index.all()
+        if self._shared is not None:
+            listed += await self._shared.alarms()
+        for class_name, id_hex, time in listed:
             if class_name in self.classes and self._owns(class_name, id_hex):
                 self._schedule_alarm(class_name, id_hex, time)
 
@@ -311,6 +335,8 @@ class ObjectHost:
         closing: list[Awaitable[Any]] = list(self._closing.values())
         await asyncio.gather(*closing, return_exceptions=True)
         self._index.close()
+        if self._shared is not None:
+            await self._shared.close()
 
     async def __aenter__(self) -> ObjectHost:
         await self.start()

@@ -35,6 +35,7 @@ from objects import values
 from objects.database import Batch, ObjectDatabase
 from objects.errors import DurableObjectReset
 from objects.gates import InputGate, OutputGate
+from objects.shared import SharedObjectDatabase
 from objects.sql import SqlCursor, SqlStorage
 from objects.transaction import MISSING, Section, Transaction
 
@@ -56,7 +57,7 @@ class StorageLimits:
 class Storage:
     def __init__(
         self,
-        db: ObjectDatabase,
+        db: ObjectDatabase | SharedObjectDatabase,
         input_gate: InputGate,
         output_gate: OutputGate,
         *,
@@ -87,6 +88,7 @@ class Storage:
         self._inflight: dict[str, bytes | None] = {}
         self._flush_scheduled = False
         self._committing = False
+        self._moving = False
         self.sql = SqlStorage(self)
 
     # -- lifecycle (host side) -----------------------------------------------------------------
@@ -150,7 +152,7 @@ class Storage:
     def _kick(self) -> None:
         """Start the next group commit unless one is in flight (a plain callback: no task)."""
         self._flush_scheduled = False
-        if self._committing or not self._pending or self._sql_section or self._broken:
+        if self._committing or self._moving or not self._pending or self._sql_section or self._broken:
             return
         batch = Batch(epoch=self._epoch, writes=self._dirty, idempotency=self._idem_dirty)
         if self._alarm_dirty:
@@ -408,6 +410,8 @@ class Storage:
     async def _exec_sql(self, query: str, params: tuple[Any, ...]) -> SqlCursor:
         await self._enter()
         async with self._in.hold():
+            if getattr(self._db, "shared", False):
+                await self._move_out()
             if self._sections and self._sections[-1].savepoint is None:
                 name = f"ew_sp_{next(_savepoints)}"
                 self._sections[-1].savepoint = name  # before the await: stops new flushes
@@ -415,6 +419,22 @@ class Storage:
             self._note_write()
             columns, rows, written = await self._db.exec(query, params)
             return SqlCursor(columns, rows, written)
+
+    async def _move_out(self) -> None:
+        """Move a shared-storage object to a database of its own (``objects.shared``)."""
+        if self._pending:
+            self._kick()
+        await self._out.wait()  # every batch is committed to the shared database
+        self._moving = True  # batches written meanwhile wait for the new database
+        try:
+            self._db = await self._db.detach()
+        except Exception as exc:
+            self._fail(f"moving to its own database failed: {type(exc).__name__}: {exc}")
+            raise self._broken from exc  # type: ignore[misc]
+        finally:
+            self._moving = False
+        if self._pending:
+            self._kick()
 
     def _database_size(self) -> int:
         try:

@@ -71,6 +71,9 @@ class LocalTransport:
     async def __call__(self, address: ObjectAddress, op: Op) -> Reply:
         return await self.host.handle(address, op)
 
+    async def scan(self, class_name: str, key: str) -> list[tuple[str, Any]]:
+        return await self.host.scan(class_name, key)
+
 
 class DurableObjectNamespace:
     def __init__(

@@ -65,6 +65,13 @@ class ObjectTransport:
             return {"error": reply["error"]}
         return reply["result"]
 
+    async def scan(self, class_name: str, key: str) -> list[tuple[str, Any]]:
+        """Committed `key` of every object of the class, whichever process owns it: every
+        process of the script shares the state dir."""
+        if self.local is None:
+            raise RuntimeError(f"script {self.host.script.name!r} hosts no durable objects")
+        return await self.local.scan(class_name, key)
+
 
 def namespace_secret(state_dir: Path) -> bytes:
     """The key ids are derived with: one per state dir, created once, shared by every process."""
