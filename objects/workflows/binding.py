@@ -8,7 +8,6 @@ calls raise ``WorkflowError`` with a stable ``code``: ``invalid_id``, ``duplicat
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import Callable
@@ -114,19 +113,7 @@ class WorkflowBinding:
     async def create(self, id: str | None = None, params: Any = None) -> WorkflowInstance:
         instance_id = validate_id(id) if id is not None else uuid.uuid4().hex
         params = self._params(params)
-        tenant = self._tenant()
-        registry = self.definition.registry_stub(tenant)
-        stub = self._instance_stub(instance_id)
-        # Both written at once (two objects, two commits in parallel). The instance's own
-        # create is what refuses a second creation of an id; the registry lists ids. After a
-        # crash between the two, retrying the create repairs whichever is missing.
-        registered, created = await asyncio.gather(
-            registry.register(instance_id, self.definition.hooks.now()),
-            stub.create(instance_id, params, tenant),
-        )
-        _unwrap(created)
-        if not registered.get("ok") and registered["error"]["code"] != "duplicate_id":
-            _unwrap(registered)
+        _unwrap(await self._instance_stub(instance_id).create(instance_id, params, self._tenant()))
         return WorkflowInstance(self, instance_id)
 
     async def create_batch(self, items: list[dict[str, Any]]) -> list[WorkflowInstance]:
@@ -151,18 +138,15 @@ class WorkflowBinding:
         return instance
 
     async def list(self, status: str | None = None) -> list[dict[str, Any]]:
-        """``[{id, status, created}]`` of this class's instances, oldest first."""
+        """``[{id, status, created}]`` of this class's instances, oldest first.
+
+        Read from the instances' committed records, in one query: an instance that has just
+        started running may still show the status it had before (``queued``)."""
         if status is not None and status not in STATUSES:
             raise WorkflowError("invalid_status", f"status must be one of {STATUSES}, got {status!r}")
-        rows = await self.definition.registry_stub(self._tenant()).list()
-        statuses = await asyncio.gather(
-            *(self._instance_stub(row["id"]).status() for row in rows))
-        listed = []
-        for row, response in zip(rows, statuses, strict=True):
-            current = response["value"]["status"] if response.get("ok") else "unknown"
-            if status is None or current == status:
-                listed.append({"id": row["id"], "status": current, "created": row["created"]})
-        return listed
+        return [{"id": meta["id"], "status": meta["status"], "created": meta["created"]}
+                for meta in await self.definition.list_instances(self._tenant())
+                if status is None or meta["status"] == status]
 
 
 def make_workflow_binding(

@@ -90,6 +90,24 @@ class WorkflowDefinition:
         namespace = self.namespace(self.instance_class_name, tenant)
         return None if namespace is None else namespace.get_by_name(instance_id)
 
+    async def list_instances(self, tenant: str | None) -> list[dict[str, Any]]:
+        """The ``meta`` record of every instance (of ``tenant`` if tenant-scoped), oldest first.
+
+        Records are read as committed, then overlaid with the live state of the instances this
+        process runs: an instance that has just started running commits that status with its
+        first step, so another process lists it as ``queued`` until then."""
+        if self._transport is None:
+            return []
+        rows = await self._transport.scan(self.instance_class_name, "meta")
+        metas = {(meta["tenant"], meta["id"]): meta for _, meta in rows if isinstance(meta, dict)}
+        for instance in list(self._live):
+            meta = instance.meta
+            if meta is not None and (meta["tenant"], meta["id"]) in metas:
+                metas[meta["tenant"], meta["id"]] = meta
+        listed = [meta for meta in metas.values()
+                  if not self._tenant_scoped or meta.get("tenant") == tenant]
+        return sorted(listed, key=lambda meta: (meta["created"], meta.get("order", 0), meta["id"]))
+
     def track(self, instance: InstanceEngine) -> None:
         self._live.add(instance)
 

@@ -1,7 +1,8 @@
-"""The per-class registry: a durable object listing instance ids and granting running slots.
+"""The per-class registry: a durable object granting running slots.
 
-Ids are recorded durably and never removed, in creation order, for listing (the instance
-object itself refuses a second creation of its id). Running slots are *not* durable: after a
+It stores nothing. Ids are kept unique by the instance objects themselves (an instance refuses a
+second creation of its id, and its record is never deleted), and instances are listed from
+their committed records (``WorkflowDefinition.list_instances``). Running slots are *not* durable: after a
 restart every unfinished instance re-acquires its slot when its lease alarm resumes it, so the
 count of instances that hold a slot is at most ``limit``. While any slot is held the registry
 keeps itself resident (``ctx.wait_until``), so idle eviction cannot forget the slots. A refused
@@ -22,6 +23,7 @@ __all__ = ["WorkflowRegistryObject"]
 
 
 class WorkflowRegistryObject(DurableObject):
+    shared_storage = True  # a registration commits together with the instance's creation
     on_construct: Any = None
 
     def __init__(self, ctx: Any, env: Any) -> None:
@@ -32,22 +34,6 @@ class WorkflowRegistryObject(DurableObject):
         self._queue: deque[str] = deque()
         self._limit = 1
         self._resident: asyncio.Future[None] | None = None
-
-    async def register(self, instance_id: str, created: float) -> dict[str, Any]:
-        key = "id:" + instance_id
-        if await self.ctx.storage.get(key) is not None:
-            return {"ok": False, "error": {
-                "code": "duplicate_id", "message": f"instance id {instance_id!r} is already used"}}
-        seq = (await self.ctx.storage.get("count") or 0) + 1
-        await self.ctx.storage.put({key: {"created": created, "seq": seq}, "count": seq})
-        await self.ctx.storage.sync()
-        return {"ok": True, "value": None}
-
-    async def list(self) -> list[dict[str, Any]]:
-        items = dict(await self.ctx.storage.list())
-        rows = [{"id": key[3:], "created": value["created"], "seq": value["seq"]}
-                for key, value in items.items() if key.startswith("id:")]
-        return sorted(rows, key=lambda row: row["seq"])
 
     async def acquire(self, instance_id: str, limit: int) -> bool:
         self._limit = limit
