@@ -67,7 +67,7 @@ class SharedDatabase:
         self._cond = threading.Condition()
         self._jobs: list[_Job | None] = []  # None: stop
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
+        self.transactions = 0  # group commits made (each: one transaction, one fsync under FULL)
 
     # -- submission (event loop side) ----------------------------------------------------------
     def submit(self, fn: Callable[..., Any], *args: Any, commit: bool = False) -> asyncio.Future[Any]:
@@ -164,8 +164,7 @@ class SharedDatabase:
             return
         group.append(job)
 
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, group: list[_Job],
+    def _commit(self, conn: sqlite3.Connection, group: list[_Job],
                 done: list[tuple[_Job, Any, BaseException | None]]) -> None:
         if not conn.in_transaction:
             return
@@ -176,6 +175,7 @@ class SharedDatabase:
                 conn.execute("ROLLBACK")
             done.extend((job, None, exc) for job in group)
             return
+        self.transactions += 1
         done.extend((job, None, None) for job in group)
 
 

@@ -22,6 +22,8 @@ CHILD = textwrap.dedent(
     from objects import DurableObject, DurableObjectNamespace, LocalTransport, ObjectHost
 
     class Counter(DurableObject):
+        shared_storage = sys.argv[3] == "shared"
+
         async def increment(self):
             v = (await self.ctx.storage.get("n")) or 0
             await self.ctx.storage.put("n", v + 1)
@@ -29,9 +31,10 @@ CHILD = textwrap.dedent(
 
     async def main():
         host = ObjectHost("app", {"Counter": Counter}, None, sys.argv[1], durability=sys.argv[2])
-        stub = DurableObjectNamespace("app", "Counter", LocalTransport(host)).get_by_name("c")
-        while True:  # acknowledge each increment as soon as its reply is released
-            n = await stub.increment()
+        ns = DurableObjectNamespace("app", "Counter", LocalTransport(host))
+        stubs = [ns.get_by_name(f"c{i}") for i in range(5)]  # committing together
+        while True:  # acknowledge each round of increments as soon as its replies are released
+            n = min(await asyncio.gather(*(stub.increment() for stub in stubs)))
             sys.stdout.write(f"ACK {n}\\n")
             sys.stdout.flush()
 
@@ -41,18 +44,25 @@ CHILD = textwrap.dedent(
 
 
 class Counter(DurableObject):
+    shared_storage = False
+
     async def value(self):
         return await self.ctx.storage.get("n")
 
 
+class SharedCounter(Counter):
+    shared_storage = True
+
+
+@pytest.mark.parametrize("storage", ["own", "shared"])
 @pytest.mark.parametrize("durability", ["normal", "full"])
-async def test_acknowledged_increment_survives_sigkill(tmp_path, durability):
+async def test_acknowledged_increment_survives_sigkill(tmp_path, durability, storage):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     state = tmp_path / "state"
     errors = open(tmp_path / "stderr.txt", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(state), durability],
+        [sys.executable, str(script), str(state), durability, storage],
         stdout=subprocess.PIPE,
         stderr=errors,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -75,10 +85,11 @@ async def test_acknowledged_increment_survives_sigkill(tmp_path, durability):
         assert proc.stdout is not None
         proc.stdout.close()
         errors.close()
-    host = ObjectHost("app", {"Counter": Counter}, None, state)
-    stub = DurableObjectNamespace("app", "Counter", LocalTransport(host)).get_by_name("c")
-    value = await stub.value()
+    cls = SharedCounter if storage == "shared" else Counter
+    host = ObjectHost("app", {"Counter": cls}, None, state)
+    ns = DurableObjectNamespace("app", "Counter", LocalTransport(host))
+    values = [await ns.get_by_name(f"c{i}").value() for i in range(5)]
     await host.close()
-    assert value >= acked  # every acknowledged increment is on disk
+    assert min(values) >= acked  # every acknowledged increment is on disk
     assert proc.returncode == -signal.SIGKILL
     await asyncio.sleep(0)
