@@ -2,6 +2,7 @@
 
 Public API; see the modules for exact semantics (``gates`` for the input and output gates,
 ``storage`` for caching and group commit, ``database`` for the file layout and durability,
+``shared`` for classes whose objects share one file (``shared_storage = True``),
 ``host`` for delivery, eviction and alarms, ``stub`` for E-order and idempotency keys).
 
 Where this differs from Cloudflare's API, and why:

@@ -6,6 +6,11 @@ crash-recovery lease. Steps are **at-least-once**: a step interrupted by a crash
 after restart; completed steps never run again (their recorded result is returned on replay).
 A step that only writes the instance's own storage (``step.sql``) and is declared
 ``transactional=True`` is exactly-once: its writes and its result commit in one transaction.
+
+Instances (and the per-class registry that grants running slots) use shared storage
+(``objects.shared``): the instances of a script live in one SQLite file, so the commits of
+many running instances share one transaction and one fsync; an instance that uses ``step.sql``
+moves to a database of its own. Listing reads every instance's committed record at once.
 See ``step`` (replay), ``engine`` (execution, leases, durability) and ``instance`` (the RPC
 surface and its error codes) for the exact semantics.
 
