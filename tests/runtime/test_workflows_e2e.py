@@ -122,11 +122,15 @@ async def fetch(request, env, ctx):
 '''
 
 
-def test_instances_resume_after_kill_9_and_completed_steps_never_rerun(tmp_path):
-    app = write_app(tmp_path / "app", CRASH_MANIFEST, {"app.py": CRASH_APP})
+@pytest.mark.parametrize("pool", [1, 3])
+def test_instances_resume_after_kill_9_and_completed_steps_never_rerun(tmp_path, pool):
+    # With a pool of 3 the instances are spread over three processes that commit to one shared
+    # file; a listing made by any one of them shows every instance.
+    manifest = CRASH_MANIFEST.replace('main = "app.py"', f'main = "app.py"\npool_size = {pool}')
+    app = write_app(tmp_path / "app", manifest, {"app.py": CRASH_APP})
     state = tmp_path / "state"
     server = Server(app, state_dir=state, args=("--quiet",)).start()
-    ids = [f"job-{i}" for i in range(4)]
+    ids = [f"job-{i}" for i in range(4 * pool)]
     try:
         for wid in ids:
             assert httpx.post(f"{server.url}/start/{wid}").status_code == 200
@@ -140,6 +144,8 @@ def test_instances_resume_after_kill_9_and_completed_steps_never_rerun(tmp_path)
             server = Server(app, state_dir=state, args=("--quiet",)).start()
         for wid in ids:
             wait_until(lambda wid=wid: httpx.get(f"{server.url}/status/{wid}").json()["status"] == "complete", timeout=30)
+        listed = httpx.get(f"{server.url}/__edgeworks/workflows/app/JOB").json()
+        assert sorted((row["id"], row["status"]) for row in listed) == sorted((wid, "complete") for wid in ids)
     finally:
         server.stop()
     lines = (app / "effects.log").read_text().split()
