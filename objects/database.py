@@ -94,6 +94,32 @@ def _create_from_template(path: Path, fsync: bool) -> None:
     os.replace(tmp, path)  # never a half-written database under the real name
 
 
+def range_query(
+    table: str, start: str | None, end: str | None, prefix: str | None, reverse: bool,
+    limit: int | None, scope: tuple[str, tuple[Any, ...]] | None = None,
+) -> tuple[str, list[Any]]:
+    """``SELECT key, value`` of a KV ``list()``: ``start`` inclusive, ``end`` exclusive, in key
+    order; ``scope`` adds a condition (the object's rows of a shared table)."""
+    where, params = ([scope[0]], list(scope[1])) if scope else ([], [])
+    if start is not None:
+        where.append("key >= ?")
+        params.append(start)
+    if end is not None:
+        where.append("key < ?")
+        params.append(end)
+    if prefix:
+        where.append("key >= ? AND substr(key, 1, ?) = ?")
+        params += [prefix, len(prefix), prefix]
+    sql = f"SELECT key, value FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY key" + (" DESC" if reverse else "")
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
 @dataclass
 class Batch:
     """Everything one group commit writes, in one SQLite transaction."""
@@ -211,24 +237,7 @@ class ObjectDatabase:
     def _list(
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
     ) -> list[tuple[str, bytes]]:
-        where, params = [], []
-        if start is not None:
-            where.append("key >= ?")
-            params.append(start)
-        if end is not None:
-            where.append("key < ?")
-            params.append(end)
-        if prefix:
-            where.append("key >= ? AND substr(key, 1, ?) = ?")
-            params += [prefix, len(prefix), prefix]
-        sql = "SELECT key, value FROM _ew_kv"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY key" + (" DESC" if reverse else "")
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return list(self.conn.execute(sql, params))
+        return list(self.conn.execute(*range_query("_ew_kv", start, end, prefix, reverse, limit)))
 
     async def read_idempotency(self, key: str) -> bytes | None:
         return await self._run(self._read_idempotency, key)

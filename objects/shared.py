@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from objects.database import Batch, Durability, ObjectDatabase, OpenState, _create_from_template
+from objects.database import (
+    Batch,
+    Durability,
+    ObjectDatabase,
+    OpenState,
+    _create_from_template,
+    range_query,
+)
 
 __all__ = ["SharedDatabase", "SharedObjectDatabase", "scan_key"]
 
@@ -257,21 +264,8 @@ class SharedObjectDatabase:
     async def list(
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
     ) -> list[tuple[str, bytes]]:
-        where, params = ["class_name = ? AND id = ?"], list(self._obj)
-        if start is not None:
-            where.append("key >= ?")
-            params.append(start)
-        if end is not None:
-            where.append("key < ?")
-            params.append(end)
-        if prefix:
-            where.append("key >= ? AND substr(key, 1, ?) = ?")
-            params += [prefix, len(prefix), prefix]
-        sql = "SELECT key, value FROM kv WHERE " + " AND ".join(where)
-        sql += " ORDER BY key" + (" DESC" if reverse else "")
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        sql, params = range_query("kv", start, end, prefix, reverse, limit,
+                                  scope=("class_name = ? AND id = ?", self._obj))
         return await self._store.submit(lambda conn: list(conn.execute(sql, params)))
 
     async def read_idempotency(self, key: str) -> bytes | None:
