@@ -1,7 +1,8 @@
 """Workflows/s and steps/s of 3-step durable workflows: edgeworks vs DBOS (SQLite), same run.
 
 Each workflow runs three steps; each step's result is durably committed before the next step
-starts (edgeworks: the instance's group commit + ``sync``; DBOS: its step checkpoint). Two
+starts (edgeworks: the instance's commit to the script's shared object file, grouped with the
+commits of other running instances; DBOS: its step checkpoint). Two
 shapes: (a) one workflow after another, (b) ``--concurrency`` workflows running at once. Both
 engines use SQLite in WAL mode with the same ``synchronous`` setting (``--durability``: full =
 fsync per commit, normal = no fsync in WAL). DBOS runs only where ``dbos`` is importable

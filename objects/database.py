@@ -139,6 +139,8 @@ class OpenState:
 
 
 class ObjectDatabase:
+    shared = False  # see objects.shared.SharedObjectDatabase
+
     def __init__(
         self,
         path: Path,

@@ -410,7 +410,7 @@ class Storage:
     async def _exec_sql(self, query: str, params: tuple[Any, ...]) -> SqlCursor:
         await self._enter()
         async with self._in.hold():
-            if getattr(self._db, "shared", False):
+            if self._db.shared:
                 await self._move_out()
             if self._sections and self._sections[-1].savepoint is None:
                 name = f"ew_sp_{next(_savepoints)}"
