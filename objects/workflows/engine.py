@@ -305,8 +305,10 @@ class InstanceEngine(DurableObject):
             return False
         if not self._slot:
             if not await self._acquire_slot():
-                if meta["status"] != QUEUED:
-                    await self._set_status(QUEUED, waiting=None)
+                # the status names the bound that keeps it queued
+                waiting = {"kind": "max_concurrent", "limit": self.limits.max_concurrent}
+                if meta["status"] != QUEUED or meta["waiting"] != waiting:
+                    await self._set_status(QUEUED, waiting=waiting)
                 poll = self.now() + self.limits.queue_poll_seconds
                 await self.storage.set_alarm(poll * 1000.0)
                 return False

@@ -251,6 +251,8 @@ async def test_max_concurrent_keeps_extra_instances_queued(harness):
     await asyncio.sleep(0.03)
     assert sorted(harness.env["calls"]) == ["i0", "i1"]
     assert {r["id"] for r in await binding.list(status="queued")} == {"i2", "i3"}
+    queued = await instances[2].status()
+    assert queued["waiting"] == {"kind": "max_concurrent", "limit": 2}  # names the bound
     gates.setdefault("i0", asyncio.Event()).set()
     await harness.wait(instances[0], "complete")
     await harness.wait_for_calls(3)
@@ -259,6 +261,7 @@ async def test_max_concurrent_keeps_extra_instances_queued(harness):
         gates.setdefault(f"i{n}", asyncio.Event()).set()
     for instance in instances:
         await harness.wait(instance, "complete")
+    assert (await instances[2].status())["waiting"] is None
 
 
 async def test_audit_records_states_attempts_and_outcomes(harness):
