@@ -339,7 +339,7 @@ class InstanceEngine(DurableObject):
                               timestamp=meta["created"])
         entry = self.definition.entrypoint(self.ctx, self.env)
         try:
-            output = await entry.run(event, step)
+            output = await self.hooks.run_body(entry.run(event, step))
             output = normalize_value("workflow output", output,
                                      self.limits.max_step_result_bytes, "max_step_result_bytes")
         except _Suspend as suspend:

@@ -65,13 +65,16 @@ class WorkflowHooks:
     ``is_killed()`` returns a reason while the workflow class is stopped by the kill switch;
     a running instance then pauses at its next step boundary. ``run_step(awaitable)`` wraps
     each attempt of a step function (the runtime meters its CPU time there); an exception it
-    raises fails the attempt like one raised by the step itself.
+    raises fails the attempt like one raised by the step itself. ``run_body(awaitable)`` wraps
+    each activation of ``run`` (its code outside step functions, replay included; step
+    functions run in tasks of their own); an exception it raises fails the instance.
     """
 
     clock: Clock = field(default_factory=SystemClock)
     audit: AuditHook = field(default=_no_audit)
     is_killed: Callable[[], str | None] = field(default=_never_killed)
     run_step: Callable[[Awaitable[Any]], Awaitable[Any]] = field(default=_run_directly)
+    run_body: Callable[[Awaitable[Any]], Awaitable[Any]] = field(default=_run_directly)
 
     def now(self) -> float:
         """Epoch seconds by the injected clock."""

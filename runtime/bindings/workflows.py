@@ -18,7 +18,7 @@ from ..context import current
 from ..meter import CpuLimitExceeded, Meter, metered
 from .durable_objects import object_transport
 
-__all__ = ["StepCpuLimitExceeded", "build"]
+__all__ = ["StepCpuLimitExceeded", "WorkflowCpuLimitExceeded", "build"]
 
 
 class StepCpuLimitExceeded(Exception):
@@ -26,12 +26,28 @@ class StepCpuLimitExceeded(Exception):
     like any other step error."""
 
 
-async def _metered_step(cpu_ms: int, step: Awaitable[Any]) -> Any:
-    """Each step attempt runs under the script's CPU limit, like a request (see runtime.meter)."""
+class WorkflowCpuLimitExceeded(Exception):
+    """One activation of `run` (its code outside step functions) used more CPU than the
+    script's `cpu_ms`; the instance fails (compensations run)."""
+
+
+async def _metered(cpu_ms: int, work: Awaitable[Any], error: type[Exception], what: str) -> Any:
+    """Run `work` under the script's CPU limit, like a request (see runtime.meter)."""
     try:
-        return await metered(step, Meter(current().request_id, cpu_ms / 1000))  # type: ignore[arg-type]
+        return await metered(work, Meter(current().request_id, cpu_ms / 1000))  # type: ignore[arg-type]
     except CpuLimitExceeded:
-        raise StepCpuLimitExceeded(f"step exceeded the CPU limit of {cpu_ms} ms") from None
+        raise error(f"{what} exceeded the CPU limit of {cpu_ms} ms") from None
+
+
+def _metered_step(cpu_ms: int, step: Awaitable[Any]) -> Awaitable[Any]:
+    """Each step attempt runs under the script's CPU limit."""
+    return _metered(cpu_ms, step, StepCpuLimitExceeded, "step")
+
+
+def _metered_body(cpu_ms: int, body: Awaitable[Any]) -> Awaitable[Any]:
+    """So does each activation of `run`: workflow code that spins outside a step fails the
+    instance instead of blocking the isolate until its health check replaces it."""
+    return _metered(cpu_ms, body, WorkflowCpuLimitExceeded, "workflow code outside steps")
 
 
 def build(host: Any) -> dict[str, Any]:
@@ -51,6 +67,7 @@ def build(host: Any) -> dict[str, Any]:
             is_killed=(lambda name=b.class_name, kills=host.kills: kills.check("workflow", name))
             if host.kills else WorkflowHooks().is_killed,
             run_step=functools.partial(_metered_step, host.script.limits.cpu_ms),
+            run_body=functools.partial(_metered_body, host.script.limits.cpu_ms),
         )
         definition = WorkflowDefinition(cls, class_name=b.class_name, hooks=hooks)
         host.object_classes.update(definition.object_classes())

@@ -214,3 +214,20 @@ def test_a_step_runs_under_the_scripts_cpu_limit(tmp_path):
     step = st["steps"][0]
     assert len(step["attempts"]) == 2  # the first attempt and one retry
     assert all("CPU limit of 100 ms" in a["error"]["message"] for a in step["attempts"])
+
+
+BODY_SPIN_APP = CRASH_APP.replace("""        for i in range(3):""", """        if event.instance_id.startswith("spin"):
+            while True:  # outside any step
+                pass
+        for i in range(3):""")
+
+
+def test_workflow_code_outside_steps_runs_under_the_scripts_cpu_limit(tmp_path):
+    app = write_app(tmp_path / "app", SPIN_MANIFEST, {"app.py": BODY_SPIN_APP})
+    with Server(app) as s, s.client() as c:
+        assert c.post("/start/spin").status_code == 200
+        st = wait_until(lambda: (x := c.get("/status/spin").json())["status"] == "errored" and x, timeout=20)
+        assert c.post("/start/fine").status_code == 200  # the isolate kept serving
+        wait_until(lambda: c.get("/status/fine").json()["status"] == "complete", timeout=20)
+    assert st["error"]["message"] == "workflow code outside steps exceeded the CPU limit of 100 ms"
+    assert st["steps"] == []
