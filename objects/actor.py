@@ -184,7 +184,8 @@ class ObjectActor:
         except DurableObjectReset as exc:
             self.reset(exc)
         except Exception as exc:  # noqa: BLE001 - e.g. the database cannot be opened
-            self.reset(DurableObjectReset(f"cannot open object: {type(exc).__name__}: {exc}"))
+            self.reset(DurableObjectReset(
+                f"cannot open object: {type(exc).__name__}: {exc} ({self.db.file})"))
         finally:
             self._dispatcher = None
             if self.broken is not None:

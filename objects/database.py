@@ -149,6 +149,7 @@ class ObjectDatabase:
         alarm_hook: Callable[[int | None], None] | None = None,
     ) -> None:
         self.path = path
+        self.file = path  # the SQLite file holding the object (named in errors)
         self.durability = durability
         # Called on the I/O thread inside the commit job with the alarm being committed: a
         # time before the COMMIT, None after it (see objects.alarms.AlarmIndex).

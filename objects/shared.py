@@ -224,6 +224,7 @@ class SharedObjectDatabase:
         self._store = store
         self._obj = (class_name, id_hex)
         self.path = path  # where the object's own database goes if it moves out
+        self.file = store.path  # the SQLite file holding the object (named in errors)
         self.durability = store.durability
         self._alarm_hook = alarm_hook
 

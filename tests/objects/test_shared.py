@@ -252,3 +252,24 @@ async def test_scan_lists_a_key_of_every_object_whichever_host_owns_it(tmp_path)
     assert await hosts[1].scan("Box", "absent") == []
     for host in hosts:
         await host.close()
+
+
+class Own(Box):
+    shared_storage = False
+
+
+async def test_a_corrupt_database_file_is_a_clear_error_naming_the_file(tmp_path):
+    host = ObjectHost("app", {"Box": Box, "Own": Own}, {"fired": []}, tmp_path)
+    root = tmp_path / "objects" / "app"
+    root.mkdir(parents=True)
+    (root / "_shared.sqlite").write_bytes(b"not sqlite" * 500)
+    own = DurableObjectNamespace("app", "Own", LocalTransport(host)).get_by_name("x")
+    (root / "Own").mkdir()
+    (root / "Own" / f"{own.id.hex}.sqlite").write_bytes(b"not sqlite" * 500)
+    boxed = DurableObjectNamespace("app", "Box", LocalTransport(host)).get_by_name("x")
+    for stub, file in ((boxed, root / "_shared.sqlite"), (own, root / "Own" / f"{own.id.hex}.sqlite")):
+        with pytest.raises(DurableObjectError) as caught:
+            await stub.put("k", 1)
+        assert caught.value.type == "durable_object_reset"
+        assert "file is not a database" in caught.value.message and str(file) in caught.value.message
+    await host.close()
