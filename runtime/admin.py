@@ -12,7 +12,9 @@ caller's subject, and every refusal as ``admin.denied``.
 Deployments (see `_Deployer`): one deploy, rollback or split runs at a time. A bundle is staged
 in the version store, validated (`load_app`, then loaded in fresh isolates) and only then gets
 the traffic; a bundle that fails either step is answered 422 and removed, and the old version
-keeps serving. Any change of the current version clears a traffic split.
+keeps serving. Any change of the current version clears a traffic split. ``serve`` restarted on
+the same, unchanged app dir resumes the version that was current and its rollback history
+(`VersionStore.write_active`); a changed app dir, or ``dev``, serves the app dir.
 """
 
 from __future__ import annotations
@@ -94,14 +96,40 @@ class _Deployer:
         self.aliases: dict[str, str] = {}
         self.history: list[str] = []  # activated version ids, the current one last
         self._drains: set[asyncio.Future[Any]] = set()
-        initial = self._record_initial()
-        self.aliases["v1"] = initial  # the name Front.start gives the version it loads
-        self.history.append(initial)
+        self.started_from = self._record_initial()
+        self.history = self._resume() or [self.started_from]
+        self.aliases["v1"] = self.history[-1]  # the name Front.start gives the version it loads
+        self._save()
 
     def _record_initial(self) -> str:
         root = Path(self.front.initial.root)
         return self.store.record_dir(root, by=None, message=f"serving at startup from {root}",
                                      skip=[self.front.state_dir]).id
+
+    def _resume(self) -> list[str] | None:
+        """`serve` restarted on an unchanged app dir comes back with the version that was
+        current, and its history (for rollback). A changed app dir wins, like a fresh start;
+        `dev` always serves the app dir."""
+        state = self.store.read_active()
+        if self.front.dev or state is None or state.get("started_from") != self.started_from:
+            return None
+        history = [v for v in state["history"] if self.store.get(v) is not None]
+        if not history or history[-1] == self.started_from:
+            return history or None
+        try:
+            self.front.initial = load_app(self.store.app_dir(history[-1]))
+        except ConfigError as e:
+            log("resume_failed", version=history[-1], error=str(e))
+            return None
+        log("resumed", version=history[-1])
+        return history
+
+    def _save(self) -> None:
+        self.store.write_active(self.started_from, self.history)
+
+    def _activated(self, vid: str) -> None:
+        self.history.append(vid)
+        self._save()
 
     def current(self) -> str | None:
         dep = self.front.current
@@ -160,7 +188,7 @@ class _Deployer:
                 raise
             meta = self.store.commit(staged, by=by, message=message)
             self._clear_split()
-            self.history.append(meta.id)
+            self._activated(meta.id)
             return {"version": self.store.describe(meta), "previous": previous}
 
     async def rollback(self, version: str | None) -> dict[str, Any]:
@@ -172,9 +200,10 @@ class _Deployer:
                 target = self.history[-2]
                 await self._activate(target)
                 self.history.pop()
+                self._save()
             else:
                 await self._activate(version)
-                self.history.append(version)
+                self._activated(version)
             return {"current": self.current(), "previous": previous, "split": None}
 
     async def split(self, version: str, percent: float) -> dict[str, Any]:
@@ -187,7 +216,7 @@ class _Deployer:
                 raise _Problem(409, "already_current", f"{version!r} is the current version")
             if percent == 100:
                 await self._activate(version)
-                self.history.append(version)
+                self._activated(version)
                 return {"current": self.current(), "previous": previous, "split": None}
             split = self.front.split
             if split is not None and self.aliases.get(split[0].version, split[0].version) == version:

@@ -17,6 +17,10 @@ once isolates import it) and returns a `StagedVersion`; the caller validates and
 `discard` removes the directory. A directory without ``meta.json`` is a failed or interrupted
 stage and is never listed. `pack_dir` builds a bundle from an app dir (what ``edgeworks
 deploy`` sends), skipping caches, VCS dirs, virtualenvs and state dirs.
+
+``<state_dir>/deployment.json`` records which versions were activated, the current one last, and the snapshot
+of the app dir the server started from: a server restarted on an unchanged app dir resumes the
+version that was current (see `runtime.admin`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -201,6 +205,7 @@ class VersionStore:
     def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time):
         self.dir = Path(state_dir) / "versions"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._active = Path(state_dir) / "deployment.json"
         self._clock = clock
 
     def stage(self, bundle: bytes, **limits: int) -> StagedVersion:
@@ -260,6 +265,25 @@ class VersionStore:
             if meta is not None:
                 out.append(meta)
         return sorted(out, key=lambda m: (m.created, m.id))
+
+    def read_active(self) -> dict[str, Any] | None:
+        """What the last server of this state dir was serving (see `write_active`), if known."""
+        try:
+            state = json.loads(self._active.read_text())
+        except (OSError, ValueError):
+            return None
+        history = state.get("history") if isinstance(state, dict) else None
+        if not isinstance(history, list) or not all(isinstance(v, str) for v in history):
+            return None
+        return state
+
+    def write_active(self, started_from: str, history: list[str]) -> None:
+        """Record the activated versions (the current one last) and the snapshot of the app dir
+        the server started from; written atomically."""
+        final = self._active
+        tmp = final.with_name(f".deployment.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"started_from": started_from, "history": history[-100:]}))
+        os.replace(tmp, final)
 
     def record_dir(self, root: Path, *, by: str | None, message: str | None,
                    source: Literal["upload", "initial"] = "initial", skip: Iterable[Path] = ()) -> VersionMeta:

@@ -183,3 +183,22 @@ def test_split_rollback_and_promote(served):
     assert c.get("/__edgeworks/health").json()["version"] == initial
     listed = c.get("/__edgeworks/versions").json()["versions"]
     assert [v["id"] for v in listed][-2:] == [two, three] and listed[0]["source"] == "initial"
+
+
+def test_restarted_serve_resumes_the_deployed_version_unless_the_app_dir_changed(tmp_path):
+    app = make_app(tmp_path / "one", "one")
+    state = tmp_path / "state"
+    with Server(app, "serve", state_dir=state) as server, server.client(headers=bearer(token())) as c:
+        two = deploy(c, pack_dir(make_app(tmp_path / "two", "two"))).json()["version"]["id"]
+        assert c.get("/v").text == "two"
+    with Server(app, "serve", state_dir=state) as server, server.client(headers=bearer(token())) as c:
+        assert c.get("/v").text == "two"  # a deployment outlives a restart
+        assert c.get("/__edgeworks/versions").json()["current"] == two
+        r = c.post("/__edgeworks/rollback", json={})  # and so does the history it rolls back in
+        assert r.status_code == 200 and r.json()["previous"] == two
+        assert c.get("/v").text == "one"
+    with Server(app, "serve", state_dir=state) as server, server.client() as c:
+        assert c.get("/v").text == "one"  # the rollback was remembered too
+    make_app(tmp_path / "one", "edited")  # the operator changed the app dir: it wins
+    with Server(app, "serve", state_dir=state) as server, server.client() as c:
+        assert c.get("/v").text == "edited"
