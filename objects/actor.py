@@ -94,6 +94,7 @@ class ObjectActor:
                 preload_rows=options.preload_rows,
                 preload_bytes=options.preload_bytes,
                 max_cached_keys=options.max_cached_keys,
+                idempotency_ttl_ms=int(options.idempotency_ttl_s * 1000),
             ),
             now_ms=now_ms,
             on_broken=self.reset,

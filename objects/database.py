@@ -129,6 +129,7 @@ class Batch:
     alarm_changed: bool = False
     alarm: int | None = None
     idempotency: list[tuple[str, bytes, int]] = field(default_factory=list)
+    expire_before: int | None = None  # prune idempotency records created before (epoch ms)
 
 
 @dataclass
@@ -242,12 +243,13 @@ class ObjectDatabase:
     ) -> list[tuple[str, bytes]]:
         return list(self.conn.execute(*range_query("_ew_kv", start, end, prefix, reverse, limit)))
 
-    async def read_idempotency(self, key: str) -> bytes | None:
+    async def read_idempotency(self, key: str) -> tuple[bytes, int] | None:
+        """``(reply, created_ms)`` recorded for ``key``."""
         return await self._run(self._read_idempotency, key)
 
-    def _read_idempotency(self, key: str) -> bytes | None:
-        row = self.conn.execute("SELECT reply FROM _ew_idempotency WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+    def _read_idempotency(self, key: str) -> tuple[bytes, int] | None:
+        return self.conn.execute(
+            "SELECT reply, created_ms FROM _ew_idempotency WHERE key = ?", (key,)).fetchone()
 
     # -- writes --------------------------------------------------------------------------------
     def commit_soon(self, batch: Batch) -> asyncio.Future[None]:
@@ -293,6 +295,8 @@ class ObjectDatabase:
                 "INSERT OR REPLACE INTO _ew_idempotency (key, reply, created_ms) VALUES (?, ?, ?)",
                 batch.idempotency,
             )
+        if batch.expire_before is not None:
+            conn.execute("DELETE FROM _ew_idempotency WHERE created_ms < ?", (batch.expire_before,))
 
     async def delete_all(self) -> None:
         await self._run(self._delete_all)

@@ -24,6 +24,9 @@ class ObjectHostOptions(BaseModel):
     preload_rows: int = Field(10_000, ge=0, description="load the whole KV table when this small")
     preload_bytes: int = Field(8 * 1024 * 1024, ge=0)
     max_cached_keys: int = Field(100_000, ge=1, description="bound of the per-object read cache")
+    idempotency_ttl_s: float = Field(
+        86_400.0, gt=0, description="how long the reply of an idempotent op is kept (and replayed)"
+    )
     alarm_max_retries: int = Field(6, ge=0)
     alarm_backoff_ms: int = Field(2000, ge=1, description="first retry delay; doubles each retry")
     close_timeout_s: float = Field(10.0, gt=0, description="how long close() waits for events")

@@ -269,14 +269,10 @@ class SharedObjectDatabase:
                                   scope=("class_name = ? AND id = ?", self._obj))
         return await self._store.submit(lambda conn: list(conn.execute(sql, params)))
 
-    async def read_idempotency(self, key: str) -> bytes | None:
-        def read(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(
-                "SELECT reply FROM idempotency WHERE class_name = ? AND id = ? AND key = ?",
-                (*self._obj, key)).fetchone()
-            return row[0] if row else None
-
-        return await self._store.submit(read)
+    async def read_idempotency(self, key: str) -> tuple[bytes, int] | None:
+        return await self._store.submit(lambda conn: conn.execute(
+            "SELECT reply, created_ms FROM idempotency WHERE class_name = ? AND id = ? AND key = ?",
+            (*self._obj, key)).fetchone())
 
     # -- writes --------------------------------------------------------------------------------
     def commit_soon(self, batch: Batch) -> asyncio.Future[None]:
@@ -304,6 +300,9 @@ class SharedObjectDatabase:
             conn.executemany(
                 "INSERT OR REPLACE INTO idempotency (class_name, id, key, reply, created_ms) "
                 "VALUES (?, ?, ?, ?, ?)", [(*obj, *rec) for rec in batch.idempotency])
+        if batch.expire_before is not None:
+            conn.execute("DELETE FROM idempotency WHERE class_name = ? AND id = ? AND created_ms < ?",
+                         (*obj, batch.expire_before))
 
     async def delete_all(self) -> None:
         def delete(conn: sqlite3.Connection) -> None:

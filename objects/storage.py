@@ -52,6 +52,8 @@ class StorageLimits:
     preload_rows: int = 10_000
     preload_bytes: int = 8 * 1024 * 1024
     max_cached_keys: int = 100_000
+    idempotency_ttl_ms: int = 86_400_000
+    max_cached_replies: int = 1024
 
 
 class Storage:
@@ -76,7 +78,7 @@ class Storage:
         self._cache: dict[str, bytes | None] = {}
         self._complete = False
         self._alarm: int | None = None
-        self._idem: dict[str, bytes] = {}
+        self._idem: dict[str, tuple[bytes, int]] = {}  # key -> (reply, created_ms), newest last
         self._sections: list[Section] = []
         self._broken: DurableObjectReset | None = None
         # the batch being accumulated
@@ -155,6 +157,8 @@ class Storage:
         if self._committing or self._moving or not self._pending or self._sql_section or self._broken:
             return
         batch = Batch(epoch=self._epoch, writes=self._dirty, idempotency=self._idem_dirty)
+        if self._idem_dirty:  # recording replies also prunes the expired ones
+            batch.expire_before = self._now_ms() - self._limits.idempotency_ttl_ms
         if self._alarm_dirty:
             batch.alarm_changed, batch.alarm = True, self._alarm
         self._epoch += 1
@@ -483,22 +487,32 @@ class Storage:
         if section.alarm is not MISSING:
             self._alarm = section.alarm
             self._alarm_dirty = True
-        for rec in section.idempotency:
-            self._idem[rec[0]] = rec[1]
+        for key, reply, created_ms in section.idempotency:
+            self._remember_reply(key, reply, created_ms)
         self._idem_dirty += section.idempotency
         if section.writes or section.alarm is not MISSING or section.idempotency:
             self._note_write()
 
     async def recorded_reply(self, idempotency_key: str) -> bytes | None:
-        """The reply recorded for ``idempotency_key``, if an op with that key was applied."""
+        """The reply recorded for ``idempotency_key``, if an op with that key was applied within
+        ``idempotency_ttl_ms``."""
         await self._enter()
-        if idempotency_key in self._idem:
-            return self._idem[idempotency_key]
-        async with self._in.hold():
-            data = await self._db.read_idempotency(idempotency_key)
-        if data is not None:
-            self._idem[idempotency_key] = data
-        return data
+        since = self._now_ms() - self._limits.idempotency_ttl_ms
+        cached = self._idem.get(idempotency_key)
+        if cached is None:
+            async with self._in.hold():
+                cached = await self._db.read_idempotency(idempotency_key)
+            if cached is None:
+                return None
+            self._remember_reply(idempotency_key, *cached)
+        reply, created_ms = cached
+        return reply if created_ms >= since else None
+
+    def _remember_reply(self, key: str, reply: bytes, created_ms: int) -> None:
+        self._idem.pop(key, None)
+        self._idem[key] = (reply, created_ms)
+        if len(self._idem) > self._limits.max_cached_replies:
+            del self._idem[next(iter(self._idem))]  # the oldest; a later lookup reads SQLite
 
     def record_reply(self, section: Section, idempotency_key: str, reply: bytes) -> None:
         section.idempotency.append((idempotency_key, reply, self._now_ms()))

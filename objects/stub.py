@@ -6,7 +6,8 @@
 - ``await stub.fetch(request_or_url, **init)`` -> the object's ``fetch`` response;
 - ``await stub.some_method(*args, **kwargs)`` -> the method's result (RPC);
 - ``stub.with_options(idempotency_key="k").some_method(...)``: the op is applied at most once
-  per object for that key; a retry returns the recorded reply (see ``objects.actor``).
+  per object for that key; a retry returns the recorded reply (see ``objects.actor``). Replies
+  are kept ``idempotency_ttl_s`` (a day by default), then pruned.
 
 E-order: each call starts its transport coroutine *when the call is made* (as a task), so calls
 made through one stub reach the transport, and hence the object, in the order they were made,

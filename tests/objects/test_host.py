@@ -417,3 +417,45 @@ async def test_one_wal_database_per_object_with_the_configured_durability(tmp_pa
     actor = host._actors[("Counter", stub.id.hex)]
     assert actor.db.conn.execute("PRAGMA synchronous").fetchone() == (level,)
     await host.close()
+
+
+class SharedCounter(Counter):
+    shared_storage = True
+
+
+@pytest.mark.parametrize("cls", [Counter, SharedCounter])
+async def test_idempotent_replies_expire_after_the_ttl_and_are_pruned(tmp_path, cls):
+    clock = FakeClock(1_700_000_000_000)
+
+    def start():
+        host = ObjectHost("app", {"Counter": cls}, None, tmp_path, clock=clock, idempotency_ttl_s=10)
+        return host, DurableObjectNamespace("app", "Counter", LocalTransport(host)).get_by_name("t")
+
+    host, stub = start()
+    assert await stub.with_options(idempotency_key="old").increment(1) == 1
+    clock.advance(5_000)
+    assert await stub.with_options(idempotency_key="old").increment(1) == 1  # replayed
+    await host.close()
+    host, stub = start()  # the record is read back from SQLite with its age
+    assert await stub.with_options(idempotency_key="old").increment(1) == 1
+    clock.advance(6_000)  # 11 s after it was recorded: expired, applied again
+    assert await stub.with_options(idempotency_key="old").increment(1) == 2
+    clock.advance(11_000)
+    assert await stub.with_options(idempotency_key="new").increment(1) == 3
+    await host.close()
+    if cls is Counter:
+        keys = set(idempotency_rows(host, stub))
+    else:
+        conn = sqlite3.connect(tmp_path / "objects" / "app" / "_shared.sqlite")
+        keys = {k for (k,) in conn.execute("SELECT key FROM idempotency")}
+        conn.close()
+    assert keys == {"new"}  # recording "new" pruned the expired record
+
+
+async def test_replies_beyond_the_in_memory_bound_are_still_replayed_from_sqlite(tmp_path):
+    host, ns = make(tmp_path)
+    stub = ns.get_by_name("many")
+    await asyncio.gather(*(stub.with_options(idempotency_key=f"k{i}").increment(1) for i in range(1100)))
+    assert await stub.with_options(idempotency_key="k0").increment(1) == 1  # evicted from memory
+    assert await stub.value() == 1100
+    await host.close()
