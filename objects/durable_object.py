@@ -67,6 +67,9 @@ class DurableObject:
     """
 
     shared_storage: ClassVar[bool] = False
+    #: Evict an object of this class after this long without events, if shorter than the
+    #: host's ``idle_timeout_s``.
+    idle_timeout_s: ClassVar[float | None] = None
 
     def __init__(self, ctx: DurableObjectState, env: Any) -> None:
         self.ctx = ctx

@@ -11,7 +11,8 @@ never raises for a bad op: every failure is an ``{"error": ...}`` reply.
 - Cancellation: cancelling ``handle`` withdraws an event that was not yet delivered; a
   delivered event runs to completion and its writes are committed (its reply is discarded).
 - Eviction: an object with nothing queued, running or uncommitted for ``idle_timeout_s`` (by
-  the injected clock) is closed; its next event constructs it again from disk.
+  the injected clock; a class may set a shorter one) is closed; its next event constructs it
+  again from disk.
 - Alarms: ``start()`` reads the per-script alarm index and schedules every alarm of an object
   this host ``owns``; an alarm whose time has passed fires at once. Setting or deleting an alarm
   reschedules it when the write commits. Failures are retried (``objects.alarms``).
@@ -130,6 +131,10 @@ class ObjectHost:
         rows = await asyncio.to_thread(scan_key, self.root, class_name, key)
         return [(id_hex, values.decode(data)) for id_hex, data in rows]
 
+    def _idle_timeout_s(self, class_name: str) -> float:
+        own = self.classes[class_name].idle_timeout_s
+        return self.options.idle_timeout_s if own is None else min(own, self.options.idle_timeout_s)
+
     def is_live(self, class_name: str, id_hex: str) -> bool:
         """Whether the object currently has a live (constructed or constructing) actor."""
         return (class_name, id_hex) in self._actors
@@ -223,17 +228,18 @@ class ObjectHost:
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
     async def _reap(self) -> None:
-        interval = max(1, int(self.options.idle_timeout_s * 1000 / 2))
+        interval = max(1, int(min(map(self._idle_timeout_s, self.classes)) * 1000 / 2))
         while not self._closed:
             await self.clock.sleep_until(self.clock.now() + interval)
             await self.evict_idle()
 
     async def evict_idle(self) -> int:
-        """Close every object idle for at least ``idle_timeout_s``; returns how many."""
-        limit = self.clock.now() - int(self.options.idle_timeout_s * 1000)
+        """Close every object idle for at least its ``idle_timeout_s``; returns how many."""
+        now = self.clock.now()
+        limits = {name: now - int(self._idle_timeout_s(name) * 1000) for name in self.classes}
         evicted = 0
         for key, actor in list(self._actors.items()):
-            if actor.idle and actor.last_active_ms <= limit and actor.broken is None:
+            if actor.idle and actor.last_active_ms <= limits[key[0]] and actor.broken is None:
                 del self._actors[key]
                 self._close_later(key, actor)
                 self._audit("object_evicted", {"script": self.script, "class_name": key[0], "id": key[1]})

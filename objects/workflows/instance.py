@@ -43,6 +43,9 @@ class WorkflowInstanceObject(InstanceEngine):
     """Internal durable object hosting one workflow run; subclassed per workflow class."""
 
     shared_storage = True  # instances are many and small: one group commit serves them all
+    # An instance without a running task (finished, waiting, queued) has its state on disk and
+    # its alarm to wake it: out of memory soon, or a busy class keeps every recent one resident.
+    idle_timeout_s = 2.0
 
     async def create(self, instance_id: str, params: Any, tenant: str | None) -> dict[str, Any]:
         await self._load()

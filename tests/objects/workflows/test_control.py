@@ -8,6 +8,8 @@ import pytest
 
 from objects.workflows import WorkflowEntrypoint, WorkflowError, WorkflowLimits
 
+from ..aio import settle
+
 
 class Saga(WorkflowEntrypoint):
     async def run(self, event, step):
@@ -322,3 +324,28 @@ async def test_the_registry_is_not_evicted_while_it_holds_slots(harness):
     gate.set()
     await harness.wait(first, "complete")
     await harness.wait(second, "complete")
+
+
+async def test_idle_instances_leave_memory_soon_and_come_back_from_disk(harness):
+    class Waits(WorkflowEntrypoint):
+        async def run(self, event, step):
+            if event.payload == "wait":
+                got = await step.wait_for_event("go", type="go")
+                return got["payload"]
+            return await step.do("one", lambda: 1)
+
+    binding = await harness.start(Waits)
+    done = await binding.create(id="done")
+    waiting = await binding.create(id="waiting", params="wait")
+    await harness.wait(done, "complete")
+    await harness.wait(waiting, "waiting")
+    instance_class = harness.definition.instance_class_name
+    ids = {name: harness.definition.instance_stub(None, name).id.hex for name in ("done", "waiting")}
+    assert all(harness.host.is_live(instance_class, i) for i in ids.values())
+    await settle()  # the runs' tasks finish (their done-callbacks untrack them)
+    harness.advance(3)  # past the 2 s an instance class keeps idle objects (host: 30 s)
+    await harness.host.evict_idle()  # (or the host's reaper, woken by the clock, did it)
+    assert not any(harness.host.is_live(instance_class, i) for i in ids.values())
+    assert (await done.status())["output"] == 1  # rebuilt from its stored record
+    await waiting.send_event("go", "went")
+    assert (await harness.wait(waiting, "complete"))["output"] == "went"
