@@ -345,9 +345,12 @@ class Storage:
         if self._sections:
             raise RuntimeError("delete_all() cannot be used inside a transaction")
         async with self._in.hold(exclusive=True):
+            # Writes not yet submitted are dropped, not committed after the delete (their epoch
+            # is covered by the next commit); submitted ones run before it on the I/O thread.
+            self._dirty = {}
             self._note_write()
             await self._db.delete_all()
-            self._cache, self._complete, self._dirty = {}, True, {}
+            self._cache, self._complete = {}, True
 
     async def sync(self) -> None:
         """Wait until every write made so far is durable.

@@ -418,3 +418,17 @@ async def test_cache_is_bounded_and_evicted_entries_are_read_back(harness):
     assert cached <= 50 and cached_after <= 50 + 120  # bound + one multi-get
     assert values == list(range(200))
     assert listed == ["k199", "k198", "k197", "k196", "k195"]
+
+
+async def test_delete_all_right_after_a_write_deletes_that_write_too(harness):
+    host, obj = harness()
+
+    async def fn(s):
+        await s.put("a", 1)  # its commit is not submitted yet when delete_all starts
+        await s.delete_all()
+        return await s.list()
+
+    assert await obj.run(fn) == {}
+    await host.close()
+    _, obj2 = harness()
+    assert await obj2.run(lambda s: s.list()) == {}
