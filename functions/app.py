@@ -66,21 +66,21 @@ class Counter(DurableObject):
 
 class ChatRoom(DurableObject):
     """A chat session keeping its messages with the SQL API of the object's own database.
-    (`sql.exec` is awaited here: SQLite runs on the object's I/O thread.)"""
+    `sql.exec` is synchronous, as on Cloudflare; the table is created by the constructor."""
 
-    async def _sql(self, query, *params):
-        sql = self.ctx.storage.sql
-        await sql.exec(
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        self.sql = ctx.storage.sql
+        self.sql.exec(
             "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, user TEXT, text TEXT)"
         )
-        return await sql.exec(query, *params)
 
-    async def post(self, user, text):
-        await self._sql("INSERT INTO messages (user, text) VALUES (?, ?)", user, text)
-        return (await self._sql("SELECT count(*) AS n FROM messages")).one()["n"]
+    def post(self, user, text):
+        self.sql.exec("INSERT INTO messages (user, text) VALUES (?, ?)", user, text)
+        return self.sql.exec("SELECT count(*) AS n FROM messages").one().n
 
-    async def history(self, limit=50):
-        cursor = await self._sql("SELECT user, text FROM messages ORDER BY id DESC LIMIT ?", limit)
+    def history(self, limit=50):
+        cursor = self.sql.exec("SELECT user, text FROM messages ORDER BY id DESC LIMIT ?", limit)
         return cursor.to_list()[::-1]
 
 

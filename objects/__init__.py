@@ -7,9 +7,11 @@ Public API; see the modules for exact semantics (``gates`` for the input and out
 
 Where this differs from Cloudflare's API, and why:
 
-- ``await ctx.storage.sql.exec(...)`` is a coroutine (SQLite runs on the object's I/O thread)
-  and runs one statement; transaction control statements are rejected (batching owns the
-  transaction; use ``storage.transaction``).
+- ``ctx.storage.sql.exec(...)`` is synchronous, as in Cloudflare's API (it blocks until the
+  object's I/O thread ran the statement); its cursor may also be awaited. Only while another
+  event's ``storage.transaction`` runs must it be awaited (see ``objects.sql``). It runs one
+  statement; transaction control statements are rejected (batching owns the transaction; use
+  ``storage.transaction``).
 - Values are msgpack values (tuples come back as lists), not structured clones.
 - An RPC method may be sync or async; a stub call returns a task, started at once (E-order).
 - ``ctx.block_concurrency_while(fn)`` returns the task running ``fn`` (call it from

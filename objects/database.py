@@ -162,6 +162,11 @@ class ObjectDatabase:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the I/O thread, in order with the other jobs, and block until it ran
+        (synchronous SQL; no I/O job ever waits for the caller, so this cannot deadlock)."""
+        return self._executor.submit(fn, *args).result()
+
     # -- open / close --------------------------------------------------------------------------
     async def open(self, preload_rows: int, preload_bytes: int) -> OpenState:
         return await self._run(self._open, preload_rows, preload_bytes)
@@ -311,8 +316,8 @@ class ObjectDatabase:
         for kind, name in sorted(objs, key=lambda o: o[0] != "view"):
             conn.execute(f'DROP {kind.upper()} IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
 
-    async def exec(self, query: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]], int]:
-        return await self._run(self._exec, query, params)
+    def exec(self, query: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]], int]:
+        return self._call(self._exec, query, params)
 
     def _exec(self, query: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]], int]:
         conn = self._begin()
@@ -322,8 +327,11 @@ class ObjectDatabase:
         rows = cur.fetchall()
         return columns, rows, conn.total_changes - before
 
-    async def savepoint(self, name: str, action: Literal["open", "release", "rollback"]) -> None:
+    async def savepoint(self, name: str, action: Literal["release", "rollback"]) -> None:
         await self._run(self._savepoint, name, action)
+
+    def open_savepoint(self, name: str) -> None:
+        self._call(self._savepoint, name, "open")
 
     def _savepoint(self, name: str, action: str) -> None:
         if action == "open":

@@ -8,8 +8,8 @@ InputGate
 ---------
 The gate is *closed* while it has a holder or queued lockers, *open* otherwise.
 
-- Holders: a storage operation that must really wait (a cache miss read from SQLite, ``list``,
-  ``sql.exec``) holds the gate for the duration of its I/O; ``transaction(fn)``, an idempotent
+- Holders: a storage operation that must really wait (a cache miss read from SQLite, ``list``)
+  holds the gate for the duration of its I/O (``sql.exec`` blocks instead: nothing else runs); ``transaction(fn)``, an idempotent
   op, ``delete_all()`` and ``block_concurrency_while(fn)`` hold it until they finish (a
   *critical section*). Lockers are granted in FIFO order.
 - What is blocked while it is closed: (1) the delivery of any new event to the object;

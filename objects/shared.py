@@ -26,6 +26,7 @@ lock serializes their transactions.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import sqlite3
 import threading
@@ -61,8 +62,8 @@ class _Job:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     commit: bool  # joins the group transaction
-    loop: asyncio.AbstractEventLoop
-    fut: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None  # None: a caller blocked in ``call``
+    fut: asyncio.Future[Any] | concurrent.futures.Future[Any]
 
 
 class SharedDatabase:
@@ -81,6 +82,10 @@ class SharedDatabase:
         """Run ``fn(conn, *args)`` on the thread; the future resolves with its result."""
         loop = asyncio.get_running_loop()
         job = _Job(fn, args, commit, loop, loop.create_future())
+        self._enqueue(job)
+        return job.fut  # type: ignore[return-value]
+
+    def _enqueue(self, job: _Job) -> None:
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="edgeworks-do-shared",
@@ -88,7 +93,13 @@ class SharedDatabase:
                 self._thread.start()
             self._jobs.append(job)
             self._cond.notify()
-        return job.fut
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(conn, *args)`` on the thread, after the jobs before it, and block until it
+        ran (the writer never waits for the caller, so this cannot deadlock)."""
+        job = _Job(fn, args, False, None, concurrent.futures.Future())
+        self._enqueue(job)
+        return job.fut.result()
 
     async def alarms(self) -> list[tuple[str, str, int]]:
         return await self.submit(lambda conn: list(conn.execute(
@@ -189,6 +200,9 @@ class SharedDatabase:
 def _deliver(done: list[tuple[_Job, Any, BaseException | None]]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
     for item in done:
+        if item[0].loop is None:
+            _resolve([item])  # a concurrent future: set from this thread
+            continue
         by_loop.setdefault(item[0].loop, []).append(item)
     for loop, items in by_loop.items():
         try:
@@ -199,7 +213,7 @@ def _deliver(done: list[tuple[_Job, Any, BaseException | None]]) -> None:
 
 def _resolve(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
     for job, result, exc in items:
-        if job.fut.done():
+        if job.fut.done():  # cancelled
             continue
         if exc is None:
             job.fut.set_result(result)
@@ -310,20 +324,22 @@ class SharedObjectDatabase:
 
         await self._store.submit(delete, commit=True)
 
-    async def exec(self, query: str, params: tuple[Any, ...]) -> Any:
+    def exec(self, query: str, params: tuple[Any, ...]) -> Any:
+        raise RuntimeError("a shared-storage object must move to its own database before SQL")
+
+    def open_savepoint(self, name: str) -> None:
         raise RuntimeError("a shared-storage object must move to its own database before SQL")
 
     async def savepoint(self, name: str, action: str) -> None:
         raise RuntimeError("a shared-storage object must move to its own database before SQL")
 
     # -- moving out ----------------------------------------------------------------------------
-    async def detach(self) -> ObjectDatabase:
-        """Move this object's rows into a database of its own and return that database.
-
-        The caller must have committed everything first and submit nothing here meanwhile."""
-        await self._store.submit(self._move_out)
+    def detach(self) -> ObjectDatabase:
+        """Move this object's rows into a database of its own and return that database (blocks
+        until done). Commits submitted before are moved too; submit nothing here meanwhile."""
+        self._store.call(self._move_out)
         db = ObjectDatabase(self.path, self.durability, alarm_hook=self._alarm_hook)
-        await db.open(0, 0)
+        db._call(db._open, 0, 0)
         return db
 
     def _move_out(self, conn: sqlite3.Connection) -> None:

@@ -36,7 +36,7 @@ from objects.database import Batch, ObjectDatabase
 from objects.errors import DurableObjectReset
 from objects.gates import InputGate, OutputGate
 from objects.shared import SharedObjectDatabase
-from objects.sql import SqlCursor, SqlStorage
+from objects.sql import PendingSql, SqlCursor, SqlStorage
 from objects.transaction import MISSING, Section, Transaction
 
 __all__ = ["Storage", "StorageLimits"]
@@ -414,27 +414,41 @@ class Storage:
         self._note_write()
 
     # -- SQL -----------------------------------------------------------------------------------
-    async def _exec_sql(self, query: str, params: tuple[Any, ...]) -> SqlCursor:
-        await self._enter()
-        async with self._in.hold():
-            if self._db.shared:
-                await self._move_out()
-            if self._sections and self._sections[-1].savepoint is None:
-                name = f"ew_sp_{next(_savepoints)}"
-                self._sections[-1].savepoint = name  # before the await: stops new flushes
-                await self._db.savepoint(name, "open")
-            self._note_write()
-            columns, rows, written = await self._db.exec(query, params)
-            return SqlCursor(columns, rows, written)
+    def _exec_sql(self, query: str, params: tuple[Any, ...]) -> SqlCursor | PendingSql:
+        """Run one statement now, on the object's I/O thread, blocking until it ran (Cloudflare's
+        ``exec`` is synchronous). While a transaction of *another* event holds the storage the
+        statement cannot run now: the caller gets a ``PendingSql`` to await instead."""
+        if self._broken is not None:
+            raise self._broken
+        if self._in.blocks_storage:
+            return PendingSql(self, query, params)
+        if self._db.shared:
+            self._move_out()
+        if self._sections and self._sections[-1].savepoint is None:
+            name = f"ew_sp_{next(_savepoints)}"
+            self._sections[-1].savepoint = name  # stops new flushes until the section ends
+            self._db.open_savepoint(name)
+        self._note_write()
+        columns, rows, written = self._db.exec(query, params)
+        return SqlCursor(columns, rows, written)
 
-    async def _move_out(self) -> None:
-        """Move a shared-storage object to a database of its own (``objects.shared``)."""
+    async def _exec_sql_when_free(self, query: str, params: tuple[Any, ...]) -> SqlCursor:
+        while True:
+            await self._enter()  # waits for the other event's transaction
+            result = self._exec_sql(query, params)
+            if isinstance(result, SqlCursor):
+                return result
+
+    def _move_out(self) -> None:
+        """Move a shared-storage object to a database of its own (``objects.shared``); blocks.
+
+        A commit already submitted to the shared database is moved with the rest; writes not
+        yet submitted are committed to the new database."""
         if self._pending:
             self._kick()
-        await self._out.wait()  # every batch is committed to the shared database
-        self._moving = True  # batches written meanwhile wait for the new database
+        self._moving = True
         try:
-            self._db = await self._db.detach()
+            self._db = self._db.detach()  # type: ignore[union-attr]
         except Exception as exc:
             self._fail(f"moving to its own database failed: {type(exc).__name__}: {exc}")
             raise self._broken from exc  # type: ignore[misc]

@@ -58,6 +58,11 @@ class Box(DurableObject):
 
         await self.ctx.storage.transaction(body)
 
+    async def put_then_sql(self, n):
+        await self.ctx.storage.put("before", n)  # its commit is not submitted yet
+        self.ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS t (x)")  # moves the object now
+        await self.ctx.storage.put("after", n)
+
     async def ledger_rows(self):
         return [r["n"] for r in (await self.ctx.storage.sql.exec("SELECT n FROM ledger")).to_list()]
 
@@ -272,4 +277,16 @@ async def test_a_corrupt_database_file_is_a_clear_error_naming_the_file(tmp_path
             await stub.put("k", 1)
         assert caught.value.type == "durable_object_reset"
         assert "file is not a database" in caught.value.message and str(file) in caught.value.message
+    await host.close()
+
+
+async def test_synchronous_sql_moves_the_object_with_writes_not_yet_committed(tmp_path):
+    host, ns = make(tmp_path)
+    stub = ns.get_by_name("p")
+    await stub.put("first", 0)
+    await stub.put_then_sql(1)
+    assert own_file(tmp_path, stub).exists() and shared_rows(tmp_path) == []
+    await host.close()
+    host, ns = make(tmp_path)
+    assert await ns.get_by_name("p").items() == {"first": 0, "before": 1, "after": 1}
     await host.close()

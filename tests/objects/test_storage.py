@@ -432,3 +432,70 @@ async def test_delete_all_right_after_a_write_deletes_that_write_too(harness):
     await host.close()
     _, obj2 = harness()
     assert await obj2.run(lambda s: s.list()) == {}
+
+
+class Ledger(DurableObject):
+    """Written the way Cloudflare's documentation writes SQL objects: synchronous SQL, a table
+    created in the constructor, rows read by attribute."""
+
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        self.sql = ctx.storage.sql
+        self.sql.exec("CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, amount INTEGER)")
+
+    def add(self, amount):
+        self.sql.exec("INSERT INTO entries (amount) VALUES (?)", amount)
+        return self.sql.exec("SELECT sum(amount) AS total, count(*) AS n FROM entries").one().total
+
+    async def add_in_transaction_slowly(self, amount, started, proceed):
+        async def body(txn):
+            self.sql.exec("INSERT INTO entries (amount) VALUES (?)", amount)
+            started.set()
+            await proceed.wait()
+
+        await self.ctx.storage.transaction(body)
+
+    def add_now(self, amount):
+        return self.sql.exec("INSERT INTO entries (amount) VALUES (?)", amount).rows_written
+
+    async def add_when_free(self, amount):
+        cursor = await self.sql.exec("INSERT INTO entries (amount) VALUES (?)", amount)
+        return cursor.rows_written
+
+    def total(self):
+        row = self.sql.exec("SELECT sum(amount) AS total FROM entries").one()
+        return row.total, row["total"]
+
+
+def ledger(tmp_path):
+    host = ObjectHost("app", {"Ledger": Ledger}, None, tmp_path)
+    return host, DurableObjectNamespace("app", "Ledger", LocalTransport(host)).get_by_name("l")
+
+
+async def test_sql_exec_is_synchronous_like_cloudflares(tmp_path):
+    host, stub = ledger(tmp_path)
+    assert await stub.add(5) == 5
+    assert await stub.add(7) == 12
+    await host.close()
+    host, stub = ledger(tmp_path)  # the constructor's CREATE TABLE IF NOT EXISTS runs again
+    assert await stub.total() == (12, 12)
+    await host.close()
+
+
+async def test_sql_during_another_events_transaction_must_be_awaited(tmp_path):
+    host, stub = ledger(tmp_path)
+    await stub.add(1)
+    started, proceed = asyncio.Event(), asyncio.Event()
+    slow = asyncio.ensure_future(host.handle(stub.address, {
+        "kind": "rpc", "method": "add_in_transaction_slowly", "args": [10, started, proceed]}))
+    await started.wait()
+    actor = host._actors["Ledger", stub.id.hex]
+    with pytest.raises(RuntimeError, match="await it"):  # a running event's sync call
+        actor.instance.add_now(100)
+    waiting = asyncio.ensure_future(actor.instance.add_when_free(100))
+    await asyncio.sleep(0.02)
+    assert not waiting.done()  # it waits for the transaction instead of running inside it
+    proceed.set()
+    assert await waiting == 1 and "ok" in await slow
+    assert await stub.total() == (111, 111)
+    await host.close()
