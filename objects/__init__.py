@@ -13,7 +13,11 @@ Where this differs from Cloudflare's API, and why:
   statement; transaction control statements are rejected (batching owns the transaction; use
   ``storage.transaction``).
 - Values are msgpack values (tuples come back as lists), not structured clones.
-- An RPC method may be sync or async; a stub call returns a task, started at once (E-order).
+- ``fetch``, ``alarm`` and RPC methods may be sync or async; a stub call returns a task,
+  started at once (E-order).
+- Cloudflare's JavaScript names (``idFromName``, ``getByName``, ``setAlarm``, ``deleteAll``,
+  ``blockConcurrencyWhile``, ``toArray``...) are aliases of the snake_case ones, so code written
+  for Python Workers, which calls them through JS proxies, runs unchanged.
 - ``ctx.block_concurrency_while(fn)`` returns the task running ``fn`` (call it from
   ``__init__`` without awaiting, or await it from a method).
 """

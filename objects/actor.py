@@ -54,6 +54,11 @@ class QueuedEvent:
     delivered: bool = field(default=False)
 
 
+async def _result(value: Any) -> Any:
+    """A handler's result: ``fetch``, ``alarm`` and RPC methods may be plain or async functions."""
+    return await value if inspect.isawaitable(value) else value
+
+
 class ObjectActor:
     def __init__(
         self,
@@ -221,7 +226,7 @@ class ObjectActor:
             raise self.broken or DurableObjectReset("object is not constructed")
         if op["kind"] == "fetch":
             request = self._codec.decode_request(op.get("request"))
-            return self._codec.encode_response(await instance.fetch(request))
+            return self._codec.encode_response(await _result(instance.fetch(request)))
         method = op.get("method")
         args, kwargs = op.get("args") or [], op.get("kwargs") or {}
         if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
@@ -237,10 +242,7 @@ class ObjectActor:
                 METHOD_NOT_FOUND_TYPE,
                 f"{type(instance).__name__} has no public method {method!r} callable by RPC",
             )
-        result = getattr(instance, method)(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return await _result(getattr(instance, method)(*args, **kwargs))
 
     async def _run_idempotent(self, op: dict[str, Any], key: Any) -> Reply:
         if not isinstance(key, str) or not key or len(key.encode()) > 2048:
@@ -273,7 +275,8 @@ class ObjectActor:
         instance = self.instance
         if instance is None:
             raise self.broken or DurableObjectReset("object is not constructed")
-        await instance.alarm(AlarmInfo(retry_count=event.retry_count, is_retry=event.retry_count > 0))
+        await _result(instance.alarm(AlarmInfo(retry_count=event.retry_count,
+                                                is_retry=event.retry_count > 0)))
         # the handler (or work it started) may have set a new alarm: keep that one
         await self.storage.clear_alarm_if(expected)
         return {"ok": {"status": "fired", "alarm": self.storage.stored_alarm}}

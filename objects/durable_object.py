@@ -49,6 +49,10 @@ class DurableObjectState:
         """Keep the object alive (not evicted) until ``aw`` finishes; failures are audited."""
         self._track(asyncio.ensure_future(aw))
 
+    # Cloudflare's (JavaScript) names, which Python Workers code calls through its JS proxies.
+    blockConcurrencyWhile = block_concurrency_while  # noqa: N815
+    waitUntil = wait_until  # noqa: N815
+
 
 def _consume(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():

@@ -58,6 +58,12 @@ class DurableObjectId:
     def __hash__(self) -> int:
         return hash(self._hex)
 
+    def toString(self) -> str:  # noqa: N802 - Cloudflare's name
+        return self._hex
+
+    def equals(self, other: object) -> bool:
+        return self == other
+
 
 def _check_hex(s: object) -> None:
     if not isinstance(s, str) or len(s) != _HEX_LEN or not _HEX_DIGITS.issuperset(s):

@@ -92,6 +92,21 @@ class SqlCursor:
             raise ValueError(f"expected exactly one row from the query, got {len(self._rows)}")
         return SqlRow(zip(self.column_names, self._rows[0], strict=True))
 
+    # Cloudflare's (JavaScript) names, which Python Workers code calls through its JS proxies.
+    toArray = to_list  # noqa: N815
+
+    @property
+    def columnNames(self) -> list[str]:  # noqa: N802
+        return self.column_names
+
+    @property
+    def rowsRead(self) -> int:  # noqa: N802
+        return self.rows_read
+
+    @property
+    def rowsWritten(self) -> int:  # noqa: N802
+        return self.rows_written
+
 
 class PendingSql:
     """A statement that must wait for another event's transaction: await it for the cursor."""

@@ -405,6 +405,12 @@ class Storage:
         self._set_alarm(None)
         return True
 
+    # Cloudflare's (JavaScript) names, which Python Workers code calls through its JS proxies.
+    deleteAll = delete_all  # noqa: N815
+    getAlarm = get_alarm  # noqa: N815
+    setAlarm = set_alarm  # noqa: N815
+    deleteAlarm = delete_alarm  # noqa: N815
+
     def _set_alarm(self, ms: int | None) -> None:
         if self._sections:
             self._sections[-1].alarm = ms

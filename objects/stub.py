@@ -133,6 +133,12 @@ class DurableObjectNamespace:
     def get_by_name(self, name: str) -> DurableObjectStub:
         return self.get(self.id_from_name(name))
 
+    # Cloudflare's (JavaScript) names, which Python Workers code calls through its JS proxies.
+    idFromName = id_from_name  # noqa: N815
+    newUniqueId = new_unique_id  # noqa: N815
+    idFromString = id_from_string  # noqa: N815
+    getByName = get_by_name  # noqa: N815
+
 
 class DurableObjectStub:
     def __init__(

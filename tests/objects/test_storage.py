@@ -499,3 +499,23 @@ async def test_sql_during_another_events_transaction_must_be_awaited(tmp_path):
     assert await waiting == 1 and "ok" in await slow
     assert await stub.total() == (111, 111)
     await host.close()
+
+
+async def test_cloudflares_javascript_names_are_aliases(harness):
+    _, obj = harness()
+
+    async def fn(s):
+        await s.put("k", 1)
+        await s.setAlarm(dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+        alarm = await s.getAlarm()
+        await s.deleteAlarm()
+        s.sql.exec("CREATE TABLE t (x)")
+        s.sql.exec("INSERT INTO t VALUES (1), (2)")
+        cur = s.sql.exec("SELECT x FROM t ORDER BY x")
+        seen = (cur.toArray(), cur.columnNames, cur.rowsRead, cur.rowsWritten, alarm)
+        await s.deleteAll()
+        return seen, await s.list(), await s.getAlarm()
+
+    seen, listed, alarm = await obj.run(fn)
+    assert seen == ([{"x": 1}, {"x": 2}], ["x"], 2, 0, 4102444800000)
+    assert listed == {} and alarm is None

@@ -291,3 +291,49 @@ def test_an_object_over_its_queue_bound_answers_overloaded(tmp_path):
     overloaded = [r for r in results if r.status_code == 503]
     assert ok and overloaded
     assert all("durable_object_overloaded" in r.json()["error"] for r in overloaded)
+
+
+CLOUDFLARE_STYLE_MANIFEST = """
+[[scripts]]
+name = "app"
+main = "app.py"
+routes = ["/*"]
+durable_objects = [{ binding = "MY_DURABLE_OBJECT", class_name = "MyDurableObject" }]
+"""
+
+# Shaped like Cloudflare's Python Durable Object example: a synchronous fetch using synchronous
+# SQL with rows read by attribute, the table created in the constructor, ids by idFromName.
+CLOUDFLARE_STYLE_APP = '''
+from urllib.parse import urlparse
+from workers import DurableObject, Response, WorkerEntrypoint
+
+class MyDurableObject(DurableObject):
+    def __init__(self, ctx, env):
+        self.ctx = ctx
+        self.env = env
+        self.ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS visits (path TEXT)")
+
+    def fetch(self, request):
+        self.ctx.storage.sql.exec("INSERT INTO visits (path) VALUES (?)", urlparse(request.url).path)
+        result = self.ctx.storage.sql.exec(
+            "SELECT 'Hello, World!' AS greeting, count(*) AS visits FROM visits").one()
+        return Response(f"{result.greeting} visits={result.visits} id={self.ctx.id.toString()[:8]}")
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        url = urlparse(request.url)
+        id = self.env.MY_DURABLE_OBJECT.idFromName(url.path)
+        stub = self.env.MY_DURABLE_OBJECT.get(id)
+        return await stub.fetch(request.url)
+'''
+
+
+def test_an_object_written_like_cloudflares_python_example_runs_unchanged(tmp_path):
+    app = write_app(tmp_path / "app", CLOUDFLARE_STYLE_MANIFEST, {"app.py": CLOUDFLARE_STYLE_APP})
+    with Server(app) as s, s.client() as c:
+        first = c.get("/room-a")
+        assert first.status_code == 200, first.text
+        assert first.text.startswith("Hello, World! visits=1 id=")
+        assert c.get("/room-a").text.startswith("Hello, World! visits=2")
+        assert c.get("/room-b").text.startswith("Hello, World! visits=1")  # another object
+        assert c.get("/room-a").text.split("id=")[1] != c.get("/room-b").text.split("id=")[1]
