@@ -40,7 +40,7 @@ from .errors import (
     WorkflowTimeoutError,
 )
 from .options import RetryPolicy, StepConfig, WorkflowLimits, parse_duration
-from .step import Step, StepCall
+from .step import Step, StepCall, StepContext
 from .types import APPROVAL_EVENT, STATUSES, WorkflowEvent, WorkflowHooks
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "RetryPolicy",
     "Step",
     "StepCall",
+    "StepContext",
     "StepConfig",
     "StepDivergenceError",
     "StepFailedError",

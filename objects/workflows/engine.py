@@ -209,6 +209,11 @@ class InstanceEngine(DurableObject):
         finally:
             self._in_user = False
 
+    @property
+    def attempt(self) -> int:
+        """The attempt number of the step function running now (1 when none is)."""
+        return self._current["attempt"] if self._current is not None else 1
+
     def set_current(self, key: str | None, rec: Any, attempt: int, started: float) -> None:
         self._current = None if key is None else {
             "key": key, "name": rec["name"], "attempt": attempt, "started": started}

@@ -21,9 +21,12 @@ records its result, so either both the writes and the result commit, or neither.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Generator
 from datetime import datetime
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -42,7 +45,7 @@ from .types import APPROVAL_EVENT
 if TYPE_CHECKING:
     from .engine import InstanceEngine
 
-__all__ = ["Step", "StepCall"]
+__all__ = ["Step", "StepCall", "StepContext"]
 
 StepFn = Callable[[], Awaitable[Any]]
 
@@ -191,20 +194,64 @@ def failure_from_record(rec: dict[str, Any]) -> Exception:
     return StepFailedError(rec["name"], error["type"], error["message"], len(rec["attempts"]))
 
 
-class StepCall:
-    """What ``@step.do(name)`` returns: call it (or await it directly) to run the step."""
+class StepContext:
+    """What a step function's ``ctx`` parameter receives (Cloudflare's WorkflowStepContext):
+    ``step.name``, ``step.count`` (calls with that name so far, from 1), ``attempt`` (from 1)
+    and the resolved ``config``."""
 
-    def __init__(self, step: Step, name: str, fn: StepFn, options: dict[str, Any]) -> None:
+    def __init__(self, name: str, count: int, attempt: int, config: StepConfig) -> None:
+        self.step = SimpleNamespace(name=name, count=count)
+        self.attempt = attempt
+        self.config = config.model_dump()
+
+    def __repr__(self) -> str:
+        return f"StepContext(step={self.step.name!r}#{self.step.count}, attempt={self.attempt})"
+
+
+class StepCall:
+    """What ``@step.do(name)`` returns: call it (or await it directly) to run the step.
+
+    It runs at most once per run of the workflow: steps that depend on it and the code that
+    calls it share its result."""
+
+    def __init__(self, step: Step, name: str, fn: Callable[..., Awaitable[Any]],
+                 options: dict[str, Any], depends: list[StepCall]) -> None:
         self._step = step
         self._name = name
         self._fn = fn
         self._options = options
+        self._depends = depends
+        self._result: asyncio.Future[Any] | None = None
 
     def __call__(self) -> Awaitable[Any]:
-        return self._step._do(self._name, self._fn, **self._options)
+        return self._once()
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self().__await__()
+
+    async def _once(self) -> Any:
+        if self._result is not None:
+            return await asyncio.shield(self._result)
+        self._result = asyncio.get_running_loop().create_future()
+        try:
+            value = await self._run()
+        except BaseException as exc:
+            self._result.set_exception(exc)
+            self._result.exception()  # retrieved: whoever awaits it gets it raised
+            raise
+        self._result.set_result(value)
+        return value
+
+    async def _run(self) -> Any:
+        for dependency in self._depends:
+            await dependency()
+        injected = {}
+        for param in inspect.signature(self._fn).parameters:
+            dependency = self._step._declared.get(param)
+            if dependency is not None and dependency is not self:
+                injected[param] = await dependency()
+        fn = functools.partial(self._fn, **injected) if injected else self._fn
+        return await self._step._do(self._name, fn, **self._options)
 
 
 class Step:
@@ -214,6 +261,7 @@ class Step:
         self._run = run
         self._counts: dict[str, int] = {}
         self._position = 0
+        self._declared: dict[str, StepCall] = {}  # decorated step functions, by function name
 
     @property
     def sql(self) -> Any:
@@ -227,25 +275,47 @@ class Step:
 
     def do(
         self,
-        name: str,
+        name: str | None = None,
         fn: StepFn | None = None,
         *,
         retries: RetryPolicy | dict[str, Any] | None = None,
         timeout: str | float | None = None,
+        config: dict[str, Any] | None = None,
         compensate: Callable[..., Awaitable[Any]] | None = None,
         transactional: bool = False,
+        depends: list[StepCall] | None = None,
+        concurrent: bool = False,
     ) -> Any:
-        """Run ``fn`` once (durably); as a decorator when ``fn`` is omitted."""
+        """Run ``fn`` once (durably); as a decorator when ``fn`` is omitted.
+
+        The decorator form is Cloudflare's Python one: ``@step.do()`` names the step after the
+        function; calling (or awaiting) the result runs it. A parameter named like an earlier
+        decorated step function receives that step's result (the step runs first if it has
+        not yet), as do the steps listed in ``depends``; a parameter named ``ctx`` receives the
+        ``StepContext``. ``config={"retries": ..., "timeout": ...}`` is Cloudflare's
+        ``WorkflowStepConfig``. ``concurrent`` is accepted; dependencies run one after
+        another, each durably, which gives the same results.
+        """
+        if config is not None:
+            if not isinstance(config, dict) or set(config) - {"retries", "timeout"}:
+                raise TypeError(f"step {name!r}: config takes the keys retries and timeout, "
+                                f"got {config!r}")
+            retries = config.get("retries") if retries is None else retries
+            timeout = config.get("timeout") if timeout is None else timeout
         options = {
             "config": _merge_config(self._run.step_defaults, retries, timeout),
             "compensate": compensate,
             "transactional": transactional,
         }
         if fn is None:
-            def decorator(func: StepFn) -> StepCall:
-                return StepCall(self, name, func, options)
+            def decorator(func: Callable[..., Awaitable[Any]]) -> StepCall:
+                call = StepCall(self, name or func.__name__, func, options, depends or [])
+                self._declared[func.__name__] = call
+                return call
 
             return decorator
+        if name is None:
+            raise TypeError("step.do(name, fn): a step run directly needs a name")
         return self._do(name, fn, **options)
 
     async def _do(
@@ -260,6 +330,8 @@ class Step:
         if not callable(fn):
             raise TypeError(f"step {name!r}: expected an async function, got {fn!r}")
         key, position, rec = self._enter(name)
+        if _wants(fn, "ctx"):
+            fn = self._with_context(fn, name, int(key.rsplit("#", 1)[1]), config)
         if rec is None:
             rec = {"name": name, "kind": "do", "pos": position, "status": "pending",
                    "attempts": [], "started": self._run.now(), "wake_at": None,
@@ -275,6 +347,13 @@ class Step:
                                     transactional=transactional)
         self._run.add_compensation(key, self._run.steps["step:" + key], compensate, config)
         return result
+
+    def _with_context(self, fn: Callable[..., Awaitable[Any]], name: str, count: int,
+                      config: StepConfig) -> StepFn:
+        def call() -> Awaitable[Any]:
+            return fn(ctx=StepContext(name, count, self._run.attempt, config))
+
+        return call
 
     async def sleep(self, name: str, duration: str | int | float) -> None:
         """Wait ``duration`` ("10 seconds", "2 hours", or seconds) without holding a task."""
@@ -302,13 +381,19 @@ class Step:
         await self._run.commit({"step:" + key: {**rec, "status": "complete", "ended": now}})
 
     async def wait_for_event(
-        self, name: str, type: str, timeout: str | int | float = "24 hours"
+        self, name: str, event_type: str | None = None, timeout: str | int | float = "24 hours",
+        *, type: str | None = None,
     ) -> dict[str, Any]:
-        """The first event of ``type`` sent to this instance (also before the wait began).
+        """The first event of ``event_type`` (or ``type=``) sent to this instance, also one
+        sent before the wait began.
 
         Returns ``{"type", "payload", "timestamp"}``; raises ``WorkflowTimeoutError`` when
         ``timeout`` passes first.
         """
+        type = event_type if type is None else type
+        if not isinstance(type, str) or not type:
+            raise TypeError(f"wait_for_event({name!r}): event_type must be a non-empty str, "
+                            f"got {type!r}")
         seconds = parse_duration(timeout)
         key, position, rec = self._enter(name)
         now = self._run.now()
@@ -368,6 +453,14 @@ class Step:
                 f"max_steps={self._run.limits.max_steps}"
             )
         return key, position, rec
+
+
+def _wants(fn: Callable[..., Any], param: str) -> bool:
+    """Whether ``fn`` has a parameter ``param`` still to be given."""
+    try:
+        return param in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def takes_argument(fn: Callable[..., Any]) -> bool:

@@ -38,11 +38,27 @@ AuditHook = Callable[[str, dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class WorkflowEvent:
-    """What ``run(event, step)`` receives: the creation params and instance identity."""
+    """What ``run(event, step)`` receives: the creation params and instance identity.
+
+    Also readable as the dict Python Workflows code receives on Cloudflare:
+    ``event["payload"]``, ``event["timestamp"]``, ``event["instanceId"]``."""
 
     payload: Any
     instance_id: str
     timestamp: float
+
+    def __getitem__(self, key: str) -> Any:
+        name = {"payload": "payload", "timestamp": "timestamp", "instanceId": "instance_id",
+                "instance_id": "instance_id"}.get(key)
+        if name is None:
+            raise KeyError(key)
+        return getattr(self, name)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
 
 def _no_audit(kind: str, fields: dict[str, Any]) -> None:

@@ -233,3 +233,58 @@ async def test_plain_functions_are_steps_too_and_compensations_get_the_result(ha
 
 async def _fail():
     raise RuntimeError("no")
+
+
+async def test_cloudflare_python_workflow_api(harness):
+    calls = harness.env["calls"]
+
+    class PyStyle(WorkflowEntrypoint):
+        async def run(self, event, step):
+            @step.do()  # named after the function
+            async def fetch_files():
+                calls.append("fetch_files")
+                return ["a.pdf", "b.pdf"]
+
+            @step.do("count files", config={"retries": {"limit": 2, "delay": 0}, "timeout": "1 minute"})
+            async def count(fetch_files, ctx):  # fetch_files' result is injected
+                calls.append(("count", ctx.attempt))
+                if ctx.attempt == 1:
+                    raise RuntimeError("flaky")
+                return {"n": len(fetch_files), "step": ctx.step.name, "count": ctx.step.count,
+                        "timeout": ctx.config["timeout"]}
+
+            @step.do(depends=[count], concurrent=True)
+            async def summary(count):
+                return f"{count['n']} files"
+
+            got = await step.wait_for_event("approval", event_type="go", timeout="1 hour")
+            return {"payload": event["payload"], "id": event["instanceId"], "count": await count(),
+                    "summary": await summary(), "files": await fetch_files(), "go": got["payload"]}
+
+    binding = await harness.start(PyStyle)
+    instance = await binding.create(id="py", params={"x": 1})
+    await harness.wait(instance, "waiting")
+    await instance.send_event("go", "yes")
+    st = await harness.wait(instance, "complete")
+    assert st["output"] == {
+        "payload": {"x": 1}, "id": "py", "summary": "2 files", "files": ["a.pdf", "b.pdf"],
+        "count": {"n": 2, "step": "count files", "count": 1, "timeout": 60.0}, "go": "yes"}
+    assert [s["name"] for s in st["steps"]] == ["approval", "fetch_files", "count files", "summary"]
+    # each step ran once, across the replays that the retry and the event wait caused
+    assert calls == ["fetch_files", ("count", 1), ("count", 2)]
+
+
+async def test_cloudflare_style_step_misuse_is_a_clear_error(harness):
+    class Misused(WorkflowEntrypoint):
+        async def run(self, event, step):
+            if event.payload == "config":
+                step.do("x", config={"retry": {}})
+            if event.payload == "unnamed":
+                await step.do(None, lambda: 1)
+            await step.wait_for_event("w", timeout=1)
+
+    binding = await harness.start(Misused)
+    for case, message in (("config", "config takes the keys retries and timeout"),
+                          ("unnamed", "needs a name"), ("event", "event_type must be a non-empty str")):
+        st = await harness.wait(await binding.create(id=case, params=case), "errored")
+        assert message in st["error"]["message"], st["error"]
