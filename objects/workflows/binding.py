@@ -3,7 +3,9 @@
 Every call goes through durable-object stubs, so it works the same from any isolate. Illegal
 calls raise ``WorkflowError`` with a stable ``code``: ``invalid_id``, ``duplicate_id``,
 ``not_found``, ``instance_finished``, ``not_paused``, ``already_paused``, ``invalid_event``,
-``invalid_payload``, ``invalid_status``, ``killed``, ``max_payload_bytes``.
+``invalid_payload``, ``invalid_status``, ``invalid_options``, ``invalid_batch``, ``killed``,
+``max_payload_bytes``. Cloudflare's forms are accepted too: ``create({"id", "params"})``,
+``createBatch``, ``instance.sendEvent({"type", "payload"})``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ class WorkflowInstance:
         payload = self._binding._params(payload, "event payload")
         _unwrap(await self._stub().send_event(type, payload))
 
+    async def sendEvent(self, event: dict[str, Any]) -> None:  # noqa: N802 - Cloudflare's name
+        """Cloudflare's form: ``sendEvent({"type": ..., "payload": ...})``."""
+        if not isinstance(event, dict) or "type" not in event or set(event) - {"type", "payload"}:
+            raise WorkflowError("invalid_event", f"sendEvent takes {{type, payload}}, got {event!r}")
+        await self.send_event(event["type"], event.get("payload"))
+
     async def approve(self, by: str, reason: str | None = None) -> None:
         """Deliver a positive human approval (event type ``"approval"``)."""
         await self.send_event(APPROVAL_EVENT, {"approved": True, "by": by, "reason": reason})
@@ -110,7 +118,12 @@ class WorkflowBinding:
         except _ResultError as exc:
             raise WorkflowError("invalid_payload", str(exc)) from None
 
-    async def create(self, id: str | None = None, params: Any = None) -> WorkflowInstance:
+    async def create(self, id: str | dict[str, Any] | None = None, params: Any = None) -> WorkflowInstance:
+        """``create(id=, params=)``, or Cloudflare's form ``create({"id": ..., "params": ...})``."""
+        if isinstance(id, dict):
+            if params is not None or set(id) - {"id", "params"}:
+                raise WorkflowError("invalid_options", f"create takes {{id, params}}, got {id!r}")
+            id, params = id.get("id"), id.get("params")
         instance_id = validate_id(id) if id is not None else uuid.uuid4().hex
         params = self._params(params)
         _unwrap(await self._instance_stub(instance_id).create(instance_id, params, self._tenant()))
@@ -131,6 +144,8 @@ class WorkflowBinding:
                 seen.add(instance_id)
             prepared.append((instance_id, self._params(item.get("params"))))
         return [await self.create(id=i, params=p) for i, p in prepared]
+
+    createBatch = create_batch  # noqa: N815 - Cloudflare's name
 
     async def get(self, id: str) -> WorkflowInstance:
         instance = WorkflowInstance(self, validate_id(id))

@@ -194,3 +194,19 @@ async def test_tenant_scoped_instances_are_separate_per_tenant(harness):
     current["tenant"] = "acme"
     assert (await acme.status())["status"] == "waiting"
     assert [row["id"] for row in await binding.list()] == ["same"]
+
+
+async def test_cloudflare_binding_forms(harness):
+    binding = await harness.start(Waits)
+    instance = await binding.create({"id": "cf", "params": {"n": 1}})
+    batch = await binding.createBatch([{"id": "cf2"}])
+    await harness.wait(instance, "waiting")
+    await instance.sendEvent({"type": "go", "payload": {"ok": True}})
+    assert (await harness.wait(instance, "complete"))["output"]["payload"] == {"ok": True}
+    assert [b.id for b in batch] == ["cf2"]
+    with pytest.raises(WorkflowError) as bad:
+        await binding.create({"id": "x", "parms": 1})
+    assert bad.value.code == "invalid_options"
+    with pytest.raises(WorkflowError) as bad:
+        await batch[0].sendEvent({"kind": "go"})
+    assert bad.value.code == "invalid_event"
