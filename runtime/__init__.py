@@ -12,6 +12,7 @@ from objects.workflows import (
 from .context import ExecutionContext, Identity, SubrequestLimitExceeded
 from .entrypoints import ScheduledController, WorkerEntrypoint
 from .http import Headers, Request, Response
+from .outbound import FetchError, fetch
 
 __all__ = [
     "ApprovalRejected",
@@ -23,6 +24,7 @@ __all__ = [
     "DurableObjectError",
     "DurableObjectState",
     "ExecutionContext",
+    "FetchError",
     "Headers",
     "Identity",
     "Request",
@@ -30,4 +32,5 @@ __all__ = [
     "ScheduledController",
     "SubrequestLimitExceeded",
     "WorkerEntrypoint",
+    "fetch",
 ]

@@ -203,6 +203,13 @@ class Response:
     def body(self) -> bytes:
         return self._body
 
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    async def bytes(self) -> bytes:
+        return self._body
+
     async def text(self) -> str:
         return self._body.decode()
 
