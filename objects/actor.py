@@ -153,8 +153,12 @@ class ObjectActor:
             await asyncio.shield(self._wait_before_open)
         await self.storage.open()
         self._opened = True
+        for event in self.queue:  # the first caller that used a name brings it
+            if event.op.get("name") is not None:
+                self.storage.remember_name(event.op["name"])
+                break
         ctx = DurableObjectState(
-            DurableObjectId(self.address.id_hex),
+            DurableObjectId(self.address.id_hex, self.storage.name),
             self.storage,
             self.input_gate,
             on_section_failed=self._section_failed,
@@ -200,6 +204,10 @@ class ObjectActor:
     async def _run(self, event: QueuedEvent) -> None:
         reply: Reply
         current_output_gate.set(self.output_gate)  # this task's context only
+        name = event.op.get("name")
+        if name is not None and self.instance is not None and self.instance.ctx.id.name is None:
+            self.instance.ctx.id.name = name  # constructed by an unnamed event (an alarm, say)
+            self.storage.remember_name(name)
         try:
             if event.kind == "alarm":
                 reply = await self._run_alarm(event)

@@ -1,7 +1,8 @@
 """One object's SQLite database, driven from a dedicated I/O thread.
 
 Layout: ``<state_dir>/objects/<script>/<class>/<id>.sqlite``, WAL journal. Internal tables:
-``_ew_kv(key, value)``, ``_ew_alarm(id=0, time)``, ``_ew_idempotency(key, reply, created_ms)``;
+``_ew_kv(key, value)``, ``_ew_alarm(id=0, time)``, ``_ew_idempotency(key, reply, created_ms)``,
+``_ew_name(id=0, name)`` (the name the id was derived from, once a caller used it);
 user SQL may not name anything starting with ``_ew_`` (see ``objects.sql``).
 
 Durability (``synchronous``): ``"normal"`` (default) — in WAL mode a commit is not fsynced;
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS _ew_kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WI
 CREATE TABLE IF NOT EXISTS _ew_alarm (id INTEGER PRIMARY KEY CHECK (id = 0), time INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS _ew_idempotency (
     key TEXT PRIMARY KEY, reply BLOB NOT NULL, created_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _ew_name (id INTEGER PRIMARY KEY CHECK (id = 0), name TEXT NOT NULL);
 """
 
 _CHUNK = 500
@@ -130,6 +132,7 @@ class Batch:
     alarm: int | None = None
     idempotency: list[tuple[str, bytes, int]] = field(default_factory=list)
     expire_before: int | None = None  # prune idempotency records created before (epoch ms)
+    name: str | None = None  # record the object's name
 
 
 @dataclass
@@ -137,6 +140,7 @@ class OpenState:
     alarm: int | None
     rows: list[tuple[str, bytes]]
     complete: bool  # rows hold the whole KV table
+    name: str | None = None
 
 
 class ObjectDatabase:
@@ -195,7 +199,9 @@ class ObjectDatabase:
             rows.append((key, value))
         if not complete:
             rows = []
-        return OpenState(alarm=row[0] if row else None, rows=rows, complete=complete)
+        named = conn.execute("SELECT name FROM _ew_name WHERE id = 0").fetchone()
+        return OpenState(alarm=row[0] if row else None, rows=rows, complete=complete,
+                         name=named[0] if named else None)
 
     async def close(self, *, discard: bool = False) -> None:
         """Close the connection; with ``discard`` roll back whatever is uncommitted first."""
@@ -302,6 +308,8 @@ class ObjectDatabase:
             )
         if batch.expire_before is not None:
             conn.execute("DELETE FROM _ew_idempotency WHERE created_ms < ?", (batch.expire_before,))
+        if batch.name is not None:
+            conn.execute("INSERT OR REPLACE INTO _ew_name (id, name) VALUES (0, ?)", (batch.name,))
 
     async def delete_all(self) -> None:
         await self._run(self._delete_all)

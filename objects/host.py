@@ -38,9 +38,10 @@ from objects.errors import (
     OVERLOADED_TYPE,
     error_reply,
 )
-from objects.ids import DurableObjectId
+from objects.ids import DurableObjectId, IdFactory
 from objects.options import ObjectHostOptions
 from objects.shared import SharedDatabase, SharedObjectDatabase, scan_key
+from objects.stub import DEFAULT_SECRET
 from objects.types import AuditHook, ObjectAddress, Op, OwnsPredicate, Reply, RequestCodec
 
 __all__ = ["ObjectHost", "PassThroughCodec"]
@@ -81,6 +82,7 @@ class ObjectHost:
         codec: RequestCodec | None = None,
         audit: AuditHook | None = None,
         owns: OwnsPredicate | None = None,
+        id_secret: bytes = DEFAULT_SECRET,
         **options: Any,
     ) -> None:
         self.options = ObjectHostOptions(
@@ -101,6 +103,7 @@ class ObjectHost:
         self.codec: RequestCodec = codec or PassThroughCodec()
         self._audit: AuditHook = audit or _no_audit
         self._owns: OwnsPredicate = owns or _owns_all
+        self._id_secret = id_secret  # to check a caller's name against the id (as namespaces do)
         self._index = AlarmIndex(self.root / "_alarms.sqlite", self.options.durability)
         self._shared = SharedDatabase(self.root / "_shared.sqlite", self.options.durability) \
             if any(cls.shared_storage for cls in self.classes.values()) else None
@@ -171,6 +174,12 @@ class ObjectHost:
         if problem:
             return error_reply(BAD_REQUEST_TYPE, problem)
         address = ObjectAddress(*address)
+        name = op.get("name")
+        if name is not None:
+            live = self._actors.get((address.class_name, address.id_hex))
+            if (live is None or name != live.storage.name) and not self._names_id(address, name):
+                return error_reply(BAD_REQUEST_TYPE, f"name {name!r} is not the name of durable "
+                                                     f"object {address.class_name}/{address.id_hex}")
         actor = self._actor(address.class_name, address.id_hex, address.tenant)
         event = QueuedEvent(op["kind"], op, asyncio.get_running_loop().create_future())
         if not actor.submit(event):
@@ -198,7 +207,15 @@ class ObjectHost:
             return f"invalid durable object id {id_hex!r}"
         if not isinstance(op, dict) or op.get("kind") not in ("rpc", "fetch"):
             return "op must be a dict with kind 'rpc' or 'fetch'"
+        if "name" in op and (not isinstance(op["name"], str) or not op["name"]):
+            return "op name must be a non-empty str"
         return None
+
+    def _names_id(self, address: ObjectAddress, name: str) -> bool:
+        """Whether ``name`` derives ``address``'s id, as the namespace derives it (a caller
+        cannot make an object believe it has another name)."""
+        factory = IdFactory(address.script, address.class_name, address.tenant, self._id_secret)
+        return factory.from_name(name).hex == address.id_hex
 
     # -- reset / eviction ----------------------------------------------------------------------
     def _on_reset(self, actor: ObjectActor) -> None:

@@ -4,7 +4,8 @@ Objects of a class that sets ``shared_storage = True`` (workflow instances and t
 keep their KV entries, alarm and idempotency records in ``<state_dir>/objects/<script>/
 _shared.sqlite`` instead of a database of their own: tables ``kv(class_name, id, key, value)``,
 ``alarms(class_name, id, time)`` (which is also the alarm index of these objects, written in the
-same transaction as the state) and ``idempotency(class_name, id, key, reply, created_ms)``.
+same transaction as the state), ``idempotency(class_name, id, key, reply, created_ms)`` and
+``names(class_name, id, name)``.
 
 Why: a database per object costs a file, a connection and one commit per object, so a hundred
 objects committing at once meant a hundred fsyncs. Here one thread runs every job of the file
@@ -54,6 +55,8 @@ CREATE TABLE IF NOT EXISTS alarms (class_name TEXT NOT NULL, id TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS idempotency (class_name TEXT NOT NULL, id TEXT NOT NULL,
     key TEXT NOT NULL, reply BLOB NOT NULL, created_ms INTEGER NOT NULL,
     PRIMARY KEY (class_name, id, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS names (class_name TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (class_name, id)) WITHOUT ROWID;
 """
 
 
@@ -248,6 +251,9 @@ class SharedObjectDatabase:
     def _open(self, conn: sqlite3.Connection, preload_rows: int, preload_bytes: int) -> OpenState:
         row = conn.execute("SELECT time FROM alarms WHERE class_name = ? AND id = ?",
                            self._obj).fetchone()
+        named = conn.execute("SELECT name FROM names WHERE class_name = ? AND id = ?",
+                             self._obj).fetchone()
+        name = named[0] if named else None
         rows: list[tuple[str, bytes]] = []
         total = 0
         for key, value in conn.execute(
@@ -256,9 +262,9 @@ class SharedObjectDatabase:
         ):
             total += len(key) + len(value)
             if len(rows) >= preload_rows or total > preload_bytes:
-                return OpenState(alarm=row[0] if row else None, rows=[], complete=False)
+                return OpenState(alarm=row[0] if row else None, rows=[], complete=False, name=name)
             rows.append((key, value))
-        return OpenState(alarm=row[0] if row else None, rows=rows, complete=True)
+        return OpenState(alarm=row[0] if row else None, rows=rows, complete=True, name=name)
 
     async def close(self, *, discard: bool = False) -> None:
         return None  # every batch is committed by its own job: nothing is left open
@@ -317,6 +323,9 @@ class SharedObjectDatabase:
         if batch.expire_before is not None:
             conn.execute("DELETE FROM idempotency WHERE class_name = ? AND id = ? AND created_ms < ?",
                          (*obj, batch.expire_before))
+        if batch.name is not None:
+            conn.execute("INSERT OR REPLACE INTO names (class_name, id, name) VALUES (?, ?, ?)",
+                         (*obj, batch.name))
 
     async def delete_all(self) -> None:
         def delete(conn: sqlite3.Connection) -> None:
@@ -349,6 +358,7 @@ class SharedObjectDatabase:
                              obj).fetchone()
         idem = list(conn.execute("SELECT key, reply, created_ms FROM idempotency "
                                  "WHERE class_name = ? AND id = ?", obj))
+        name = conn.execute("SELECT name FROM names WHERE class_name = ? AND id = ?", obj).fetchone()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.moving")
         _create_from_template(tmp, fsync=self.durability == "full")
@@ -361,6 +371,8 @@ class SharedObjectDatabase:
                 own.execute("INSERT INTO _ew_alarm (id, time) VALUES (0, ?)", alarm)
             own.executemany("INSERT INTO _ew_idempotency (key, reply, created_ms) VALUES (?, ?, ?)",
                             idem)
+            if name is not None:
+                own.execute("INSERT INTO _ew_name (id, name) VALUES (0, ?)", name)
             own.execute("COMMIT")
         finally:
             own.close()  # the last connection checkpoints the WAL into the file and removes it
@@ -369,7 +381,7 @@ class SharedObjectDatabase:
             self._alarm_hook(alarm[0])  # indexed before the shared row (the old index) goes
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for table in ("kv", "alarms", "idempotency"):
+            for table in ("kv", "alarms", "idempotency", "names"):
                 conn.execute(f"DELETE FROM {table} WHERE class_name = ? AND id = ?", obj)
             conn.execute("COMMIT")
         except BaseException:

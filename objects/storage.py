@@ -78,6 +78,8 @@ class Storage:
         self._cache: dict[str, bytes | None] = {}
         self._complete = False
         self._alarm: int | None = None
+        self.name: str | None = None  # the name the object's id was derived from, once known
+        self._name_dirty = False
         self._idem: dict[str, tuple[bytes, int]] = {}  # key -> (reply, created_ms), newest last
         self._sections: list[Section] = []
         self._broken: DurableObjectReset | None = None
@@ -97,6 +99,7 @@ class Storage:
     async def open(self) -> None:
         state = await self._db.open(self._limits.preload_rows, self._limits.preload_bytes)
         self._alarm = state.alarm
+        self.name = state.name
         if state.complete:
             self._complete = True
             self._cache = dict(state.rows)
@@ -159,6 +162,8 @@ class Storage:
         batch = Batch(epoch=self._epoch, writes=self._dirty, idempotency=self._idem_dirty)
         if self._idem_dirty:  # recording replies also prunes the expired ones
             batch.expire_before = self._now_ms() - self._limits.idempotency_ttl_ms
+        if self._name_dirty:
+            batch.name, self._name_dirty = self.name, False
         if self._alarm_dirty:
             batch.alarm_changed, batch.alarm = True, self._alarm
         self._epoch += 1
@@ -515,6 +520,14 @@ class Storage:
         self._idem_dirty += section.idempotency
         if section.writes or section.alarm is not MISSING or section.idempotency:
             self._note_write()
+
+    def remember_name(self, name: str) -> None:
+        """Record the (verified) name of the object's id with its next commit (host side). It
+        forces no commit of its own: an object that never writes has nothing to wake it (no
+        alarm) and learns its name again from the next caller that uses it."""
+        if name != self.name:
+            self.name = name
+            self._name_dirty = True
 
     async def recorded_reply(self, idempotency_key: str) -> bytes | None:
         """The reply recorded for ``idempotency_key``, if an op with that key was applied within

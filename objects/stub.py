@@ -167,6 +167,8 @@ class DurableObjectStub:
 
     def _send(self, op: Op, decode: Callable[[Any], Any] | None = None) -> asyncio.Task[Any]:
         gate = current_output_gate.get()
+        if self.id.name is not None:
+            op["name"] = self.id.name  # the object learns its name (``ctx.id.name``)
 
         async def call() -> Any:
             if gate is not None and gate.pending:

@@ -100,10 +100,11 @@ class WorkflowBinding:
         transport: Any,
         tenant_provider: Callable[[], str | None] | None = None,
         tenant_scoped: bool = False,
+        secret: bytes | None = None,
     ) -> None:
         self.definition = definition
         self._tenant_provider = tenant_provider or (lambda: None)
-        definition.bind(script, transport, tenant_scoped)
+        definition.bind(script, transport, tenant_scoped, secret)
 
     def _tenant(self) -> str | None:
         return self._tenant_provider()
@@ -172,8 +173,9 @@ def make_workflow_binding(
     *,
     definition: WorkflowDefinition,
     tenant_scoped: bool = False,
+    secret: bytes | None = None,
 ) -> WorkflowBinding:
     """The env binding for manifest ``workflows = [{binding, class_name}]``."""
     if definition.class_name != class_name:
         raise ValueError(f"definition is for {definition.class_name!r}, not {class_name!r}")
-    return WorkflowBinding(definition, script, transport, tenant_provider, tenant_scoped)
+    return WorkflowBinding(definition, script, transport, tenant_provider, tenant_scoped, secret)

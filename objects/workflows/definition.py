@@ -44,6 +44,7 @@ class WorkflowDefinition:
         self._script: str | None = None
         self._transport: Any = None
         self._tenant_scoped = False
+        self._secret: bytes | None = None
         self._namespaces: dict[tuple[str, str | None], DurableObjectNamespace] = {}
         self._registry_stubs: dict[str | None, Any] = {}
         self._live: weakref.WeakSet[InstanceEngine] = weakref.WeakSet()
@@ -58,10 +59,14 @@ class WorkflowDefinition:
         return {self.instance_class_name: self._instance_cls,
                 self.registry_class_name: self._registry_cls}
 
-    def bind(self, script: str, transport: Any, tenant_scoped: bool = False) -> None:
+    def bind(self, script: str, transport: Any, tenant_scoped: bool = False,
+             secret: bytes | None = None) -> None:
+        """``secret``: the key the host's other namespaces derive ids with (the host checks the
+        names callers send against it)."""
         self._script = script
         self._transport = transport
         self._tenant_scoped = tenant_scoped
+        self._secret = secret
         self._namespaces.clear()
         self._registry_stubs.clear()
 
@@ -73,7 +78,8 @@ class WorkflowDefinition:
         if namespace is None:
             namespace = DurableObjectNamespace(self._script, class_name, self._transport,
                                                tenant_provider=lambda: tenant,
-                                               tenant_scoped=self._tenant_scoped)
+                                               tenant_scoped=self._tenant_scoped,
+                                               **({"secret": self._secret} if self._secret else {}))
             self._namespaces[key] = namespace
         return namespace
 

@@ -124,6 +124,7 @@ def build(host: Any) -> dict[str, Any]:
             idle_timeout_s=host.script.object_idle_s, durability=host.script.object_durability,
             max_queue=host.script.object_max_queue, codec=_HostCodec(), audit=host.audit,
             owns=lambda _cls, id_hex: owner_index(id_hex, host.pool_size) == host.pool_index,
+            id_secret=namespace_secret(host.state_dir),
         )
         host.hosts["durable_objects"] = local
     transport = object_transport(host)

@@ -16,7 +16,7 @@ from objects.workflows import (
 
 from ..context import current
 from ..meter import CpuLimitExceeded, Meter, metered
-from .durable_objects import object_transport
+from .durable_objects import namespace_secret, object_transport
 
 __all__ = ["StepCpuLimitExceeded", "WorkflowCpuLimitExceeded", "build"]
 
@@ -73,6 +73,6 @@ def build(host: Any) -> dict[str, Any]:
         host.object_classes.update(definition.object_classes())
         entries[b.binding] = make_workflow_binding(
             host.script.name, b.class_name, transport, lambda: current().tenant, definition=definition,
-            tenant_scoped=b.tenant_scoped,
+            tenant_scoped=b.tenant_scoped, secret=namespace_secret(host.state_dir),
         )
     return entries

@@ -459,3 +459,57 @@ async def test_replies_beyond_the_in_memory_bound_are_still_replayed_from_sqlite
     assert await stub.with_options(idempotency_key="k0").increment(1) == 1  # evicted from memory
     assert await stub.value() == 1100
     await host.close()
+
+
+class Named(DurableObject):
+    shared_storage = False
+
+    async def my_name(self):
+        return self.ctx.id.name
+
+    async def arm(self, when):
+        await self.ctx.storage.set_alarm(when)
+
+    async def alarm(self, info):
+        self.env["fired"].append(self.ctx.id.name)
+
+
+class SharedNamed(Named):
+    shared_storage = True
+
+
+@pytest.mark.parametrize("cls", [Named, SharedNamed])
+async def test_ctx_id_name_is_the_name_callers_used_and_is_kept_for_alarms(tmp_path, cls):
+    clock = FakeClock(1_700_000_000_000)
+    env = {"fired": []}
+
+    def start():
+        host = ObjectHost("app", {"Named": cls}, env, tmp_path, clock=clock)
+        return host, DurableObjectNamespace("app", "Named", LocalTransport(host))
+
+    host, ns = start()
+    assert await ns.get_by_name("room-42").my_name() == "room-42"
+    assert await ns.get(ns.id_from_name("room-42")).my_name() == "room-42"
+    assert await ns.get(ns.new_unique_id()).my_name() is None  # no name to know
+    await ns.get_by_name("room-42").arm(clock.now() + 1000)
+    await host.close()
+
+    clock.advance(5000)
+    host, ns = start()
+    await host.start()  # the alarm constructs the object: no caller, the name is stored
+    await eventually(lambda: env["fired"] == ["room-42"])
+    by_string = ns.get(ns.id_from_string(str(ns.id_from_name("room-42"))))
+    assert await by_string.my_name() == "room-42"
+    await host.close()
+
+
+async def test_a_name_that_does_not_derive_the_id_is_refused(tmp_path):
+    host = ObjectHost("app", {"Named": Named}, {"fired": []}, tmp_path)
+    ns = DurableObjectNamespace("app", "Named", LocalTransport(host))
+    real = ns.get_by_name("alice")
+    await real.my_name()
+    for forged in ("mallory", "", 7):
+        reply = await host.handle(real.address, {"kind": "rpc", "method": "my_name", "name": forged})
+        assert reply["error"]["type"] == "bad_request", forged
+    assert await real.my_name() == "alice"
+    await host.close()
