@@ -155,6 +155,10 @@ class InstanceEngine(DurableObject):
         status.
         """
         self._check_token()
+        if self.meta is not None and self.meta.get("recoveries"):
+            # progress: a later cut-off starts counting again (rides with this commit)
+            self.meta = {**self.meta, "recoveries": 0}
+            self._meta_dirty = True
         await self._put(puts)
         self._unsynced = True
 

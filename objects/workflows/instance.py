@@ -20,6 +20,7 @@ from .errors import WorkflowError
 from .step import _ResultError, normalize_value
 from .types import (
     APPROVAL_EVENT,
+    ERRORED,
     FINAL_STATUSES,
     PAUSED,
     QUEUED,
@@ -165,13 +166,30 @@ class WorkflowInstanceObject(InstanceEngine):
 
     async def alarm(self, info: Any = None) -> None:
         await self._load()
-        if self.meta is None:
+        meta = self.meta
+        if meta is None or meta["status"] not in (QUEUED, RUNNING, WAITING):
             return
-        if self.meta["status"] in (QUEUED, RUNNING, WAITING):
-            # Re-armed before returning, so the fired alarm is replaced rather than deleted:
-            # there is no moment at which an unfinished instance has no alarm on disk.
-            await self._arm_lease()
-            self._kick()
+        # Re-armed before returning, so the fired alarm is replaced rather than deleted:
+        # there is no moment at which an unfinished instance has no alarm on disk.
+        await self._arm_lease()
+        cut_off = not self._task_alive() and (
+            meta["status"] == RUNNING or (meta["status"] == QUEUED and meta["waiting"] is None))
+        if cut_off:  # the lease fired: the process running the run died
+            recoveries = meta.get("recoveries", 0) + 1
+            if recoveries > self.limits.max_recoveries:
+                await self.storage.delete_alarm()  # same batch as the status
+                await self._set_status(ERRORED, ended=self.now(), waiting=None,
+                                       recoveries=recoveries, error={
+                    "type": "WorkflowCrashLoop",
+                    "message": f"the run was cut off {recoveries} times in a row without a "
+                               "step completing (its process died: a crash, or a memory or CPU "
+                               f"limit); not resumed again (max_recoveries="
+                               f"{self.limits.max_recoveries}); compensations did not run"})
+                return
+            # durable before the run's code runs again, so a crash loop is counted
+            await self._save({"meta": {**meta, "recoveries": recoveries}})
+            self.audit("workflow.recovered", {"recoveries": recoveries})
+        self._kick()
 
     async def _require(self, action: str) -> dict[str, Any] | None:
         await self._load()
@@ -208,6 +226,7 @@ class WorkflowInstanceObject(InstanceEngine):
             "id": meta["id"], "status": meta["status"], "output": meta["output"],
             "error": meta["error"], "created": meta["created"], "started": meta["started"],
             "ended": meta["ended"], "pause_reason": meta["pause_reason"],
-            "waiting": meta["waiting"], "restarts": meta["restarts"], "steps": steps,
+            "waiting": meta["waiting"], "restarts": meta["restarts"],
+            "recoveries": meta.get("recoveries", 0), "steps": steps,
             "compensations": compensations, "pending_events": pending,
         }

@@ -112,7 +112,12 @@ class WorkflowLimits(BaseModel):
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1)
     max_concurrent: int = Field(default=100, ge=1)
     #: A running instance keeps its alarm this far ahead; after a crash it fires and the run
-    #: resumes by replay.
-    lease_seconds: float = Field(default=30.0, gt=0)
+    #: resumes by replay, so a run cut off by a crash resumes at most this long after its host
+    #: is back. A step running longer is not disturbed: the alarm just moves on.
+    lease_seconds: float = Field(default=5.0, gt=0)
     #: A queued instance retries to get a running slot this often (wakeups are also pushed).
     queue_poll_seconds: float = Field(default=5.0, gt=0)
+    #: A run cut off (its process died: a crash, or a memory or CPU limit) is resumed by its
+    #: lease; after this many cut-offs in a row without a step completing, the instance fails
+    #: instead of crashing its isolate again.
+    max_recoveries: int = Field(default=5, ge=1)

@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from objects.workflows import ApprovalRejected, WorkflowEntrypoint, WorkflowTimeoutError
+from objects.workflows import (
+    ApprovalRejected,
+    WorkflowEntrypoint,
+    WorkflowLimits,
+    WorkflowTimeoutError,
+)
 
 
 class Sleeper(WorkflowEntrypoint):
@@ -185,3 +190,55 @@ async def test_approval_reject_raises_and_compensates(harness):
     assert harness.env["calls"] == ["reserve", "rejected by bob: too expensive", "release r1"]
     assert status["compensations"] == [
         {"step": "reserve#1", "name": "reserve", "status": "complete", "attempts": 1, "error": None}]
+
+
+class Hangs(WorkflowEntrypoint):
+    limits = WorkflowLimits(max_recoveries=2, lease_seconds=10)
+
+    async def run(self, event, step):
+        await step.do("first", lambda: 1)
+        if event.payload == "progress":  # each step is cut off once, then completes
+            for i in range(3):
+                async def once(i=i):
+                    self.env["calls"].append(f"step{i}")
+                    if self.env["calls"].count(f"step{i}") == 1:
+                        await asyncio.Event().wait()
+                    return i
+
+                await step.do(f"step{i}", once)
+            return "done"
+
+        async def hang():
+            self.env["calls"].append("hang")
+            await asyncio.Event().wait()
+
+        await step.do("hang", hang)
+
+
+async def test_a_run_cut_off_again_and_again_fails_instead_of_looping(harness):
+    binding = await harness.start(Hangs)
+    await binding.create(id="h")
+    await harness.wait_for_calls(1)
+    for n in range(3):  # the process dies while the step runs, and the lease resumes the run
+        binding = await harness.restart(Hangs)
+        harness.advance(11)
+        if n < 2:
+            await harness.wait_for_calls(n + 2)
+    st = await harness.wait(await binding.get("h"), "errored")
+    assert st["error"]["type"] == "WorkflowCrashLoop"
+    assert "cut off 3 times in a row" in st["error"]["message"]
+    assert "max_recoveries=2" in st["error"]["message"] and st["recoveries"] == 3
+    assert harness.env["calls"] == ["hang"] * 3  # not run a fourth time
+    assert st["alarm"] is None
+
+
+async def test_a_run_that_makes_progress_between_cut_offs_keeps_going(harness):
+    binding = await harness.start(Hangs)
+    await binding.create(id="p", params="progress")
+    for n in range(3):  # three cut-offs in all, but a step completes after each one
+        await harness.wait_for_calls(2 * n + 1)
+        binding = await harness.restart(Hangs)
+        harness.advance(11)
+    st = await harness.wait(await binding.get("p"), "complete")
+    assert st["output"] == "done" and st["recoveries"] == 0
+    assert harness.env["calls"] == ["step0", "step0", "step1", "step1", "step2", "step2"]
