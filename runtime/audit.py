@@ -307,6 +307,7 @@ class AuditLog:
         self._redactor = redactor or Redactor(self.options.redact_patterns)
         self._classes = {**DEFAULT_CLASSIFICATIONS, **self.options.classifications}
         self._buffer: deque[_Pending] = deque()
+        self._writing = 0  # entries taken from the buffer by a write in progress (still pending)
         self._cond = threading.Condition()  # guards _buffer and _closed
         self._write_lock = threading.Lock()  # one writer (flusher or flush()) at a time
         self._closed = False
@@ -379,10 +380,11 @@ class AuditLog:
         with self._cond:
             if self._closed:
                 raise AuditClosed("audit log is closed")
-            if len(self._buffer) >= self.options.max_pending:
+            if len(self._buffer) + self._writing >= self.options.max_pending:
                 self._wake.set()
                 if not self._cond.wait_for(
-                    lambda: self._closed or len(self._buffer) < self.options.max_pending,
+                    lambda: self._closed
+                    or len(self._buffer) + self._writing < self.options.max_pending,
                     timeout=self.options.backpressure_timeout_s,
                 ):
                     raise AuditUnavailable("audit buffer full: entries are not being persisted")
@@ -425,8 +427,9 @@ class AuditLog:
 
     @property
     def pending(self) -> int:
+        """Entries not yet committed (buffered, or in a write that has not finished)."""
         with self._cond:
-            return len(self._buffer)
+            return len(self._buffer) + self._writing
 
     def _run(self) -> None:
         interval = self.options.flush_interval_s
@@ -448,17 +451,20 @@ class AuditLog:
                     return
                 n = min(len(self._buffer), _MAX_BATCH)
                 batch = [self._buffer.popleft() for _ in range(n)]
+                self._writing = n  # still count against max_pending until committed
             try:
                 self._write_batch(batch)
             except Exception as exc:
                 with self._cond:
                     self._buffer.extendleft(reversed(batch))
+                    self._writing = 0
                 self.write_errors += 1
                 self.last_error = exc
                 if raise_errors:
                     raise
                 return
             with self._cond:
+                self._writing = 0
                 self._cond.notify_all()
 
     def _write_batch(self, batch: list[_Pending]) -> None:
