@@ -12,6 +12,9 @@ Where this differs from Cloudflare's API, and why:
   event's ``storage.transaction`` runs must it be awaited (see ``objects.sql``). It runs one
   statement; transaction control statements are rejected (batching owns the transaction; use
   ``storage.transaction``).
+- ``ctx.storage.kv`` is Cloudflare's synchronous KV API over the same entries (a key not in the
+  cache is read with a blocking call); like synchronous SQL it refuses to run while another
+  event's transaction holds the storage.
 - ``ctx.id.name`` is the name callers derived the id from (``id_from_name``/``get_by_name``),
   as in Cloudflare since 2026-03; the host checks it against the id, and it is stored with the
   object's next write, so an alarm that constructs the object sees it too.

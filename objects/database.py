@@ -233,6 +233,9 @@ class ObjectDatabase:
     async def read(self, keys: list[str]) -> dict[str, bytes]:
         return await self._run(self._read, keys)
 
+    def read_now(self, keys: list[str]) -> dict[str, bytes]:
+        return self._call(self._read, keys)
+
     def _read(self, keys: list[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for i in range(0, len(keys), _CHUNK):
@@ -248,6 +251,11 @@ class ObjectDatabase:
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
     ) -> list[tuple[str, bytes]]:
         return await self._run(self._list, start, end, prefix, reverse, limit)
+
+    def list_now(
+        self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
+    ) -> list[tuple[str, bytes]]:
+        return self._call(self._list, start, end, prefix, reverse, limit)
 
     def _list(
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None

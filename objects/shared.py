@@ -271,23 +271,35 @@ class SharedObjectDatabase:
 
     # -- reads ---------------------------------------------------------------------------------
     async def read(self, keys: list[str]) -> dict[str, bytes]:
-        def read(conn: sqlite3.Connection) -> dict[str, bytes]:
-            sql = "SELECT value FROM kv WHERE class_name = ? AND id = ? AND key = ?"
-            out = {}
-            for key in keys:
-                row = conn.execute(sql, (*self._obj, key)).fetchone()
-                if row is not None:
-                    out[key] = row[0]
-            return out
+        return await self._store.submit(self._read, keys)
 
-        return await self._store.submit(read)
+    def read_now(self, keys: list[str]) -> dict[str, bytes]:
+        return self._store.call(self._read, keys)
+
+    def _read(self, conn: sqlite3.Connection, keys: list[str]) -> dict[str, bytes]:
+        sql = "SELECT value FROM kv WHERE class_name = ? AND id = ? AND key = ?"
+        out = {}
+        for key in keys:
+            row = conn.execute(sql, (*self._obj, key)).fetchone()
+            if row is not None:
+                out[key] = row[0]
+        return out
 
     async def list(
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
     ) -> list[tuple[str, bytes]]:
+        return await self._store.submit(self._list, start, end, prefix, reverse, limit)
+
+    def list_now(
+        self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
+    ) -> list[tuple[str, bytes]]:
+        return self._store.call(self._list, start, end, prefix, reverse, limit)
+
+    def _list(self, conn: sqlite3.Connection, start: str | None, end: str | None,
+              prefix: str | None, reverse: bool, limit: int | None) -> list[tuple[str, bytes]]:
         sql, params = range_query("kv", start, end, prefix, reverse, limit,
                                   scope=("class_name = ? AND id = ?", self._obj))
-        return await self._store.submit(lambda conn: list(conn.execute(sql, params)))
+        return list(conn.execute(sql, params))
 
     async def read_idempotency(self, key: str) -> tuple[bytes, int] | None:
         return await self._store.submit(lambda conn: conn.execute(

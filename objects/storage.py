@@ -56,6 +56,14 @@ class StorageLimits:
     max_cached_replies: int = 1024
 
 
+def _check_list_options(prefix: Any, start: Any, end: Any, limit: Any) -> None:
+    for name, v in (("prefix", prefix), ("start", start), ("end", end)):
+        if v is not None and not isinstance(v, str):
+            raise TypeError(f"list({name}=...) must be a str, got {type(v).__name__}")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"list(limit=...) must be a positive int, got {limit!r}")
+
+
 class Storage:
     def __init__(
         self,
@@ -94,6 +102,7 @@ class Storage:
         self._committing = False
         self._moving = False
         self.sql = SqlStorage(self)
+        self.kv = SyncKv(self)
 
     # -- lifecycle (host side) -----------------------------------------------------------------
     async def open(self) -> None:
@@ -139,6 +148,15 @@ class Storage:
         self._on_broken(self._broken)
 
     # -- gating and batching -------------------------------------------------------------------
+    def _enter_now(self) -> None:
+        """``_enter`` for the synchronous APIs, which cannot wait."""
+        if self._broken is not None:
+            raise self._broken
+        if self._in.blocks_storage:
+            raise RuntimeError(
+                "a transaction of another event holds this object's storage: the synchronous "
+                "API (ctx.storage.kv) cannot wait for it; use the async one (await ctx.storage.get)")
+
     async def _enter(self) -> None:
         if self._broken is not None:
             raise self._broken
@@ -217,12 +235,20 @@ class Storage:
         async with self._in.hold():
             missing = [k for k in missing if self._lookup(k) is MISSING]
             if missing:
-                found = await self._db.read(missing)
-                if self._broken is not None:
-                    raise self._broken
-                self._trim()  # before inserting: the caller reads these keys next
-                for k in missing:
-                    self._cache.setdefault(k, found.get(k))
+                self._loaded(missing, await self._db.read(missing))
+
+    def _load_now(self, keys: list[str]) -> None:
+        """``_load`` for the synchronous API: a blocking read (nothing runs meanwhile)."""
+        missing = [k for k in keys if self._lookup(k) is MISSING]
+        if missing:
+            self._loaded(missing, self._db.read_now(missing))
+
+    def _loaded(self, missing: list[str], found: dict[str, bytes]) -> None:
+        if self._broken is not None:
+            raise self._broken
+        self._trim()  # before inserting: the caller reads these keys next
+        for k in missing:
+            self._cache.setdefault(k, found.get(k))
 
     def _trim(self) -> None:
         """Forget the oldest clean entries once the cache holds more than ``max_cached_keys``.
@@ -247,25 +273,31 @@ class Storage:
     async def get(self, key: str | list[str]) -> Any:
         """``get(key)`` -> value or None; ``get([keys])`` -> dict of the keys that exist."""
         await self._enter()
-        if isinstance(key, list | tuple):
-            keys = [self._key(k) for k in key]
-            await self._load(keys)
-            out = {}
-            for k in keys:
-                data = self._lookup(k)
-                if data is not None:
-                    out[k] = values.decode(data)
-            return out
-        key = self._key(key)
-        data = self._lookup(key)
-        if data is MISSING:
-            await self._load([key])
-            data = self._lookup(key)
-        return None if data is None else values.decode(data)
+        keys = self._keys(key)
+        await self._load(keys)
+        return self._values(key, keys)
+
+    def _keys(self, key: str | list[str]) -> list[str]:
+        return [self._key(k) for k in key] if isinstance(key, list | tuple) else [self._key(key)]
+
+    def _values(self, key: str | list[str], keys: list[str]) -> Any:
+        """What ``get`` answers, once ``keys`` are loaded."""
+        if not isinstance(key, list | tuple):
+            data = self._lookup(keys[0])
+            return None if data is None else values.decode(data)
+        out = {}
+        for k in keys:
+            data = self._lookup(k)
+            if data is not None:
+                out[k] = values.decode(data)
+        return out
 
     async def put(self, key: str | dict[str, Any], value: Any = MISSING) -> None:
         """``put(key, value)`` or ``put({key: value, ...})`` (all-or-nothing validation)."""
         await self._enter()
+        self._put(key, value)
+
+    def _put(self, key: str | dict[str, Any], value: Any) -> None:
         if isinstance(key, dict):
             if value is not MISSING:
                 raise TypeError("put(entries) takes no value argument")
@@ -284,15 +316,17 @@ class Storage:
     async def delete(self, key: str | list[str]) -> bool | int:
         """``delete(key)`` -> whether it existed; ``delete([keys])`` -> how many existed."""
         await self._enter()
-        many = isinstance(key, list | tuple)
-        keys = [self._key(k) for k in key] if many else [self._key(key)]
+        keys = self._keys(key)
         await self._load(keys)
+        return self._delete(key, keys)
+
+    def _delete(self, key: str | list[str], keys: list[str]) -> bool | int:
         count = 0
         for k in dict.fromkeys(keys):
             if self._lookup(k) is not None:
                 count += 1
             self._write(k, None)
-        return count if many else bool(count)
+        return count if isinstance(key, list | tuple) else bool(count)
 
     async def list(
         self,
@@ -305,30 +339,34 @@ class Storage:
     ) -> dict[str, Any]:
         """Entries in key order (``start`` inclusive, ``end`` exclusive), as a dict."""
         await self._enter()
-        for name, v in (("prefix", prefix), ("start", start), ("end", end)):
-            if v is not None and not isinstance(v, str):
-                raise TypeError(f"list({name}=...) must be a str, got {type(v).__name__}")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            raise ValueError(f"list(limit=...) must be a positive int, got {limit!r}")
-        merged: dict[str, bytes | None] = {}
-        if self._complete:
-            merged.update(self._cache)
-        else:
+        _check_list_options(prefix, start, end, limit)
+        rows: list[tuple[str, bytes]] = []
+        if not self._complete:
             async with self._in.hold():
-                extra = len(self._dirty) + len(self._inflight)
-                extra += sum(len(s.writes) for s in self._sections)
-                rows = await self._db.list(
-                    start, end, prefix, reverse, None if limit is None else limit + extra
-                )
-                if self._broken is not None:
-                    raise self._broken
-                merged.update(rows)
-                # the cache holds the latest value (or None) of every key written since the
-                # object opened, committed or not: it overrides what SQLite returned
-                merged.update(self._cache)
-                self._trim()
-                for k, v in rows:
-                    self._cache.setdefault(k, v)
+                rows = await self._db.list(start, end, prefix, reverse, self._list_limit(limit))
+        return self._listed(rows, prefix, start, end, reverse, limit)
+
+    def _list_limit(self, limit: int | None) -> int | None:
+        """How many rows to read so that ``limit`` survive the keys deleted but not committed."""
+        if limit is None:
+            return None
+        extra = len(self._dirty) + len(self._inflight) + sum(len(s.writes) for s in self._sections)
+        return limit + extra
+
+    def _listed(self, rows: list[tuple[str, bytes]], prefix: str | None, start: str | None,
+                end: str | None, reverse: bool, limit: int | None) -> dict[str, Any]:
+        """What ``list`` answers: ``rows`` read from SQLite (none if the cache is complete)
+        merged with the cache and the open sections."""
+        if self._broken is not None:
+            raise self._broken
+        merged: dict[str, bytes | None] = dict(rows)
+        # the cache holds the latest value (or None) of every key written since the object
+        # opened, committed or not: it overrides what SQLite returned
+        merged.update(self._cache)
+        if rows:
+            self._trim()
+            for k, v in rows:
+                self._cache.setdefault(k, v)
         for section in self._sections:
             merged.update(section.writes)
 
@@ -552,3 +590,46 @@ class Storage:
 
     def record_reply(self, section: Section, idempotency_key: str, reply: bytes) -> None:
         section.idempotency.append((idempotency_key, reply, self._now_ms()))
+
+
+class SyncKv:
+    """``ctx.storage.kv``: Cloudflare's synchronous KV API, over the same entries, cache and
+    batches as the async one. A key not in the cache is read with a blocking call on the
+    object's I/O thread. ``list`` gives ``[(key, value), ...]`` in key order."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._s = storage
+
+    def get(self, key: str | list[str]) -> Any:
+        s = self._s
+        s._enter_now()
+        keys = s._keys(key)
+        s._load_now(keys)
+        return s._values(key, keys)
+
+    def put(self, key: str | dict[str, Any], value: Any = MISSING) -> None:
+        self._s._enter_now()
+        self._s._put(key, value)
+
+    def delete(self, key: str | list[str]) -> bool | int:
+        s = self._s
+        s._enter_now()
+        keys = s._keys(key)
+        s._load_now(keys)
+        return s._delete(key, keys)
+
+    def list(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[str, Any]]:
+        s = self._s
+        s._enter_now()
+        _check_list_options(prefix, start, end, limit)
+        rows = [] if s._complete else s._db.list_now(start, end, prefix, reverse,
+                                                      s._list_limit(limit))
+        return list(s._listed(rows, prefix, start, end, reverse, limit).items())

@@ -28,6 +28,12 @@ class Box(DurableObject):
     async def items(self, prefix=None):
         return await self.ctx.storage.list(prefix=prefix)
 
+    def sync_get(self, key):
+        return self.ctx.storage.kv.get(key)
+
+    def sync_list(self):
+        return self.ctx.storage.kv.list()
+
     async def remove(self, key):
         return await self.ctx.storage.delete(key)
 
@@ -118,6 +124,8 @@ async def test_objects_do_not_see_each_other_and_keep_kv_semantics(tmp_path):
     assert await a.get("k1") is None
     assert await a.items(prefix="k") == {"k0": 0, "k2": 2, "k3": 3, "k4": 4}
     assert await b.items() == {"k0": "b's"}
+    assert await a.sync_get("k3") == 3 and await b.sync_get("k3") is None  # blocking reads
+    assert await b.sync_list() == [("k0", "b's")]
     await a.clear()
     assert await a.items() == {} and await b.items() == {"k0": "b's"}
     await host.close()

@@ -519,3 +519,64 @@ async def test_cloudflares_javascript_names_are_aliases(harness):
     seen, listed, alarm = await obj.run(fn)
     assert seen == ([{"x": 1}, {"x": 2}], ["x"], 2, 0, 4102444800000)
     assert listed == {} and alarm is None
+
+
+async def test_synchronous_kv_api_shares_entries_with_the_async_one(harness):
+    host, obj = harness()
+
+    async def write(s):
+        s.kv.put("a", 1)
+        s.kv.put({"b": [2], "c": {"x": 3}})
+        await s.put("d", 4)
+        assert s.kv.get("d") == 4 and await s.get("a") == 1
+        assert s.kv.delete("c") is True and s.kv.delete("nope") is False
+        assert s.kv.delete(["a", "nope"]) == 1
+        s.kv.put("a", 1)
+
+    await obj.run(write)
+    await host.close()
+    _, obj = harness()  # lazy: keys come from SQLite through a blocking read
+
+    async def read(s):
+        return (s.kv.get("a"), s.kv.get(["a", "b", "missing"]), s.kv.get("missing"),
+                s.kv.list(), s.kv.list(prefix="b"), s.kv.list(reverse=True, limit=2))
+
+    assert await obj.run(read) == (
+        1, {"a": 1, "b": [2]}, None, [("a", 1), ("b", [2]), ("d", 4)], [("b", [2])],
+        [("d", 4), ("b", [2])])
+
+
+class SyncKvObject(DurableObject):
+    def count(self):  # a plain method using only the synchronous API, as on Cloudflare
+        n = (self.ctx.storage.kv.get("n") or 0) + 1
+        self.ctx.storage.kv.put("n", n)
+        return n
+
+    async def hold(self, started, proceed):
+        async def body(txn):
+            await txn.put("held", True)
+            started.set()
+            await proceed.wait()
+
+        await self.ctx.storage.transaction(body)
+
+
+async def test_synchronous_kv_writes_are_durable_and_refused_during_another_transaction(tmp_path):
+    def start():
+        host = ObjectHost("app", {"K": SyncKvObject}, None, tmp_path)
+        return host, DurableObjectNamespace("app", "K", LocalTransport(host)).get_by_name("k")
+
+    host, stub = start()
+    assert [await stub.count() for _ in range(3)] == [1, 2, 3]
+    started, proceed = asyncio.Event(), asyncio.Event()
+    held = asyncio.ensure_future(host.handle(stub.address, {
+        "kind": "rpc", "method": "hold", "args": [started, proceed]}))
+    await started.wait()
+    with pytest.raises(RuntimeError, match="cannot wait for it"):
+        host._actors["K", stub.id.hex].instance.count()  # a running event's sync call
+    proceed.set()
+    assert "ok" in await held
+    await host.close()
+    host, stub = start()
+    assert await stub.count() == 4
+    await host.close()
