@@ -203,12 +203,20 @@ SPIN_APP = CRASH_APP.replace("""            async def work(i=i):
                                      "await step.do(f\"step{i}\", work, retries={\"limit\": 1, \"delay\": 0})")
 
 
-def test_a_step_runs_under_the_scripts_cpu_limit(tmp_path):
-    app = write_app(tmp_path / "app", SPIN_MANIFEST, {"app.py": SPIN_APP})
+def spin_until_errored(tmp_path, app_text, fine_ends):
+    """Start instance `spin` of `app_text` under cpu_ms=100; its status once errored, after
+    checking that the isolate still runs another instance (to status `fine_ends`)."""
+    app = write_app(tmp_path / "app", SPIN_MANIFEST, {"app.py": app_text})
     with Server(app) as s, s.client() as c:
         assert c.post("/start/spin").status_code == 200
         st = wait_until(lambda: (x := c.get("/status/spin").json())["status"] == "errored" and x, timeout=20)
-        assert c.post("/start/other").status_code == 200  # the isolate kept serving
+        assert c.post("/start/fine").status_code == 200  # the isolate kept serving
+        wait_until(lambda: c.get("/status/fine").json()["status"] == fine_ends, timeout=20)
+    return st
+
+
+def test_a_step_runs_under_the_scripts_cpu_limit(tmp_path):
+    st = spin_until_errored(tmp_path, SPIN_APP, "errored")  # every instance's steps spin
     step = st["steps"][0]
     assert len(step["attempts"]) == 2  # the first attempt and one retry
     assert all("CPU limit of 100 ms" in a["error"]["message"] for a in step["attempts"])
@@ -221,12 +229,7 @@ BODY_SPIN_APP = CRASH_APP.replace("""        for i in range(3):""", """        i
 
 
 def test_workflow_code_outside_steps_runs_under_the_scripts_cpu_limit(tmp_path):
-    app = write_app(tmp_path / "app", SPIN_MANIFEST, {"app.py": BODY_SPIN_APP})
-    with Server(app) as s, s.client() as c:
-        assert c.post("/start/spin").status_code == 200
-        st = wait_until(lambda: (x := c.get("/status/spin").json())["status"] == "errored" and x, timeout=20)
-        assert c.post("/start/fine").status_code == 200  # the isolate kept serving
-        wait_until(lambda: c.get("/status/fine").json()["status"] == "complete", timeout=20)
+    st = spin_until_errored(tmp_path, BODY_SPIN_APP, "complete")
     assert st["error"]["message"] == "workflow code outside steps exceeded the CPU limit of 100 ms"
     assert st["steps"] == []
 
