@@ -194,8 +194,10 @@ class ObjectActor:
         except DurableObjectReset as exc:
             self.reset(exc)
         except Exception as exc:  # noqa: BLE001 - e.g. the database cannot be opened
-            self.reset(DurableObjectReset(
-                f"cannot open object: {type(exc).__name__}: {exc} ({self.db.file})"))
+            message = f"cannot open object: {type(exc).__name__}: {exc}"
+            if str(self.db.file) not in message:
+                message += f" ({self.db.file})"
+            self.reset(DurableObjectReset(message))
         finally:
             self._dispatcher = None
             if self.broken is not None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from runtime.killswitch import KillSwitch
-from tests.support import Server, alive, copy_example, run_cli, wait_until, write_app
+from tests.support import Server, alive, copy_example, free_port, run_cli, wait_until, write_app
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +270,14 @@ def test_a_step_that_keeps_killing_its_isolate_fails_the_instance(tmp_path):
         assert c.post("/start/next").status_code == 200  # the runtime keeps serving
     assert st["error"]["type"] == "WorkflowCrashLoop" and st["recoveries"] == 3
     assert st["steps"] == []  # the step never got to record an outcome
+
+
+def test_a_corrupt_shared_object_file_stops_startup_naming_the_file(tmp_path):
+    app = write_app(tmp_path / "app", CRASH_MANIFEST, {"app.py": CRASH_APP})
+    shared = tmp_path / "state" / "objects" / "app" / "_shared.sqlite"
+    shared.parent.mkdir(parents=True)
+    shared.write_bytes(b"not a database" * 500)
+    out = run_cli("serve", str(app), "--port", str(free_port()), "--state-dir", str(tmp_path / "state"))
+    assert out.returncode == 3, out.stderr
+    assert "file is not a database" in out.stderr and str(shared) in out.stderr
+    assert shared.read_bytes() == b"not a database" * 500  # left as found
