@@ -52,7 +52,7 @@ class WorkflowDefinition:
                                   {"definition": self})
         self._registries: weakref.WeakSet[WorkflowRegistryObject] = weakref.WeakSet()
         self._registry_cls = type(f"{self.class_name}Registry", (WorkflowRegistryObject,),
-                                  {"on_construct": self._registries.add})
+                                  {"definition": self})
 
     def object_classes(self) -> dict[str, type]:
         """The durable-object classes to register with the ``ObjectHost``."""
@@ -116,6 +116,9 @@ class WorkflowDefinition:
 
     def track(self, instance: InstanceEngine) -> None:
         self._live.add(instance)
+
+    def track_registry(self, registry: WorkflowRegistryObject) -> None:
+        self._registries.add(registry)
 
     async def close(self) -> None:
         """Abandon every in-process run task (call before closing the host)."""

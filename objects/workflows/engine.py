@@ -427,7 +427,8 @@ class InstanceEngine(DurableObject):
         if registry is None:
             self._slot = True
             return True
-        self._slot = bool(await registry.acquire(self.meta["id"], self.limits.max_concurrent))
+        self._slot = bool(await registry.acquire(self.meta["id"], self.limits.max_concurrent,
+                                                 self.meta["tenant"]))
         return self._slot
 
     async def _release_slot(self) -> None:

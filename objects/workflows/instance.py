@@ -112,6 +112,9 @@ class WorkflowInstanceObject(InstanceEngine):
         await self._load()
         if self.meta is None:
             return _err("not_found", "no such workflow instance")
+        if self.meta.get("pruned"):
+            return _err("pruned", f"cannot restart instance {self.meta['id']!r}: its params and "
+                        "history were pruned after the retention period")
         await self._supersede()
         await self._release_slot()
         for key in [*self.steps, *self.comps, *self.events]:
@@ -157,6 +160,20 @@ class WorkflowInstanceObject(InstanceEngine):
         if self.meta["status"] == WAITING:
             self._kick()
         return _ok()
+
+    async def prune(self, cutoff: float) -> dict[str, Any]:
+        """Drop params, output and history if finished before ``cutoff`` (epoch seconds); the
+        id, status, times and error stay, so the id is never reused."""
+        await self._load()
+        meta = self.meta
+        if (meta is None or meta.get("pruned") or meta["status"] not in FINAL_STATUSES
+                or meta["ended"] is None or meta["ended"] >= cutoff):
+            return _ok(False)
+        await self.storage.delete([*self.steps, *self.comps, *self.events])
+        self.steps, self.comps, self.events, self._by_pos = {}, {}, {}, {}
+        await self._save({"meta": {**meta, "params": None, "output": None, "pruned": self.now()}})
+        self.audit("workflow.pruned", {"status": meta["status"]})
+        return _ok(True)
 
     async def wake(self) -> dict[str, Any]:
         await self._load()
@@ -227,6 +244,6 @@ class WorkflowInstanceObject(InstanceEngine):
             "error": meta["error"], "created": meta["created"], "started": meta["started"],
             "ended": meta["ended"], "pause_reason": meta["pause_reason"],
             "waiting": meta["waiting"], "restarts": meta["restarts"],
-            "recoveries": meta.get("recoveries", 0), "steps": steps,
+            "recoveries": meta.get("recoveries", 0), "pruned": meta.get("pruned"), "steps": steps,
             "compensations": compensations, "pending_events": pending,
         }

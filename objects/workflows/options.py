@@ -121,3 +121,11 @@ class WorkflowLimits(BaseModel):
     #: lease; after this many cut-offs in a row without a step completing, the instance fails
     #: instead of crashing its isolate again.
     max_recoveries: int = Field(default=5, ge=1)
+    #: A finished instance keeps its params, output and step history this long; then they are
+    #: pruned (its id, status, times and error stay, so the id is never reused).
+    retention_seconds: float = Field(default=7 * 86400.0, gt=0)
+
+    @property
+    def sweep_seconds(self) -> float:
+        """How often the registry looks for finished instances past their retention."""
+        return min(self.retention_seconds, 3600.0)

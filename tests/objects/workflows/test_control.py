@@ -349,3 +349,50 @@ async def test_idle_instances_leave_memory_soon_and_come_back_from_disk(harness)
     assert (await done.status())["output"] == 1  # rebuilt from its stored record
     await waiting.send_event("go", "went")
     assert (await harness.wait(waiting, "complete"))["output"] == "went"
+
+
+async def test_finished_instances_are_pruned_after_their_retention(harness):
+    class Short(WorkflowEntrypoint):
+        limits = WorkflowLimits(retention_seconds=60)
+
+        async def run(self, event, step):
+            if event.payload == "wait":
+                await step.wait_for_event("go", "go")
+            return await step.do("work", lambda: {"big": "x" * 1000})
+
+    binding = await harness.start(Short)
+    done = await binding.create(id="done", params={"p": 1})
+    waits = await binding.create(id="waits", params="wait")
+    await harness.wait(done, "complete")
+    await harness.wait(waits, "waiting")
+    harness.advance(30)
+    await settle()
+    assert (await done.status())["pruned"] is None  # still within its retention
+    harness.advance(31)  # the registry's sweep: 60 s after the first run started
+
+    async def pruned(instance):
+        for _ in range(200):
+            st = await instance.status()
+            if st["pruned"]:
+                return st
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"not pruned: {st}")
+
+    st = await pruned(done)
+    assert st["status"] == "complete" and st["steps"] == [] and st["output"] is None
+    assert (await waits.status())["steps"][0]["name"] == "go"  # not finished: kept whole
+    with pytest.raises(WorkflowError) as error:
+        await binding.create(id="done")
+    assert error.value.code == "duplicate_id"  # the id is never reused
+    with pytest.raises(WorkflowError) as error:
+        await done.restart()
+    assert error.value.code == "pruned"
+    await waits.send_event("go")
+    await harness.wait(waits, "complete")
+    harness.advance(61)
+    assert (await pruned(waits))["status"] == "complete"
+    assert [row["id"] for row in await binding.list()] == ["done", "waits"]  # still listed
+    assert ("workflow.pruned", "done") in [(k, f["instance"]) for k, f in harness.audits]
+    binding = await harness.restart(Short)  # pruned on disk, not only in memory
+    st = await (await binding.get("done")).status()
+    assert st["steps"] == [] and st["pruned"] and st["output"] is None
