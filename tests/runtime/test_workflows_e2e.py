@@ -91,6 +91,16 @@ routes = ["/start/{id}", "/status/{id}"]
 workflows = [{ binding = "JOB", class_name = "Job" }]
 """
 
+# the HTTP side of the workflow apps below: start an instance, read its status
+JOB_FETCH = '''
+async def fetch(request, env, ctx):
+    wid = request.params["id"]
+    if request.path.startswith("/start/"):
+        await env.JOB.create(id=wid)
+        return Response("started")
+    return Response.json(await (await env.JOB.get(wid)).status())
+'''
+
 CRASH_APP = '''
 import os
 from workers import Response, WorkflowEntrypoint
@@ -113,13 +123,7 @@ class Job(WorkflowEntrypoint):
             await step.sleep(f"nap{i}", 0.4)
         return "done"
 
-async def fetch(request, env, ctx):
-    wid = request.params["id"]
-    if request.path.startswith("/start/"):
-        await env.JOB.create(id=wid)
-        return Response("started")
-    return Response.json(await (await env.JOB.get(wid)).status())
-'''
+''' + JOB_FETCH
 
 
 @pytest.mark.parametrize("pool", [1, 3])
@@ -248,13 +252,7 @@ class Job(WorkflowEntrypoint):
 
         await step.do("crash", crash)
 
-async def fetch(request, env, ctx):
-    wid = request.params["id"]
-    if request.path.startswith("/start/"):
-        await env.JOB.create(id=wid)
-        return Response("started")
-    return Response.json(await (await env.JOB.get(wid)).status())
-'''
+''' + JOB_FETCH
 
 
 def test_a_step_that_keeps_killing_its_isolate_fails_the_instance(tmp_path):
