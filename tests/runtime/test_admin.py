@@ -26,12 +26,15 @@ ISS = "https://idp.test"
 AUD = "edgeworks-test"
 ADMIN = "edgeworks:admin"
 
-AUTH_MANIFEST = """
+# the [auth] section every admin/deploy/kill test app uses: it verifies `token()`'s JWTs
+AUTH_SECTION = f"""
 [auth]
 secret = "JWT_SECRET"
-issuer = "https://idp.test"
-audience = "edgeworks-test"
+issuer = "{ISS}"
+audience = "{AUD}"
+"""
 
+AUTH_MANIFEST = AUTH_SECTION + """
 [[scripts]]
 name = "app"
 main = "app.py"

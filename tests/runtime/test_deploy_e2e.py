@@ -10,15 +10,10 @@ import httpx
 import pytest
 
 from runtime.versions import pack_dir
-from tests.runtime.test_admin import SECRET, audit_entries, bearer, token
+from tests.runtime.test_admin import AUTH_SECTION, SECRET, audit_entries, bearer, token
 from tests.support import Server, run_cli, wait_until, write_app
 
-MANIFEST = """
-[auth]
-secret = "JWT_SECRET"
-issuer = "https://idp.test"
-audience = "edgeworks-test"
-
+MANIFEST = AUTH_SECTION + """
 [[scripts]]
 name = "app"
 main = "app.py"
