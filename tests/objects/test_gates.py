@@ -17,7 +17,7 @@ from objects import (
 from objects.database import ObjectDatabase
 from objects.gates import InputGate, OutputGate
 
-from .aio import eventually, settle
+from .aio import eventually, hold_io, settle
 
 
 # -- InputGate ---------------------------------------------------------------------------------
@@ -232,17 +232,7 @@ async def test_output_gate_releases_the_reply_only_after_the_commit(tmp_path, mo
     host, ns = make(tmp_path)
     stub = ns.get_by_name("a")
     await stub.increment()
-    import threading
-
-    entered, proceed = threading.Event(), threading.Event()
-    original = ObjectDatabase._commit
-
-    def slow_commit(self, batch):
-        entered.set()
-        proceed.wait(10)
-        return original(self, batch)
-
-    monkeypatch.setattr(ObjectDatabase, "_commit", slow_commit)
+    entered, proceed = hold_io(monkeypatch, "_commit")
     call = stub.increment()
     await eventually(entered.is_set)
     await settle()
@@ -408,23 +398,13 @@ async def test_storage_calls_of_other_events_wait_for_a_critical_section(tmp_pat
 
 
 async def test_writes_do_not_suspend_while_another_event_reads_from_disk(tmp_path, monkeypatch):
-    import threading
-
     host, ns = await make_cold(tmp_path, cls=Interleaver, name="i")
     stub = ns.get_by_name("i")
     await stub.read_missing("warm")
     release = asyncio.Event()
     running = stub.slow_read_then(release)  # delivered, now waiting on something else
     await settle()
-    entered, proceed = threading.Event(), threading.Event()
-    original = ObjectDatabase._read
-
-    def slow_read(self, keys):
-        entered.set()
-        proceed.wait(10)
-        return original(self, keys)
-
-    monkeypatch.setattr(ObjectDatabase, "_read", slow_read)
+    entered, proceed = hold_io(monkeypatch, "_read")
     batches = []
     original_commit = ObjectDatabase.commit_soon
 
@@ -453,24 +433,13 @@ class Caller(DurableObject):
 
 
 async def test_output_gate_holds_outgoing_calls_until_the_write_is_durable(tmp_path, monkeypatch):
-    import threading
-
     env: dict = {"received": []}
     host = ObjectHost("app", {"Caller": Caller}, env, tmp_path)
     env["ns"] = ns = DurableObjectNamespace("app", "Caller", LocalTransport(host))
     caller = ns.get_by_name("caller")
     await ns.get_by_name("callee").receive()
     env["received"].clear()
-    entered, proceed = threading.Event(), threading.Event()
-    original = ObjectDatabase._commit
-
-    def slow_commit(self, batch):
-        if "sent" in batch.writes:
-            entered.set()
-            proceed.wait(10)
-        return original(self, batch)
-
-    monkeypatch.setattr(ObjectDatabase, "_commit", slow_commit)
+    entered, proceed = hold_io(monkeypatch, "_commit", lambda batch: "sent" in batch.writes)
     call = caller.write_then_call()
     await eventually(entered.is_set)
     await settle()
@@ -500,22 +469,12 @@ class Racer(DurableObject):
 
 
 async def test_a_queued_critical_section_cannot_slip_between_get_and_put(tmp_path, monkeypatch):
-    import threading
-
     host, ns = await make_cold(tmp_path, cls=Racer, name="r")
     stub = ns.get_by_name("r")
     release = asyncio.Event()
     txn = stub.later_transaction(release)  # delivered first, waits for `release`
     await settle()
-    entered, proceed = threading.Event(), threading.Event()
-    original = ObjectDatabase._read
-
-    def slow_read(self, keys):
-        entered.set()
-        proceed.wait(10)
-        return original(self, keys)
-
-    monkeypatch.setattr(ObjectDatabase, "_read", slow_read)
+    entered, proceed = hold_io(monkeypatch, "_read")
     inc = stub.read_then_increment()
     await eventually(entered.is_set)
     release.set()  # the transaction queues for the gate while the read holds it

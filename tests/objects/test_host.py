@@ -18,7 +18,7 @@ from objects import (
     ObjectHost,
 )
 
-from .aio import eventually, settle
+from .aio import eventually, hold_io, settle
 
 
 class Counter(DurableObject):
@@ -361,22 +361,10 @@ async def test_sql_of_an_idempotent_op_is_atomic_with_its_record(tmp_path):
 
 
 async def test_cancelling_a_delivered_call_does_not_cancel_its_event(tmp_path, monkeypatch):
-    import threading
-
-    from objects.database import ObjectDatabase
-
     host, ns = make(tmp_path)
     stub = ns.get_by_name("c")
     await stub.value()
-    entered, proceed = threading.Event(), threading.Event()
-    original = ObjectDatabase._commit
-
-    def slow_commit(self, batch):
-        entered.set()
-        proceed.wait(10)
-        return original(self, batch)
-
-    monkeypatch.setattr(ObjectDatabase, "_commit", slow_commit)
+    entered, proceed = hold_io(monkeypatch, "_commit")
     call = asyncio.ensure_future(host.handle(stub.address, {"kind": "rpc", "method": "increment"}))
     await eventually(entered.is_set)
     call.cancel()  # the caller goes away while the reply waits on the output gate
