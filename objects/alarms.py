@@ -22,6 +22,9 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from objects.sqlitefile import connect
 
 __all__ = ["AlarmIndex", "AlarmInfo", "retry_delay_ms"]
 
@@ -44,22 +47,18 @@ class AlarmIndex:
 
     def __init__(self, path: Path, durability: str = "normal") -> None:
         self.path = path
-        self._synchronous = "FULL" if durability == "full" else "NORMAL"
+        self._synchronous: Literal["FULL", "NORMAL"] = "FULL" if durability == "full" else "NORMAL"
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute(
+            self._conn = connect(
+                self.path,
                 "CREATE TABLE IF NOT EXISTS alarms (class_name TEXT NOT NULL, id TEXT NOT NULL, "
-                "time INTEGER NOT NULL, PRIMARY KEY (class_name, id)) WITHOUT ROWID"
+                "time INTEGER NOT NULL, PRIMARY KEY (class_name, id)) WITHOUT ROWID",
+                synchronous=self._synchronous, busy_timeout_s=5,
             )
-            self._conn = conn
         return self._conn
 
     def set(self, class_name: str, id_hex: str, time: int | None) -> None:

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from objects.sqlitefile import connect
+
 __all__ = ["Batch", "Durability", "ObjectDatabase", "OpenState"]
 
 Durability = Literal["normal", "full"]
@@ -179,11 +181,10 @@ class ObjectDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             _create_from_template(self.path, fsync=self.durability == "full")
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
-        conn.execute("PRAGMA journal_mode=WAL")  # already set by the template; kept for old files
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(_SCHEMA)
+        # WAL and the schema are already set by the template; connect still sets them for files
+        # written otherwise (older versions), safely if another process opens the file too.
+        conn = connect(self.path, _SCHEMA, busy_timeout_s=5,
+                       synchronous="FULL" if self.durability == "full" else "NORMAL")
         self._conn = conn
         row = conn.execute("SELECT time FROM _ew_alarm WHERE id = 0").fetchone()
         rows: list[tuple[str, bytes]] = []

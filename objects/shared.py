@@ -44,6 +44,7 @@ from objects.database import (
     _create_from_template,
     range_query,
 )
+from objects.sqlitefile import connect
 
 __all__ = ["SharedDatabase", "SharedObjectDatabase", "scan_key"]
 
@@ -119,17 +120,13 @@ class SharedDatabase:
 
     # -- the thread ----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.executescript(_SCHEMA)
+            return connect(self.path, _SCHEMA, busy_timeout_s=10,
+                           synchronous="FULL" if self.durability == "full" else "NORMAL")
         except sqlite3.DatabaseError as exc:
-            conn.close()
+            if str(self.path) in str(exc):
+                raise
             raise type(exc)(f"{exc}: {self.path}") from None  # name the file (every object in it)
-        return conn
 
     def _serve(self) -> None:
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgpack
+
+from objects.sqlitefile import connect
 
 __all__ = ["APPROVALS_FILENAME", "AlreadyDecided", "ApprovalStatus", "ApprovalStore"]
 
@@ -81,10 +82,7 @@ class ApprovalStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
+        self._conn = connect(self.path, _SCHEMA, synchronous="FULL", busy_timeout_s=30)
 
     def hold(self, msg: dict[str, Any], *, script: str, request_id: str, tenant: str | None,
              subject: str | None, risk: str, reason: str | None, **_: Any) -> str:

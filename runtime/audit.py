@@ -60,6 +60,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from objects.sqlitefile import connect
 from runtime.redact import Redactor
 
 __all__ = [
@@ -315,8 +316,8 @@ class AuditLog:
         self.write_errors = 0
         self.last_error: BaseException | None = None
         self._pid = os.getpid()
-        self._conn = _connect(self.path, self.options.busy_timeout_s)
-        self._init_schema()
+        self._conn = connect(self.path, _SCHEMA, synchronous=self.options.synchronous,
+                             busy_timeout_s=self.options.busy_timeout_s)
         self._thread = threading.Thread(
             target=self._run, name="edgeworks-audit-flusher", daemon=True
         )
@@ -499,26 +500,6 @@ class AuditLog:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    def _init_schema(self) -> None:
-        deadline = time.monotonic() + self.options.busy_timeout_s
-        while True:
-            try:
-                if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute(f"PRAGMA synchronous={self.options.synchronous}")
-                self._conn.execute("BEGIN IMMEDIATE")
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        self._conn.execute(stmt)
-                self._conn.execute("COMMIT")
-                return
-            except sqlite3.OperationalError:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
 
 
 # -- reading -------------------------------------------------------------------------------

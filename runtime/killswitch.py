@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from objects.sqlitefile import connect
 
 __all__ = ["KILLSWITCH_FILENAME", "KILL_KINDS", "Kill", "KillKind", "KillSwitch"]
 
@@ -87,23 +88,7 @@ class KillSwitch:
 
     def _connect(self) -> None:
         self._pid = os.getpid()
-        self._conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._init_schema()
-
-    def _init_schema(self) -> None:
-        conn = self._conn
-        conn.execute("PRAGMA busy_timeout=30000")
-        for _ in range(200):  # switching to WAL needs a moment of exclusivity
-            try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(_SCHEMA)
-                return
-            except sqlite3.OperationalError:
-                time.sleep(0.01)
-        conn.execute(_SCHEMA)
+        self._conn = connect(self.path, _SCHEMA, synchronous="FULL", busy_timeout_s=30)
 
     # -- reading -------------------------------------------------------------------------
 
