@@ -50,6 +50,7 @@ from .contract import Refusal
 from .errors import error_json
 from .identity import AuthError
 from .logs import log
+from .safejson import JSONTooDeep, parse_json
 from .supervisor import LoadFailed
 from .tail import Subscriber, TailHub, TailResponse
 from .versions import MAX_BUNDLE_BYTES, BundleError, VersionStore
@@ -73,7 +74,9 @@ class _Problem(Exception):
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
     raw = await request.body()
     try:
-        data = json.loads(raw) if raw.strip() else {}
+        data = parse_json(raw) if raw.strip() else {}
+    except JSONTooDeep as e:
+        raise _Problem(400, "json_too_deep", f"the request body nests JSON deeper than {e.limit} levels", limit=e.limit) from None
     except ValueError:
         raise _Problem(400, "invalid_json", "the request body is not JSON") from None
     try:

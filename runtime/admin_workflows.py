@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .safejson import JSONTooDeep, check_depth
+
 __all__ = ["ACTIONS", "workflow_routes"]
 
 PREFIX = "/__edgeworks/workflows"
@@ -59,6 +61,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 async def _body(request: Request, model: type[BaseModel]) -> Any:
     raw = await request.body()
+    check_depth(raw.decode("utf-8", "replace"))  # JSONTooDeep, a ValueError: 400 json_too_deep
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as e:
@@ -84,7 +87,7 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
         try:
             body = await _body(request, CreateBody)
         except ValueError as e:
-            return _error(400, "bad_request", str(e))
+            return _error(400, "json_too_deep" if isinstance(e, JSONTooDeep) else "bad_request", str(e))
         audit("admin.workflow.create", request, subject, script=p["script"], binding=p["binding"], instance=body.id)
         return await call(p["script"], p["binding"], "create", body.id, [body.params])
 
@@ -108,7 +111,7 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
             else:
                 args = []
         except ValueError as e:
-            return _error(400, "bad_request", str(e))
+            return _error(400, "json_too_deep" if isinstance(e, JSONTooDeep) else "bad_request", str(e))
         audit(f"admin.workflow.{p['action']}", request, subject, script=p["script"], binding=p["binding"],
               instance=p["id"], args=args)
         return await call(p["script"], p["binding"], action, p["id"], args)

@@ -198,19 +198,22 @@ def _pydantic_problems(source: str, prefix: str, err: ValidationError) -> list[s
     return problems
 
 
+def _parse_toml(name: str, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{name}: not valid TOML: {e}"]) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError([f"{name}: not valid TOML: arrays or inline tables nested too deeply"]) from None
+
+
 def _read_manifest(root: Path) -> tuple[str, str, dict[str, Any]]:
     toml_path = root / "edgeworks.toml"
     pyproject = root / "pyproject.toml"
     if toml_path.is_file():
-        try:
-            return "edgeworks.toml", "", tomllib.loads(toml_path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError([f"edgeworks.toml: not valid TOML: {e}"]) from None
+        return "edgeworks.toml", "", _parse_toml("edgeworks.toml", toml_path.read_text())
     if pyproject.is_file():
-        try:
-            data = tomllib.loads(pyproject.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError([f"pyproject.toml: not valid TOML: {e}"]) from None
+        data = _parse_toml("pyproject.toml", pyproject.read_text())
         section = data.get("tool", {}).get("edgeworks")
         if section is not None:
             return "pyproject.toml", "tool.edgeworks", section

@@ -4,7 +4,10 @@ Order, and what each step may answer instead of the handler:
 1. kill switch for the script and the route            -> 503 {"error": "killed", "reason"}
 2. identity: verify the bearer token per route policy  -> 401 / 403 with WWW-Authenticate
 3. kill switch for the tenant                          -> 503 {"error": "killed", "reason"}
-4. risk label from the rules (body parsed as JSON when it is JSON)
+4. risk label from the rules; when a rule reads body fields, the body is parsed exactly as the
+   handler's `request.json()` parses it, whatever its content type (a body that is not JSON
+   matches such rules: fail closed, see risk.py)
+   body nested deeper than MAX_JSON_DEPTH                -> 400 {"error": "json_too_deep", "limit"}
    action block                                        -> 403 {"error": "blocked_by_policy"}
    action approve                                      -> 202 {"error": "approval_required"}
 Each refusal is audited (with request id, tenant, subject, script, risk); the JWT itself is never
@@ -13,7 +16,6 @@ logged or audited. Every request is audited at start and at end.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,8 @@ from .auditd import AuditPipe
 from .config import AppConfig, RouteConfig
 from .identity import AuthError, Identity, Verifier
 from .killswitch import KillSwitch
-from .risk import RiskDecision, RiskEngine
+from .risk import UNREADABLE_BODY, RiskDecision, RiskEngine
+from .safejson import JSONTooDeep, parse_json
 
 __all__ = ["Contract", "Refusal", "identity_wire"]
 
@@ -51,7 +54,6 @@ class Contract:
         self.risk = RiskEngine(app.risk)
         self.kills = kills
         self.audit_log = audit_log
-        self.has_rules = bool(app.risk)
         self.audit_requests = app.audit.requests
 
     def audit(self, kind: str, **fields: Any) -> None:
@@ -80,11 +82,14 @@ class Contract:
             self.audit("auth.failure", request_id=rid, script=script, code=e.code, status=e.status)
             raise Refusal(e.status, e.code, e.message, {}, [(b"www-authenticate", e.www_authenticate.encode())]) from None
 
-    def assess(self, method: str, path: str, tenant: str | None, body: bytes, content_type: str | None) -> RiskDecision:
+    def assess(self, method: str, path: str, tenant: str | None, body: bytes) -> RiskDecision:
         parsed: Any = None
-        if self.has_rules and body and (content_type or "").startswith("application/json"):
+        if self.risk.reads_body and body:
             try:
-                parsed = json.loads(body)
+                parsed = parse_json(body)
+            except JSONTooDeep as e:
+                raise Refusal(400, "json_too_deep", f"the request body nests JSON deeper than {e.limit} levels",
+                              {"limit": e.limit}, []) from None
             except ValueError:
-                parsed = None
+                parsed = UNREADABLE_BODY
         return self.risk.evaluate(method, path, tenant, parsed)

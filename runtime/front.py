@@ -174,7 +174,7 @@ class Front:
         t0 = time.perf_counter()
         start_ts = time.time()
         rid = None
-        host = authorization = content_type = ""
+        host = authorization = ""
         for k, v in scope["headers"]:
             if k == b"x-request-id":
                 cand = v.decode("latin-1")
@@ -184,8 +184,6 @@ class Front:
                 host = v.decode("latin-1")
             elif k == b"authorization":
                 authorization = v.decode("latin-1")
-            elif k == b"content-type":
-                content_type = v.decode("latin-1")
         rid = rid or uuid.uuid4().hex
         method = scope["method"]
         path = scope["path"]
@@ -218,7 +216,7 @@ class Front:
             except BodyTooLarge:
                 raise Refusal(413, "body_too_large", f"request body exceeds the limit of {script.limits.body_bytes} bytes",
                               {"limit_bytes": script.limits.body_bytes}, []) from None
-            decision = contract.assess(method, path, tenant, body, content_type)
+            decision = contract.assess(method, path, tenant, body)
             risk = decision.label
             who = {"request_id": rid, "script": route.script, "tenant": tenant, "risk": risk,
                    "subject": identity.subject if identity else None}

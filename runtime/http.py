@@ -10,6 +10,8 @@ from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .safejson import parse_json
+
 __all__ = ["Headers", "Request", "Response"]
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | None
@@ -126,7 +128,8 @@ class Request:
         return self._body.decode()
 
     async def json(self) -> Any:
-        return _json.loads(self._body)
+        # The same parse the front's risk rules use (JSONTooDeep past the nesting bound).
+        return parse_json(self._body)
 
     def body_bytes(self) -> bytes:
         return self._body
@@ -214,7 +217,7 @@ class Response:
         return self._body.decode()
 
     async def _read_json(self) -> Any:
-        return _json.loads(self._body)
+        return parse_json(self._body)
 
     # `Response.json(data)` builds a JSON response; `await response.json()` parses one.
     json = _ClassOrInstance("_make_json", "_read_json")

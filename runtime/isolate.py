@@ -44,6 +44,7 @@ from .ipc import Channel, ChannelClosed, open_channel
 from .killswitch import KillSwitch
 from .logs import log
 from .meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered
+from .safejson import JSONTooDeep, check_depth
 
 __all__ = ["Isolate", "LoadError", "main", "run"]
 
@@ -259,6 +260,8 @@ class Isolate:
                    "limit_mb": self.script.limits.memory_mb}
         except SubrequestLimitExceeded as e:
             err = {"code": "subrequest_limit", "status": 503, "message": str(e), "limit": e.limit}
+        except JSONTooDeep as e:  # from request.json(): the client's fault, not the handler's
+            err = {"code": "json_too_deep", "status": 400, "message": str(e), "limit": e.limit}
         except asyncio.CancelledError:
             err = {"code": "cancelled", "status": 503, "message": "request cancelled"}
         except Exception as e:
@@ -278,6 +281,11 @@ class Isolate:
         req = Request.from_wire(msg["req"])
         route = msg.get("route")
         if route is not None and route < len(self.models):
+            try:  # the bound request.json() applies; pydantic's own (200 levels) answers less clearly
+                if self.models[route][0] is not None:
+                    check_depth(req.body_bytes().decode("utf-8", "replace"))
+            except JSONTooDeep as e:
+                return self._reply_error(mid, scope.request_id, {"code": "json_too_deep", "status": 400, "message": str(e), "limit": e.limit}, 0.0)
             problem = self._validate(req, *self.models[route])
             if problem is not None:
                 self.channel.reply(mid, {"status": 422, "headers": [["content-type", "application/json"]],
@@ -512,6 +520,8 @@ def run(fd: int, note_path: str) -> None:
     _die_with_parent()
     # Thread stacks are private writable memory, so they count against the memory limit
     # (RLIMIT_DATA); handler code and object I/O threads need far less than the 8 MiB default.
+    # Guest code never runs on them: the sandbox engine's threads get stacks sized from its
+    # wasm stack limit, and guests are only entered on such threads (sandbox/_stack.py).
     threading.stack_size(512 * 1024)
     try:
         import uvloop

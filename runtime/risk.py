@@ -11,6 +11,10 @@ A `RiskRule` matches a request when every condition it sets holds:
   (JSON) body, digits index lists (``items.0.sku``). ``op`` is one of eq, ne, gt, gte, lt, lte,
   in, contains, exists, matches. A field that is absent satisfies only ``exists: false``; a
   comparison between incomparable types (``"a" > 1``) is false, never an error.
+  The body is what the handler's ``request.json()`` returns, whatever the content type says
+  (see `runtime.safejson`). A non-empty body that is not JSON is `UNREADABLE_BODY`: a rule with
+  body predicates then matches (fail closed: the rule cannot be shown not to apply, and the
+  handler might still read the fields some other way).
 
 `RiskEngine.evaluate` returns a `RiskDecision`: the label is the highest label among the
 matching rules (low < medium < high) or the engine's default; the action is the strongest
@@ -39,6 +43,7 @@ __all__ = [
     "RiskAction",
     "RiskRule",
     "RiskRuleError",
+    "UNREADABLE_BODY",
     "compile_path",
     "load_rules",
 ]
@@ -48,6 +53,14 @@ RiskAction = Literal["allow", "block", "approve"]
 _LABEL_RANK = {"low": 0, "medium": 1, "high": 2}
 _ACTION_RANK = {"allow": 0, "approve": 1, "block": 2}
 _MISSING = object()
+
+
+class _Unreadable:
+    def __repr__(self) -> str:
+        return "UNREADABLE_BODY"
+
+
+UNREADABLE_BODY: Any = _Unreadable()
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(path))?\}")
 
 
@@ -259,6 +272,8 @@ class RiskEngine:
         self.rules = load_rules(rules)
         self.default: RiskLabel = default
         self._paths = [compile_path(r.path) if r.path else None for r in self.rules]
+        # Whether evaluating needs the parsed body at all (the front skips parsing otherwise).
+        self.reads_body = any(r.when for r in self.rules)
 
     def evaluate(self, method: str, path: str, tenant: str | None, body: Any) -> RiskDecision:
         method = method.upper()
@@ -276,9 +291,10 @@ class RiskEngine:
             return RiskDecision(label, "allow", None, "no rule matched")
         index = -best[2]
         rule = self.rules[index]
-        return RiskDecision(
-            label, rule.action, index, rule.reason or f"rule {index}: {rule.describe()}"
-        )
+        reason = rule.reason or f"rule {index}: {rule.describe()}"
+        if rule.when and body is UNREADABLE_BODY:
+            reason += " (the body is not JSON, so the rule's body fields could not be checked)"
+        return RiskDecision(label, rule.action, index, reason)
 
     def _matches(
         self, i: int, rule: RiskRule, method: str, path: str, tenant: str | None, body: Any
@@ -290,4 +306,6 @@ class RiskEngine:
         rx = self._paths[i]
         if rx is not None and rx.match(path) is None:
             return False
+        if body is UNREADABLE_BODY:
+            return True  # fail closed, see the module docstring
         return all(p.holds(body) for p in rule.when)

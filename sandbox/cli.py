@@ -56,7 +56,7 @@ def run_tool_cli(
 
     try:
         value = json.loads(input_json)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         return fail(ToolError(ErrorCode.BAD_INPUT, f"--input is not JSON: {e}"), 2)
     try:
         declared = load_manifest_tools(app)

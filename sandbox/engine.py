@@ -12,6 +12,11 @@
   which is why it lives in the state dir that only the runtime writes.
 - One `EpochTicker` per engine (see `sandbox.ticker`) and one thread pool per engine: every
   guest call runs on a pool thread with its own fresh `Store`, which is never shared.
+- The wasm stack limit and the host stack it runs on are tied here (see `sandbox._stack`):
+  pool threads get `thread_stack` = `max_wasm_stack` plus a host margin, and a guest is only
+  entered on a thread whose stack is at least that (`runs_guests_here`); a call made on any
+  other thread is handed to the pool. So no guest limit exceeds the host stack below it, and
+  a recursing guest ends with `stack_overflow` instead of SIGSEGV.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from pathlib import Path
 
 import wasmtime
 
+from ._stack import GuestThreadPool, current_thread_stack, guest_thread_stack
 from .ticker import EpochTicker
 
 __all__ = ["CacheStats", "SandboxEngine", "WASMTIME_VERSION"]
 
+MAX_WASM_STACK_CEILING = 64 * 1024 * 1024  # every pool thread reserves this much plus a margin
 
 
 def _wasmtime_version() -> str:
@@ -65,6 +72,13 @@ class SandboxEngine:
         tick_s: float = 0.005,
         workers: int | None = None,
     ):
+        if not isinstance(max_wasm_stack, int) or not 64 * 1024 <= max_wasm_stack <= MAX_WASM_STACK_CEILING:
+            raise ValueError(
+                f"max_wasm_stack must be an int in [65536, {MAX_WASM_STACK_CEILING}] bytes,"
+                f" got {max_wasm_stack!r}"
+            )
+        self.max_wasm_stack = max_wasm_stack
+        self.thread_stack = guest_thread_stack(max_wasm_stack)
         cfg = wasmtime.Config()
         cfg.consume_fuel = True
         cfg.epoch_interruption = True
@@ -75,7 +89,8 @@ class SandboxEngine:
             f"fuel,epoch,exceptions,stack={max_wasm_stack}".encode()
         ).hexdigest()[:12]
         self.ticker = EpochTicker(self.engine, tick_s)
-        self.executor = ThreadPoolExecutor(
+        self.executor: ThreadPoolExecutor = GuestThreadPool(
+            self.thread_stack,
             max_workers=workers or min(8, (os.cpu_count() or 1) + 2),
             thread_name_prefix="sandbox-call",
         )
@@ -89,6 +104,11 @@ class SandboxEngine:
             if cls._shared is None:
                 cls._shared = cls()
             return cls._shared
+
+    def runs_guests_here(self) -> bool:
+        """Whether the running thread's stack is big enough to enter a guest of this engine."""
+        size = current_thread_stack()
+        return size is not None and size >= self.thread_stack
 
     def cache_key(self, wasm: bytes) -> str:
         digest = hashlib.sha256(wasm).hexdigest()

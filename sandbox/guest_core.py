@@ -85,3 +85,5 @@ def read_json_output(data: bytes) -> Any:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ToolError(ErrorCode.BAD_OUTPUT, f"output is not JSON: {e}", {"size": len(data)}) from None
+    except RecursionError:  # json recurses per nesting level: a hostile guest nests 100k deep
+        raise ToolError(ErrorCode.BAD_OUTPUT, "output is not JSON: nested too deeply", {"size": len(data)}) from None

@@ -1,9 +1,11 @@
 """One guest call on one fresh Store: limits, deadline, host context and error mapping.
 
-`execute(engine, limits, ctx, body)` builds a `wasmtime.Store`, applies the limits (fuel,
+`execute(engine, limits, ctx, body)` runs on a thread whose stack holds the engine's wasm stack
+limit plus a host margin (the calling thread if it qualifies, else a thread of the engine's
+pool, waited for: see `sandbox.engine`), builds a `wasmtime.Store`, applies the limits (fuel,
 memory, tables, instances), binds `ctx` as this thread's host context, opens an epoch-ticker
 window, sets the wall-clock deadline, runs `body(store)` and maps whatever went wrong to a
-`ToolError`. The store is created, used and dropped on the calling thread only.
+`ToolError`. The store is created, used and dropped on that one thread.
 
 Mapping, first match wins:
 1. a violation the host recorded (`ctx.abort`: host-call or output limit);
@@ -61,6 +63,8 @@ def execute(
     body: Callable[[wasmtime.Store, MemoryProbe], T],
     stats: CallStats,
 ) -> T:
+    if not engine.runs_guests_here():
+        return engine.executor.submit(execute, engine, limits, ctx, body, stats).result()
     store = wasmtime.Store(engine.engine)  # closed in `finally`: see module docstring
     store.set_limits(
         memory_size=limits.memory_bytes,

@@ -185,3 +185,10 @@ def test_object_and_sandbox_settings_are_validated(tmp_path):
     text = "\n".join(p)
     assert "scripts[0].object_durability: Input should be 'normal' or 'full'" in text
     assert "scripts[0].sandbox.limits.fuel: Input should be greater than 0" in text
+
+
+def test_a_manifest_nested_too_deeply_is_a_config_error_not_a_recursion_error(tmp_path):
+    (tmp_path / "edgeworks.toml").write_text("x = " + "[" * 30_000 + "]" * 30_000 + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_app(tmp_path)
+    assert "nested too deeply" in str(e.value)

@@ -1,6 +1,14 @@
 import pytest
 
-from runtime.risk import Predicate, RiskDecision, RiskEngine, RiskRule, RiskRuleError, compile_path
+from runtime.risk import (
+    UNREADABLE_BODY,
+    Predicate,
+    RiskDecision,
+    RiskEngine,
+    RiskRule,
+    RiskRuleError,
+    compile_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -181,3 +189,16 @@ def test_invalid_default_label():
 def test_rule_models_are_accepted_directly():
     rule = RiskRule(path="/x", label="high", action="block")
     assert RiskEngine([rule]).evaluate("GET", "/x", None, {}).action == "block"
+
+
+def test_a_body_that_is_not_json_matches_rules_that_read_body_fields_fail_closed(engine: RiskEngine):
+    d = engine.evaluate("POST", "/payments/charge", "acme", UNREADABLE_BODY)
+    assert (d.label, d.action, d.rule_index) == ("high", "approve", 1)
+    assert "not JSON" in d.reason
+    # rules without body predicates are unaffected
+    assert engine.evaluate("GET", "/admin/users", None, UNREADABLE_BODY).action == "allow"
+
+
+def test_reads_body_only_when_a_rule_has_body_predicates():
+    assert RiskEngine(RULES).reads_body
+    assert not RiskEngine([{"path": "/x", "action": "block"}]).reads_body
