@@ -12,9 +12,14 @@ when a cheap substring test rules it out):
   ``alg: none`` tokens have, still counts);
 - ``api_key``: ``sk-…``/``sk_live_…``, GitHub tokens (``ghp_``/``gho_``/``ghu_``/``ghs_``/
   ``ghr_``), AWS access key ids (``AKIA``/``ASIA``), Slack tokens (``xoxb-``/``xoxa-``/``xoxp-``);
-- ``key``: a long (16+ characters) high-entropy hex/base64 value after ``key=``, ``token=``,
-  ``secret=``, ``password=`` and similar (the ``name=`` prefix is kept);
-- ``email``: e-mail addresses;
+- ``key``: a long (16+ characters) high-entropy value (base64/base64url/hex, dots allowed) after
+  ``key=``, ``token=``, ``secret=``, ``password=`` and similar (the ``name=`` prefix is kept);
+- ``secret``: any value, however short and whatever its punctuation, after a name that only
+  ever holds a credential (``password``, ``passwd``, ``pwd``, ``passphrase``, ``secret``,
+  ``credentials``, ``api_key``/``api-key``, ``private_key``) and ``=`` or ``:``: quoted (up to
+  the closing quote: ``'password': 'Pw!x'``, ``"password":"a.b"``) or bare (up to white space
+  or one of ``&;,)}]``: ``password=Pw!x;``); and the password of a URL (``scheme://user:pw@``);
+- ``email``: e-mail addresses, also percent-encoded (``bob%40example.com``);
 - ``card``: 13-19 digits, optionally grouped by single spaces or dashes, first digit 2-6
   (the card networks' ranges, which keeps millisecond timestamps out), and Luhn-valid;
 - ``phone``: ``+`` and 8-15 digits with optional separators, or a national format with
@@ -75,11 +80,20 @@ _API_KEY = re.compile(
 )
 # The value after `=`/`:`; the name before it is checked in `_replace_key`, which is much
 # cheaper than asking the regex engine to try every name at every position.
-_KEY_VALUE = re.compile(r"[=:][ \t]*[\"']?([A-Za-z0-9+/_\-]{16,}={0,2})(?![A-Za-z0-9+/_\-=])")
+_KEY_VALUE = re.compile(r"[=:][ \t]*[\"']?([A-Za-z0-9+/_\-.~]{16,}={0,2})(?![A-Za-z0-9+/_\-.~=])")
 _KEY_NAME = re.compile(
     r"(?i:key|token|secret|passw(?:or)?d|sig(?:nature)?|auth|credentials?)[\"']?[ \t]*$"
 )
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# A name that only ever holds a credential: its value goes whatever its length or characters.
+_SECRET_VALUE = re.compile(
+    r"(?i:passw(?:or)?d|pwd|passphrase|secret|credentials?|api[_-]?key|private[_-]?key)"
+    r"[\"']?[ \t]*[=:][ \t]*"
+    r"(?:\"((?:[^\"\\\n]|\\.)*)\"|'((?:[^'\\\n]|\\.)*)'|([^\s\"'&;,)}\]]+))"
+)
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]*):([^/\s@]+)@")
+_EMAIL = re.compile(
+    r"\b[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+)
 _DIGIT = re.compile(r"\d")
 _CARD = re.compile(r"(?<![\d+\-])[2-6]\d(?:[ -]?\d){11,17}(?![\d\-])")
 _PHONE = re.compile(
@@ -202,7 +216,10 @@ class Redactor:
         text = _API_KEY.sub("[redacted:api_key]", text)
         if "=" in text or ":" in text:
             text = _KEY_VALUE.sub(_replace_key, text)
-        if "@" in text:
+            text = _SECRET_VALUE.sub(_replace_secret, text)
+            if "://" in text:
+                text = _URL_PASSWORD.sub(r"\1:[redacted:secret]@", text)
+        if "@" in text or "%40" in text:
             text = _EMAIL.sub("[redacted:email]", text)
         if _DIGIT.search(text):
             text = _CARD.sub(_replace_card, text)
@@ -227,6 +244,16 @@ def _replace_key(m: re.Match[str]) -> str:
         return m.group(0)
     whole = m.group(0)
     return whole[: len(whole) - len(value)] + "[redacted:key]"
+
+
+def _replace_secret(m: re.Match[str]) -> str:
+    group = next(g for g in (1, 2, 3) if m.group(g) is not None)
+    value = m.group(group)
+    if not value or value.startswith("[redacted:"):
+        return m.group(0)
+    start, end = m.start(group) - m.start(), m.end(group) - m.start()
+    whole = m.group(0)
+    return whole[:start] + _MASK_SECRET + whole[end:]
 
 
 def _replace_card(m: re.Match[str]) -> str:

@@ -143,3 +143,43 @@ def test_extra_patterns_and_invalid_extra_pattern():
 def test_redacting_twice_is_stable(r: Redactor):
     once = r.redact("a@b.io 4111 1111 1111 1111 Bearer abcdefghijkl sk-AAAAAAAAAAAAAAAAAAAAAA")
     assert r.redact(once) == once
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("KeyError: {'user': 'bob', 'password': 'Pw!x'}", "Pw!x"),
+        ("login failed for password=Pw!x; retry", "Pw!x"),
+        ('body {"password":"a.b","user":"bob"}', "a.b"),
+        ('body {"client_secret": "s\\"q"}', 's\\"q'),
+        ("X-Api-Key: k1!", "k1!"),
+        ("query db_passwd=p@ss&user=bob", "p@ss"),
+        ("passphrase: 'two words'", "two words"),
+        ("connect postgres://app:s3cr!t@db.local:5432/x failed", "s3cr!t"),
+        ("url access_token=ya29.a0AfH6SMBxQ9kLm2 expired", "ya29.a0AfH6SMBxQ9kLm2"),
+    ],
+)
+def test_short_secrets_with_punctuation_after_a_credential_name_are_redacted(r: Redactor, text: str, secret: str):
+    out = r.redact(text)
+    assert secret not in out
+    assert "[redacted:" in out
+    assert out.split()[0] == text.split()[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "passwordless: true",
+        "secretary: Bob",
+        "the password is wrong",
+        "https://example.com:8443/path",
+        "password: [redacted:secret]",
+    ],
+)
+def test_credential_like_words_without_a_value_survive(r: Redactor, text: str):
+    assert r.redact(text) == text
+
+
+def test_an_email_in_a_url_path_is_redacted_plain_or_percent_encoded(r: Redactor):
+    assert r.redact("GET /users/bob@example.com/orders") == "GET /users/[redacted:email]/orders"
+    assert r.redact("GET /u?to=bob%40example.com") == "GET /u?to=[redacted:email]"
