@@ -28,6 +28,7 @@ __all__ = [
     "Limits",
     "RouteConfig",
     "ScriptConfig",
+    "ServerOptions",
     "ServiceBinding",
     "WorkflowBinding",
     "load_app",
@@ -126,6 +127,19 @@ class ScriptConfig(_Model):
         return [RouteConfig(pattern=r) if isinstance(r, str) else r for r in self.routes]
 
 
+class ServerOptions(_Model):
+    """What one HTTP client may hold (runtime/httpguard.py); read when the server starts.
+
+    Defaults are in the range production front ends use: nginx allows 8-32 KiB of headers and
+    60 s header/body timeouts, Cloudflare 32 KiB of headers; a slow client is cut off sooner
+    here because every connection it holds is one less for others."""
+
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024  # 431 past it
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # 408: head not complete
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0  # 408: no body byte for this long
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024  # 503 for requests past it
+
+
 class AppSection(_Model):
     name: str = "app"
     state_dir: str = ".edgeworks"
@@ -136,6 +150,7 @@ class AppConfig(_Model):
     auth: AuthConfig | None = None
     risk: list[RiskRule] = []
     audit: AuditOptions = AuditOptions()
+    server: ServerOptions = ServerOptions()
     scripts: Annotated[list[ScriptConfig], Field(min_length=1)]
     # Filled by the loader, not by the manifest.
     root: Path = Path(".")

@@ -43,6 +43,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class ClientDisconnected(Exception):
+    """The client went away (or was cut off by a body timeout) before its body was complete."""
+
+
 class Deployment:
     """One loaded app version: its config, router and a pool per script."""
 
@@ -216,6 +220,9 @@ class Front:
             except BodyTooLarge:
                 raise Refusal(413, "body_too_large", f"request body exceeds the limit of {script.limits.body_bytes} bytes",
                               {"limit_bytes": script.limits.body_bytes}, []) from None
+            except ClientDisconnected:  # a truncated body never reaches a handler; nobody to answer
+                status, error_code = 499, "client_disconnected"
+                return
             decision = contract.assess(method, path, tenant, body)
             risk = decision.label
             who = {"request_id": rid, "script": route.script, "tenant": tenant, "risk": risk,
@@ -311,7 +318,7 @@ class Front:
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                break
+                raise ClientDisconnected
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > limit:

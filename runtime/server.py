@@ -12,6 +12,7 @@ import uvloop
 from .admin import build_admin
 from .config import ConfigError, load_app
 from .front import Front
+from .httpguard import guarded_protocol
 from .logs import log, set_level
 from .supervisor import LoadFailed
 
@@ -57,9 +58,12 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
         set_level({"request"})
     front = Front(app, dev=dev, state_dir=Path(state_dir).resolve() if state_dir else None)
     front.admin = build_admin(front)
+    limits = app.server
     config = uvicorn.Config(front, host=host, port=port, lifespan="on", log_level="warning",
-                            access_log=False, http="httptools", loop="none",
-                            timeout_graceful_shutdown=10)
+                            access_log=False, loop="none",
+                            timeout_graceful_shutdown=10, limit_concurrency=limits.max_connections,
+                            http=guarded_protocol(limits.max_header_bytes, limits.header_timeout_s,
+                                                  limits.body_timeout_s))
     server = uvicorn.Server(config)
 
     async def main() -> None:
