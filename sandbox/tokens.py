@@ -129,12 +129,12 @@ class CapabilityAuthority:
         request_id: str | None = None,
         ttl: int | None = None,
     ) -> str:
-        ttl = self.default_ttl if ttl is None else int(ttl)
+        ttl = self.default_ttl if ttl is None else _whole_seconds("ttl", ttl)
         if not 0 < ttl <= self.max_ttl:
             raise ValueError(f"ttl must be in (0, {self.max_ttl}] seconds, got {ttl}")
         if not isinstance(issuer, str) or not issuer:
             raise ValueError("issuer must be a non-empty string")
-        capset = self._parse_caps(list(caps))
+        capset = self._parse_caps(_cap_list(caps))
         self._check_issuer(issuer, capset)
         now = int(self.clock())
         return self._sign(
@@ -163,11 +163,11 @@ class CapabilityAuthority:
         Raises `TokenError("widened_capabilities")` / `TokenError("widened_expiry")` when asked
         for more, and whatever `verify` raises when `token` itself is not valid."""
         parent = self.verify(token)
-        capset = parent.capabilities if caps is None else self._parse_caps(list(caps))
+        capset = parent.capabilities if caps is None else self._parse_caps(_cap_list(caps))
         missing = parent.capabilities.uncovered(capset)
         if missing:
             raise TokenError("widened_capabilities", f"not in the parent token: {missing}")
-        exp = parent.expires_at if expires_at is None else int(expires_at)
+        exp = parent.expires_at if expires_at is None else _whole_seconds("expires_at", expires_at)
         if exp > parent.expires_at:
             raise TokenError("widened_expiry", "attenuation cannot extend the expiry")
         now = int(self.clock())
@@ -191,6 +191,8 @@ class CapabilityAuthority:
     def revoke(self, jti: str, expires_at: float | None = None) -> None:
         """Revoke `jti` (and every token attenuated from it) in all processes sharing the state
         dir. `expires_at` lets the entry be pruned once the token would have expired anyway."""
+        if not isinstance(jti, str) or not jti:
+            raise ValueError(f"jti must be a non-empty string, got {type(jti).__name__}")
         keep_until = int(expires_at if expires_at is not None else self.clock() + self.max_ttl)
         self._revocations.add(jti, keep_until, int(self.clock()))
 
@@ -236,12 +238,14 @@ class CapabilityAuthority:
         )
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
+        if not isinstance(token, str):  # checked first: a list or dict cannot even be looked up
+            raise TokenError("malformed", f"a token is a JWT string, not {type(token).__name__}")
         with self._verified_lock:
             cached = self._verified.get(token)
             if cached is not None:
                 self._verified.move_to_end(token)
                 return cached
-        if not isinstance(token, str) or token.count(".") != 2:
+        if token.count(".") != 2:
             raise TokenError("malformed", "not a JWT")
         try:
             header = jwt.get_unverified_header(token)
@@ -298,6 +302,19 @@ class CapabilityAuthority:
         ceiling = self._ceilings[issuer]
         if ceiling is not None and ceiling.uncovered(capset):
             raise ValueError(f"capabilities beyond issuer ceiling: {ceiling.uncovered(capset)}")
+
+
+def _cap_list(caps: Any) -> list[Any]:
+    """`caps` as a list; a bare string would otherwise become a list of its characters."""
+    if isinstance(caps, str | bytes) or not isinstance(caps, Iterable):
+        raise ValueError(f"capabilities must be a list of strings, got {type(caps).__name__}")
+    return list(caps)
+
+
+def _whole_seconds(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    return int(value)
 
 
 def _check_claim_types(claims: dict[str, Any]) -> None:

@@ -143,6 +143,24 @@ def test_malformed_rejected(auth, token):
     assert reason(auth, token) in ("malformed", "bad_signature")
 
 
+@pytest.mark.parametrize("token", [["a.b.c"], {"token": "a.b.c"}, 7, None, b"a.b.c"])
+def test_a_token_that_is_not_a_string_is_malformed(auth, token):
+    assert reason(auth, token) == "malformed"
+    with pytest.raises(TokenError, match="malformed"):
+        auth.attenuate(token, [])
+
+
+def test_wrong_argument_types_are_named_not_type_errors(auth):
+    with pytest.raises(ValueError, match="capabilities must be a list"):
+        auth.mint("a", "log")  # not ["l", "o", "g"]
+    with pytest.raises(ValueError, match="capabilities must be a list"):
+        auth.attenuate(auth.mint("a", ["log"]), 5)
+    with pytest.raises(ValueError, match="ttl must be a number"):
+        auth.mint("a", ["log"], ttl=[60])
+    with pytest.raises(ValueError, match="jti must be a non-empty string"):
+        auth.revoke(["jti"])
+
+
 def test_malformed_claims_rejected(tmp_path, auth, clock):
     token = jwt.encode(claims(clock, caps="log"), private_key(tmp_path), "EdDSA")
     assert reason(auth, token) == "malformed"
