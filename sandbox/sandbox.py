@@ -1,6 +1,8 @@
 """Sandbox: runs named tools for callers holding capability tokens.
 
-`await sandbox.run(name, input, token=..., request_id=...)` verifies the token, prepares the
+`await sandbox.run(name, input, token=..., request_id=..., tenant=...)` verifies the token
+(and, when the caller names the tenant it acts for, that the token was minted for that tenant:
+a token is a bearer credential, and its tenant decides whose KV the guest reaches), prepares the
 tool (compiled module from the engine cache, import check, pre-linked instance), and runs the
 guest on the engine's thread pool in a fresh Store, so the event loop is never blocked by guest
 code. `run_sync` is the same call on the current thread. Both return the tool's JSON result or
@@ -47,7 +49,17 @@ from .spec import Preopen, SandboxConfig, ToolSpec, default_micropython_wasm
 from .tokens import CapabilityAuthority, TokenError
 from .types import AuditHook, Clock, noop_audit
 
-__all__ = ["Sandbox"]
+__all__ = ["ANY_TENANT", "Sandbox"]
+
+
+class _AnyTenant:
+    def __repr__(self) -> str:
+        return "ANY_TENANT"
+
+
+# `tenant=` default: the caller does not act for a tenant it can name (the CLI, tests), so the
+# token's tenant is taken as is. The runtime always passes the calling request's tenant.
+ANY_TENANT: Any = _AnyTenant()
 
 
 @dataclass
@@ -107,16 +119,19 @@ class Sandbox:
     # -- public API --------------------------------------------------------------------------
 
     async def run(
-        self, name: str, input: Any, *, token: str, request_id: str | None = None
+        self, name: str, input: Any, *, token: str, request_id: str | None = None,
+        tenant: str | None = ANY_TENANT,
     ) -> Any:
         import asyncio  # deferred: callers of run() have it loaded; the CLI path does not
 
         loop = asyncio.get_running_loop()
-        call = functools.partial(self.run_sync, name, input, token=token, request_id=request_id)
+        call = functools.partial(self.run_sync, name, input, token=token, request_id=request_id,
+                                 tenant=tenant)
         return await loop.run_in_executor(self.engine.executor, call)
 
     def run_sync(
-        self, name: str, input: Any, *, token: str, request_id: str | None = None
+        self, name: str, input: Any, *, token: str, request_id: str | None = None,
+        tenant: str | None = ANY_TENANT,
     ) -> Any:
         started = time.perf_counter()
         fields: dict[str, Any] = {
@@ -145,6 +160,16 @@ class Sandbox:
             fields.update(
                 request_id=request_id, jti=tok.jti, issuer=tok.issuer, tenant=tok.tenant
             )
+            if tenant is not ANY_TENANT and tok.tenant != tenant:
+                fields.update(tenant=tenant, token_tenant=tok.tenant)
+                self.audit("sandbox.denied", {"request_id": request_id, "tool": name,
+                                              "reason": "wrong_tenant", "capability": None,
+                                              "tenant": tenant, "token_tenant": tok.tenant})
+                raise ToolError(
+                    ErrorCode.INVALID_TOKEN,
+                    "the capability token was minted for another tenant than this call's",
+                    {"reason": "wrong_tenant"},
+                )
             prepared = self._prepare(name)
             try:
                 input_json = json.dumps(input, separators=(",", ":"), allow_nan=False)
@@ -240,6 +265,9 @@ class Sandbox:
         return run_python
 
     def _prepare(self, name: str) -> _Prepared:
+        if not isinstance(name, str):
+            raise ToolError(ErrorCode.UNKNOWN_TOOL, f"a tool name is a string, not {type(name).__name__}",
+                            {"tool": None})
         prepared = self._prepared.get(name)
         if prepared is not None:
             return prepared

@@ -3,7 +3,10 @@
     token = env.TOOLS.mint(["log", "kv.read:notes/"])        # issuer "script:<name>", this request
     result = await env.TOOLS.run("summarise", {"text": ...}, capability=token)
 
-The token's tenant and request id come from the calling request. A tool stopped by the kill switch
+The token's tenant and request id come from the calling request, and a token is honoured (run,
+attenuate) only in requests of the tenant it was minted for: a token minted in tenant A's request
+and handed to tenant B's code answers `invalid_token` (reason `wrong_tenant`), audited as a
+`sandbox.denied` entry, instead of reaching A's tool KV. A tool stopped by the kill switch
 answers `capability_denied` naming the switch, before any guest code runs; every call and denial
 is audited by the sandbox through the isolate's audit hook.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandbox import CapabilityAuthority, Sandbox, ToolError
+from sandbox import CapabilityAuthority, Sandbox, TokenError, ToolError
 
 from ..context import current
 
@@ -33,6 +36,11 @@ class Tools:
                                     request_id=scope.request_id or None, ttl=ttl)
 
     def attenuate(self, token: str, capabilities: list[str] | None = None, expires_at: float | None = None) -> str:
+        scope = current()
+        if self._authority.verify(token).tenant != scope.tenant:
+            self._audit("sandbox.denied", {"request_id": scope.request_id, "tool": None, "reason": "wrong_tenant",
+                                           "capability": None, "tenant": scope.tenant})
+            raise TokenError("wrong_tenant", "the capability token was minted for another tenant than this call's")
         return self._authority.attenuate(token, capabilities, expires_at)
 
     def revoke(self, jti: str) -> None:
@@ -40,13 +48,16 @@ class Tools:
 
     async def run(self, name: str, input: Any = None, *, capability: str) -> Any:
         scope = current()
+        if not isinstance(name, str):
+            raise ToolError("unknown_tool", f"a tool name is a string, not {type(name).__name__}", {"tool": None})
         reason = self._kills.check("tool", name) if self._kills is not None else None
         if reason is not None:
             self._audit("tool.denied", {"request_id": scope.request_id, "tool": name, "reason": reason,
                                         "capability": f"tool:{name}", "killed": True})
             raise ToolError("capability_denied", f"tool {name!r} is stopped by the kill switch: {reason}",
                             {"capability": f"tool:{name}", "killed": True})
-        return await self._sandbox.run(name, input, token=capability, request_id=scope.request_id or None)
+        return await self._sandbox.run(name, input, token=capability, request_id=scope.request_id or None,
+                                       tenant=scope.tenant)
 
 
 def build(host: Any) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """Tenant isolation through the runtime: tenant A can never read, write or address tenant B's
-workflow instances or sandbox KV, whatever names it sends (objects: test_durable_objects_e2e)."""
+workflow instances or sandbox KV, whatever names or capability tokens it sends (objects:
+test_durable_objects_e2e)."""
 
 import time
 
 import jwt
 import pytest
 
-from tests.support import Server, write_app
+from runtime.audit import query
+from tests.support import Server, wait_until, write_app
 
 SECRET = "t" * 40
 
@@ -20,7 +22,8 @@ audience = "edgeworks"
 name = "app"
 main = "app.py"
 secrets = ["JWT_SECRET"]
-routes = [{ pattern = "/wf/{id}", require_tenant = true }, { pattern = "/kv/{key}", require_tenant = true }]
+routes = [{ pattern = "/wf/{id}", require_tenant = true }, { pattern = "/kv/{key}", require_tenant = true },
+          { pattern = "/token/{action}", require_tenant = true }]
 workflows = [{ binding = "JOB", class_name = "Job", tenant_scoped = true }]
 
 [[scripts.tools]]
@@ -41,6 +44,8 @@ async def _echo(p):
     return p
 
 async def fetch(request, env, ctx):
+    if request.path.startswith("/token/"):
+        return await token_action(request, env, request.params["action"])
     if request.path.startswith("/wf/"):
         wid = request.params["id"]
         try:
@@ -54,6 +59,18 @@ async def fetch(request, env, ctx):
     body = await request.json() if request.method == "POST" else {}
     token = env.TOOLS.mint(["kv.read:notes/", "kv.write:notes/"])
     value = await env.TOOLS.run("kv", {"key": key, "value": body.get("value")}, capability=token)
+    return Response.json({"value": value})
+
+async def token_action(request, env, action):
+    if action == "mint":
+        return Response.json({"token": env.TOOLS.mint(["kv.read:notes/", "kv.write:notes/"])})
+    body = await request.json()
+    try:
+        if action == "attenuate":
+            return Response.json({"token": env.TOOLS.attenuate(body["token"], ["kv.read:notes/"])})
+        value = await env.TOOLS.run("kv", {"key": body["key"], "value": None}, capability=body["token"])
+    except Exception as e:
+        return Response.json({"error": getattr(e, "code", None) or e.reason, "message": e.message}, status=403)
     return Response.json({"value": value})
 '''
 
@@ -98,3 +115,24 @@ def test_tool_kv_is_scoped_by_tenant(server):
         assert c.get("/kv/secret", headers=b).json() == {"value": None}
         assert c.post("/kv/secret", headers=b, json={"value": "globex"}).json() == {"value": "globex"}
         assert c.get("/kv/secret", headers=a).json() == {"value": "acme-only"}
+
+
+def test_a_capability_token_minted_for_one_tenant_is_refused_in_another(server):
+    a, b = bearer("acme"), bearer("globex")
+    with server.client() as c:
+        assert c.post("/kv/ledger", headers=a, json={"value": "acme books"}).status_code == 200
+        token = c.post("/token/mint", headers=a).json()["token"]
+        assert c.post("/token/use", headers=a, json={"token": token, "key": "ledger"}).json() == {"value": "acme books"}
+        crossed = c.post("/token/use", headers=b, json={"token": token, "key": "ledger"})
+        attenuated = c.post("/token/attenuate", headers=b, json={"token": token})
+        own = c.post("/token/attenuate", headers=a, json={"token": token})
+        assert c.post("/token/use", headers=a, json={"token": own.json()["token"], "key": "ledger"}).json() == {"value": "acme books"}
+    assert crossed.status_code == 403 and crossed.json()["error"] == "invalid_token", crossed.text
+    assert "another tenant" in crossed.json()["message"]
+    assert attenuated.status_code == 403 and attenuated.json()["error"] == "wrong_tenant", attenuated.text
+
+    def denied():
+        entries = query(server.state_dir / "audit.sqlite", request_id=crossed.headers["x-request-id"])
+        return [e for e in entries if e.kind == "sandbox.denied"]
+
+    assert wait_until(denied, timeout=5)[0].data["reason"] == "wrong_tenant"

@@ -63,6 +63,35 @@ def test_invalid_token_is_refused_and_audited(sb, audit_log):
     assert [f["reason"] for k, f in audit_log if k == "sandbox.denied"] == ["malformed"]
 
 
+@pytest.mark.parametrize("token", [["a", "b"], {"jwt": "x"}, 42, None, b"x.y.z"])
+def test_a_token_that_is_not_a_string_is_an_invalid_token(sb, audit_log, token):
+    with pytest.raises(ToolError) as info:
+        sb.run_sync("echo", {}, token=token)
+    assert info.value.code == "invalid_token" and info.value.details["reason"] == "malformed"
+    assert calls(audit_log)[-1]["outcome"] == "invalid_token"
+
+
+def test_a_token_is_honoured_only_in_calls_of_its_own_tenant(sb, authority, audit_log):
+    token = authority.mint("script:app", ["kv.read:notes/"], tenant="acme")
+    assert sb.run_sync("kv", "notes/a", token=token, tenant="acme") is None
+    for caller in ("globex", None):
+        with pytest.raises(ToolError) as info:
+            sb.run_sync("kv", "notes/a", token=token, tenant=caller)
+        assert info.value.code == "invalid_token" and info.value.details["reason"] == "wrong_tenant"
+        assert calls(audit_log)[-1] | {"tenant": caller, "token_tenant": "acme"} == calls(audit_log)[-1]
+    untenanted = authority.mint("script:app", [])
+    with pytest.raises(ToolError, match="another tenant"):
+        sb.run_sync("echo", {}, token=untenanted, tenant="acme")
+    assert sb.run_sync("echo", {}, token=untenanted, tenant=None) == {}
+    attenuated = authority.attenuate(token, ["kv.read:notes/a"])
+    assert authority.verify(attenuated).tenant == "acme"  # attenuation keeps the tenant
+    with pytest.raises(ToolError, match="another tenant"):
+        sb.run_sync("kv", "notes/a", token=attenuated, tenant="globex")
+    denied = [f for k, f in audit_log if k == "sandbox.denied"]
+    assert [f["reason"] for f in denied] == ["wrong_tenant"] * 4
+    assert denied[0]["tenant"] == "globex" and denied[0]["token_tenant"] == "acme"
+
+
 def test_revocation_between_two_calls(sb, authority):
     token = authority.mint("a", [])
     assert sb.run_sync("echo", 1, token=token) == 1
