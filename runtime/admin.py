@@ -2,12 +2,12 @@
 approvals of held requests, a live log tail and the OpenAPI document describing all of it. A
 Starlette app; the request hot path never goes through it.
 
-Access: ``GET /__edgeworks/health`` is open. Every other endpoint needs a bearer JWT that the
-current deployment's `Verifier` accepts and that carries the scope ``edgeworks:admin`` (401/403
-JSON with ``WWW-Authenticate`` otherwise). Without an ``[auth]`` section the admin API is open
-in ``dev`` mode (the local emulator on loopback) and refused with 403 ``admin_disabled`` in
-``serve`` mode. Every admin call that changes something is audited as ``admin.*`` with the
-caller's subject, and every refusal as ``admin.denied``.
+Access: ``GET /__edgeworks/health`` is open and answers only ``{"status": "ok"}``. Every other
+endpoint (``/health/details`` with the isolates' pids included) needs an admin caller, see
+`admin_access`: a bearer JWT with the scope ``edgeworks:admin`` (a tenant claim confines it to
+that tenant), or, without an ``[auth]`` section, a loopback client in ``dev`` mode (refused with
+403 ``admin_disabled`` in ``serve`` mode). Every admin call that changes something is audited
+as ``admin.*`` with the caller's subject, and every refusal as ``admin.denied``.
 
 Deployments (see `_Deployer`): one deploy, rollback or split runs at a time. A bundle is staged
 in the version store, validated (`load_app`, then loaded in fresh isolates) and only then gets
@@ -33,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .admin_access import AccessDenied, AdminCaller
+from .admin_access import authorize as authorize_admin
 from .admin_api import (
     ADMIN_SCOPE,
     ActivationResult,
@@ -48,7 +50,6 @@ from .approvals import AlreadyDecided, ApprovalStore
 from .config import ConfigError, load_app
 from .contract import Refusal
 from .errors import error_json
-from .identity import AuthError
 from .logs import log
 from .safejson import JSONTooDeep, parse_json
 from .supervisor import LoadFailed
@@ -253,33 +254,29 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
     def audit(kind: str, request: Request, subject: str | None, **fields: Any) -> None:
         front.audit_log.append(kind, request_id=request.state.rid, subject=subject, **fields)
 
-    def authorize(request: Request) -> str | None:
-        """The caller's subject; raises _Problem when the call is not allowed."""
-        dep = front.current
-        verifier = dep.contract.verifier if dep is not None else None
-        if verifier is None:
-            if front.dev:
-                return None
-            raise _Problem(403, "admin_disabled", "the admin API needs an [auth] section in the manifest when serving")
-        try:
-            identity = verifier.authenticate(request.headers.get("authorization"), "required", [ADMIN_SCOPE])
-        except AuthError as e:
-            problem = _Problem(e.status, e.code, e.message)
-            problem.response.headers["www-authenticate"] = e.www_authenticate
-            raise problem from None
-        assert identity is not None
-        return identity.subject
+    def denied(request: Request, e: AccessDenied) -> Response:
+        front.audit_log.append("admin.denied", request_id=request.state.rid, path=request.url.path,
+                               code=e.code, status=e.status)
+        return _err(e.status, e.code, e.message,
+                    headers={"www-authenticate": e.www_authenticate} if e.www_authenticate else None)
 
-    def guarded(fn: Callable[[Request, str | None], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def guarded(fn: Callable[[Request, str | None], Awaitable[Response]], *,
+                global_only: str | None = None) -> Callable[[Request], Awaitable[Response]]:
+        """`fn` behind admin access control; `global_only` names what needs a global admin.
+        The caller is in ``request.state.caller`` (an `AdminCaller`)."""
         async def endpoint(request: Request) -> Response:
             rid = request.headers.get("x-request-id") or uuid.uuid4().hex
             request.state.rid = rid[:128]
+            dep = front.current
             try:
-                subject = authorize(request)
-            except _Problem as p:
-                front.audit_log.append("admin.denied", request_id=request.state.rid, path=request.url.path,
-                                       code=json.loads(p.response.body)["error"], status=p.response.status_code)
-                return p.response
+                caller = authorize_admin(dep.contract.verifier if dep is not None else None, front.dev,
+                                         request.scope, request.headers.get("authorization"))
+                if global_only:
+                    caller.require_global(global_only)
+            except AccessDenied as e:
+                return denied(request, e)
+            request.state.caller = caller
+            subject = caller.subject
             if request.method == "GET" and fn is not tail:
                 front.audit_log.append("admin.read", request_id=request.state.rid, subject=subject,
                                        path=request.url.path)
@@ -287,9 +284,17 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
                 return await fn(request, subject)
             except _Problem as p:
                 return p.response
+            except AccessDenied as e:
+                return denied(request, e)
         return endpoint
 
     async def health(request: Request) -> JSONResponse:
+        # open to anyone: liveness only, nothing about the processes behind it
+        if front.current is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def health_details(request: Request, subject: str | None) -> JSONResponse:
         dep = front.current
         return JSONResponse({
             "ok": dep is not None,
@@ -316,8 +321,16 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         return JSONResponse(result, status_code=200 if result.get("ok") else 500)
 
     # -- kill switch
+    def confine_kill(caller: AdminCaller, kind: str, name: str) -> None:
+        """A tenant admin may stop (and revive) its own tenant, nothing else."""
+        if kind != "tenant":
+            caller.require_global(f"a {kind} kill")
+        elif not caller.sees(name):
+            raise _Problem(404, "not_found", f"no tenant {name!r}")
+
     async def kill(request: Request, subject: str | None) -> JSONResponse:
         body = await _parse(request, KillRequest)
+        confine_kill(request.state.caller, body.kind, body.name)
         front.kills.kill(body.kind, body.name, body.reason, actor=subject)
         audit("admin.kill", request, subject, target_kind=body.kind, target=body.name, reason=body.reason)
         log("killed", kind=body.kind, name=body.name, reason=body.reason, subject=subject)
@@ -326,13 +339,16 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
 
     async def revive(request: Request, subject: str | None) -> JSONResponse:
         body = await _parse(request, ReviveRequest)
+        confine_kill(request.state.caller, body.kind, body.name)
         changed = front.kills.revive(body.kind, body.name, actor=subject)
         audit("admin.revive", request, subject, target_kind=body.kind, target=body.name, changed=changed)
         log("revived", kind=body.kind, name=body.name, subject=subject, changed=changed)
         return JSONResponse({"kind": body.kind, "name": body.name, "revived": changed})
 
     async def kills(request: Request, subject: str | None) -> JSONResponse:
-        return JSONResponse({"kills": [_kill_dict(k) for k in front.kills.list()]})
+        caller: AdminCaller = request.state.caller  # other tenants' kills are invisible to a tenant admin
+        return JSONResponse({"kills": [_kill_dict(k) for k in front.kills.list()
+                                       if k.kind != "tenant" or caller.sees(k.name)]})
 
     # -- versions
     async def versions(request: Request, subject: str | None) -> JSONResponse:
@@ -380,16 +396,26 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         status = request.query_params.get("status")
         if status not in (None, "pending", "approved", "rejected"):
             return _err(400, "bad_request", "status is one of pending, approved, rejected")
-        return JSONResponse({"approvals": approvals.list(status)})
+        caller: AdminCaller = request.state.caller
+        tenant = request.query_params.get("tenant")
+        if caller.tenant is not None:
+            if tenant is not None and tenant != caller.tenant:
+                return JSONResponse({"approvals": []})  # another tenant's: invisible, not forbidden
+            tenant = caller.tenant
+        return JSONResponse({"approvals": approvals.list(status, tenant=tenant)})
+
+    def visible_approval(request: Request) -> dict[str, Any]:
+        row = approvals.get(request.path_params["id"])
+        if row is None or not request.state.caller.sees(row["tenant"]):
+            raise _Problem(404, "not_found", "no such approval")
+        return row
 
     async def get_approval(request: Request, subject: str | None) -> JSONResponse:
-        row = approvals.get(request.path_params["id"])
-        if row is None:
-            return _err(404, "not_found", "no such approval")
-        return JSONResponse(row)
+        return JSONResponse(visible_approval(request))
 
     async def decide(request: Request, subject: str | None, status: str) -> JSONResponse:
         aid = request.path_params["id"]
+        visible_approval(request)  # a row's tenant never changes: checking before deciding is enough
         body = await _parse(request, DecisionRequest)
         by = body.by or subject
         try:
@@ -447,20 +473,21 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
     g = guarded
     return Starlette(routes=[
         Route(f"{PREFIX}/health", health, methods=["GET"]),
+        Route(f"{PREFIX}/health/details", g(health_details, global_only="process details"), methods=["GET"]),
         Route(f"{PREFIX}/openapi.json", g(openapi), methods=["GET"]),
-        Route(f"{PREFIX}/scheduled", g(scheduled), methods=["POST"]),
+        Route(f"{PREFIX}/scheduled", g(scheduled, global_only="firing a scheduled handler"), methods=["POST"]),
         Route(f"{PREFIX}/kill", g(kill), methods=["POST"]),
         Route(f"{PREFIX}/revive", g(revive), methods=["POST"]),
         Route(f"{PREFIX}/kills", g(kills), methods=["GET"]),
-        Route(f"{PREFIX}/versions", g(versions), methods=["GET"]),
-        Route(f"{PREFIX}/versions", g(deploy), methods=["POST"]),
-        Route(f"{PREFIX}/rollback", g(rollback), methods=["POST"]),
-        Route(f"{PREFIX}/split", g(split), methods=["POST"]),
+        Route(f"{PREFIX}/versions", g(versions, global_only="the version list"), methods=["GET"]),
+        Route(f"{PREFIX}/versions", g(deploy, global_only="a deploy"), methods=["POST"]),
+        Route(f"{PREFIX}/rollback", g(rollback, global_only="a rollback"), methods=["POST"]),
+        Route(f"{PREFIX}/split", g(split, global_only="a traffic split"), methods=["POST"]),
         Route(f"{PREFIX}/approvals", g(list_approvals), methods=["GET"]),
         Route(f"{PREFIX}/approvals/{{id}}", g(get_approval), methods=["GET"]),
         Route(f"{PREFIX}/approvals/{{id}}/approve", g(approve), methods=["POST"]),
         Route(f"{PREFIX}/approvals/{{id}}/reject", g(reject), methods=["POST"]),
-        Route(f"{PREFIX}/tail", g(tail), methods=["GET"]),
+        Route(f"{PREFIX}/tail", g(tail, global_only="the log tail (every tenant's requests)"), methods=["GET"]),
         *workflow_routes(front, g, audit),
     ])
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from .admin_access import ADMIN_SCOPE
 from .admin_workflows import ACTIONS, CreateBody, DecisionBody, EventBody
 from .killswitch import KillKind
 
@@ -21,6 +22,7 @@ __all__ = [
     "DeployResult",
     "ErrorBody",
     "Health",
+    "Liveness",
     "KillEntry",
     "KillList",
     "KillRequest",
@@ -35,7 +37,6 @@ __all__ = [
     "openapi_spec",
 ]
 
-ADMIN_SCOPE = "edgeworks:admin"
 Name = Annotated[str, Field(min_length=1, max_length=512)]
 
 
@@ -52,6 +53,10 @@ class ErrorBody(BaseModel):
 class ScriptHealth(BaseModel):
     pids: list[int]
     restarts: int
+
+
+class Liveness(BaseModel):
+    status: Literal["ok", "starting"]
 
 
 class Health(BaseModel):
@@ -177,7 +182,7 @@ class ScheduledResult(BaseModel):
 
 
 _MODELS: list[type[BaseModel]] = [
-    ErrorBody, Health, KillRequest, ReviveRequest, KillResult, KillList, ReviveResult, VersionList,
+    ErrorBody, Liveness, Health, KillRequest, ReviveRequest, KillResult, KillList, ReviveResult, VersionList,
     DeployResult, RollbackRequest, SplitRequest, ActivationResult, Approval, ApprovalList,
     DecisionRequest, ScheduledResult, CreateBody, EventBody, DecisionBody,
 ]
@@ -192,8 +197,10 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "bad request", 401: "missing or invalid admin token", 403: "token lacks the admin scope, or admin is disabled",
-            404: "not found", 409: "conflicts with the current state", 413: "bundle too large",
+    text = {400: "bad request", 401: "missing or invalid admin token",
+            403: "token lacks the admin scope, a global admin is needed, or admin is disabled (serve without [auth]) "
+                 "or loopback-only (dev without [auth])",
+            404: "not found (or another tenant's)", 409: "conflicts with the current state", 413: "bundle too large",
             422: "invalid body, configuration or code", 500: "the scheduled handler failed"}
     return {str(c): _json(ErrorBody, text[c]) for c in codes}
 
@@ -216,6 +223,7 @@ def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
 
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_TENANT = _query("tenant", "the tenant (a global admin's choice; a tenant admin acts within its own)")
 _WF = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in ("script", "binding")]
 
 
@@ -228,15 +236,16 @@ def _workflow_paths(p: str) -> dict[str, Any]:
     action = {"name": "action", "in": "path", "required": True,
               "schema": {"type": "string", "enum": list(ACTIONS)}}
     return {
-        base: {"get": {**_op("instances of a workflow binding", {"200": _any("[{id, status, created}]")}, 400, 404,
-                             params=[_query("status", "filter by status")]), "parameters": _WF},
-               "post": {**_op("create an instance", {"200": _any("{id}")}, 400, 404, 409, body=CreateBody),
-                        "parameters": _WF}},
-        f"{base}/{{id}}": {"get": {**_op("status and step history of an instance", {"200": _any("status")}, 400, 404, 409),
-                                   "parameters": [*_WF, _ID]}},
+        base: {"get": {**_op("instances of a workflow binding (a global admin without ?tenant: every tenant's)",
+                             {"200": _any("[{id, status, created, tenant}]")}, 400, 404,
+                             params=[_query("status", "filter by status"), _TENANT]), "parameters": _WF},
+               "post": {**_op("create an instance", {"200": _any("{id}")}, 400, 404, 409, body=CreateBody,
+                              params=[_TENANT]), "parameters": _WF}},
+        f"{base}/{{id}}": {"get": {**_op("status and step history of an instance", {"200": _any("status")}, 400, 404, 409,
+                                         params=[_TENANT]), "parameters": [*_WF, _ID]}},
         f"{base}/{{id}}/{{action}}": {"post": {**_op(
             "pause, resume, terminate, restart, send an event ({type, payload}) or decide an approval ({by, reason})",
-            {"200": _any("{ok, status}")}, 400, 404, 409), "parameters": [*_WF, _ID, action],
+            {"200": _any("{ok, status}")}, 400, 404, 409, params=[_TENANT]), "parameters": [*_WF, _ID, action],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "oneOf": [_ref(EventBody), _ref(DecisionBody), {"type": "object", "maxProperties": 0}]}}}}}},
     }
@@ -251,12 +260,15 @@ def openapi_spec() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "edgeworks admin API", "version": "1",
                  "description": "Human override, deployments and approvals of a running edgeworks server. "
-                                f"Every operation but health needs a bearer JWT with the scope {ADMIN_SCOPE}."},
+                                f"Every operation but health needs a bearer JWT with the scope {ADMIN_SCOPE}; "
+                                "a token with a tenant claim acts only within that tenant, one without is a global admin."},
         "components": {"schemas": schemas,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
         "paths": {
-            f"{p}/health": {"get": _op("liveness and the isolates of the current version",
-                                       {"200": _json(Health, "health")}, open_=True)},
+            f"{p}/health": {"get": _op("liveness, nothing more", {"200": _json(Liveness, "serving"),
+                                                             "503": _json(Liveness, "starting")}, open_=True)},
+            f"{p}/health/details": {"get": _op("the current version and the isolates (pids, restarts) of each script",
+                                               {"200": _json(Health, "health")})},
             f"{p}/openapi.json": {"get": _op("this document", {"200": {"description": "OpenAPI 3 document",
                                                                        "content": {"application/json": {"schema": {"type": "object"}}}}})},
             f"{p}/scheduled": {"post": _op("fire a script's scheduled handler now", {"200": _json(ScheduledResult, "handler ran")},
@@ -277,8 +289,10 @@ def openapi_spec() -> dict[str, Any]:
                                           {"200": _json(ActivationResult, "serving")}, 400, 404, 409, 422, body=RollbackRequest)},
             f"{p}/split": {"post": _op("send percent of requests to another version (0 clears, 100 promotes)",
                                        {"200": _json(ActivationResult, "in force")}, 400, 404, 409, 422, body=SplitRequest)},
-            f"{p}/approvals": {"get": _op("requests held for approval", {"200": _json(ApprovalList, "approvals")}, 400,
-                                          params=[_query("status", "filter", enum=["pending", "approved", "rejected"])])},
+            f"{p}/approvals": {"get": _op("requests held for approval (a tenant admin's: its tenant's only)",
+                                          {"200": _json(ApprovalList, "approvals")}, 400,
+                                          params=[_query("status", "filter", enum=["pending", "approved", "rejected"]),
+                                                  _TENANT])},
             f"{p}/approvals/{{id}}": {"get": {**_op("one approval with its recorded response", {"200": _json(Approval, "approval")}, 404),
                                               "parameters": [_ID]}},
             f"{p}/approvals/{{id}}/approve": {"post": {**_op("approve: run the held request and record its response",

@@ -111,12 +111,13 @@ class ApprovalStore:
             raise KeyError(aid)
         return msgpack.unpackb(row[0], raw=False)
 
-    def list(self, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def list(self, status: str | None = None, limit: int = 1000, *, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Oldest first; `status` and `tenant` (None: every tenant) filter in SQL, before `limit`."""
         sql = f"SELECT {', '.join(_COLUMNS)} FROM approvals"
-        args: tuple[Any, ...] = ()
-        if status:
-            sql += " WHERE status = ?"
-            args = (status,)
+        where = [(c, v) for c, v in (("status", status), ("tenant", tenant)) if v]
+        args: tuple[Any, ...] = tuple(v for _, v in where)
+        if where:
+            sql += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
         sql += " ORDER BY created, id LIMIT ?"
         with self._lock:
             rows = self._conn.execute(sql, (*args, limit)).fetchall()

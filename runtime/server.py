@@ -10,6 +10,7 @@ import uvicorn
 import uvloop
 
 from .admin import build_admin
+from .admin_access import is_loopback_host
 from .config import ConfigError, load_app
 from .front import Front
 from .httpguard import guarded_protocol
@@ -56,11 +57,17 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
         return 2
     if quiet:
         set_level({"request"})
+    if app.auth is None and not is_loopback_host(host):
+        print(f"edgeworks: warning: listening on {host} without an [auth] section: "
+              + ("the admin API answers loopback clients only; add [auth] to the manifest to use it from other hosts"
+                 if dev else "the admin API is disabled; add [auth] to the manifest to use it"), file=sys.stderr)
     front = Front(app, dev=dev, state_dir=Path(state_dir).resolve() if state_dir else None)
     front.admin = build_admin(front)
+    # proxy_headers=False: the client address is the socket peer, never an X-Forwarded-For value
+    # (the admin plane's loopback rule depends on it)
     limits = app.server
     config = uvicorn.Config(front, host=host, port=port, lifespan="on", log_level="warning",
-                            access_log=False, loop="none",
+                            access_log=False, loop="none", proxy_headers=False,
                             timeout_graceful_shutdown=10, limit_concurrency=limits.max_connections,
                             http=guarded_protocol(limits.max_header_bytes, limits.header_timeout_s,
                                                   limits.body_timeout_s))

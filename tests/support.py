@@ -51,6 +51,27 @@ def alive(pid: int) -> bool:
         return False
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (its isolates and zygote), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[-1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def wait_until(pred: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -66,7 +87,8 @@ class Server:
     """`edgeworks dev|serve APP` as a subprocess; use as a context manager."""
 
     def __init__(self, app_dir: Path, mode: str = "dev", *, args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, state_dir: Path | None = None):
+                 env: dict[str, str] | None = None, state_dir: Path | None = None,
+                 admin_token: str | None = None):
         self.app_dir = app_dir
         self.mode = mode
         self.port = free_port()
@@ -77,6 +99,7 @@ class Server:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.seen_pids: set[int] = set()
+        self.admin_token = admin_token  # for /health/details (pids) when the app has [auth]
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "runtime.cli", self.mode, str(self.app_dir), "--port",
@@ -100,7 +123,17 @@ class Server:
         raise RuntimeError(f"server did not become healthy:\n{self.output()}")
 
     def health(self) -> dict[str, Any]:
+        """The open liveness answer; also notes the server's processes for the orphan check."""
         r = httpx.get(f"{self.url}/__edgeworks/health", timeout=2)
+        r.raise_for_status()
+        if self.proc is not None:
+            self.seen_pids.update(descendants(self.proc.pid))
+        return r.json()
+
+    def details(self) -> dict[str, Any]:
+        """The admin health details: the current version, each script's pids and restarts."""
+        headers = {"authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
+        r = httpx.get(f"{self.url}/__edgeworks/health/details", headers=headers, timeout=2)
         r.raise_for_status()
         data = r.json()
         for s in data["scripts"].values():
@@ -108,7 +141,7 @@ class Server:
         return data
 
     def pids(self, script: str) -> list[int]:
-        return self.health()["scripts"][script]["pids"]
+        return self.details()["scripts"][script]["pids"]
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -145,6 +178,9 @@ class Server:
         self._log.close()
         code = self.proc.returncode
         self.proc = None
+        deadline = time.monotonic() + 5  # a child may still be exiting (its parent died first)
+        while any(alive(p) for p in self.seen_pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
         orphans = [p for p in self.seen_pids if alive(p)]
         for p in orphans:
             os.kill(p, signal.SIGKILL)

@@ -176,7 +176,7 @@ def test_split_rollback_and_promote(served):
     r = c.post("/__edgeworks/rollback", json={"version": initial})
     assert r.json()["current"] == initial and c.get("/v").text == "one"
     assert c.post("/__edgeworks/rollback", json={"version": "../../etc"}).status_code == 404
-    assert c.get("/__edgeworks/health").json()["version"] == initial
+    assert c.get("/__edgeworks/health/details").json()["version"] == initial
     listed = c.get("/__edgeworks/versions").json()["versions"]
     assert [v["id"] for v in listed][-2:] == [two, three] and listed[0]["source"] == "initial"
 
