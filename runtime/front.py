@@ -36,6 +36,7 @@ __all__ = ["Front", "ADMIN_PREFIX"]
 
 ADMIN_PREFIX = "/__edgeworks/"
 _RID = re.compile(r"^[A-Za-z0-9._:-]{8,128}\Z")
+_URL_PATH_ESCAPES = str.maketrans({"%": "%25", "?": "%3F", "#": "%23"})
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -231,7 +232,9 @@ class Front:
                 contract.audit("request.blocked", reason=decision.reason, **who)
                 raise Refusal(403, "blocked_by_policy", decision.reason, {"risk": risk}, [])
             qs = scope.get("query_string", b"")
-            url = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{path}" + (f"?{qs.decode('latin-1')}" if qs else "")
+            # The path the router and the risk rules matched is decoded: re-encode what would
+            # change how the URL parses, or "/pay%3F" reaches the handler as "/pay" unchecked.
+            url = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{path.translate(_URL_PATH_ESCAPES)}" + (f"?{qs.decode('latin-1')}" if qs else "")
             msg = {"op": "fetch", "rid": rid, "route": route.index, "identity": identity_wire(identity), "risk": risk,
                    "req": {"url": url, "method": method,
                            "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
