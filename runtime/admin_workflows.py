@@ -2,7 +2,12 @@
 terminate, restart, send an event, approve or reject a pending approval.
 
 The instances live in isolates; each call is relayed to one isolate of the script
-(`Front.workflow_call`), which performs it through the script's own workflow binding.
+(`Front.workflow_call`), which performs it through the script's own workflow binding, within
+one tenant. Instances of a ``tenant_scoped`` binding are addressed with ``?tenant=NAME``: a
+tenant admin always acts within its own tenant (another tenant's instances do not exist for
+it: 404); a global admin names the tenant, and its list without ``?tenant`` shows every
+tenant's instances, each with its tenant. Instances of a binding that is not tenant-scoped are
+shared by every tenant, so only a global admin steers them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .admin_access import AccessDenied
 from .safejson import JSONTooDeep, check_depth
 
 __all__ = ["ACTIONS", "workflow_routes"]
@@ -68,10 +74,39 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
         raise ValueError("; ".join(f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors())) from None
 
 
+def _tenant_scoped(front: Any, script: str, binding: str) -> bool | None:
+    """Whether the binding is tenant-scoped; None when the script or binding is unknown."""
+    dep = front.current
+    cfg = dep.scripts.get(script) if dep is not None else None
+    found = [w for w in (cfg.workflows if cfg is not None else ()) if w.binding == binding]
+    return found[0].tenant_scoped if found else None
+
+
+def _tenant(front: Any, request: Request, listing: bool = False) -> str | None:
+    """The tenant the call acts within; raises AccessDenied (another tenant's instances are
+    not found, not forbidden)."""
+    caller = request.state.caller
+    p = request.path_params
+    asked = request.query_params.get("tenant") or None
+    if caller.tenant is None:
+        if asked is None and not listing and _tenant_scoped(front, p["script"], p["binding"]):
+            raise AccessDenied(400, "tenant_required", f"{p['binding']} is tenant-scoped: name the instance's tenant "
+                                                       "with ?tenant=NAME (edgeworks workflows ... --tenant NAME)")
+        return asked
+    if _tenant_scoped(front, p["script"], p["binding"]) is False:
+        caller.require_global(f"workflow binding {p['binding']!r} (not tenant-scoped: its instances are shared by every tenant)")
+    if asked is not None and asked != caller.tenant:
+        raise AccessDenied(404, "not_found", "no such workflow instance")
+    return caller.tenant
+
+
 def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> list[Route]:
-    async def call(script: str, binding: str, action: str, instance: str | None = None,
+    async def call(request: Request, tenant: str | None, action: str, instance: str | None = None,
                    args: list[Any] | None = None, status: str | None = None) -> JSONResponse:
-        reply = await front.workflow_call(script, binding, action, instance, args or [], status)
+        p = request.path_params
+        every = action == "list" and request.state.caller.tenant is None and tenant is None
+        reply = await front.workflow_call(p["script"], p["binding"], action, instance, args or [], status,
+                                          tenant=tenant, every_tenant=every)
         if "error" in reply:
             err = reply["error"]
             code = err.get("code") or err.get("type") or "workflow_error"
@@ -79,27 +114,28 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
         return JSONResponse(reply.get("result"))
 
     async def list_instances(request: Request, subject: str | None) -> Response:
-        p = request.path_params
-        return await call(p["script"], p["binding"], "list", status=request.query_params.get("status"))
+        return await call(request, _tenant(front, request, listing=True), "list", status=request.query_params.get("status"))
 
     async def create(request: Request, subject: str | None) -> Response:
         p = request.path_params
+        tenant = _tenant(front, request)
         try:
             body = await _body(request, CreateBody)
         except ValueError as e:
             return _error(400, "json_too_deep" if isinstance(e, JSONTooDeep) else "bad_request", str(e))
-        audit("admin.workflow.create", request, subject, script=p["script"], binding=p["binding"], instance=body.id)
-        return await call(p["script"], p["binding"], "create", body.id, [body.params])
+        audit("admin.workflow.create", request, subject, script=p["script"], binding=p["binding"], instance=body.id,
+              tenant=tenant)
+        return await call(request, tenant, "create", body.id, [body.params])
 
     async def status(request: Request, subject: str | None) -> Response:
-        p = request.path_params
-        return await call(p["script"], p["binding"], "status", p["id"])
+        return await call(request, _tenant(front, request), "status", request.path_params["id"])
 
     async def act(request: Request, subject: str | None) -> Response:
         p = request.path_params
         action = p["action"]
         if action not in ACTIONS:
             return _error(404, "not_found", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+        tenant = _tenant(front, request)
         try:
             if action == "event":
                 ev = await _body(request, EventBody)
@@ -113,8 +149,8 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
         except ValueError as e:
             return _error(400, "json_too_deep" if isinstance(e, JSONTooDeep) else "bad_request", str(e))
         audit(f"admin.workflow.{p['action']}", request, subject, script=p["script"], binding=p["binding"],
-              instance=p["id"], args=args)
-        return await call(p["script"], p["binding"], action, p["id"], args)
+              instance=p["id"], tenant=tenant, args=args)
+        return await call(request, tenant, action, p["id"], args)
 
     base = f"{PREFIX}/{{script}}/{{binding}}"
     return [

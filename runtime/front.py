@@ -407,15 +407,18 @@ class Front:
         return status, headers, b"".join(parts)
 
     async def workflow_call(self, script: str, binding: str, action: str, instance: str | None,
-                            args: list[Any], status: str | None = None) -> dict[str, Any]:
-        """Perform an admin action on a workflow through one isolate of `script`."""
+                            args: list[Any], status: str | None = None, *, tenant: str | None = None,
+                            every_tenant: bool = False) -> dict[str, Any]:
+        """Perform an admin action on a workflow through one isolate of `script`, within `tenant`
+        (a list covers every tenant with `every_tenant`)."""
         dep = self.current
         assert dep is not None
         pool = dep.pools.get(script)
         if pool is None:
             return {"error": {"code": "no_such_script", "message": f"no script named {script!r}"}}
         msg = {"op": "workflow", "binding": binding, "action": action, "instance": instance,
-               "args": args, "status": status, "rid": uuid.uuid4().hex}
+               "args": args, "status": status, "rid": uuid.uuid4().hex, "every_tenant": every_tenant,
+               "identity": {"subject": None, "tenant": tenant, "scopes": []} if tenant is not None else None}
         try:
             return await (await pool.pick()).request(msg, dep.scripts[script].limits.wall_ms / 1000)
         except (IsolateDied, WallTimeExceeded) as e:

@@ -416,16 +416,22 @@ class Isolate:
 
     async def handle_workflow(self, msg: dict[str, Any]) -> None:
         """An admin action on a workflow instance, performed through the script's binding."""
-        from objects.workflows import WorkflowBinding, WorkflowError
+        from objects.workflows import STATUSES, WorkflowBinding, WorkflowError
 
-        use_scope(self._scope(msg))
+        use_scope(self._scope(msg))  # its identity's tenant is the one the admin acts in
         binding = self.env.get(msg["binding"])
         if not isinstance(binding, WorkflowBinding):
             return self.channel.reply(msg["id"], {"error": {"code": "no_such_binding", "message": f"no workflow binding {msg['binding']!r}"}})
         action, args = msg["action"], msg.get("args") or []
         try:
-            if action == "list":
-                result: Any = await binding.list(msg.get("status"))
+            if action == "list":  # every tenant's instances for a global admin, each with its tenant
+                status, every = msg.get("status"), bool(msg.get("every_tenant"))
+                tenant = (msg.get("identity") or {}).get("tenant")
+                if status is not None and status not in STATUSES:
+                    raise WorkflowError("invalid_status", f"status must be one of {STATUSES}, got {status!r}")
+                result: Any = [{"id": m["id"], "status": m["status"], "created": m["created"], "tenant": m.get("tenant")}
+                               for m in await binding.definition.list_instances(tenant, every_tenant=every)
+                               if (status is None or m["status"] == status) and (every or m.get("tenant") == tenant)]
             elif action == "create":
                 result = {"id": (await binding.create(id=msg.get("instance"), params=args[0] if args else None)).id}
             elif action in ("status", "pause", "resume", "terminate", "restart", "send_event", "approve", "reject"):

@@ -96,8 +96,9 @@ class WorkflowDefinition:
         namespace = self.namespace(self.instance_class_name, tenant)
         return None if namespace is None else namespace.get_by_name(instance_id)
 
-    async def list_instances(self, tenant: str | None) -> list[dict[str, Any]]:
-        """The ``meta`` record of every instance (of ``tenant`` if tenant-scoped), oldest first.
+    async def list_instances(self, tenant: str | None, *, every_tenant: bool = False) -> list[dict[str, Any]]:
+        """The ``meta`` record of every instance (of ``tenant`` if tenant-scoped, unless
+        ``every_tenant``: the admin plane's global view), oldest first.
 
         Records are read as committed, then overlaid with the live state of the instances this
         process runs: an instance that has just started running commits that status with its
@@ -111,7 +112,7 @@ class WorkflowDefinition:
             if meta is not None and (meta["tenant"], meta["id"]) in metas:
                 metas[meta["tenant"], meta["id"]] = meta
         listed = [meta for meta in metas.values()
-                  if not self._tenant_scoped or meta.get("tenant") == tenant]
+                  if every_tenant or not self._tenant_scoped or meta.get("tenant") == tenant]
         return sorted(listed, key=lambda meta: (meta["created"], meta.get("order", 0), meta["id"]))
 
     def track(self, instance: InstanceEngine) -> None:

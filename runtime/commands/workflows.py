@@ -1,4 +1,8 @@
-"""`edgeworks workflows ...`: the human override for workflow instances on a running server."""
+"""`edgeworks workflows ...`: the human override for workflow instances on a running server.
+
+``--tenant NAME`` addresses the instances of a tenant-scoped binding (a global admin's choice; a
+tenant admin's token acts within its own tenant anyway); ``list`` without it shows a global
+admin every tenant's instances."""
 
 from __future__ import annotations
 
@@ -22,29 +26,36 @@ def register(sub: Any) -> None:
         a.add_argument("binding", help="the workflow binding name, e.g. REFUND")
         if instance:
             a.add_argument("instance", help="instance id")
+        a.add_argument("--tenant", default=None, help="the tenant of a tenant-scoped binding's instances")
         add_target(a)
         return a
 
+    def params(x: argparse.Namespace, **extra: str | None) -> dict[str, str] | None:
+        found = {k: v for k, v in {"tenant": x.tenant, **extra}.items() if v is not None}
+        return found or None
+
     a = action("list", "list instances (optionally by status)", instance=False)
     a.add_argument("--status", default=None)
-    a.set_defaults(func=lambda x: call(x, "GET", f"workflows/{x.script}/{x.binding}", params={"status": x.status} if x.status else None))
+    a.set_defaults(func=lambda x: call(x, "GET", f"workflows/{x.script}/{x.binding}", params=params(x, status=x.status)))
     a = action("create", "create an instance", instance=False)
     a.add_argument("--id", default=None)
     a.add_argument("--params", default="null", help="JSON params")
-    a.set_defaults(func=lambda x: call(x, "POST", f"workflows/{x.script}/{x.binding}", json={"id": x.id, "params": json.loads(x.params)}))
+    a.set_defaults(func=lambda x: call(x, "POST", f"workflows/{x.script}/{x.binding}", params=params(x),
+                                       json={"id": x.id, "params": json.loads(x.params)}))
     a = action("status", "status and step history of an instance")
-    a.set_defaults(func=lambda x: call(x, "GET", f"workflows/{x.script}/{x.binding}/{x.instance}"))
+    a.set_defaults(func=lambda x: call(x, "GET", f"workflows/{x.script}/{x.binding}/{x.instance}", params=params(x)))
     for name in ("pause", "resume", "terminate", "restart"):
         a = action(name, f"{name} an instance")
-        a.set_defaults(func=lambda x, n=name: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/{n}"))
+        a.set_defaults(func=lambda x, n=name: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/{n}",
+                                                   params=params(x)))
     a = action("event", "send an event to an instance")
     a.add_argument("--type", required=True)
     a.add_argument("--payload", default="null", help="JSON payload")
-    a.set_defaults(func=lambda x: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/event",
+    a.set_defaults(func=lambda x: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/event", params=params(x),
                                        json={"type": x.type, "payload": json.loads(x.payload)}))
     for name in ("approve", "reject"):
         a = action(name, f"{name} a pending approval")
         a.add_argument("--by", default=None, help="who decided (default: the token's subject)")
         a.add_argument("--reason", default=None)
-        a.set_defaults(func=lambda x, n=name: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/{n}",
+        a.set_defaults(func=lambda x, n=name: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/{n}", params=params(x),
                                                    json={"by": x.by, "reason": x.reason}))
