@@ -175,7 +175,7 @@ class Sandbox:
                 input_json = json.dumps(input, separators=(",", ":"), allow_nan=False)
                 if "\\ud" in input_json:  # escaped surrogates: refuse unpaired ones
                     json.dumps(input, ensure_ascii=False).encode("utf-8")
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nested too deeply
                 raise ToolError(ErrorCode.BAD_INPUT, f"input is not JSON-serializable: {e}") from None
             if len(input_json) > self.config.max_input_bytes:
                 raise ToolError(
