@@ -17,7 +17,7 @@ code                      status  when
 ``alg_not_allowed``       401     the algorithm is not pinned (e.g. HS256 against RSA keys)
 ``unknown_key``           401     the ``kid`` names no configured key
 ``bad_signature``         401     the signature does not verify
-``expired``               401     ``exp`` is past, beyond the leeway
+``expired``               401     ``exp`` is past, beyond the leeway (``leeway_s``, 5 s)
 ``not_yet_valid``         401     ``nbf`` or ``iat`` is in the future, beyond the leeway
 ``wrong_audience``        401     ``aud`` missing or not the configured audience
 ``wrong_issuer``          401     ``iss`` missing or not the configured issuer
@@ -56,6 +56,8 @@ __all__ = [
     "AuthConfigError",
     "AuthError",
     "AuthMode",
+    "DEFAULT_LEEWAY_S",
+    "MAX_LEEWAY_S",
     "Identity",
     "Verifier",
 ]
@@ -67,6 +69,8 @@ _RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _EC = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _KNOWN = _HMAC | _RSA | frozenset(_EC.values()) | {"EdDSA"}
 _MIN_SECRET_BYTES = 32
+DEFAULT_LEEWAY_S = 5.0
+MAX_LEEWAY_S = 60.0
 _MAX_HEADER = 8192
 
 
@@ -87,7 +91,10 @@ class AuthConfig(BaseModel):
     secret: str | None = Field(None, description="name of a secret holding an HS256 key")
     public_key_file: str | None = None
     jwks_file: str | None = None
-    leeway_s: float = Field(30.0, ge=0, le=3600)
+    # Clock skew tolerated on exp/nbf/iat. 5 s absorbs the drift of NTP-synced hosts (and the
+    # sub-second gap between minting and using a token) while an expired token stays usable for
+    # 5 s at most; gateways use 0-5 s. More than a minute is a config error, not a tolerance.
+    leeway_s: float = Field(DEFAULT_LEEWAY_S, ge=0, le=MAX_LEEWAY_S)
     tenant_claim: str = "tenant"
     scopes_claim: str = "scope"
     subject_claim: str = "sub"

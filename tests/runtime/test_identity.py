@@ -187,6 +187,23 @@ def test_leeway_accepts_small_clock_skew(ed_verifier: Verifier, ed_key):
     assert ed_verifier.verify(f"Bearer {token}").subject == "user-1"
 
 
+def test_default_leeway_is_five_seconds_each_way(tmp_path: Path, ed_key):
+    (tmp_path / "k.pem").write_bytes(pem(ed_key))
+    v = Verifier(AuthConfig(public_key_file="k.pem"), base_dir=tmp_path, clock=lambda: NOW)
+    assert v.config.leeway_s == 5
+    v.verify(f"Bearer {jwt.encode({'exp': NOW - 4, 'iat': NOW + 4}, ed_key, 'EdDSA')}")
+    with pytest.raises(AuthError, match="expired"):
+        v.verify(f"Bearer {jwt.encode({'exp': NOW - 6}, ed_key, 'EdDSA')}")
+    with pytest.raises(AuthError, match="not valid yet"):
+        v.verify(f"Bearer {jwt.encode({'exp': NOW + 60, 'nbf': NOW + 6}, ed_key, 'EdDSA')}")
+
+
+def test_leeway_is_bounded_to_a_minute():
+    AuthConfig(secret="S", leeway_s=60)
+    with pytest.raises(ValidationError, match="less than or equal to 60"):
+        AuthConfig(secret="S", leeway_s=61)
+
+
 def test_expiry_follows_the_injected_clock(tmp_path: Path, ed_key):
     (tmp_path / "k.pem").write_bytes(pem(ed_key))
     clock = [NOW]
