@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .admin_access import is_loopback_client
 from .auditd import AuditPipe
 from .config import AppConfig, ScriptConfig, read_dev_vars
 from .contract import Contract, Refusal, identity_wire
@@ -235,7 +236,9 @@ class Front:
             # The path the router and the risk rules matched is decoded: re-encode what would
             # change how the URL parses, or "/pay%3F" reaches the handler as "/pay" unchecked.
             url = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{path.translate(_URL_PATH_ESCAPES)}" + (f"?{qs.decode('latin-1')}" if qs else "")
+            # "local": dev shows exception details to loopback clients only (`dev --host 0.0.0.0`)
             msg = {"op": "fetch", "rid": rid, "route": route.index, "identity": identity_wire(identity), "risk": risk,
+                   "local": self.dev and is_loopback_client(scope),
                    "req": {"url": url, "method": method,
                            "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
                            "body": body, "params": params}}

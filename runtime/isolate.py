@@ -267,9 +267,11 @@ class Isolate:
         except Exception as e:
             tb = traceback.format_exc()
             log("error", request_id=rid, script=self.script.name, exception=f"{type(e).__name__}: {e}", traceback=tb)
+            # dev shows details, but not to a remote client (a client fetch from a non-loopback address)
+            detailed = self.dev and msg.get("local", True)
             err = {"code": "exception", "status": 500, "type": type(e).__name__,
-                   "message": f"{type(e).__name__}: {e}" if self.dev else "the handler raised an exception"}
-            if self.dev:
+                   "message": f"{type(e).__name__}: {e}" if detailed else "the handler raised an exception"}
+            if detailed:
                 err["traceback"] = tb
         return None, err, meter.cpu * 1000
 

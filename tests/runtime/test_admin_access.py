@@ -108,11 +108,18 @@ def _local_non_loopback_ipv4() -> str | None:
     return None
 
 
+BOOM = """
+async def fetch(request, env, ctx):
+    raise ValueError("internal detail 42")
+"""
+
+
 def test_dev_without_auth_serves_admin_to_loopback_only_even_with_forwarding_headers(tmp_path):
     address = _local_non_loopback_ipv4()
     if address is None:
         pytest.skip("this machine has no non-loopback interface address")
-    app = write_app(tmp_path / "app", OPEN_MANIFEST, {"app.py": APP.format(version="one")})
+    manifest = OPEN_MANIFEST + '\n[[scripts]]\nname = "boom"\nmain = "boom.py"\nroutes = ["/boom"]\n'
+    app = write_app(tmp_path / "app", manifest, {"app.py": APP.format(version="one"), "boom.py": BOOM})
     # FORWARDED_ALLOW_IPS=*: uvicorn would trust anyone's X-Forwarded-For if proxy headers were on
     server = Server(app, "dev", args=("--host", address), env={"FORWARDED_ALLOW_IPS": "*"})
     server.url = f"http://{address}:{server.port}"
@@ -129,6 +136,11 @@ def test_dev_without_auth_serves_admin_to_loopback_only_even_with_forwarding_hea
                 assert "[auth]" in r.json()["message"]
         assert c.get("/open").text == "one"  # nothing was killed; the app itself is served
         assert c.get("/__edgeworks/health").json() == {"status": "ok"}
+        # dev shows a handler's exception and traceback to loopback clients only
+        for headers in ({}, spoof):
+            r = c.get("/boom", headers=headers)
+            assert r.status_code == 500 and r.json()["error"] == "exception"
+            assert "traceback" not in r.json() and "internal detail" not in r.text
     assert f"warning: listening on {address} without an [auth] section" in server.output()
 
 
