@@ -10,12 +10,16 @@ A bundle is a gzipped tar of the app dir. `unpack_bundle` accepts only regular f
 directories with relative paths that stay inside the target (no ``..``, no absolute paths, no
 links or devices), and stops at ``max_bytes`` of compressed input, ``max_unpacked_bytes`` of
 file content and ``max_files`` entries; any violation raises `BundleError` and leaves nothing.
+A name the filesystem refuses (too long, a file that is also a directory's parent, not UTF-8)
+is a violation too; any other `OSError` (a full disk) is the store's and propagates.
 
 Lifecycle: `stage(bundle)` unpacks into the version's final directory (its code must not move
 once isolates import it) and returns a `StagedVersion`; the caller validates and loads it, then
 `commit` writes ``meta.json`` (from then on the version is listed and never changes) or
 `discard` removes the directory. A directory without ``meta.json`` is a failed or interrupted
-stage and is never listed. `pack_dir` builds a bundle from an app dir (what ``edgeworks
+stage and is never listed; it holds ``.pending`` with the pid of the process deploying it, and a
+store opened later removes it (and ``.staging-<pid>-*`` dirs) once that process is gone, so a
+kill -9 mid-deploy leaves nothing behind after the next start. `pack_dir` builds a bundle from an app dir (what ``edgeworks
 deploy`` sends), skipping caches, VCS dirs, virtualenvs and state dirs.
 
 ``<state_dir>/deployment.json`` records which versions were activated, the current one last, and the snapshot
@@ -25,6 +29,8 @@ version that was current (see `runtime.admin`).
 
 from __future__ import annotations
 
+import errno
+import gzip
 import hashlib
 import io
 import json
@@ -33,12 +39,15 @@ import shutil
 import tarfile
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from .logs import log
 
 __all__ = [
     "BundleError",
@@ -55,6 +64,28 @@ MAX_FILES = 10_000
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "venv", "node_modules",
                        ".edgeworks", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 SKIP_SUFFIXES = (".pyc", ".pyo")
+NAME_MAX = 255  # bytes per path component on the filesystems we run on
+# errors of open/mkdir that come from a member's name, not from the store's disk
+_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EINVAL,
+                          errno.EILSEQ, errno.ELOOP})
+
+
+PENDING = ".pending"  # in an uncommitted version dir: the pid of the process deploying it
+
+
+def _alive(pid: str) -> bool:
+    """Whether `pid` (text) names a running process; an unreadable pid counts as gone."""
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class BundleError(ValueError):
@@ -93,6 +124,10 @@ def _hash_files(files: dict[str, str]) -> str:
 def _safe_name(name: str) -> PurePosixPath:
     if not name or "\\" in name or "\0" in name:
         raise BundleError(f"bad member name {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # tarfile hands undecodable bytes over as surrogates
+        raise BundleError(f"member name {name!r} is not UTF-8") from None
     p = PurePosixPath(name)
     if p.is_absolute() or name.startswith("/"):
         raise BundleError(f"absolute path {name!r} in bundle")
@@ -101,7 +136,19 @@ def _safe_name(name: str) -> PurePosixPath:
         raise BundleError(f"path {name!r} leaves the bundle")
     if not parts:
         raise BundleError(f"bad member name {name!r}")
+    for part in parts:
+        if len(part.encode()) > NAME_MAX:
+            raise BundleError(f"{name!r}: the name {part[:40]!r}... is longer than {NAME_MAX} bytes")
     return PurePosixPath(*parts)
+
+
+def _check_parents(dest: Path, rel: PurePosixPath) -> None:
+    """Every parent of `rel` that exists must be a directory (one that is a file of the bundle
+    would make the write fail with an OSError)."""
+    for parent in list(rel.parents)[-2::-1]:
+        p = dest.joinpath(*parent.parts)
+        if p.exists() and not p.is_dir():
+            raise BundleError(f"{rel}: {parent} is a file in this bundle, not a directory")
 
 
 def unpack_bundle(data: bytes, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES,
@@ -133,32 +180,30 @@ def unpack_bundle(data: bytes, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES,
                 if count > max_files:
                     raise BundleError(f"bundle has more than {max_files} entries")
                 rel = _safe_name(member.name)
-                target = dest.joinpath(*rel.parts)
-                if member.isdir():
-                    if target.exists() and not target.is_dir():
-                        raise BundleError(f"{rel} is both a file and a directory")
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                if not member.isreg():
-                    kind = "link" if member.issym() or member.islnk() else "special file"
-                    raise BundleError(f"{rel} is a {kind}; bundles hold regular files only")
-                total += member.size
-                if total > max_unpacked_bytes:
-                    raise BundleError(f"bundle unpacks to more than {max_unpacked_bytes} bytes")
-                key = rel.as_posix()
-                if key in files or target.exists():
-                    raise BundleError(f"{rel} appears twice")
-                # Parents may not be links: only this function writes under dest, and it never
-                # makes one, so a plain mkdir is enough.
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                assert src is not None
-                h = hashlib.sha256()
-                with src, open(target, "xb") as out:
-                    while chunk := src.read(1 << 16):
-                        h.update(chunk)
-                        out.write(chunk)
-                files[key] = h.hexdigest()
+                try:
+                    _check_parents(dest, rel)
+                    target = dest.joinpath(*rel.parts)
+                    if member.isdir():
+                        if target.exists() and not target.is_dir():
+                            raise BundleError(f"{rel} is both a file and a directory")
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    if not member.isreg():
+                        kind = "link" if member.issym() or member.islnk() else "special file"
+                        raise BundleError(f"{rel} is a {kind}; bundles hold regular files only")
+                    total += member.size
+                    if total > max_unpacked_bytes:
+                        raise BundleError(f"bundle unpacks to more than {max_unpacked_bytes} bytes")
+                    key = rel.as_posix()
+                    if key in files or target.exists():
+                        raise BundleError(f"{rel} appears twice")
+                    files[key] = _extract(tar, member, rel, target)
+                except OSError as e:
+                    # A name the filesystem refuses is the bundle's problem; any other error
+                    # (a full disk...) is the store's and propagates.
+                    if e.errno in _NAME_ERRNOS:
+                        raise BundleError(f"{str(rel)[:200]} cannot be unpacked: {e.strerror}") from None
+                    raise
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -166,6 +211,24 @@ def unpack_bundle(data: bytes, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES,
         shutil.rmtree(dest, ignore_errors=True)
         raise BundleError("bundle holds no files")
     return files
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: PurePosixPath, target: Path) -> str:
+    """Write one regular file; return its sha256."""
+    try:
+        # Parents may not be links: only unpack_bundle writes under dest, and it never makes
+        # one, so a plain mkdir is enough.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = tar.extractfile(member)
+        assert src is not None
+        h = hashlib.sha256()
+        with src, open(target, "xb") as out:
+            while chunk := src.read(1 << 16):
+                h.update(chunk)
+                out.write(chunk)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise BundleError(f"corrupt archive at {rel}: {e}") from None
+    return h.hexdigest()
 
 
 def _walk(root: Path, skip: Iterable[Path]) -> list[tuple[Path, str]]:
@@ -207,13 +270,36 @@ class VersionStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._active = Path(state_dir) / "deployment.json"
         self._clock = clock
+        self._remove_interrupted()
+
+    def _remove_interrupted(self) -> None:
+        """Remove what a process killed mid-deploy left: staging dirs, version dirs that were
+        never committed, unreplaced temp files. What a live process is still writing stays."""
+        for d in self.dir.iterdir():
+            if d.name.startswith(".staging-"):
+                owner = d.name.split("-")[1]
+            elif d.is_dir() and not (d / "meta.json").exists():
+                try:
+                    owner = (d / PENDING).read_text().strip()
+                except OSError:
+                    owner = ""  # no owner recorded: nobody can still be writing it
+            else:
+                continue
+            if not _alive(owner):
+                shutil.rmtree(d, ignore_errors=True)
+                log("version_dir_removed", path=str(d), reason="an interrupted deploy left it uncommitted")
+        for f in self._active.parent.glob(".deployment.*.tmp"):
+            if not _alive(f.name.split(".")[2]):
+                f.unlink(missing_ok=True)
 
     def stage(self, bundle: bytes, **limits: int) -> StagedVersion:
-        tmp = self.dir / f".staging-{uuid.uuid4().hex}"
+        tmp = self.dir / f".staging-{os.getpid()}-{uuid.uuid4().hex}"
         try:
             files = unpack_bundle(bundle, tmp / "app", **limits)
             content_hash = _hash_files(files)
             vid = self._new_id(content_hash)
+            # Until `commit` writes meta.json, the dir says who may still be deploying it.
+            (tmp / PENDING).write_text(str(os.getpid()))
             os.rename(tmp, self.dir / vid)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -238,6 +324,7 @@ class VersionStore:
         tmp = final.with_suffix(".tmp")
         tmp.write_text(meta.model_dump_json(indent=1))
         os.replace(tmp, final)
+        (final.parent / PENDING).unlink(missing_ok=True)
         return meta
 
     def discard(self, staged: StagedVersion) -> None:
