@@ -51,6 +51,9 @@ class Limits(_Model):
     memory_mb: Annotated[int, Field(ge=32, le=16_384)] = 256
     subrequests: Annotated[int, Field(ge=0, le=10_000)] = 50
     body_bytes: Annotated[int, Field(gt=0, le=512 * 1024 * 1024)] = 10 * 1024 * 1024
+    # From the init message to "ready": importing the module and building env. A module that
+    # loops at import is stopped here instead of holding a deploy for minutes.
+    startup_ms: Annotated[int, Field(gt=0, le=600_000)] = 10_000
 
 
 class RouteConfig(_Model):

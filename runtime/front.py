@@ -91,7 +91,7 @@ class Front:
         try:
             contract = Contract(app, secrets, self.kills, self.audit_log)
         except AuthConfigError as e:
-            raise LoadFailed(f"[auth]: {e}") from None
+            raise LoadFailed(f"[auth]: {e}", "config") from None
         pools: dict[str, IsolatePool] = {}
         dep = Deployment(app, version, pools, contract)
         for s in app.scripts:
@@ -102,7 +102,7 @@ class Front:
         if failed:
             await asyncio.gather(*(p.stop(1) for p in pools.values()))
             name, err = failed[0]
-            raise LoadFailed(f"script {name!r}: {err}")
+            raise LoadFailed(f"script {name!r}: {err}", getattr(err, "cause", "load_error"))
         return dep
 
     async def start(self) -> None:

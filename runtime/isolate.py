@@ -43,14 +43,18 @@ from .http import Request, Response
 from .ipc import Channel, ChannelClosed, open_channel
 from .killswitch import KillSwitch
 from .logs import log
-from .meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered
+from .meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered, rss_bytes
 from .safejson import JSONTooDeep, check_depth
 
 __all__ = ["Isolate", "LoadError", "main", "run"]
 
 
 class LoadError(Exception):
-    pass
+    """The script cannot serve; `cause` is what the front reports (see `LoadFailed`)."""
+
+    def __init__(self, message: str, cause: str = "load_error"):
+        super().__init__(message)
+        self.cause = cause
 
 
 def _import_main(root: Path, main: str) -> Any:
@@ -67,9 +71,11 @@ def _import_main(root: Path, main: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except SystemExit as e:  # would end the isolate, leaving the front only a closed channel
+        raise LoadError(f"the module exited with SystemExit({e.code!r}) during import of {main}", "exited") from None
+    except BaseException as e:  # KeyboardInterrupt and friends raised by module code included
         tb = traceback.format_exc(limit=-3)
-        raise LoadError(f"importing {main} failed: {type(e).__name__}: {e}\n{tb}") from None
+        raise LoadError(f"importing {main} failed: {type(e).__name__}: {e}\n{tb}", "import_error") from None
     return module
 
 
@@ -179,6 +185,11 @@ class Isolate:
         except Exception as e:
             raise LoadError(f"building env failed: {type(e).__name__}: {e}") from None
         cap_memory(limit)
+        # The cap binds only from here on: a module that already holds more would be killed by
+        # the watchdog right after "ready"; say so now, deterministically.
+        if rss_bytes() > limit:
+            raise LoadError(f"the module exceeded the memory limit of {script.limits.memory_mb} MB while loading"
+                            f" ({rss_bytes() // (1024 * 1024)} MB in use; [scripts.limits] memory_mb)", "memory_limit")
         for h in self.hosts.values():
             if hasattr(h, "start"):
                 await h.start()
@@ -491,11 +502,16 @@ async def _serve(fd: int, note_path: str) -> None:
             await isolate.load(msg)
         except LoadError as e:
             isolate.script = None
-            isolate.channel.reply(msg["id"], {"error": str(e)})
+            isolate.channel.reply(msg["id"], {"error": str(e), "cause": e.cause})
+            return
+        except SystemExit as e:  # from code the bindings ran while building env
+            isolate.script = None
+            isolate.channel.reply(msg["id"], {"error": f"the script exited with SystemExit({e.code!r}) while loading",
+                                              "cause": "exited"})
             return
         except Exception as e:  # a config we sent that the isolate cannot use: still report it
             isolate.script = None
-            isolate.channel.reply(msg["id"], {"error": f"{type(e).__name__}: {e}"})
+            isolate.channel.reply(msg["id"], {"error": f"{type(e).__name__}: {e}", "cause": "load_error"})
             return
         isolate.channel.reply(msg["id"], {"ready": True, "pid": os.getpid(), "load_ms": (time.perf_counter() - t0) * 1000})
 

@@ -44,6 +44,7 @@ __all__ = [
     "Watchdog",
     "cap_memory",
     "metered",
+    "rss_bytes",
 ]
 
 EXIT_LIMIT = 86
@@ -115,7 +116,7 @@ def cap_memory(limit_bytes: int) -> None:
         pass  # a lower hard limit is already in force; the RSS check still applies
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * _PAGE
 
@@ -156,6 +157,6 @@ class Watchdog(threading.Thread):
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(
                         ctypes.c_ulong(self.main_ident), ctypes.py_object(CpuLimitExceeded)
                     )
-            if n % mem_every == 0 and _rss_bytes() > self.memory_limit:
+            if n % mem_every == 0 and rss_bytes() > self.memory_limit:
                 rid = m.request_id if m is not None else None
                 self._exit("memory_limit", rid, limit_mb=self.memory_limit // (1024 * 1024))

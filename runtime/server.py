@@ -64,10 +64,10 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
     front = Front(app, dev=dev, state_dir=Path(state_dir).resolve() if state_dir else None)
     front.admin = build_admin(front)
     # proxy_headers=False: the client address is the socket peer, never an X-Forwarded-For value
-    # (the admin plane's loopback rule depends on it)
+    # (the admin plane's loopback rule depends on it); server_header=False: no "server: uvicorn"
     limits = app.server
     config = uvicorn.Config(front, host=host, port=port, lifespan="on", log_level="warning",
-                            access_log=False, loop="none", proxy_headers=False,
+                            access_log=False, loop="none", proxy_headers=False, server_header=False,
                             timeout_graceful_shutdown=10, limit_concurrency=limits.max_connections,
                             http=guarded_protocol(limits.max_header_bytes, limits.header_timeout_s,
                                                   limits.body_timeout_s))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -24,12 +25,24 @@ from .logs import log
 
 __all__ = ["IsolateDied", "IsolatePool", "IsolateProcess", "LoadFailed", "WallTimeExceeded"]
 
+# How long callers (e.g. calls between isolates) wait for an isolate to become ready; each start
+# itself is bounded by its script's `startup_ms` limit (10 s by default).
 INIT_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 30.0
+DEATH_REPORT_S = 5.0  # how long a start that lost its channel waits to learn the exit status
 
 
 class LoadFailed(Exception):
-    """The script could not be loaded in a fresh isolate (import error, missing handler...)."""
+    """The script could not be loaded in a fresh isolate (import error, missing handler...).
+
+    `cause` names why, for callers that answer with it: ``import_error`` (the module raised),
+    ``load_error`` (no handler, a bad route model, env could not be built), ``exited``
+    (SystemExit or os._exit during start-up), ``memory_limit``, ``startup_timeout``, ``crashed``
+    (killed by a signal), ``config``, or ``stopped`` (the pool was stopped meanwhile)."""
+
+    def __init__(self, message: str, cause: str = "load_error"):
+        super().__init__(message)
+        self.cause = cause
 
 
 class WallTimeExceeded(Exception):
@@ -80,15 +93,40 @@ class IsolateProcess:
             child.close()
         self.channel = await open_channel(parent, self.pool.on_isolate_message(self), self._on_close)
         asyncio.ensure_future(self._reap())
+        limits = self.pool.script.limits
         try:
-            reply = await asyncio.wait_for(self.channel.request({"op": "init", **init}), INIT_TIMEOUT_S)
-        except (ChannelClosed, TimeoutError) as e:
+            reply = await asyncio.wait_for(self.channel.request({"op": "init", **init}), limits.startup_ms / 1000)
+        except TimeoutError:
             self.kill()
-            raise LoadFailed(f"isolate for {self.pool.script.name!r} did not start: {e}") from None
+            raise LoadFailed(f"the module did not finish loading within the start-up limit of {limits.startup_ms} ms"
+                             " ([scripts.limits] startup_ms)", "startup_timeout") from None
+        except ChannelClosed:
+            raise await self._start_died() from None
         if "error" in reply:
             self.kill()
-            raise LoadFailed(reply["error"])
+            raise LoadFailed(reply["error"], reply.get("cause", "load_error"))
         self.load_ms = reply.get("load_ms")
+
+    async def _start_died(self) -> LoadFailed:
+        """Why a process that was starting went away: its limit note or its exit status (the
+        closed channel already had it killed, see `_on_close`)."""
+        try:
+            died = await asyncio.wait_for(asyncio.shield(self.died), DEATH_REPORT_S)
+        except TimeoutError:
+            self.kill()
+            return LoadFailed("the isolate closed its channel while starting", "crashed")
+        if died.reason == "memory_limit":
+            return LoadFailed(f"the module exceeded the memory limit of {self.pool.script.limits.memory_mb} MB"
+                              " while loading ([scripts.limits] memory_mb)", "memory_limit")
+        code = died.exit_code
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return LoadFailed(f"the isolate was killed by {name} while loading the module", "crashed")
+        return LoadFailed(f"the isolate exited with code {code} while loading the module"
+                          " (os._exit, or a crash in native code)", "exited")
 
     def _on_close(self, exc: BaseException | None) -> None:
         if self.proc is not None and self.proc.returncode is None and not self.stopping:
@@ -196,6 +234,7 @@ class IsolatePool:
         self.closed = False
         self.restarts = 0
         self._rr = 0
+        self.starting: set[IsolateProcess] = set()  # started, not yet in a slot: `stop` kills them
 
     def init_message(self, index: int) -> dict[str, Any]:
         return {
@@ -212,10 +251,21 @@ class IsolatePool:
     async def _spawn(self, index: int) -> IsolateProcess:
         self.generation += 1
         proc = IsolateProcess(self, index, self.generation)
-        await proc.start(self.init_message(index))
+        await self._start(proc)
         self.slots[index] = proc
         self.ready[index].set()
         return proc
+
+    async def _start(self, proc: IsolateProcess) -> None:
+        """Start `proc`; a pool stopped meanwhile gets no process installed after its stop."""
+        self.starting.add(proc)
+        try:
+            await proc.start(self.init_message(proc.index))
+        finally:
+            self.starting.discard(proc)
+        if self.closed:
+            await proc.shutdown(1)
+            raise LoadFailed(f"the pool of {self.script.name!r} was stopped while an isolate started", "stopped")
 
     async def start(self) -> None:
         results = await asyncio.gather(
@@ -273,7 +323,7 @@ class IsolatePool:
         new = IsolateProcess(self, proc.index, self.generation + 1)
         self.generation += 1
         try:
-            await new.start(self.init_message(proc.index))
+            await self._start(new)
         except LoadFailed:
             proc.stopping = False
             return
@@ -307,6 +357,9 @@ class IsolatePool:
 
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         self.closed = True
+        for p in self.starting:
+            p.stopping = True
+            p.kill()
         procs = [p for p in self.slots if p is not None]
         await asyncio.gather(*(p.shutdown(grace_s) for p in procs))
         for e in self.ready:

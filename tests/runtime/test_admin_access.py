@@ -150,6 +150,7 @@ def test_health_is_liveness_only_and_details_need_an_admin(tmp_path):
     with Server(auth_app(tmp_path / "app"), "serve", admin_token=token()) as server, server.client() as c:
         r = c.get("/__edgeworks/health")
         assert r.status_code == 200 and r.json() == {"status": "ok"}
+        assert "server" not in r.headers and "server" not in c.get("/open").headers  # no software banner
         assert c.get("/__edgeworks/health/details").status_code == 401
         assert c.get("/__edgeworks/health/details", headers=bearer(token(tenant="acme"))).json()["error"] == \
             "global_admin_required"
