@@ -82,7 +82,11 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
                 watcher.cancel()
             await front.stop()
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    except SystemExit:  # uvicorn exits this way when startup fails; say why below
+        if server.started:
+            raise
     if not server.started:
         print(f"edgeworks: could not start: {front.startup_error or 'see the log above'}", file=sys.stderr)
         return 3
