@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -51,6 +52,7 @@ from .config import ConfigError, load_app
 from .contract import Refusal
 from .errors import error_json
 from .logs import log
+from .probe import Unhealthy, probe
 from .safejson import JSONTooDeep, parse_json
 from .supervisor import LoadFailed
 from .tail import Subscriber, TailHub, TailResponse
@@ -163,12 +165,25 @@ class _Deployer:
         except ConfigError as e:
             raise _Problem(422, "invalid_config", "the version's configuration is invalid", problems=e.problems) from None
 
-    async def _activate(self, vid: str) -> None:
-        app = self._app(vid)
+    async def _bring_up(self, app: Any, vid: str) -> Any:
+        """Load `app` in fresh isolates and probe it (see `probe.py`); on failure nothing of it
+        keeps running and a 422 names the cause."""
         try:
-            await self.front.swap(app, version=vid)
+            dep = await self.front.load(app, vid)
         except LoadFailed as e:
-            raise _Problem(422, "load_failed", str(e)) from None
+            raise _load_problem(e) from None
+        try:
+            await probe(self.front, dep)
+        except BaseException as e:
+            await asyncio.shield(self.front.unload(dep))
+            if isinstance(e, LoadFailed):
+                raise _load_problem(e) from None
+            raise
+        return dep
+
+    async def _activate(self, vid: str) -> None:
+        dep = await self._bring_up(self._app(vid), vid)
+        self.front.promote(dep)
         self._clear_split()
 
     async def deploy(self, bundle: bytes, by: str | None, message: str | None, max_bytes: int) -> dict[str, Any]:
@@ -177,20 +192,24 @@ class _Deployer:
                 staged = await asyncio.to_thread(self.store.stage, bundle, max_bytes=max_bytes)
             except BundleError as e:
                 raise _Problem(400, "bad_bundle", str(e)) from None
+            except OSError as e:  # the store's disk, not the bundle (which maps to BundleError)
+                raise _Problem(507, "storage_error", f"the version store could not take the bundle: {e}") from None
             try:
                 try:
                     app = load_app(staged.root)
                 except ConfigError as e:
                     raise _Problem(422, "invalid_config", "the bundle's configuration is invalid", problems=e.problems) from None
                 previous = self.current()
-                try:
-                    await self.front.swap(app, version=staged.id)
-                except LoadFailed as e:
-                    raise _Problem(422, "load_failed", str(e)) from None
+                dep = await self._bring_up(app, staged.id)
+                try:  # committed before it gets traffic: a served version is always in the store
+                    meta = self.store.commit(staged, by=by, message=message)
+                except OSError as e:
+                    await self.front.unload(dep)
+                    raise _Problem(507, "storage_error", f"the version store could not record the version: {e}") from None
             except BaseException:
                 self.store.discard(staged)
                 raise
-            meta = self.store.commit(staged, by=by, message=message)
+            self.front.promote(dep)
             self._clear_split()
             self._activated(meta.id)
             return {"version": self.store.describe(meta), "previous": previous}
@@ -226,14 +245,20 @@ class _Deployer:
             if split is not None and self.aliases.get(split[0].version, split[0].version) == version:
                 self.front.split = (split[0], percent / 100)
             else:
-                app = self._app(version)
-                try:
-                    dep = await self.front.load(app, version)
-                except LoadFailed as e:
-                    raise _Problem(422, "load_failed", str(e)) from None
+                dep = await self._bring_up(self._app(version), version)
                 self._clear_split()
                 self.front.split = (dep, percent / 100)
             return {"current": previous, "previous": previous, "split": self.split_state()}
+
+
+def _load_problem(e: LoadFailed) -> _Problem:
+    """The 422 for a version that did not load (`load_failed`), did not start in time
+    (`startup_timeout`) or failed its probe (`deploy_unhealthy`); `cause` says why."""
+    if isinstance(e, Unhealthy):
+        return _Problem(422, "deploy_unhealthy", str(e), cause=e.cause)
+    if e.cause == "startup_timeout":
+        return _Problem(422, "startup_timeout", str(e), cause=e.cause)
+    return _Problem(422, "load_failed", str(e), cause=e.cause)
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -355,23 +380,31 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         return JSONResponse({"current": deployer.current(), "split": deployer.split_state(),
                              "versions": [store.describe(m) for m in store.list()]})
 
+    def rejected(request: Request, subject: str | None, p: _Problem, kind: str = "admin.deploy_rejected") -> JSONResponse:
+        body = json.loads(p.response.body)
+        audit(kind, request, subject, code=body["error"], cause=body.get("cause"), detail=body.get("message"),
+              status=p.response.status_code)
+        return p.response
+
     async def deploy(request: Request, subject: str | None) -> JSONResponse:
+        too_large = _Problem(413, "bundle_too_large", f"bundles are limited to {max_bundle_bytes} bytes")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_bundle_bytes:
-            return _err(413, "bundle_too_large", f"bundles are limited to {max_bundle_bytes} bytes")
+            return rejected(request, subject, too_large)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bundle_bytes:
-                return _err(413, "bundle_too_large", f"bundles are limited to {max_bundle_bytes} bytes")
+                return rejected(request, subject, too_large)
             chunks.append(chunk)
         message = request.query_params.get("message") or request.headers.get("x-edgeworks-message")
         try:
             result = await deployer.deploy(b"".join(chunks), subject, message, max_bundle_bytes)
         except _Problem as p:
-            audit("admin.deploy_rejected", request, subject, code=json.loads(p.response.body)["error"],
-                  detail=json.loads(p.response.body).get("message"))
-            raise
+            return rejected(request, subject, p)
+        except Exception as e:  # a bug, but still an answer the client can read, and on the record
+            log("error", request_id=request.state.rid, exception=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+            return rejected(request, subject, _Problem(500, "deploy_error", f"the deploy failed: {type(e).__name__}: {e}"))
         audit("admin.deploy", request, subject, version=result["version"]["id"], previous=result["previous"],
               message=message)
         log("deployed", version=result["version"]["id"], previous=result["previous"], subject=subject)
@@ -379,14 +412,20 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
 
     async def rollback(request: Request, subject: str | None) -> JSONResponse:
         body = await _parse(request, RollbackRequest)
-        result = await deployer.rollback(body.version)
+        try:
+            result = await deployer.rollback(body.version)
+        except _Problem as p:
+            return rejected(request, subject, p, "admin.rollback_rejected")
         audit("admin.rollback", request, subject, version=result["current"], previous=result["previous"])
         log("rolled_back", version=result["current"], previous=result["previous"], subject=subject)
         return JSONResponse(ActivationResult.model_validate(result).model_dump())
 
     async def split(request: Request, subject: str | None) -> JSONResponse:
         body = await _parse(request, SplitRequest)
-        result = await deployer.split(body.version, body.percent)
+        try:
+            result = await deployer.split(body.version, body.percent)
+        except _Problem as p:
+            return rejected(request, subject, p, "admin.split_rejected")
         audit("admin.split", request, subject, version=body.version, percent=body.percent, current=result["current"])
         log("split", version=body.version, percent=body.percent, current=result["current"], subject=subject)
         return JSONResponse(ActivationResult.model_validate(result).model_dump())

@@ -24,6 +24,7 @@ from .risk import RiskRule
 __all__ = [
     "AppConfig",
     "ConfigError",
+    "DeployOptions",
     "DurableObjectBinding",
     "Limits",
     "RouteConfig",
@@ -130,6 +131,15 @@ class ScriptConfig(_Model):
         return [RouteConfig(pattern=r) if isinstance(r, str) else r for r in self.routes]
 
 
+class DeployOptions(_Model):
+    """How a deployed version proves itself before it gets the traffic (admin deploys, rollbacks
+    and splits; `dev` reloads skip this to stay fast): its isolates must stay up for
+    `probe_seconds` and, when set, a GET of `health_path` must answer 2xx."""
+
+    probe_seconds: Annotated[float, Field(ge=0, le=600)] = 2.0
+    health_path: Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=2048)] | None = None
+
+
 class ServerOptions(_Model):
     """What one HTTP client may hold (runtime/httpguard.py); read when the server starts.
 
@@ -153,6 +163,7 @@ class AppConfig(_Model):
     auth: AuthConfig | None = None
     risk: list[RiskRule] = []
     audit: AuditOptions = AuditOptions()
+    deploy: DeployOptions = DeployOptions()
     server: ServerOptions = ServerOptions()
     scripts: Annotated[list[ScriptConfig], Field(min_length=1)]
     # Filled by the loader, not by the manifest.

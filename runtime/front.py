@@ -126,11 +126,20 @@ class Front:
         LoadFailed (old version keeps serving) when the new version does not load."""
         async with self._lock:
             new = await self.load(app, version)
-            old, self.current = self.current, new
-            log("reloaded", version=new.version)
+            self.promote(new)
+        return new.version
+
+    def promote(self, new: Deployment) -> None:
+        """Move traffic to a loaded deployment and drain the one it replaces (the admin plane
+        promotes only after `probe.probe`)."""
+        old, self.current = self.current, new
+        log("reloaded", version=new.version)
         if old is not None:
             asyncio.ensure_future(self._drain(old))
-        return new.version
+
+    async def unload(self, dep: Deployment) -> None:
+        """Stop a deployment that never got traffic (it failed its probe)."""
+        await asyncio.gather(*(p.stop(1) for p in dep.pools.values()))
 
     async def _drain(self, dep: Deployment) -> None:
         await asyncio.gather(*(p.stop() for p in dep.pools.values()))
