@@ -10,9 +10,10 @@ that tenant), or, without an ``[auth]`` section, a loopback client in ``dev`` mo
 as ``admin.*`` with the caller's subject, and every refusal as ``admin.denied``.
 
 Deployments (see `_Deployer`): one deploy, rollback or split runs at a time. A bundle is staged
-in the version store, validated (`load_app`, then loaded in fresh isolates) and only then gets
-the traffic; a bundle that fails either step is answered 422 and removed, and the old version
-keeps serving. Any change of the current version clears a traffic split. ``serve`` restarted on
+in the version store, validated (`load_app`, then loaded in fresh isolates and probed, see
+`probe.py`), committed, and only then gets the traffic; a bundle that fails any step is answered
+with a structured 4xx naming the cause (audited as ``admin.deploy_rejected``) and removed, and
+the old version keeps serving. Any change of the current version clears a traffic split. ``serve`` restarted on
 the same, unchanged app dir resumes the version that was current and its rollback history
 (`VersionStore.write_active`); a changed app dir, or ``dev``, serves the app dir.
 """
@@ -50,6 +51,7 @@ from .admin_workflows import workflow_routes
 from .approvals import AlreadyDecided, ApprovalStore
 from .config import ConfigError, load_app
 from .contract import Refusal
+from .datakey import DataKey, DataKeyError, load_data_key
 from .errors import error_json
 from .logs import log
 from .probe import Unhealthy, probe
@@ -264,14 +266,19 @@ def _load_problem(e: LoadFailed) -> _Problem:
 # -- the app ---------------------------------------------------------------------------------
 
 
-def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: int = TAIL_QUEUE) -> Starlette:
+def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: int = TAIL_QUEUE,
+                data_key: DataKey | None = None) -> Starlette:
     """The admin app for `front`. Bundles are capped at `max_bundle_bytes` (default: the
-    environment variable EDGEWORKS_MAX_BUNDLE_BYTES, else 64 MiB)."""
+    environment variable EDGEWORKS_MAX_BUNDLE_BYTES, else 64 MiB). Held requests are sealed
+    with `data_key` (default: `runtime.datakey.load_data_key`, which raises DataKeyError when
+    the configured key is unusable)."""
     if max_bundle_bytes is None:
         max_bundle_bytes = int(os.environ.get("EDGEWORKS_MAX_BUNDLE_BYTES") or MAX_BUNDLE_BYTES)
     store = VersionStore(front.state_dir)
     deployer = _Deployer(front, store)
-    approvals = ApprovalStore(front.state_dir)
+    if data_key is None:  # raises DataKeyError when the configured key is unusable
+        data_key = load_data_key(front.state_dir, dev=front.dev)
+    approvals = ApprovalStore(front.state_dir, key=data_key)
     front.approvals = approvals
     hub = TailHub()
     spec = openapi_spec()
@@ -457,6 +464,13 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         visible_approval(request)  # a row's tenant never changes: checking before deciding is enough
         body = await _parse(request, DecisionRequest)
         by = body.by or subject
+        if status == "approved":
+            try:  # a request that cannot be replayed stays pending until the right key is configured
+                approvals.message(aid)
+            except DataKeyError as e:
+                return _err(503, "data_key_unavailable", str(e))
+            except KeyError:
+                return _err(404, "not_found", "no such approval")
         try:
             row = approvals.decide(aid, status, by, body.reason)  # type: ignore[arg-type]
         except KeyError:

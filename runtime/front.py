@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .admin_access import is_loopback_client
+from .approvals import ApprovalsUnavailable
 from .auditd import AuditPipe
 from .config import AppConfig, ScriptConfig, read_dev_vars
 from .contract import Contract, Refusal, identity_wire
@@ -252,10 +253,14 @@ class Front:
                            "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
                            "body": body, "params": params}}
             if decision.action == "approve":
-                contract.audit("request.held", reason=decision.reason, **who)
                 held = {"risk": risk}
                 if self.approvals is not None:
-                    held["approval_id"] = self.approvals.hold(msg, reason=decision.reason, **who)
+                    try:
+                        held["approval_id"] = self.approvals.hold(msg, reason=decision.reason, **who)
+                    except ApprovalsUnavailable as e:  # no data key: never hold it in clear
+                        contract.audit("request.hold_refused", reason=str(e), **who)
+                        raise Refusal(503, "approvals_unavailable", str(e), {"risk": risk}, []) from None
+                contract.audit("request.held", reason=decision.reason, **who)
                 raise Refusal(202, "approval_required", decision.reason, held, [])
             status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send)
             # One entry per request, written when it ends, carrying its start time: half the

@@ -1,6 +1,9 @@
 """Structured logs: one JSON object per line on stderr, always with a timestamp and an event name.
 
-`set_sink` redirects lines (the front uses it to feed `edgeworks tail` subscribers as well).
+Every record is redacted (`runtime.redact`) before anything sees it: the stderr line and the
+listeners (`edgeworks tail` subscribers) get the same redacted record, so a password in an
+exception message or an e-mail address in a URL path never reaches a terminal, a log file or a
+tail. `set_redactor` adds the app's own patterns (the manifest's ``[audit] redact_patterns``).
 """
 
 from __future__ import annotations
@@ -11,16 +14,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["log", "set_level", "add_listener", "remove_listener"]
+from .redact import Redactor
+
+__all__ = ["log", "set_level", "set_redactor", "add_listener", "remove_listener"]
 
 _quiet_events: set[str] = set()
 _listeners: list[Callable[[dict[str, Any]], None]] = []
+_redactor = Redactor()
 
 
 def set_level(quiet: set[str]) -> None:
     """Events named here are not written to stderr (listeners still get them)."""
     _quiet_events.clear()
     _quiet_events.update(quiet)
+
+
+def set_redactor(redactor: Redactor) -> None:
+    global _redactor
+    _redactor = redactor
 
 
 def add_listener(fn: Callable[[dict[str, Any]], None]) -> None:
@@ -32,9 +43,14 @@ def remove_listener(fn: Callable[[dict[str, Any]], None]) -> None:
         _listeners.remove(fn)
 
 
+def _plain(value: Any) -> Any:
+    """JSON's own scalars as they are, anything else as its text (then redacted like a string)."""
+    return value if value is None or isinstance(value, bool | int | float) else str(value)
+
+
 def log(event: str, **fields: Any) -> None:
-    record = {"ts": round(time.time(), 3), "event": event, **fields}
+    record = _redactor.redact({"ts": round(time.time(), 3), "event": event, **fields}, _plain)
     for fn in _listeners:
         fn(record)
     if event not in _quiet_events:
-        sys.stderr.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+        sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")

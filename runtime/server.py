@@ -12,9 +12,11 @@ import uvloop
 from .admin import build_admin
 from .admin_access import is_loopback_host
 from .config import ConfigError, load_app
+from .datakey import HOW_TO_SET, DataKeyError
 from .front import Front
 from .httpguard import guarded_protocol
-from .logs import log, set_level
+from .logs import log, set_level, set_redactor
+from .redact import RedactionPatternError, Redactor
 from .supervisor import LoadFailed
 
 __all__ = ["run"]
@@ -61,8 +63,21 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
         print(f"edgeworks: warning: listening on {host} without an [auth] section: "
               + ("the admin API answers loopback clients only; add [auth] to the manifest to use it from other hosts"
                  if dev else "the admin API is disabled; add [auth] to the manifest to use it"), file=sys.stderr)
+    try:
+        set_redactor(Redactor(app.audit.redact_patterns))
+    except RedactionPatternError as e:
+        print(f"edgeworks: the app's configuration is invalid:\n  {app.source}: audit.redact_patterns[{e.index}]: {e}",
+              file=sys.stderr)
+        return 2
     front = Front(app, dev=dev, state_dir=Path(state_dir).resolve() if state_dir else None)
-    front.admin = build_admin(front)
+    try:
+        front.admin = build_admin(front)
+    except DataKeyError as e:
+        print(f"edgeworks: the data key is unusable: {e}", file=sys.stderr)
+        return 2
+    if not front.approvals.can_hold and any(rule.action == "approve" for rule in app.risk):
+        print(f"edgeworks: warning: risk rules hold requests for approval but no data key is configured: "
+              f"such requests are refused (503 approvals_unavailable); {HOW_TO_SET}", file=sys.stderr)
     # proxy_headers=False: the client address is the socket peer, never an X-Forwarded-For value
     # (the admin plane's loopback rule depends on it); server_header=False: no "server: uvicorn"
     limits = app.server

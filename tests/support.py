@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -83,6 +84,14 @@ def wait_until(pred: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
         time.sleep(interval)
 
 
+def data_key_file(parent: Path) -> Path:
+    """A data key file in `parent` (created once)."""
+    path = parent / "data-key"
+    if not path.exists():
+        path.write_bytes(base64.urlsafe_b64encode(os.urandom(32)) + b"\n")
+    return path
+
+
 class Server:
     """`edgeworks dev|serve APP` as a subprocess; use as a context manager."""
 
@@ -96,7 +105,9 @@ class Server:
         self.state_dir = state_dir or app_dir / ".edgeworks"
         self.log_path = app_dir.parent / f"server-{self.port}.log"
         self.args = args
-        self.env = {**os.environ, **(env or {})}
+        # A data key outside the state dir (held requests are sealed with it), so no test
+        # server writes the user's ~/.config; pass EDGEWORKS_DATA_KEY_FILE="" for none.
+        self.env = {"EDGEWORKS_DATA_KEY_FILE": str(data_key_file(app_dir.parent)), **os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.seen_pids: set[int] = set()
         self.admin_token = admin_token  # for /health/details (pids) when the app has [auth]

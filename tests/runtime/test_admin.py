@@ -4,6 +4,7 @@ approvals (bundle safety, immutability, single decision)."""
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from runtime.approvals import AlreadyDecided, ApprovalStore
 from runtime.audit import query
+from runtime.datakey import DataKey
 from runtime.versions import BundleError, VersionStore, pack_dir, unpack_bundle
 from tests.support import Server, run_cli, wait_until, write_app
 
@@ -329,7 +331,7 @@ def test_version_store_stage_commit_discard_and_initial_dedupe(tmp_path):
 
 
 def test_approval_store_holds_without_credentials_and_decides_once(tmp_path):
-    store = ApprovalStore(tmp_path)
+    store = ApprovalStore(tmp_path, key=DataKey(os.urandom(32), "test"))
     msg = {"op": "fetch", "rid": "r1", "route": 0, "identity": {"subject": "u"}, "risk": "high",
            "req": {"url": "http://h/pay?x=1", "method": "POST", "body": b"{}", "params": {},
                    "headers": [("Authorization", "Bearer abc.def.ghi"), ("Cookie", "s=1"), ("x-a", "1")]}}
