@@ -16,6 +16,7 @@ __all__ = ["ErrorCode", "ToolError"]
 class ErrorCode(StrEnum):
     OUT_OF_FUEL = "out_of_fuel"
     MEMORY_LIMIT = "memory_limit"
+    TABLE_LIMIT = "table_limit"
     TIMEOUT = "timeout"
     OUTPUT_LIMIT = "output_limit"
     STACK_OVERFLOW = "stack_overflow"

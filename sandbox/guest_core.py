@@ -62,6 +62,7 @@ def call_core(
     alloc = _fastcall.export(store, instance, "alloc")
     fn = _fastcall.export(store, instance, export)
     probe.memory = memory
+    probe.instance = instance
     ptr = _fastcall.call_i32(store, alloc, len(input_bytes)) & _MASK32
     if ptr + len(input_bytes) > memory.data_len(store):
         raise ToolError(ErrorCode.BAD_OUTPUT, "alloc returned an unusable pointer")

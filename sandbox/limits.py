@@ -6,7 +6,7 @@ Each limit maps to one enforcement mechanism and one error code:
 |------------------|---------------------------------------------|---------------------|
 | `fuel`           | `Store.set_fuel` (wasm instructions)        | `out_of_fuel`       |
 | `memory_bytes`   | `Store.set_limits(memory_size=...)`         | `memory_limit`      |
-| `table_elements` | `Store.set_limits(table_elements=...)`      | `trap` / instantiation failure |
+| `table_elements` | `Store.set_limits(table_elements=...)`      | `table_limit`       |
 | `instances`      | `Store.set_limits(instances=...)`           | `trap` / instantiation failure |
 | `wall_ms`        | epoch deadline driven by `EpochTicker`       | `timeout`           |
 | `output_bytes`   | capped stdout / output buffer               | `output_limit`      |

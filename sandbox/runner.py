@@ -16,7 +16,12 @@ Mapping, first match wins:
    guest that hits the cap typically ends in a trap or spins until fuel runs out; the
    memory it holds at that point is the evidence);
    instantiation refused because initial memory exceeds the cap -> `memory_limit`;
-4. trap `OUT_OF_FUEL` -> `out_of_fuel`; any other trap -> `trap` with `details.trap_code`.
+4. the same for tables: one of the instance's tables within max(1, 1/8 of `table_elements`)
+   of `table_elements` (a failed `table.grow` returns -1 too; `sandbox._wasmbin` exports every
+   table so it can be read), or instantiation refused for a table's size -> `table_limit`;
+5. trap `OUT_OF_FUEL` -> `out_of_fuel`; any other trap -> `trap`, its message naming the trap
+   kind as wasmtime words it ("wasm trap: integer divide by zero"), `details.trap_code` the
+   `wasmtime.TrapCode` name. A stack overflow says "wasm trap: call stack exhausted".
 """
 
 from __future__ import annotations
@@ -48,12 +53,14 @@ class CallStats:
 
 
 class MemoryProbe:
-    """Lets the body say which memory to inspect when classifying a failure."""
+    """Lets the body say which memory and which instance (its exported tables) to inspect when
+    classifying a failure."""
 
-    __slots__ = ("memory",)
+    __slots__ = ("memory", "instance")
 
     def __init__(self) -> None:
         self.memory: wasmtime.Memory | None = None
+        self.instance: wasmtime.Instance | None = None
 
 
 def execute(
@@ -86,7 +93,7 @@ def execute(
     except ToolError:
         raise
     except wasmtime.Trap as e:
-        raise _classify_trap(e, ctx, limits, store, probe) from None
+        raise _classify_trap(e, ctx, limits, store, probe, engine.max_wasm_stack) from None
     except wasmtime.WasmtimeError as e:
         raise _classify_error(e, ctx, limits, store, probe) from None
     finally:
@@ -111,31 +118,63 @@ def _memory_at_cap(store: wasmtime.Store, probe: MemoryProbe, limits: Limits) ->
         return False
 
 
+def _table_at_cap(store: wasmtime.Store, probe: MemoryProbe, limits: Limits) -> bool:
+    """Whether one of the instance's tables is within 1/8 of `table_elements` (every table is
+    exported, see `sandbox._wasmbin`): a refused `table.grow` leaves no other trace."""
+    if probe.instance is None:
+        return False
+    try:
+        headroom = max(1, limits.table_elements // 8)
+        tables = [x for x in probe.instance.exports(store).by_index if isinstance(x, wasmtime.Table)]
+        return any(t.size(store) + headroom > limits.table_elements for t in tables)
+    except wasmtime.WasmtimeError:
+        return False
+
+
 def _classify_trap(
-    e: wasmtime.Trap, ctx: HostContext, limits: Limits, store: wasmtime.Store, probe: MemoryProbe
+    e: wasmtime.Trap, ctx: HostContext, limits: Limits, store: wasmtime.Store, probe: MemoryProbe,
+    max_wasm_stack: int,
 ) -> ToolError:
     if ctx.abort is not None:
         return ctx.abort
     code = e.trap_code
+    name = code.name if code else None
     if code == wasmtime.TrapCode.INTERRUPT:
         return ToolError(ErrorCode.TIMEOUT, f"wall-clock limit of {limits.wall_ms} ms exceeded",
                          {"wall_ms": limits.wall_ms})
     if code == wasmtime.TrapCode.STACK_OVERFLOW:
-        return ToolError(ErrorCode.STACK_OVERFLOW, "wasm stack exhausted")
+        return ToolError(ErrorCode.STACK_OVERFLOW, f"wasm trap: {_trap_kind(e)}",
+                         {"trap_code": name, "max_wasm_stack": max_wasm_stack})
     if _memory_at_cap(store, probe, limits):
         return ToolError(
             ErrorCode.MEMORY_LIMIT,
             f"guest ran out of memory at the {limits.memory_bytes}-byte limit",
-            {"memory_bytes": limits.memory_bytes, "trap_code": code.name if code else None},
+            {"memory_bytes": limits.memory_bytes, "trap_code": name},
+        )
+    if _table_at_cap(store, probe, limits):
+        return ToolError(
+            ErrorCode.TABLE_LIMIT,
+            f"guest ran out of table space at the {limits.table_elements}-element limit",
+            {"table_elements": limits.table_elements, "trap_code": name},
         )
     if code == wasmtime.TrapCode.OUT_OF_FUEL:
         return ToolError(ErrorCode.OUT_OF_FUEL, f"fuel limit of {limits.fuel} exhausted",
                          {"fuel": limits.fuel})
-    return ToolError(
-        ErrorCode.TRAP,
-        _first_line(e.message),
-        {"trap_code": code.name if code else None, "message": e.message},
-    )
+    kind = _trap_kind(e)
+    return ToolError(ErrorCode.TRAP, f"wasm trap: {kind}",
+                     {"trap_code": name, "trap": kind, "message": e.message})
+
+
+def _trap_kind(e: wasmtime.Trap) -> str:
+    """What the trap was, as wasmtime words it ("integer divide by zero", "out of bounds memory
+    access", "call stack exhausted"...): the `wasm trap:` line of its message, which otherwise
+    starts with a backtrace header; the trap code's name if that line is missing."""
+    for line in e.message.splitlines():
+        _, found, kind = line.partition("wasm trap: ")
+        if found and kind.strip():
+            return kind.strip()
+    code = e.trap_code
+    return code.name.lower().replace("_", " ") if code else _first_line(e.message)
 
 
 def _classify_error(
@@ -149,10 +188,26 @@ def _classify_error(
     if "memory" in lowered and ("limit" in lowered or "exceed" in lowered or "minimum" in lowered):
         return ToolError(ErrorCode.MEMORY_LIMIT, _first_line(text),
                          {"memory_bytes": limits.memory_bytes})
-    return ToolError(ErrorCode.TRAP, _first_line(text), {"message": text})
+    if "table" in lowered and ("limit" in lowered or "exceed" in lowered or "minimum" in lowered):
+        return ToolError(ErrorCode.TABLE_LIMIT, _first_line(text),
+                         {"table_elements": limits.table_elements})
+    return ToolError(ErrorCode.TRAP, _summary(text), {"message": text})
 
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "trap"
+
+
+def _summary(text: str) -> str:
+    """The cause of a wasmtime error, not its "error while executing at wasm backtrace:" header:
+    the last line under "Caused by:" (numbered causes lose their "N: "), else the first line."""
+    lines = [ln.strip() for ln in text.strip().splitlines()]
+    if "Caused by:" not in lines:
+        return _first_line(text)
+    causes = [ln for ln in lines[lines.index("Caused by:") + 1 :] if ln]
+    if not causes:
+        return _first_line(text)
+    number, sep, rest = causes[-1].partition(": ")
+    return rest if sep and number.isdigit() else causes[-1]
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import wasmtime
 
+from ._wasmbin import export_tables
 from .capabilities import CapabilitySet
 from .engine import SandboxEngine
 from .errors import ErrorCode, ToolError
@@ -292,7 +293,7 @@ class Sandbox:
                 python_source = (self.app_dir / str(spec.path)).read_text(encoding="utf-8")
             wasm = _micropython_bytes(self.config.micropython_wasm)
         else:
-            wasm = self._wasm_bytes(spec)
+            wasm = export_tables(self._wasm_bytes(spec))  # so a table at its limit can be seen
         try:
             module = self.engine.module(wasm, self.cache_dir)
         except wasmtime.WasmtimeError as e:

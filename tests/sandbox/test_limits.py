@@ -20,6 +20,18 @@ HUGE_OUTPUT = f"""(module {ALLOC}
     (drop (memory.grow (i32.const 32)))
     {pack("(i32.const 0)", "(i32.const 2097152)")}))"""
 UNREACHABLE = f"""(module {ALLOC} (func (export "run") (param i32 i32) (result i64) unreachable))"""
+DIVIDE_BY_ZERO = f"""(module {ALLOC} (func (export "run") (param i32 i32) (result i64)
+    (i64.extend_i32_u (i32.div_u (i32.const 1) (i32.sub (local.get 1) (local.get 1))))))"""
+OUT_OF_BOUNDS_LOAD = f"""(module {ALLOC} (func (export "run") (param i32 i32) (result i64)
+    (i64.load (i32.const -8))))"""
+# Tables grown until table.grow fails, which (like memory.grow) only returns -1: one private
+# table, one exported table.
+TABLE_BOMB = f"""(module {ALLOC} (table $t 1 funcref)
+  (func (export "run") (param i32 i32) (result i64)
+    (loop $l (drop (table.grow $t (ref.null func) (i32.const 100))) (br $l)) (i64.const 0)))"""
+EXPORTED_TABLE_BOMB = TABLE_BOMB.replace("(table $t 1 funcref)", '(table $t (export "t") 1 funcref)')
+BIG_INITIAL_TABLE = f"""(module {ALLOC} (table 100000 funcref)
+  (func (export "run") (param i32 i32) (result i64) (i64.const 0)))"""
 BIG_INITIAL_MEMORY = """(module (memory (export "memory") 100)
   (func (export "alloc") (param i32) (result i32) (i32.const 8))
   (func (export "run") (param i32 i32) (result i64) (i64.const 0)))"""
@@ -49,6 +61,11 @@ def hostile(make_sandbox):
             tool("huge_output", HUGE_OUTPUT, output_bytes=1024 * 1024),
             tool("flood", edge_call_wat("log", '{"message":"x"}', repeat=1000), host_calls=10),
             tool("unreachable", UNREACHABLE),
+            tool("divide_by_zero", DIVIDE_BY_ZERO),
+            tool("oob_load", OUT_OF_BOUNDS_LOAD),
+            tool("table_bomb", TABLE_BOMB, fuel=50_000_000),
+            tool("exported_table_bomb", EXPORTED_TABLE_BOMB, fuel=50_000_000),
+            tool("big_table", BIG_INITIAL_TABLE),
             tool("big_memory", BIG_INITIAL_MEMORY, memory_bytes=1024 * 1024),
             tool("garbage", GARBAGE_OUTPUT),
             tool("out_of_bounds", OUT_OF_BOUNDS_OUTPUT),
@@ -78,6 +95,9 @@ def code_of(sandbox, name, token, value=None):
         ("flood", "host_call_limit"),
         ("unreachable", "trap"),
         ("big_memory", "memory_limit"),
+        ("table_bomb", "table_limit"),
+        ("exported_table_bomb", "table_limit"),
+        ("big_table", "table_limit"),
         ("garbage", "bad_output"),
         ("out_of_bounds", "bad_output"),
     ],
@@ -91,6 +111,28 @@ def test_each_limit_has_its_own_code_and_the_sandbox_keeps_serving(hostile, toke
 def test_trap_reports_trap_code(hostile, token):
     err = code_of(hostile, "unreachable", token)
     assert err.details["trap_code"] == "UNREACHABLE"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "trap_code"),
+    [
+        ("unreachable", "wasm `unreachable` instruction executed", "UNREACHABLE"),
+        ("divide_by_zero", "integer divide by zero", "INTEGER_DIVISION_BY_ZERO"),
+        ("oob_load", "out of bounds memory access", "MEMORY_OUT_OF_BOUNDS"),
+        ("recurse", "call stack exhausted", "STACK_OVERFLOW"),
+    ],
+)
+def test_a_trap_names_its_kind_not_the_backtrace_header(hostile, token, name, kind, trap_code):
+    err = code_of(hostile, name, token)
+    assert err.message == f"wasm trap: {kind}"
+    assert err.details["trap_code"] == trap_code
+
+
+def test_a_table_bomb_is_not_reported_as_an_infinite_loop(hostile, token, audit_log):
+    err = code_of(hostile, "table_bomb", token)
+    assert err.code == "table_limit" and err.details["table_elements"] == 20_000
+    assert "20000-element limit" in err.message
+    assert code_of(hostile, "loop", token).code == "out_of_fuel"  # a plain loop still is one
 
 
 def test_host_call_flood_is_cut_at_the_limit(hostile, token, audit_log):
