@@ -14,9 +14,13 @@ guest's write fails with EIO, and the call ends with `output_limit`.
 Output callbacks and process exit: wasmtime releases a WASI output callback from one of its own
 runtime threads, shortly (tens of microseconds) after the Store is closed. If that happens
 after the interpreter has begun to finalize, the thread cannot take the GIL, is unwound
-through Rust frames that forbid it, and the whole process aborts. Each stream therefore
-counts itself as held until wasmtime drops it (`__del__`), and an `atexit` hook waits (at
-most 2 s) until none is held before the interpreter finalizes.
+through Rust frames that forbid it, and the whole process aborts. Each callback handed to
+wasmtime therefore counts itself as held until wasmtime drops it, and an `atexit` hook waits
+(at most 2 s) until none is held before the interpreter finalizes. The object handed over is
+a `_Held` wrapper that only wasmtime references (the call keeps the stream inside it), so its
+`__del__` runs exactly when wasmtime drops it: when the stream itself was counted, a failed
+call's traceback (a trap, kept alive in a reference cycle by wasmtime-py until the garbage
+collector runs) still held it, and `edgeworks tool run` waited the full 2 s at exit.
 """
 
 from __future__ import annotations
@@ -70,6 +74,22 @@ def _wait_for_released_streams() -> None:
     _releases.wait(2.0)
 
 
+class _Held:
+    """The callback given to wasmtime for `stream`; counted as held until wasmtime drops it."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: CappedStream | TailStream):
+        self.stream = stream
+        _releases.acquire()
+
+    def __del__(self) -> None:  # only wasmtime references it: runs when wasmtime drops it
+        _releases.release()
+
+    def __call__(self, data: bytes) -> int:
+        return self.stream(data)
+
+
 class CappedStream:
     """A WASI output callback that keeps at most `cap` bytes and remembers overflowing."""
 
@@ -80,10 +100,6 @@ class CappedStream:
         self.parts: list[bytes] = []
         self.size = 0
         self.overflowed = False
-        _releases.acquire()
-
-    def __del__(self) -> None:  # runs when wasmtime drops the callback
-        _releases.release()
 
     def __call__(self, data: bytes) -> int:
         if self.overflowed or self.size + len(data) > self.cap:
@@ -105,10 +121,6 @@ class TailStream:
     def __init__(self, cap: int):
         self.cap = cap
         self.buffer = bytearray()
-        _releases.acquire()
-
-    def __del__(self) -> None:
-        _releases.release()
 
     def __call__(self, data: bytes) -> int:
         self.buffer += data
@@ -146,8 +158,8 @@ def run_command(
     wasi = wasmtime.WasiConfig()
     wasi.argv = argv
     wasi.env = []
-    wasi.stdout_custom = stdout
-    wasi.stderr_custom = stderr
+    wasi.stdout_custom = _Held(stdout)
+    wasi.stderr_custom = _Held(stderr)
     stdin_path: str | None = None
     if input_bytes:
         fd, stdin_path = tempfile.mkstemp(dir=tmp_dir, prefix="stdin-")
@@ -159,6 +171,7 @@ def run_command(
         configure_preopens(wasi, preopens, app_dir)
         store.set_wasi(wasi)
         instance = pre.instantiate(store)
+        probe.instance = instance
         exports = instance.exports(store)
         memory = exports.get("memory")
         if isinstance(memory, wasmtime.Memory):

@@ -1,8 +1,11 @@
 """WASI command guests: JSON over stdin/stdout, exit status, capped output and preopens."""
 
+import gc
+
 import pytest
 
 from sandbox import LimitOverrides, Preopen, ToolError, ToolSpec
+from sandbox.guest_wasi import _releases
 
 WASI = "wasi_snapshot_preview1"
 
@@ -88,6 +91,8 @@ def wasi(make_sandbox, app_data):
         ToolSpec(name="writer_rw", kind="wasi", source=WRITER,
                  preopens=[Preopen(host_path="data", guest_path="/data", writable=True)]),
         ToolSpec(name="writer_none", kind="wasi", source=WRITER),
+        ToolSpec(name="spin", kind="python", source="while True:\n    pass",
+                 limits=LimitOverrides(fuel=2_000_000)),
     ])
 
 
@@ -114,6 +119,21 @@ def test_output_beyond_the_cap_is_output_limit(wasi, token):
         wasi.run_sync("chatty", {}, token=token)
     assert info.value.code == "output_limit"
     assert wasi.run_sync("echo", [1], token=token) == [1]
+
+
+@pytest.mark.parametrize("name", ["spin", "chatty", "fail", "echo"])
+def test_output_callbacks_are_released_when_wasmtime_drops_them_not_at_the_next_gc(wasi, token, name):
+    """The process-exit hook waits until none is held: a failed call (a trap, an output limit)
+    whose traceback sits in a reference cycle must not keep them counted (`tool run` waited 2 s)."""
+    gc.disable()
+    try:
+        try:
+            wasi.run_sync(name, {}, token=token)
+        except ToolError:
+            pass
+        assert _releases.wait(timeout=10)
+    finally:
+        gc.enable()
 
 
 @pytest.fixture
