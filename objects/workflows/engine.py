@@ -301,7 +301,7 @@ class InstanceEngine(DurableObject):
             return
         except Exception as exc:
             log.exception("workflow driver failed")
-            self.audit("workflow.driver_error", {"error": error_fields(exc)})
+            self.audit("workflow.driver_error", {"error": error_fields(exc, self.hooks.redact)})
 
     async def _drive_once(self) -> bool:
         assert self.meta is not None
@@ -362,7 +362,7 @@ class InstanceEngine(DurableObject):
             except _Suspend as suspend:
                 return await self._suspend(suspend)
             self._check_token()
-            await self._finish(ERRORED, error=error_fields(exc))
+            await self._finish(ERRORED, error=error_fields(exc, self.hooks.redact))
             return False
         self._check_token()
         await self._finish(COMPLETE, output=output)

@@ -85,8 +85,9 @@ def normalize_value(what: str, value: Any, max_bytes: int, bound: str) -> Any:
     return msgpack.unpackb(packed, raw=False, strict_map_key=False)
 
 
-def error_fields(exc: BaseException) -> dict[str, str]:
-    return {"type": type(exc).__name__, "message": str(exc)}
+def error_fields(exc: BaseException, redact: Callable[[str], str] = str) -> dict[str, str]:
+    """What is stored and audited of an error; ``redact`` is the hooks' (see WorkflowHooks)."""
+    return {"type": type(exc).__name__, "message": redact(str(exc))}
 
 
 def _merge_config(
@@ -152,15 +153,15 @@ async def run_attempts(
         run.set_current(None, None, 0, 0.0)
         ended = run.now()
         failed = {**rec, "attempts": [*rec["attempts"], {
-            "started": started, "ended": ended, "error": error_fields(exc),
+            "started": started, "ended": ended, "error": error_fields(exc, run.hooks.redact),
         }]}
         final = isinstance(exc, NonRetryableError | _ResultError | WorkflowLimitError)
         if final or attempt > config.retries.limit:
-            failed.update(status="failed", error=error_fields(exc), ended=ended)
+            failed.update(status="failed", error=error_fields(exc, run.hooks.redact), ended=ended)
             await run.commit({record_key: failed})
             run.audit(f"{audit_kind}.outcome", {
                 "step": name, "key": record_key, "outcome": "failed", "attempts": attempt,
-                "error": error_fields(exc),
+                "error": error_fields(exc, run.hooks.redact),
             })
             raise StepFailedError(name, type(exc).__name__, str(exc), attempt) from exc
         wake_at = ended + config.retries.delay_after(attempt)
@@ -168,7 +169,7 @@ async def run_attempts(
         await run.commit({record_key: failed})
         run.audit(f"{audit_kind}.outcome", {
             "step": name, "key": record_key, "outcome": "retry", "attempt": attempt,
-            "retry_at": wake_at, "error": error_fields(exc),
+            "retry_at": wake_at, "error": error_fields(exc, run.hooks.redact),
         })
         kind = "retry" if record_key.startswith("step:") else "compensation retry"
         raise _Suspend(wake_at, kind, record_key.split(":", 1)[1]) from None
@@ -417,7 +418,7 @@ class Step:
         if rec["wake_at"] <= now:
             error = WorkflowTimeoutError(name, type)
             await self._run.commit({"step:" + key: {
-                **rec, "status": "failed", "error": error_fields(error), "ended": now}})
+                **rec, "status": "failed", "error": error_fields(error, self._run.hooks.redact), "ended": now}})
             raise error
         if fresh:
             await self._run.commit({"step:" + key: rec})

@@ -73,6 +73,10 @@ def _never_killed() -> str | None:
     return None
 
 
+def _keep_text(text: str) -> str:
+    return text
+
+
 @dataclass
 class WorkflowHooks:
     """What an upper layer injects: clock (the host's, epoch ms), audit sink, kill switch,
@@ -84,6 +88,8 @@ class WorkflowHooks:
     raises fails the attempt like one raised by the step itself. ``run_body(awaitable)`` wraps
     each activation of ``run`` (its code outside step functions, replay included; step
     functions run in tasks of their own); an exception it raises fails the instance.
+    ``redact(text)`` is applied to every error message before it is stored or audited (an
+    exception message may carry a password or an e-mail address).
     """
 
     clock: Clock = field(default_factory=SystemClock)
@@ -91,6 +97,7 @@ class WorkflowHooks:
     is_killed: Callable[[], str | None] = field(default=_never_killed)
     run_step: Callable[[Awaitable[Any]], Awaitable[Any]] = field(default=_run_directly)
     run_body: Callable[[Awaitable[Any]], Awaitable[Any]] = field(default=_run_directly)
+    redact: Callable[[str], str] = field(default=_keep_text)
 
     def now(self) -> float:
         """Epoch seconds by the injected clock."""

@@ -16,9 +16,12 @@ from objects.workflows import (
 
 from ..context import current
 from ..meter import CpuLimitExceeded, Meter, metered
+from ..redact import Redactor
 from .durable_objects import namespace_secret, object_transport
 
 __all__ = ["StepCpuLimitExceeded", "WorkflowCpuLimitExceeded", "build"]
+
+_redactor = Redactor()  # workflow error messages are redacted before they are stored
 
 
 class StepCpuLimitExceeded(Exception):
@@ -68,6 +71,7 @@ def build(host: Any) -> dict[str, Any]:
             if host.kills else WorkflowHooks().is_killed,
             run_step=functools.partial(_metered_step, host.script.limits.cpu_ms),
             run_body=functools.partial(_metered_body, host.script.limits.cpu_ms),
+            redact=_redactor.redact_text,
         )
         definition = WorkflowDefinition(cls, class_name=b.class_name, hooks=hooks)
         host.object_classes.update(definition.object_classes())
