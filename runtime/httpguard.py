@@ -5,11 +5,13 @@ its body, so one client trickling bytes holds a connection (and its buffers) for
 protocol adds, per connection (`[server]` in the manifest, see `ServerOptions`):
 
 - `max_header_bytes`: the request line and headers together. Past it: 431, connection closed.
-  Counted from the parser's callbacks (what is kept) and, while the head is incomplete, from
-  the raw bytes received (so an endless header is refused before it completes).
-- `header_timeout_s`: from the connection opening, or from the first byte of a later request
-  on a kept-alive connection, until the head is complete. Past it: 408, connection closed.
-  Idle kept-alive connections stay uvicorn's business (`timeout_keep_alive`, closed quietly).
+  Counted as raw bytes while the head is incomplete (so an endless header is refused before
+  it completes), and exactly (URL and header lengths) when a complete head came with more
+  bytes than the limit.
+- `header_timeout_s`: from the connection opening, or from the end of the previous exchange
+  on a kept-alive connection (the later of its message and its answer), until the head is
+  complete. Past it: 408, connection closed. A kept-alive connection on which nothing new
+  arrived is closed quietly instead (as uvicorn's `timeout_keep_alive`, 5 s, usually does first).
 - `body_timeout_s`: the longest wait for the next piece of a request body (as nginx's
   `client_body_timeout`: between reads, not for the whole body). Past it: 408 if no response
   has started, and the connection is closed; the app sees `http.disconnect`. Time spent with
@@ -18,8 +20,8 @@ protocol adds, per connection (`[server]` in the manifest, see `ServerOptions`):
 Refusals are JSON bodies like every other error (`{"error", "message", "request_id", ...}`)
 with `connection: close`, and are logged as `client_refused`.
 
-Deadlines cost a clock read per request, not a timer (see `_set_deadline`); the cost of the
-whole protocol is measured with `loadtests/bench_front.py` (figures in the commit message).
+Per request this costs three overridden parser callbacks and two clock reads, no timer (see
+`_set_deadline`); measured with `loadtests/bench_front.py`, figures in the commit message.
 """
 
 from __future__ import annotations
@@ -52,18 +54,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
-        self._phase: str | None = None  # "header", "body", or None: no deadline
+        # "header": waiting for a head (since the connection opened or the last message ended),
+        # "body": waiting for body bytes, None: nothing expected from the client.
+        self._phase: str | None = None
         self._deadline = 0.0
-        self._in_head = True  # between a request's first byte (or the connection) and its head's end
-        self._head_bytes = 0  # what the parser kept of this head
-        self._raw_bytes = 0  # what arrived since the last head or message ended
+        self._raw_bytes = 0  # received since the last head or message ended
         self._refusal: tuple[int, str, str, dict[str, Any]] | None = None
         self._refused = False  # answered and closing: input is dropped
         self._linger: asyncio.TimerHandle | None = None
 
     # -- deadlines -------------------------------------------------------------------------
-    # One timer per connection at most. Moving a deadline only sets two attributes; the timer,
-    # when it fires, re-arms itself for a deadline that moved, so a request costs no call_later.
+    # One timer per connection, armed from connection_made until the connection closes or is
+    # refused. Moving a deadline only sets two attributes; the timer, when it fires, re-arms
+    # itself for a deadline that moved, so a request costs no call_later.
     def _set_deadline(self, phase: str, seconds: float) -> None:
         self._phase = phase
         self._deadline = self.loop.time() + seconds
@@ -74,14 +77,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         if self._phase is None or self._refused or self.transport.is_closing():
             return
-        remaining = self._deadline - self.loop.time()
+        now = self.loop.time()
+        if self._phase == "header" and self.cycle is not None and not self.cycle.response_complete:
+            self._deadline = now + self.header_timeout_s  # the next head's clock starts after the answer
+        remaining = self._deadline - now
         if remaining > 0:
             self._timer = self.loop.call_later(remaining, self._check_deadline)
-        elif self._phase == "header":
+        elif self._phase == "body":
+            self._body_expired()
+        elif self._raw_bytes == 0 and self.cycle is not None:
+            self.transport.close()  # an idle kept-alive connection: no request to answer
+        else:
             self._refuse(408, "header_timeout", f"the request head did not arrive within {self.header_timeout_s:g} s",
                          limit_s=self.header_timeout_s)
-        else:
-            self._body_expired()
 
     def _body_expired(self) -> None:
         if self.flow.read_paused:  # the app has not read what it got: not the client's delay
@@ -120,7 +128,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         client = f"{self.client[0]}:{self.client[1]}" if self.client else None
         log("client_refused", request_id=rid, status=status, error=code, client=client)
 
+    def _head_too_large(self) -> None:
+        self._refuse(431, "headers_too_large",
+                     f"the request line and headers exceed the limit of {self.max_header_bytes} bytes",
+                     limit_bytes=self.max_header_bytes)
+
     # -- protocol --------------------------------------------------------------------------
+    # Only what must run per request is overridden (three callbacks); the head's size is
+    # checked from the raw byte count, exactly only when that count is past the limit.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._set_deadline("header", self.header_timeout_s)
@@ -155,50 +170,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.logger.warning(msg)
             self.send_400_response(msg)
             return
-        if self._in_head and self._raw_bytes > self.max_header_bytes:
-            self._head_too_large()
-            self._refuse(*self._refusal[:3], **self._refusal[3])  # type: ignore[index]
-
-    def _head_too_large(self) -> None:
-        self._refusal = (431, "headers_too_large",
-                         f"the request line and headers exceed the limit of {self.max_header_bytes} bytes",
-                         {"limit_bytes": self.max_header_bytes})
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_bytes = 0
-        if not self._in_head:  # a later request on a kept-alive connection
-            self._in_head = True
-            self._set_deadline("header", self.header_timeout_s)
-
-    def on_url(self, url: bytes) -> None:
-        self._head_bytes += len(url)
-        if self._head_bytes > self.max_header_bytes:
-            self._head_too_large()
-            raise _Refused
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if self._head_bytes > self.max_header_bytes:
-            self._head_too_large()
-            raise _Refused
-        super().on_header(name, value)
+        if self._phase == "header" and self._raw_bytes > self.max_header_bytes:
+            self._head_too_large()  # still no end of the head in sight
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        if self._raw_bytes > self.max_header_bytes:  # the head, or the head and some body?
+            size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+            if size > self.max_header_bytes:
+                self._refusal = (431, "headers_too_large",
+                                 f"the request line and headers exceed the limit of {self.max_header_bytes} bytes",
+                                 {"limit_bytes": self.max_header_bytes})
+                raise _Refused  # stops the parser; data_received answers
         self._raw_bytes = 0
-        self._set_deadline("body", self.body_timeout_s)  # cleared at once by a body-less request
-        super().on_headers_complete()
+        # _set_deadline inlined on the two per-request paths: the timer is always armed here
+        self._phase, self._deadline = "body", self.loop.time() + self.body_timeout_s
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
         self._set_deadline("body", self.body_timeout_s)
-        super().on_body(body)
+        HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
-        self._phase = None
         self._raw_bytes = 0
-        super().on_message_complete()
+        self._phase, self._deadline = "header", self.loop.time() + self.header_timeout_s
+        HttpToolsProtocol.on_message_complete(self)
 
 
 def guarded_protocol(max_header_bytes: int, header_timeout_s: float, body_timeout_s: float) -> type[HttpToolsProtocol]:

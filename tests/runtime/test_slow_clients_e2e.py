@@ -103,6 +103,19 @@ def test_a_head_sent_too_slowly_is_408_and_others_are_served_meanwhile(server):
     assert headers["connection"] == "close"
 
 
+def test_a_slow_second_request_on_a_kept_alive_connection_is_408(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        first = b""
+        while not first.endswith(b'{"got":0}'):
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /x HTTP/1.1\r\n")
+        trickle_until_answered(sock, b"X")
+        status, _, body = read_response(sock)
+    assert status == 408 and json.loads(body)["error"] == "header_timeout"
+
+
 def test_a_connection_that_sends_nothing_is_408(server):
     with connect(server) as sock:
         status, _, body = read_response(sock)
