@@ -4,13 +4,20 @@ Every record is redacted (`runtime.redact`) before anything sees it: the stderr 
 listeners (`edgeworks tail` subscribers) get the same redacted record, so a password in an
 exception message or an e-mail address in a URL path never reaches a terminal, a log file or a
 tail. `set_redactor` adds the app's own patterns (the manifest's ``[audit] redact_patterns``).
+
+Records of Python's `logging` (e.g. ``log.exception`` in a library or in `objects`) take the same
+path, as ``python_log`` records, when nothing else configured logging: importing this module
+gives the root logger a handler that calls `log`, instead of `logging`'s last-resort handler,
+which would print the message and its traceback unredacted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -48,9 +55,25 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, bool | int | float) else str(value)
 
 
+class _ToLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name, "level": record.levelname,
+                                      "message": record.getMessage()}
+            if record.exc_info:
+                fields["traceback"] = "".join(traceback.format_exception(*record.exc_info))
+            log("python_log", **fields)
+        except Exception:  # a broken record must not break the caller
+            self.handleError(record)
+
+
 def log(event: str, **fields: Any) -> None:
     record = _redactor.redact({"ts": round(time.time(), 3), "event": event, **fields}, _plain)
     for fn in _listeners:
         fn(record)
     if event not in _quiet_events:
         sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+if not logging.getLogger().handlers:
+    logging.getLogger().addHandler(_ToLog())
