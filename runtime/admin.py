@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -399,11 +399,14 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         if declared and declared.isdigit() and int(declared) > max_bundle_bytes:
             return rejected(request, subject, too_large)
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bundle_bytes:
-                return rejected(request, subject, too_large)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bundle_bytes:
+                    return rejected(request, subject, too_large)
+                chunks.append(chunk)
+        except ClientDisconnect:  # nobody to answer, but the attempt stays on the record
+            return rejected(request, subject, _Problem(400, "incomplete_bundle", f"the client went away after {size} bytes"))
         message = request.query_params.get("message") or request.headers.get("x-edgeworks-message")
         try:
             result = await deployer.deploy(b"".join(chunks), subject, message, max_bundle_bytes)

@@ -26,7 +26,7 @@ def add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help="admin bearer token (default: $EDGEWORKS_TOKEN)")
 
 
-def call(args: argparse.Namespace, method: str, path: str, *, timeout: float = 120, **kw: Any) -> int:
+def call(args: argparse.Namespace, method: str, path: str, *, timeout: Any = 120, **kw: Any) -> int:
     """Send one admin request, print the JSON answer; return the exit code."""
     import httpx
 
@@ -73,13 +73,20 @@ def register(sub: Any) -> None:
 
 
 def _deploy(args: argparse.Namespace) -> int:
+    import httpx
+
     from ..versions import pack_dir
 
     root = Path(args.dir)
     if not (root / "edgeworks.toml").is_file() and not (root / "pyproject.toml").is_file():
         print(f"edgeworks: {root} holds no edgeworks.toml or pyproject.toml", file=sys.stderr)
         return 2
-    bundle = pack_dir(root)
+    try:
+        bundle = pack_dir(root)
+    except OSError as e:
+        print(f"edgeworks: cannot pack {root}: {e}", file=sys.stderr)
+        return 2
     params = {"message": args.message} if args.message else {}
-    return call(args, "POST", "versions", content=bundle, params=params,
+    # No read timeout: the server bounds a deploy itself (start-up limit, then the probe).
+    return call(args, "POST", "versions", content=bundle, params=params, timeout=httpx.Timeout(30, read=None),
                 headers={"content-type": "application/octet-stream"})

@@ -4,6 +4,7 @@ the old version keeps serving. A version must also stay healthy through the depl
 it gets traffic, and a kill -9 in the middle of a deploy leaves nothing behind after a restart."""
 
 import io
+import socket
 import tarfile
 import threading
 
@@ -159,6 +160,16 @@ def test_bundles_the_filesystem_refuses_are_refused_with_an_audit_entry(served, 
     _, server, c = served
     body = refuse(c, server, _tar(*names), 400, "bad_bundle")
     assert needle in body["message"]
+
+
+def test_a_client_that_goes_away_mid_bundle_is_on_the_record(served):
+    _, server, c = served
+    n = len(audit_entries(server.state_dir, kind="admin.deploy_rejected"))
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /__edgeworks/versions HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n"
+                     + f"authorization: Bearer {token()}\r\n\r\n".encode() + b"\x1f\x8b" * 50)
+    entry = rejected(server, n)[-1]
+    assert (entry["data"]["code"], entry["data"]["status"]) == ("incomplete_bundle", 400)
 
 
 def test_a_deploy_killed_midway_leaves_nothing_after_a_restart(tmp_path):
