@@ -37,7 +37,7 @@ def _death_cause(died: IsolateDied) -> str:
 
 async def _health(front: Any, dep: Any, path: str) -> tuple[int, str | None]:
     """(status, error code) of one GET of `path` on the new version."""
-    found = dep.router.match("GET", "localhost", path)
+    found = dep.router.match("GET", "localhost", path.partition("?")[0])
     if found is None:
         return 404, "not_found"
     route, params = found

@@ -172,6 +172,15 @@ def test_a_client_that_goes_away_mid_bundle_is_on_the_record(served):
     assert (entry["data"]["code"], entry["data"]["status"]) == ("incomplete_bundle", 400)
 
 
+def test_refused_rollbacks_and_splits_are_on_the_record(served):
+    _, server, c = served
+    assert c.post("/__edgeworks/rollback", json={"version": "nope"}).status_code == 404
+    assert c.post("/__edgeworks/split", json={"version": "nope", "percent": 10}).status_code == 404
+    for kind in ("admin.rollback_rejected", "admin.split_rejected"):
+        entry = wait_until(lambda k=kind: audit_entries(server.state_dir, kind=k))[-1]
+        assert (entry["data"]["code"], entry["data"]["status"]) == ("unknown_version", 404)
+
+
 def test_a_deploy_killed_midway_leaves_nothing_after_a_restart(tmp_path):
     app = make_app(tmp_path / "one", "one")
     state = tmp_path / "state"
