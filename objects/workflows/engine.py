@@ -291,6 +291,8 @@ class InstanceEngine(DurableObject):
 
     async def _drive(self, token: int) -> None:
         _TOKEN.set(token)
+        if self.meta is not None:  # the task's context is its kicker's: act in the instance's tenant
+            self.hooks.run_as_tenant(self.meta.get("tenant"))
         try:
             while True:
                 self._poke = False

@@ -65,6 +65,10 @@ def _no_audit(kind: str, fields: dict[str, Any]) -> None:
     return None
 
 
+def _stay_in_scope(tenant: str | None) -> None:
+    return None
+
+
 def _run_directly(step: Awaitable[Any]) -> Awaitable[Any]:
     return step
 
@@ -89,7 +93,10 @@ class WorkflowHooks:
     each activation of ``run`` (its code outside step functions, replay included; step
     functions run in tasks of their own); an exception it raises fails the instance.
     ``redact(text)`` is applied to every error message before it is stored or audited (an
-    exception message may carry a password or an e-mail address).
+    exception message may carry a password or an e-mail address). ``run_as_tenant(tenant)`` is
+    called at the start of each run task with the tenant the instance was created in, so its
+    code (steps, capability tokens, object ids) acts in that tenant whatever started the task:
+    a request, an admin, or an alarm after a restart, which carries no tenant of its own.
     """
 
     clock: Clock = field(default_factory=SystemClock)
@@ -98,6 +105,7 @@ class WorkflowHooks:
     run_step: Callable[[Awaitable[Any]], Awaitable[Any]] = field(default=_run_directly)
     run_body: Callable[[Awaitable[Any]], Awaitable[Any]] = field(default=_run_directly)
     redact: Callable[[str], str] = field(default=_keep_text)
+    run_as_tenant: Callable[[str | None], None] = field(default=_stay_in_scope)
 
     def now(self) -> float:
         """Epoch seconds by the injected clock."""

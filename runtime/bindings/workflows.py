@@ -3,6 +3,7 @@ script, placed and persisted like any other object (see `objects.workflows`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Awaitable
 from typing import Any
@@ -14,7 +15,7 @@ from objects.workflows import (
     make_workflow_binding,
 )
 
-from ..context import current
+from ..context import Identity, current, use_scope
 from ..meter import CpuLimitExceeded, Meter, metered
 from ..redact import Redactor
 from .durable_objects import namespace_secret, object_transport
@@ -53,6 +54,16 @@ def _metered_body(cpu_ms: int, body: Awaitable[Any]) -> Awaitable[Any]:
     return _metered(cpu_ms, body, WorkflowCpuLimitExceeded, "workflow code outside steps")
 
 
+def _run_as_tenant(tenant: str | None) -> None:
+    """Workflow code runs in its instance's tenant, not in the tenant (or lack of one) of what
+    started its run task; without this an instance resumed by an alarm after a restart minted
+    tool tokens, and so reached tool KV, as no tenant at all."""
+    scope = current()
+    if scope.tenant != tenant:
+        identity = Identity(subject=None, tenant=tenant, scopes=(), claims={}) if tenant else None
+        use_scope(dataclasses.replace(scope, identity=identity))
+
+
 def build(host: Any) -> dict[str, Any]:
     if not host.script.workflows:
         return {}
@@ -71,6 +82,7 @@ def build(host: Any) -> dict[str, Any]:
             if host.kills else WorkflowHooks().is_killed,
             run_step=functools.partial(_metered_step, host.script.limits.cpu_ms),
             run_body=functools.partial(_metered_body, host.script.limits.cpu_ms),
+            run_as_tenant=_run_as_tenant,
             redact=_redactor.redact_text,
         )
         definition = WorkflowDefinition(cls, class_name=b.class_name, hooks=hooks)

@@ -23,8 +23,9 @@ name = "app"
 main = "app.py"
 secrets = ["JWT_SECRET"]
 routes = [{ pattern = "/wf/{id}", require_tenant = true }, { pattern = "/kv/{key}", require_tenant = true },
-          { pattern = "/token/{action}", require_tenant = true }]
-workflows = [{ binding = "JOB", class_name = "Job", tenant_scoped = true }]
+          { pattern = "/token/{action}", require_tenant = true }, { pattern = "/nap/{id}", require_tenant = true }]
+workflows = [{ binding = "JOB", class_name = "Job", tenant_scoped = true },
+             { binding = "NAP", class_name = "Nap", tenant_scoped = true }]
 
 [[scripts.tools]]
 name = "kv"
@@ -43,9 +44,22 @@ class Job(WorkflowEntrypoint):
 async def _echo(p):
     return p
 
+class Nap(WorkflowEntrypoint):
+    async def run(self, event, step):
+        await step.sleep("nap", 5)
+        return await step.do("read", lambda: self.read_ledger())
+
+    async def read_ledger(self):
+        token = self.env.TOOLS.mint(["kv.read:notes/"])
+        return await self.env.TOOLS.run("kv", {"key": "ledger", "value": None}, capability=token)
+
 async def fetch(request, env, ctx):
     if request.path.startswith("/token/"):
         return await token_action(request, env, request.params["action"])
+    if request.path.startswith("/nap/"):
+        if request.method == "POST":
+            await env.NAP.create(id=request.params["id"])
+        return Response.json(await (await env.NAP.get(request.params["id"])).status())
     if request.path.startswith("/wf/"):
         wid = request.params["id"]
         try:
@@ -136,3 +150,20 @@ def test_a_capability_token_minted_for_one_tenant_is_refused_in_another(server):
         return [e for e in entries if e.kind == "sandbox.denied"]
 
     assert wait_until(denied, timeout=5)[0].data["reason"] == "wrong_tenant"
+
+
+def test_a_workflow_resumed_by_its_alarm_after_a_restart_acts_in_its_tenant(tmp_path):
+    """The alarm that resumes an instance carries no tenant: the instance's code must still act
+    in the tenant it was created in (here: its tool token, and so its tool KV)."""
+    app = write_app(tmp_path / "app", MANIFEST, {"app.py": APP})
+    (app / ".dev.vars").write_text(f"JWT_SECRET={SECRET}\n")
+    a = bearer("acme")
+    with Server(app) as s, s.client() as c:
+        assert c.post("/kv/ledger", headers=a, json={"value": "acme books"}).status_code == 200
+        assert c.post("/nap/n1", headers=a).status_code == 200
+        wait_until(lambda: c.get("/nap/n1", headers=a).json()["steps"], timeout=10)  # asleep
+    with Server(app) as s, s.client() as c:
+        done = wait_until(lambda: (r := c.get("/nap/n1", headers=a).json())["status"] in ("complete", "errored") and r,
+                          timeout=30)
+    assert done["status"] == "complete", done
+    assert done["output"] == "acme books"
