@@ -10,7 +10,10 @@ A `RiskRule` matches a request when every condition it sets holds:
 - ``when``: body predicates, all of which must hold. ``field`` is a dotted path into the
   (JSON) body, digits index lists (``items.0.sku``). ``op`` is one of eq, ne, gt, gte, lt, lte,
   in, contains, exists, matches. A field that is absent satisfies only ``exists: false``; a
-  comparison between incomparable types (``"a" > 1``) is false, never an error.
+  comparison between incomparable types (``"a" > 1``) is false, never an error. A string that
+  reads as a finite number is compared as that number by eq, in, gt, gte, lt and lte when the
+  rule's value is a number (``"5000" > 1000`` holds), as a route model in lax mode reads it;
+  ``ne`` compares values as they are.
   The body is what the handler's ``request.json()`` returns, whatever the content type says
   (see `runtime.safejson`). A non-empty body that is not JSON is `UNREADABLE_BODY`: a rule with
   body predicates then matches (fail closed: the rule cannot be shown not to apply, and the
@@ -29,6 +32,7 @@ problem with its rule index and field path.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -135,6 +139,14 @@ class Predicate(BaseModel):
             return (actual is not _MISSING) == (want is not False)
         if actual is _MISSING:
             return False
+        if isinstance(actual, str) and op in _NUMBER_OPS and _numeric(want):
+            # A route model in lax mode (and int()/float() in a handler) reads "5000" as 5000:
+            # a number in a string must not slip past a rule on the number.
+            number = _as_number(actual)
+            if number is not None:
+                if op == "in":
+                    return actual in want or number in want
+                actual = number
         try:
             if op == "eq":
                 return actual == want
@@ -163,6 +175,23 @@ class Predicate(BaseModel):
             return actual <= want
         except TypeError:
             return False
+
+
+_NUMBER_OPS = frozenset(("eq", "in", "gt", "gte", "lt", "lte"))
+
+
+def _numeric(want: Any) -> bool:
+    if isinstance(want, list):
+        return any(_numeric(w) for w in want)
+    return isinstance(want, int | float) and not isinstance(want, bool)
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 _REGEX_CACHE: dict[str, re.Pattern[str]] = {}

@@ -18,6 +18,11 @@ label = "high"
 reason = "large payment"
 
 [[risk]]
+path = "/order"
+when = [{ field = "amount", op = "gt", value = 1000 }]
+action = "block"
+
+[[risk]]
 path = "/w/pay"
 when = [{ field = "amount", op = "gt", value = 1000 }]
 action = "block"
@@ -39,12 +44,13 @@ from workers import Response
 
 class Order(BaseModel):
     sku: str
+    amount: int = 0
 
 async def fetch(request, env, ctx):
     if request.path.startswith("/w/"):
         return Response.json({"path": request.path})
     if request.path == "/order":
-        return Response.json({"sku": request.validated.sku})
+        return Response.json({"sku": request.validated.sku, "amount": request.validated.amount})
     if request.path == "/echo":
         return Response.json({"saw": await request.json()})
     try:
@@ -126,7 +132,7 @@ def test_deep_json_is_400_json_too_deep_before_a_route_model(server):
         r = c.post("/order", content='{"sku": ' + DEEP + "}")
         assert r.status_code == 400, r.text
         assert r.json()["error"] == "json_too_deep"
-        assert c.post("/order", json={"sku": "a"}).json() == {"sku": "a"}
+        assert c.post("/order", json={"sku": "a"}).json() == {"sku": "a", "amount": 0}
 
 
 def test_deep_json_is_400_json_too_deep_on_the_admin_api(server):
@@ -149,3 +155,10 @@ def test_a_decoded_question_mark_or_hash_does_not_reach_the_handler_as_a_checked
         assert r.status_code == 200 and r.json()["path"] != "/w/pay", r.text
         assert c.post("/w/pay", content=b'{"amount": 5000}').status_code == 403
         assert c.get("/w/a%20b").json()["path"] == "/w/a b"  # other decoding is unchanged
+
+
+def test_a_number_sent_as_a_string_is_checked_as_the_number_the_route_model_reads(server):
+    with server.client() as c:
+        assert c.post("/order", json={"sku": "a", "amount": "5"}).json() == {"sku": "a", "amount": 5}
+        r = c.post("/order", json={"sku": "a", "amount": "5000"})
+        assert r.status_code == 403 and r.json()["error"] == "blocked_by_policy"

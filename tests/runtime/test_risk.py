@@ -202,3 +202,21 @@ def test_a_body_that_is_not_json_matches_rules_that_read_body_fields_fail_closed
 def test_reads_body_only_when_a_rule_has_body_predicates():
     assert RiskEngine(RULES).reads_body
     assert not RiskEngine([{"path": "/x", "action": "block"}]).reads_body
+
+
+@pytest.mark.parametrize(("op", "value", "actual", "holds"), [
+    ("gt", 1000, "5000", True),
+    ("gt", 1000, " 5000.5 ", True),
+    ("lte", 1000, "5000", False),
+    ("eq", 5000, "5000", True),
+    ("eq", 5000, "5000.0", True),
+    ("in", [1, 5000], "5000", True),
+    ("in", ["5000"], "5000", True),
+    ("ne", 5000, "5000", True),  # ne compares values as they are
+    ("gt", 1000, "nan", False),
+    ("gt", 1000, "inf", False),
+    ("gt", 1000, "lots", False),
+    ("gt", "a", "b", True),  # string rules stay string comparisons
+])
+def test_a_number_in_a_string_is_compared_as_the_number_a_model_would_read(op, value, actual, holds):
+    assert Predicate(field="amount", op=op, value=value).holds({"amount": actual}) is holds
