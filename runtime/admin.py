@@ -284,6 +284,9 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
     spec = openapi_spec()
 
     def audit(kind: str, request: Request, subject: str | None, **fields: Any) -> None:
+        caller = getattr(request.state, "caller", None)
+        if caller is not None and caller.tenant is not None:  # a tenant admin's acts are its tenant's
+            fields.setdefault("tenant", caller.tenant)
         front.audit_log.append(kind, request_id=request.state.rid, subject=subject, **fields)
 
     def denied(request: Request, e: AccessDenied) -> Response:
@@ -311,7 +314,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
             subject = caller.subject
             if request.method == "GET" and fn is not tail:
                 front.audit_log.append("admin.read", request_id=request.state.rid, subject=subject,
-                                       path=request.url.path)
+                                       tenant=caller.tenant, path=request.url.path)
             try:
                 return await fn(request, subject)
             except _Problem as p:

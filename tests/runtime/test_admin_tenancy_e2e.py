@@ -5,7 +5,7 @@ tenant-scoped workflow's approval through the admin API and the CLI."""
 
 import pytest
 
-from tests.runtime.test_admin import AUTH_SECTION, SECRET, bearer, token
+from tests.runtime.test_admin import AUTH_SECTION, SECRET, audit_entries, bearer, token
 from tests.support import Server, run_cli, wait_until, write_app
 
 MANIFEST = AUTH_SECTION + """
@@ -129,6 +129,9 @@ def test_a_tenant_admin_sees_and_decides_only_its_own_tenant(server):
             assert (r.status_code, r.json()["error"]) == (403, "global_admin_required"), path
             assert "global admin" in r.json()["message"] and "'acme'" in r.json()["message"]
         assert c.get("/none-such").status_code == 404  # the app is still up; nothing was stopped
+    server.stop()  # flushes the audit log: a tenant admin's acts are on its tenant's record
+    kinds = {e["kind"] for e in audit_entries(server.state_dir, tenant="acme") if e["subject"] == "ops@acme"}
+    assert {"admin.read", "admin.approval.approve", "admin.workflow.approve", "admin.kill", "admin.revive"} <= kinds
 
 
 def test_a_global_admin_sees_every_tenant_and_approves_a_tenant_scoped_workflow_from_the_cli(server):
