@@ -10,7 +10,7 @@ from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .safejson import parse_json
+from .safejson import JSONTooDeep, RequestJSONTooDeep, parse_json
 
 __all__ = ["Headers", "Request", "Response"]
 
@@ -128,8 +128,11 @@ class Request:
         return self._body.decode()
 
     async def json(self) -> Any:
-        # The same parse the front's risk rules use (JSONTooDeep past the nesting bound).
-        return parse_json(self._body)
+        # The same parse the front's risk rules use.
+        try:
+            return parse_json(self._body)
+        except JSONTooDeep as e:
+            raise RequestJSONTooDeep(e.limit) from None
 
     def body_bytes(self) -> bytes:
         return self._body

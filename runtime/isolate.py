@@ -44,7 +44,7 @@ from .ipc import Channel, ChannelClosed, open_channel
 from .killswitch import KillSwitch
 from .logs import log
 from .meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered, rss_bytes
-from .safejson import JSONTooDeep, check_depth
+from .safejson import JSONTooDeep, RequestJSONTooDeep, check_depth
 
 __all__ = ["Isolate", "LoadError", "main", "run"]
 
@@ -271,7 +271,7 @@ class Isolate:
                    "limit_mb": self.script.limits.memory_mb}
         except SubrequestLimitExceeded as e:
             err = {"code": "subrequest_limit", "status": 503, "message": str(e), "limit": e.limit}
-        except JSONTooDeep as e:  # from request.json(): the client's fault, not the handler's
+        except RequestJSONTooDeep as e:  # from request.json(): the client's fault, not the handler's
             err = {"code": "json_too_deep", "status": 400, "message": str(e), "limit": e.limit}
         except asyncio.CancelledError:
             err = {"code": "cancelled", "status": 503, "message": "request cancelled"}

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["MAX_JSON_DEPTH", "JSONTooDeep", "check_depth", "parse_json"]
+__all__ = ["MAX_JSON_DEPTH", "JSONTooDeep", "RequestJSONTooDeep", "check_depth", "parse_json"]
 
 MAX_JSON_DEPTH = 128
 
@@ -33,6 +33,11 @@ class JSONTooDeep(ValueError):
     def __init__(self, limit: int = MAX_JSON_DEPTH):
         super().__init__(f"JSON nested deeper than {limit} levels")
         self.limit = limit
+
+
+class RequestJSONTooDeep(JSONTooDeep):
+    """The request body is what nests too deeply (from `Request.json()`): the client's fault, a
+    400; too deep JSON from anywhere else (an upstream response) is the handler's failure."""
 
 
 def check_depth(text: str, limit: int = MAX_JSON_DEPTH) -> None:

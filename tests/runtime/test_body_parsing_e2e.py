@@ -33,6 +33,7 @@ main = "app.py"
 routes = [
     "/pay",
     "/echo",
+    "/upstream",
     "/w/*",
     { pattern = "/order", methods = ["POST"], body_model = "Order" },
 ]
@@ -51,6 +52,8 @@ async def fetch(request, env, ctx):
         return Response.json({"path": request.path})
     if request.path == "/order":
         return Response.json({"sku": request.validated.sku, "amount": request.validated.amount})
+    if request.path == "/upstream":  # too deep JSON that is not the client's
+        return Response.json(await Response("[" * 200 + "]" * 200).json())
     if request.path == "/echo":
         return Response.json({"saw": await request.json()})
     try:
@@ -125,6 +128,12 @@ def test_deep_json_is_400_json_too_deep_in_request_json(server):
         # brackets inside strings are not nesting
         flat = json.dumps({"s": "[" * 10_000})
         assert c.post("/echo", content=flat).status_code == 200
+
+
+def test_deep_json_from_elsewhere_than_the_request_is_the_handlers_failure_not_a_400(server):
+    with server.client() as c:
+        r = c.get("/upstream")
+        assert r.status_code == 500 and r.json()["error"] == "exception"
 
 
 def test_deep_json_is_400_json_too_deep_before_a_route_model(server):
