@@ -1,5 +1,5 @@
 """CLI command modules; each has `register(subparsers)` and sets `func(args) -> exit code`."""
 
-from . import audit, deploy, kill, load, serve, tail, tool, trigger, workflows
+from . import approvals, audit, deploy, kill, load, serve, tail, tool, trigger, workflows
 
-COMMANDS = [serve, trigger, load, tool, workflows, audit, deploy, kill, tail]
+COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail]

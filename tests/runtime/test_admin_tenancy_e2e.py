@@ -142,8 +142,13 @@ def test_a_global_admin_sees_every_tenant_and_approves_a_tenant_scoped_workflow_
         assert {(a["id"], a["tenant"]) for a in listed} == {(held["acme"], "acme"), (held["globex"], "globex")}
         only = c.get("/__edgeworks/approvals", params={"tenant": "globex"}, headers=glob).json()["approvals"]
         assert [a["id"] for a in only] == [held["globex"]]
-        r = c.post(f"/__edgeworks/approvals/{held['globex']}/approve", json={}, headers=glob)
-        assert r.status_code == 200 and r.json()["response"]["status"] == 200
+        out = run_cli("approvals", "list", "--tenant", "globex", "--to", server.url, "--token", token(sub="ops"))
+        assert out.returncode == 0 and held["globex"] in out.stdout and held["acme"] not in out.stdout, out.stderr
+        out = run_cli("approvals", "approve", held["globex"], "--to", server.url, "--token", token(sub="ops"))
+        assert out.returncode == 0 and '"approved"' in out.stdout, out.stderr
+        assert c.get(f"/__edgeworks/approvals/{held['globex']}", headers=glob).json()["response"]["status"] == 200
+        out = run_cli("approvals", "reject", held["acme"], "--to", server.url, "--token", token(sub="ops", tenant="globex"))
+        assert out.returncode == 1 and "not_found" in out.stderr  # another tenant's, for a globex admin
 
         listed = c.get("/__edgeworks/workflows/app/JOB", headers=glob).json()
         assert sorted((i["id"], i["tenant"], i["status"]) for i in listed) == [
