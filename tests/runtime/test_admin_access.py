@@ -2,13 +2,13 @@
 forwarding header), disabled without [auth] in serve, tenant and global admins with it; the
 open health endpoint tells nothing but liveness."""
 
-import socket
 import time
 
 import httpx
 import jwt
 import pytest
 
+from runtime.admin import build_admin
 from runtime.admin_access import (
     AccessDenied,
     AdminCaller,
@@ -16,6 +16,8 @@ from runtime.admin_access import (
     is_loopback_client,
     is_loopback_host,
 )
+from runtime.config import load_app
+from runtime.front import Front
 from runtime.identity import AuthConfig, Verifier
 from tests.runtime.test_admin import APP, OPEN_MANIFEST, token
 from tests.support import Server, write_app
@@ -83,65 +85,65 @@ def test_a_tenant_claim_makes_a_tenant_admin_that_global_things_refuse():
 # -- through a real server -------------------------------------------------------------------
 
 
-def _local_non_loopback_ipv4() -> str | None:
-    """An address of one of this machine's own interfaces that is not loopback, if any."""
-    candidates = set()
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))  # UDP connect sends nothing; it only picks the route's source
-            candidates.add(s.getsockname()[0])
-    except OSError:
-        pass
-    try:
-        candidates.update(a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET))
-    except OSError:
-        pass
-    for address in sorted(candidates):
-        if is_loopback_host(address) or address == "0.0.0.0":
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind((address, 0))  # really ours
-            return address
-        except OSError:
-            continue
-    return None
-
-
 BOOM = """
 async def fetch(request, env, ctx):
     raise ValueError("internal detail 42")
 """
 
+REMOTE = ("203.0.113.7", 40123)  # a documentation address: the peer uvicorn would report
 
-def test_dev_without_auth_serves_admin_to_loopback_only_even_with_forwarding_headers(tmp_path):
-    address = _local_non_loopback_ipv4()
-    if address is None:
-        pytest.skip("this machine has no non-loopback interface address")
+
+async def test_dev_without_auth_serves_admin_to_loopback_only_even_with_forwarding_headers(tmp_path, monkeypatch):
+    """The real front and admin app, isolates included, driven in-process as uvicorn drives them:
+    only the socket peer in the ASGI scope differs, so no test traffic leaves 127.0.0.1."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     manifest = OPEN_MANIFEST + '\n[[scripts]]\nname = "boom"\nmain = "boom.py"\nroutes = ["/boom"]\n'
-    app = write_app(tmp_path / "app", manifest, {"app.py": APP.format(version="one"), "boom.py": BOOM})
-    # FORWARDED_ALLOW_IPS=*: uvicorn would trust anyone's X-Forwarded-For if proxy headers were on
-    server = Server(app, "dev", args=("--host", address), env={"FORWARDED_ALLOW_IPS": "*"})
-    server.url = f"http://{address}:{server.port}"
-    with server, httpx.Client(base_url=server.url, timeout=30) as c:
+    app = load_app(str(write_app(tmp_path / "app", manifest, {"app.py": APP.format(version="one"),
+                                                               "boom.py": BOOM})))
+    front = Front(app, dev=True)
+    front.admin = build_admin(front)
+    await front.start()
+    try:
+        def client(peer):
+            return httpx.AsyncClient(transport=httpx.ASGITransport(app=front, client=peer),
+                                     base_url="http://edge.example", timeout=30)
+
         spoof = {"x-forwarded-for": "127.0.0.1", "forwarded": "for=127.0.0.1"}
-        for method, path in [("GET", "kills"), ("POST", "kill"), ("GET", "versions"), ("POST", "versions"),
-                             ("POST", "rollback"), ("GET", "approvals"), ("GET", "tail"), ("GET", "openapi.json"),
-                             ("POST", "scheduled"), ("GET", "health/details"), ("GET", "workflows/app/JOB")]:
+        async with client(REMOTE) as c:
+            for method, path in [("GET", "kills"), ("POST", "kill"), ("GET", "versions"), ("POST", "versions"),
+                                 ("POST", "rollback"), ("GET", "approvals"), ("GET", "tail"),
+                                 ("GET", "openapi.json"), ("POST", "scheduled"), ("GET", "health/details"),
+                                 ("GET", "workflows/app/JOB")]:
+                for headers in ({}, spoof):
+                    r = await c.request(method, f"/__edgeworks/{path}", headers=headers,
+                                        json={"kind": "script", "name": "app", "reason": "x"})
+                    assert r.status_code == 403, (path, r.text)
+                    assert r.json()["error"] == "admin_loopback_only", path
+                    assert "[auth]" in r.json()["message"]
+            assert (await c.get("/open")).text == "one"  # nothing was killed; the app itself is served
+            assert (await c.get("/__edgeworks/health")).json() == {"status": "ok"}
+            # dev shows a handler's exception and traceback to loopback clients only
             for headers in ({}, spoof):
-                r = c.request(method, f"/__edgeworks/{path}", headers=headers,
-                              json={"kind": "script", "name": "app", "reason": "x"})
-                assert r.status_code == 403, (path, r.text)
-                assert r.json()["error"] == "admin_loopback_only", path
-                assert "[auth]" in r.json()["message"]
-        assert c.get("/open").text == "one"  # nothing was killed; the app itself is served
-        assert c.get("/__edgeworks/health").json() == {"status": "ok"}
-        # dev shows a handler's exception and traceback to loopback clients only
-        for headers in ({}, spoof):
-            r = c.get("/boom", headers=headers)
-            assert r.status_code == 500 and r.json()["error"] == "exception"
-            assert "traceback" not in r.json() and "internal detail" not in r.text
-    assert f"warning: listening on {address} without an [auth] section" in server.output()
+                r = await c.get("/boom", headers=headers)
+                assert r.status_code == 500 and r.json()["error"] == "exception"
+                assert "traceback" not in r.json() and "internal detail" not in r.text
+        async with client(("127.0.0.1", 40124)) as c:
+            assert (await c.get("/__edgeworks/kills")).status_code == 200
+            r = await c.get("/boom")
+            assert r.status_code == 500 and "internal detail 42" in r.text
+    finally:
+        await front.stop()
+
+
+def test_a_non_loopback_bind_without_auth_warns_at_start(tmp_path):
+    app = write_app(tmp_path / "app", OPEN_MANIFEST, {"app.py": APP.format(version="one")})
+    # 0.0.0.0 listens on every interface; the test still talks to 127.0.0.1 only
+    server = Server(app, "dev", args=("--host", "0.0.0.0"))
+    server.url = f"http://127.0.0.1:{server.port}"
+    with server, server.client() as c:
+        assert c.get("/open").text == "one"
+        assert c.get("/__edgeworks/kills").status_code == 200  # loopback is still admitted
+    assert "warning: listening on 0.0.0.0 without an [auth] section" in server.output()
 
 
 def test_health_is_liveness_only_and_details_need_an_admin(tmp_path):
