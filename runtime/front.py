@@ -292,6 +292,11 @@ class Front:
             code, body = self._death_error(died, script, rid)
             await self._send(send, 503, body, rid)
             return 503, 0.0, code
+        if "error" in reply:  # the isolate could not serve it at all (see ipc.Channel.serve)
+            err = reply["error"]
+            code, status = err.get("code") or "internal_error", err.get("status") or 500
+            await self._send(send, status, _error(code, err.get("message", ""), rid), rid)
+            return status, 0.0, code
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply["headers"]]
         headers.append((b"x-request-id", rid.encode()))
         status = reply["status"]

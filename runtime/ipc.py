@@ -12,7 +12,11 @@ Semantics of `Channel`:
   chunks and `{"s": id, "end": True}` closes it. `stream(id)` returns its queue; chunks that
   arrive before the consumer asks are kept.
 - Every other message (one without `re` or `s`) goes to the `on_message(msg)` callback, which is
-  synchronous; it schedules its own tasks.
+  synchronous; it schedules its own tasks, through `serve(msg, coro)` for requests.
+- `serve(msg, coro)` runs the handler of a request as a task and guarantees the peer an answer:
+  if the task ends (returns, raises, is cancelled) without having replied to `msg["id"]`, an
+  error reply `{"error": {"type", "message", "code", "status"}}` is sent for it (`cancelled`/503
+  when cancelled, `internal_error`/500 otherwise). A peer never waits on a request nobody serves.
 - When the connection is lost, every pending future fails with `ChannelClosed` and every open
   stream ends with it; `on_close` is called once. Sending on a closed channel raises
   `ChannelClosed`. A message that fails to decode closes the channel (the peer is broken).
@@ -24,14 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgpack
 
-__all__ = ["Channel", "ChannelClosed", "MAX_MESSAGE_BYTES", "open_channel"]
+from .logs import log
+
+__all__ = ["CALL_READY_WAIT_S", "Channel", "ChannelClosed", "MAX_MESSAGE_BYTES", "open_channel"]
 
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+# How long the front lets a call between isolates wait for its target (the deployment, or an
+# isolate being restarted) to be ready before answering `not_ready`: as long as an isolate may
+# take to start. Callers bound their wait for the answer by it plus the callee's wall time.
+CALL_READY_WAIT_S = 60.0
 
 Message = dict[str, Any]
 
@@ -57,6 +67,7 @@ class Channel(asyncio.Protocol):
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._streams: dict[int, asyncio.Queue[Any]] = {}
+        self._serving: set[int] = set()  # ids of peer requests being served and not yet answered
         self._closed: BaseException | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -86,6 +97,7 @@ class Channel(asyncio.Protocol):
         self._pending.clear()
         for q in self._streams.values():
             q.put_nowait(err)
+        self._serving.clear()
         self._can_write.set()
         self.on_close(exc)
 
@@ -120,6 +132,36 @@ class Channel(asyncio.Protocol):
     def reply(self, to: int, msg: Message) -> None:
         msg["re"] = to
         self.send(msg)
+        self._serving.discard(to)
+
+    def serve(self, msg: Message, handler: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `handler` for the peer's request `msg`; see the module docstring for the answer
+        it is guaranteed."""
+        mid = msg.get("id")
+        task = asyncio.ensure_future(handler)
+        if mid is not None:
+            self._serving.add(mid)
+            task.add_done_callback(lambda t: self._answer_unserved(mid, msg.get("op"), t))
+        return task
+
+    def _answer_unserved(self, mid: int, op: Any, task: asyncio.Task[Any]) -> None:
+        if mid not in self._serving:
+            return
+        self._serving.discard(mid)
+        if task.cancelled():
+            err = {"type": "CancelledError", "message": f"the {op} request was cancelled before it was answered",
+                   "code": "cancelled", "status": 503}
+        else:
+            exc = task.exception()
+            what = f"{type(exc).__name__}: {exc}" if exc is not None else "its handler ended without an answer"
+            log("ipc_unanswered", op=op, error=what)
+            err = {"type": type(exc).__name__ if exc is not None else "ProtocolError",
+                   "message": f"internal error serving the {op} request: {what}", "code": "internal_error",
+                   "status": 500}
+        try:
+            self.reply(mid, {"error": err})
+        except ChannelClosed:
+            pass
 
     def send_chunk(self, stream_id: int, data: bytes) -> None:
         self.send({"s": stream_id, "d": data})

@@ -229,7 +229,7 @@ class Isolate:
                 self.channel.reply(msg["id"], {"error": {"type": "ProtocolError", "message": f"unknown op {op!r}"}})
             return
         mid = msg.get("id")
-        task = asyncio.ensure_future(handler(msg))
+        task = self.channel.serve(msg, handler(msg))  # answered even if the handler dies
         if mid is not None:
             self.tasks[mid] = task
             task.add_done_callback(lambda t: self.tasks.pop(mid, None))

@@ -280,7 +280,9 @@ class IsolatePool:
         def handle(msg: dict[str, Any]) -> None:
             op = msg.get("op")
             if op == "call":
-                asyncio.ensure_future(self.router.on_call(self, proc, msg))
+                assert proc.channel is not None
+                # served: the isolate gets an answer even if relaying the call fails
+                proc.channel.serve(msg, self.router.on_call(self, proc, msg))
             elif op == "recycle":
                 asyncio.ensure_future(self.recycle(proc, msg.get("reason", "")))
             elif op == "event":

@@ -106,3 +106,51 @@ async def test_no_code_execution_from_ext_types():
 
 def test_channel_is_a_protocol():
     assert issubclass(Channel, asyncio.Protocol)
+
+
+async def test_a_served_request_whose_handler_raises_is_answered_with_an_error():
+    box = {}
+
+    async def broken(msg):
+        raise KeyError("kind")
+
+    a, b = await pair(on_b=lambda m: box["b"].serve(m, broken(m)))
+    box["b"] = b
+    reply = await asyncio.wait_for(a.request({"op": "call"}), 5)
+    assert reply["error"]["code"] == "internal_error" and reply["error"]["status"] == 500
+    assert "KeyError" in reply["error"]["message"] and "call" in reply["error"]["message"]
+    a.close()
+
+
+async def test_a_served_request_cancelled_before_its_answer_is_answered_cancelled():
+    box, started = {}, asyncio.Event()
+
+    async def forever(msg):
+        started.set()
+        await asyncio.Event().wait()
+
+    a, b = await pair(on_b=lambda m: box.setdefault("task", box["b"].serve(m, forever(m))))
+    box["b"] = b
+    fut = a.request({"op": "object"})
+    await started.wait()
+    box["task"].cancel()
+    reply = await asyncio.wait_for(fut, 5)
+    assert reply["error"]["code"] == "cancelled" and reply["error"]["status"] == 503
+    a.close()
+
+
+async def test_a_served_request_is_answered_once_by_its_own_reply():
+    box, seen = {}, []
+
+    async def fine(msg):
+        box["b"].reply(msg["id"], {"ok": msg["n"]})
+
+    a, b = await pair(on_b=lambda m: box["b"].serve(m, fine(m)))
+    box["b"] = b
+    dispatch = a._dispatch
+    a._dispatch = lambda m: (seen.append(m), dispatch(m))  # every message `a` receives
+    replies = await asyncio.gather(*(a.request({"n": n}) for n in range(5)))
+    assert [r["ok"] for r in replies] == list(range(5))
+    assert (await a.request({"n": 9}))["ok"] == 9  # the channel is in order: earlier ones are in
+    assert len(seen) == 6 and all("error" not in m for m in seen)
+    a.close()
