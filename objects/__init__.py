@@ -31,7 +31,7 @@ Where this differs from Cloudflare's API, and why:
 from objects.alarms import AlarmInfo
 from objects.clock import Clock, FakeClock, SystemClock
 from objects.durable_object import DurableObject, DurableObjectState
-from objects.errors import DurableObjectError, DurableObjectReset, InvalidIdError
+from objects.errors import CodedError, DurableObjectError, DurableObjectReset, InvalidIdError
 from objects.host import ObjectHost, PassThroughCodec
 from objects.ids import DurableObjectId, owner_index
 from objects.options import ObjectHostOptions
@@ -44,6 +44,7 @@ from objects.types import ObjectAddress, Transport
 __all__ = [
     "AlarmInfo",
     "Clock",
+    "CodedError",
     "DurableObject",
     "DurableObjectError",
     "DurableObjectId",

@@ -4,6 +4,12 @@ A reply that carries an error is ``{"error": {"type": str, "message": str}}``. `
 the ``*_TYPE`` constants below for failures of the object system itself, or the class name of
 an exception raised by user code (``"ValueError"``). Stubs raise ``DurableObjectError`` with the
 same ``type`` and ``message``.
+
+A failure of the runtime around the object (its process was killed, a limit, a deployment still
+starting) also carries ``"code"`` and ``"status"`` (the HTTP status the failure maps to, 503 for
+``isolate_restarted``). They are kept at every hop: the stub's ``DurableObjectError`` holds them
+(as every ``CodedError`` does), an object that lets it escape replies with them again, and the
+runtime answers a handler that lets it escape with that code and status instead of a generic 500.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "BAD_REQUEST_TYPE",
+    "CodedError",
     "DurableObjectError",
     "DurableObjectReset",
     "InvalidIdError",
@@ -30,13 +37,20 @@ BAD_REQUEST_TYPE = "bad_request"
 CLOSED_TYPE = "durable_object_host_closed"
 
 
-class DurableObjectError(Exception):
-    """An error reply from a durable object (raised on the calling side)."""
+class CodedError(Exception):
+    """An error reply re-raised on the calling side of a call between processes, keeping the
+    runtime's ``code`` and HTTP ``status`` when the reply had them (None otherwise)."""
 
-    def __init__(self, type: str, message: str) -> None:
+    def __init__(self, type: str, message: str, code: str | None = None, status: int | None = None) -> None:
         super().__init__(f"{type}: {message}")
         self.type = type
         self.message = message
+        self.code = code if isinstance(code, str) else None
+        self.status = status if isinstance(status, int) and 400 <= status <= 599 else None
+
+
+class DurableObjectError(CodedError):
+    """An error reply from a durable object (raised on the calling side)."""
 
 
 class DurableObjectReset(DurableObjectError):
@@ -54,11 +68,16 @@ class InvalidIdError(ValueError):
     """A durable object id string is malformed or belongs to another namespace or tenant."""
 
 
-def error_reply(type: str, message: str) -> dict[str, Any]:
-    return {"error": {"type": type, "message": message}}
+def error_reply(type: str, message: str, code: str | None = None, status: int | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": type, "message": message}
+    if code is not None:
+        error["code"] = code
+    if status is not None:
+        error["status"] = status
+    return {"error": error}
 
 
 def exception_reply(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, DurableObjectError):
-        return error_reply(exc.type, exc.message)
+    if isinstance(exc, CodedError):
+        return error_reply(exc.type, exc.message, exc.code, exc.status)
     return error_reply(type(exc).__name__, str(exc))

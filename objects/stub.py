@@ -17,7 +17,8 @@ Output gate: a call made from inside a durable object is sent only once every wr
 made before the call is durable (``objects.gates.current_output_gate``); waiters are released
 in call order, so E-order holds. If the commit fails, the call raises ``DurableObjectReset``.
 
-Errors: an error reply raises ``DurableObjectError(type, message)``. Attribute names starting
+Errors: an error reply raises ``DurableObjectError(type, message, code, status)`` (the runtime's
+code and status, when the reply has them: see ``objects.errors``). Attribute names starting
 with ``_`` are not RPC methods (``AttributeError`` at once); a method the object does not have
 fails with type ``method_not_found``.
 """
@@ -176,7 +177,8 @@ class DurableObjectStub:
             reply = await self._transport(self.address, op)
             if "error" in reply:
                 err = reply["error"]
-                raise DurableObjectError(str(err.get("type")), str(err.get("message")))
+                raise DurableObjectError(str(err.get("type")), str(err.get("message")),
+                                         err.get("code"), err.get("status"))
             value = reply.get("ok")
             return decode(value) if decode is not None else value
 

@@ -110,7 +110,8 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
         if "error" in reply:
             err = reply["error"]
             code = err.get("code") or err.get("type") or "workflow_error"
-            return _error(_status_for(code), code, err.get("message", ""))
+            http_status = err.get("status") if isinstance(err.get("status"), int) else _status_for(code)
+            return _error(http_status, code, err.get("message", ""))
         return JSONResponse(reply.get("result"))
 
     async def list_instances(request: Request, subject: str | None) -> Response:

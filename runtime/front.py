@@ -26,7 +26,7 @@ from .contract import Contract, Refusal, identity_wire
 from .cron import CronScheduler
 from .errors import error_json as _error
 from .identity import AuthConfigError
-from .ipc import ChannelClosed
+from .ipc import CALL_READY_WAIT_S, ChannelClosed
 from .killswitch import KillSwitch
 from .logs import log
 from .routing import Router
@@ -40,6 +40,8 @@ ADMIN_PREFIX = "/__edgeworks/"
 _RID = re.compile(r"^[A-Za-z0-9._:-]{8,128}\Z")
 _URL_PATH_ESCAPES = str.maketrans({"%": "%25", "?": "%3F", "#": "%23"})
 _JSON = [(b"content-type", b"application/json")]
+# How long a call between isolates waits for the deployment or a target isolate to be ready.
+READY_WAIT_S = CALL_READY_WAIT_S
 
 
 class BodyTooLarge(Exception):
@@ -48,6 +50,15 @@ class BodyTooLarge(Exception):
 
 class ClientDisconnected(Exception):
     """The client went away (or was cut off by a body timeout) before its body was complete."""
+
+
+class UnknownTarget(LookupError):
+    """A call names a script or call kind the deployment does not have."""
+
+
+class NotReady(Exception):
+    """A call arrived before the deployment (or an isolate of its target) was ready in time;
+    retryable (503 `not_ready`)."""
 
 
 class Deployment:
@@ -69,6 +80,7 @@ class Front:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.initial = app
         self.current: Deployment | None = None
+        self._deployed = asyncio.Event()  # set once `current` is first loaded (see `_call`)
         self.cron = CronScheduler(self)
         self.admin: Any = None
         self.startup_error: str | None = None
@@ -116,6 +128,7 @@ class Front:
                 log("zygote_unavailable", error=str(e))
                 self.zygote = None
         self.current = await self.load(self.initial)
+        self._deployed.set()
         self.cron.start()
         log("started", version=self.current.version, scripts=list(self.current.pools),
             pids={n: p.pids() for n, p in self.current.pools.items()})
@@ -362,43 +375,59 @@ class Front:
 
     # -- calls from isolates ---------------------------------------------------------------
     async def on_call(self, pool: IsolatePool, proc: IsolateProcess, msg: dict[str, Any]) -> None:
-        """Relay a call an isolate makes (service binding or object call) and send the reply."""
+        """Relay a call an isolate makes (service binding or object call) and send the reply.
+
+        Runs under `Channel.serve`, so a failure not mapped here still answers the caller. Every
+        error keeps its code and HTTP status, for the calling handler to answer with."""
         assert proc.channel is not None
         try:
             reply = await self._call(msg)
         except IsolateDied as died:
-            reply = {"error": {"type": "IsolateDied", "message": str(died), "code": "isolate_restarted"}}
+            reply = {"error": {"type": "IsolateDied", "message": str(died), "code": "isolate_restarted", "status": 503}}
         except WallTimeExceeded:
-            reply = {"error": {"type": "WallTimeExceeded", "message": "the callee exceeded its wall-time limit", "code": "wall_limit"}}
-        except LookupError as e:
+            reply = {"error": {"type": "WallTimeExceeded", "message": "the callee exceeded its wall-time limit",
+                               "code": "wall_limit", "status": 503}}
+        except NotReady as e:
+            reply = {"error": {"type": "NotReady", "message": str(e), "code": "not_ready", "status": 503}}
+        except UnknownTarget as e:
             reply = {"error": {"type": "LookupError", "message": str(e)}}
         try:
             proc.channel.reply(msg["id"], reply)
         except ChannelClosed:
             pass
 
+    async def _deployment(self) -> Deployment:
+        """The current deployment; a call made while the first one is still loading (an isolate
+        that finished its init fires overdue alarms at once) waits for it, boundedly."""
+        if self.current is None:
+            try:
+                await asyncio.wait_for(self._deployed.wait(), READY_WAIT_S)
+            except TimeoutError:
+                raise NotReady(f"the runtime is still starting after {READY_WAIT_S:.0f} s; retry") from None
+        assert self.current is not None
+        return self.current
+
     async def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
-        dep = self.current
-        assert dep is not None
+        dep = await self._deployment()
         kind = msg["kind"]
         target = msg.get("script") or (msg.get("address") or [None])[0]
         pool = dep.pools.get(target)
         if pool is None:
-            raise LookupError(f"no script named {target!r}")
+            raise UnknownTarget(f"no script named {target!r}")
         wall = dep.scripts[target].limits.wall_ms / 1000
         if kind == "service_fetch":
             fwd = {"op": "fetch", "rid": msg.get("rid"), "req": msg["req"], "identity": msg.get("identity")}
-            return await (await pool.pick()).request(fwd, wall)
+            return await (await _ready(pool.pick(), target)).request(fwd, wall)
         if kind == "service_rpc":
             fwd = {k: msg.get(k) for k in ("entrypoint", "method", "args", "kwargs", "rid", "identity")}
-            return await (await pool.pick()).request({"op": "rpc", **fwd}, wall)
+            return await (await _ready(pool.pick(), target)).request({"op": "rpc", **fwd}, wall)
         if kind == "object":
             from objects import owner_index
 
             idx = owner_index(msg["address"][2], len(pool.slots))
-            proc = await pool.get(idx)
+            proc = await _ready(pool.get(idx), target)
             return await proc.request({"op": "object", "address": msg["address"], "payload": msg["payload"], "rid": msg.get("rid")}, wall)
-        raise LookupError(f"unknown call kind {kind!r}")
+        raise UnknownTarget(f"unknown call kind {kind!r}")
 
     def on_event(self, pool: IsolatePool, msg: dict[str, Any]) -> None:
         if msg.get("kind") == "audit":
@@ -465,3 +494,11 @@ class Front:
             cpu_ms=round(reply.get("cpu_ms", 0.0), 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
             **({"error": reply["error"]} if reply.get("error") else {}))
         return {"request_id": rid, **reply}
+
+
+async def _ready(waiting: Any, script: str) -> IsolateProcess:
+    """An isolate of `script` for a relayed call: one being (re)started is waited for, boundedly."""
+    try:
+        return await asyncio.wait_for(waiting, READY_WAIT_S)
+    except TimeoutError:
+        raise NotReady(f"no isolate of script {script!r} became ready within {READY_WAIT_S:.0f} s; retry") from None

@@ -27,6 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from objects import CodedError
+
 from .bindings import BindingHost, build_env
 from .config import RouteConfig, ScriptConfig
 from .context import (
@@ -112,6 +114,13 @@ def _response_problem(resp: Response) -> str | None:
     if len(resp.body) > MAX_RESPONSE_BYTES:
         return f"response body of {len(resp.body)} bytes exceeds {MAX_RESPONSE_BYTES}; stream it instead"
     return None
+
+
+def _wire_error(err: dict[str, Any]) -> dict[str, Any]:
+    """An error of `_run_limited` as an RPC/object error reply: code and status go along, so the
+    caller answers with them (see `objects.CodedError`)."""
+    return {"type": err.get("type", err["code"]), "message": err["message"], "code": err["code"],
+            "status": err.get("status", 500)}
 
 
 def _positional(fn: Any, *args: Any) -> Any:
@@ -276,6 +285,11 @@ class Isolate:
         except asyncio.CancelledError:
             err = {"code": "cancelled", "status": 503, "message": "request cancelled"}
         except Exception as e:
+            if isinstance(e, CodedError) and e.code and e.status:
+                # A call the handler made failed in the runtime (its callee's isolate was killed,
+                # a limit): the answer keeps that code and status, it is not a handler bug.
+                log("error", request_id=rid, script=self.script.name, exception=f"{e.type}: {e.message}", code=e.code)
+                return None, {"code": e.code, "status": e.status, "type": e.type, "message": e.message}, meter.cpu * 1000
             tb = traceback.format_exc()
             log("error", request_id=rid, script=self.script.name, exception=f"{type(e).__name__}: {e}", traceback=tb)
             # dev shows details, but not to a remote client (a client fetch from a non-loopback address)
@@ -385,7 +399,7 @@ class Isolate:
 
         result, err, _ = await self._run_limited(msg, call())
         if err is not None:
-            self.channel.reply(msg["id"], {"error": {"type": err.get("type", err["code"]), "message": err["message"], "code": err["code"]}})
+            self.channel.reply(msg["id"], {"error": _wire_error(err)})
         else:
             self._reply_value(msg["id"], result)
 
@@ -406,7 +420,7 @@ class Isolate:
         use_scope(scope)
         reply, err, _ = await self._run_limited(msg, host.handle(tuple(msg["address"]), msg["payload"]))
         if err is not None:
-            reply = {"error": {"type": err.get("type", err["code"]), "message": err["message"], "code": err["code"]}}
+            reply = {"error": _wire_error(err)}
         self.channel.reply(msg["id"], {"result": reply})
 
     async def handle_scheduled(self, msg: dict[str, Any]) -> None:
@@ -457,6 +471,8 @@ class Isolate:
         except WorkflowError as e:
             return self.channel.reply(msg["id"], {"error": {"code": e.code, "message": str(e)}})
         except Exception as e:  # the admin caller gets the reason, the isolate keeps serving
+            if isinstance(e, CodedError) and e.code and e.status:  # e.g. the instance's isolate was killed
+                return self.channel.reply(msg["id"], {"error": {"code": e.code, "status": e.status, "message": e.message}})
             log("error", request_id=msg.get("rid"), exception=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
             return self.channel.reply(msg["id"], {"error": {"code": "workflow_error", "message": f"{type(e).__name__}: {e}"}})
         self._reply_value(msg["id"], result)

@@ -17,7 +17,7 @@ from objects import DurableObject, DurableObjectNamespace, ObjectAddress, Object
 
 from ..context import current
 from ..http import Request, Response
-from .services import coerce_request
+from .services import call_deadline, coerce_request, relay
 
 __all__ = ["build", "namespace_secret", "object_transport"]
 
@@ -56,11 +56,11 @@ class ObjectTransport:
                 and owner_index(address.id_hex, h.pool_size) == h.pool_index):
             return await self.local.handle(address, op)
         ident = scope.identity
-        reply = await h.channel.request({
+        reply = await relay(h.channel, {
             "op": "call", "kind": "object", "address": list(address), "payload": op,
             "rid": scope.request_id,
             "identity": {"subject": ident.subject, "tenant": ident.tenant, "scopes": list(ident.scopes)} if ident else None,
-        })
+        }, call_deadline(h))
         if "error" in reply:
             return {"error": reply["error"]}
         return reply["result"]

@@ -279,3 +279,60 @@ def test_a_corrupt_shared_object_file_stops_startup_naming_the_file(tmp_path):
     assert out.returncode == 3, out.stderr
     assert "file is not a database" in out.stderr and str(shared) in out.stderr
     assert shared.read_bytes() == b"not a database" * 500  # left as found
+
+
+DUE_APP = '''
+from workers import Response, WorkflowEntrypoint
+
+class Job(WorkflowEntrypoint):
+    async def run(self, event, step):
+        first = await step.do("first", lambda: 1)
+        await step.sleep("nap", 2)
+        return first + await step.do("second", lambda: 1)
+
+''' + JOB_FETCH
+
+
+@pytest.mark.parametrize("how", ["stop", "kill -9"])
+def test_instances_due_while_the_runtime_restarts_all_complete(tmp_path, how):
+    # At start-up an isolate that finished loading fires the overdue alarms at once, before the
+    # rest of the pool is ready; the runs then call the instance registry, which may live in
+    # the other process: those calls must wait for the deployment, not die unanswered (which
+    # left the instances `running` forever, their lease seeing a live task).
+    manifest = CRASH_MANIFEST.replace('main = "app.py"', 'main = "app.py"\npool_size = 2')
+    app = write_app(tmp_path / "app", manifest, {"app.py": DUE_APP})
+    state = tmp_path / "state"
+    ids = [f"due-{i}" for i in range(8)]
+    server = Server(app, state_dir=state, args=("--quiet",)).start()
+    try:
+        for wid in ids:
+            assert httpx.post(f"{server.url}/start/{wid}").status_code == 200
+        wait_until(lambda: all(httpx.get(f"{server.url}/status/{w}").json()["status"] in ("waiting", "complete")
+                               for w in ids), timeout=30)
+        if how == "stop":
+            server.stop()
+        else:
+            os.kill(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+            server.proc = None
+            server._log.close()
+            wait_until(lambda old=server: not any(alive(p) for p in old.seen_pids), timeout=15)
+        time.sleep(2.0)  # every nap is overdue when the runtime is back
+        server = Server(app, state_dir=state, args=("--quiet",)).start()
+        stuck: dict = {}
+
+        def all_complete() -> bool:
+            stuck.clear()
+            for wid in ids:
+                st = httpx.get(f"{server.url}/status/{wid}").json()
+                if st["status"] != "complete":
+                    stuck[wid] = st["status"]
+            return not stuck
+
+        try:
+            wait_until(all_complete, timeout=45, interval=0.2)
+        except AssertionError:
+            raise AssertionError(f"instances not complete after the restart: {stuck}") from None
+        assert all(httpx.get(f"{server.url}/status/{w}").json()["output"] == 2 for w in ids)
+    finally:
+        server.stop()
