@@ -114,7 +114,10 @@ def load_data_key(state_dir: Path, *, dev: bool,
     if not path.exists():
         if not dev:
             raise DataKeyError(f"{source} {path} does not exist ({HOW_TO_SET})")
-        _create(path)
+        try:
+            _create(path)
+        except OSError as exc:
+            raise DataKeyError(f"{source} {path} cannot be created: {exc} ({HOW_TO_SET})") from None
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:

@@ -152,3 +152,9 @@ def test_rows_an_older_version_stored_in_clear_are_sealed_on_open(tmp_path):
     assert store.message("old")["req"]["body"] == held_message()["req"]["body"]
     assert store.get("old")["response"]["body"] == "Pw!x"
     store.close()
+
+
+def test_a_dev_key_that_cannot_be_created_is_a_clear_error(tmp_path):
+    (tmp_path / "config").write_text("a file where the config dir should be")
+    with pytest.raises(DataKeyError, match="cannot be created: .*EDGEWORKS_DATA_KEY_FILE"):
+        load_data_key(tmp_path / "state", dev=True, environ={"XDG_CONFIG_HOME": str(tmp_path / "config")})
