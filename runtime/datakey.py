@@ -126,9 +126,9 @@ def load_data_key(state_dir: Path, *, dev: bool,
 
 
 def _decode(text: str, source: str) -> bytes:
-    s = text.strip().replace("+", "-").replace("/", "_")
+    s = text.strip().replace("+", "-").replace("/", "_").rstrip("=")
     try:
-        key = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+        key = base64.b64decode(s + "=" * (-len(s) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise DataKeyError(f"{source}: not base64 ({HOW_TO_SET})") from None
     if len(key) != _KEY_BYTES:

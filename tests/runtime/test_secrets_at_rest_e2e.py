@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
+
 from tests.runtime.test_admin import _tail
 from tests.support import Server, write_app
 
@@ -96,3 +98,11 @@ def test_serve_without_a_data_key_refuses_to_hold_a_request(tmp_path):
         assert "EDGEWORKS_DATA_KEY_FILE" in r.json()["message"]
         assert files_holding(server, API_KEY) == []
     assert "no data key is configured" in server.output()
+
+
+def test_a_malformed_data_key_stops_start_up_naming_the_variable(tmp_path):
+    app = write_app(tmp_path / "app", MANIFEST, {"app.py": APP})
+    server = Server(app, "serve", env={"EDGEWORKS_DATA_KEY": "not a key"})
+    with pytest.raises(RuntimeError, match="server exited with 2") as exc:
+        server.start()
+    assert "EDGEWORKS_DATA_KEY: not base64" in str(exc.value) and "Traceback" not in str(exc.value)
