@@ -132,3 +132,16 @@ async def test_a_call_whose_callee_isolate_died_answers_isolate_restarted_with_i
         "req": {"url": "http://x/", "method": "GET", "headers": [], "body": b""}}
     reply = await asyncio.wait_for(isolate.request(msg), 5)
     assert reply["error"]["code"] == "isolate_restarted" and reply["error"]["status"] == 503
+
+
+async def test_an_isolate_call_through_the_front_is_bounded_by_its_deadline():
+    from runtime.bindings.services import relay
+
+    sa, sb = socket.socketpair()
+    isolate = await open_channel(sa)
+    silent_front = await open_channel(sb, lambda msg: None)  # takes the call, never answers
+    reply = await asyncio.wait_for(relay(isolate, {"op": "call", "kind": "object"}, 0.05), 5)
+    assert reply["error"]["code"] == "call_timeout" and reply["error"]["status"] == 504
+    assert "object call" in reply["error"]["message"]
+    isolate.close()
+    silent_front.close()
