@@ -17,8 +17,9 @@ Python frames above the guest and the host functions called at its deepest point
   read), which the engine compares before running a guest anywhere else.
 
 Measured (Linux x86-64, wasmtime 50, `max_wasm_stack` 1 MiB): a guest recursing to the limit
-and calling `log` or `kv.get` at the bottom needs a 1043-1047 KiB thread; 1 MiB threads die.
-The margin below is some 50 times what those host functions use.
+and calling `log`, `kv.get`, or `kv.put` with a value nested 985 deep at the bottom needs a
+1032-1047 KiB thread; 1 MiB threads die. The margin below is some 40 times what those host
+functions use (Python's recursion limit bounds how deep host code itself can go).
 """
 
 from __future__ import annotations
