@@ -236,13 +236,23 @@ def _parse_toml(name: str, text: str) -> dict[str, Any]:
         raise ConfigError([f"{name}: not valid TOML: arrays or inline tables nested too deeply"]) from None
 
 
+def _read_text(path: Path) -> str:
+    """A config file's text; undecodable or unreadable is a ConfigError naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path.name}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path.name}: cannot be read: {e.strerror}"]) from None
+
+
 def _read_manifest(root: Path) -> tuple[str, str, dict[str, Any]]:
     toml_path = root / "edgeworks.toml"
     pyproject = root / "pyproject.toml"
     if toml_path.is_file():
-        return "edgeworks.toml", "", _parse_toml("edgeworks.toml", toml_path.read_text())
+        return "edgeworks.toml", "", _parse_toml("edgeworks.toml", _read_text(toml_path))
     if pyproject.is_file():
-        data = _parse_toml("pyproject.toml", pyproject.read_text())
+        data = _parse_toml("pyproject.toml", _read_text(pyproject))
         section = data.get("tool", {}).get("edgeworks")
         if section is not None:
             return "pyproject.toml", "tool.edgeworks", section
@@ -331,12 +341,13 @@ _DEV_VAR = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s
 
 
 def read_dev_vars(root: Path) -> dict[str, str]:
-    """Secrets for local development, from `.dev.vars` (KEY=value lines, like wrangler)."""
+    """Secrets for local development, from `.dev.vars` (KEY=value lines, like wrangler); a file
+    that cannot be read as text is a ConfigError."""
     path = root / ".dev.vars"
     if not path.is_file():
         return {}
     out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
+    for line in _read_text(path).splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         m = _DEV_VAR.match(line)

@@ -21,7 +21,7 @@ from typing import Any
 from .admin_access import is_loopback_client
 from .approvals import ApprovalsUnavailable
 from .auditd import AuditPipe
-from .config import AppConfig, ScriptConfig, read_dev_vars
+from .config import AppConfig, ConfigError, ScriptConfig, read_dev_vars
 from .contract import Contract, Refusal, identity_wire
 from .cron import CronScheduler
 from .errors import error_json as _error
@@ -100,7 +100,10 @@ class Front:
         """Start fresh pools for every script of `app`; raise LoadFailed if any fails to load."""
         self._versions += 1
         version = version or f"v{self._versions}"
-        secrets = read_dev_vars(app.root)
+        try:
+            secrets = read_dev_vars(app.root)
+        except ConfigError as e:
+            raise LoadFailed(str(e), "config") from None
         try:
             contract = Contract(app, secrets, self.kills, self.audit_log)
         except AuthConfigError as e:
@@ -382,13 +385,8 @@ class Front:
         assert proc.channel is not None
         try:
             reply = await self._call(msg)
-        except IsolateDied as died:
-            reply = {"error": {"type": "IsolateDied", "message": str(died), "code": "isolate_restarted", "status": 503}}
-        except WallTimeExceeded:
-            reply = {"error": {"type": "WallTimeExceeded", "message": "the callee exceeded its wall-time limit",
-                               "code": "wall_limit", "status": 503}}
-        except NotReady as e:
-            reply = {"error": {"type": "NotReady", "message": str(e), "code": "not_ready", "status": 503}}
+        except (IsolateDied, WallTimeExceeded, NotReady) as e:
+            reply = {"error": _call_error(e)}
         except UnknownTarget as e:
             reply = {"error": {"type": "LookupError", "message": str(e)}}
         try:
@@ -489,11 +487,21 @@ class Front:
             reply = await (await pool.pick()).request(
                 {"op": "scheduled", "cron": cron, "time": scheduled_ms or time.time() * 1000, "rid": rid}, wall)
         except (IsolateDied, WallTimeExceeded) as e:
-            reply = {"ok": False, "error": {"code": type(e).__name__, "message": str(e)}}
+            reply = {"ok": False, "error": _call_error(e)}
         log("scheduled", request_id=rid, script=script, cron=cron, ok=reply.get("ok"),
             cpu_ms=round(reply.get("cpu_ms", 0.0), 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
             **({"error": reply["error"]} if reply.get("error") else {}))
         return {"request_id": rid, **reply}
+
+
+def _call_error(exc: IsolateDied | WallTimeExceeded | NotReady) -> dict[str, Any]:
+    """The error answer (code and HTTP status kept at every hop) of a call the front relays."""
+    if isinstance(exc, IsolateDied):
+        return {"type": "IsolateDied", "message": str(exc), "code": "isolate_restarted", "status": 503}
+    if isinstance(exc, WallTimeExceeded):
+        return {"type": "WallTimeExceeded", "message": "the callee exceeded its wall-time limit",
+                "code": "wall_limit", "status": 503}
+    return {"type": "NotReady", "message": str(exc), "code": "not_ready", "status": 503}
 
 
 async def _ready(waiting: Any, script: str) -> IsolateProcess:

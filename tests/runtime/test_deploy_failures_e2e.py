@@ -4,6 +4,7 @@ the old version keeps serving. A version must also stay healthy through the depl
 it gets traffic, and a kill -9 in the middle of a deploy leaves nothing behind after a restart."""
 
 import io
+import json
 import socket
 import tarfile
 import threading
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from runtime.versions import pack_dir
-from tests.runtime.test_admin import AUTH_SECTION, audit_entries, bearer, token
+from tests.runtime.test_admin import AUTH_SECTION, SECRET, audit_entries, bearer, token
 from tests.runtime.test_deploy_e2e import deploy, make_app
 from tests.support import ROOT, Server, alive, free_port, run_cli, wait_until
 
@@ -160,6 +161,29 @@ def test_bundles_the_filesystem_refuses_are_refused_with_an_audit_entry(served, 
     _, server, c = served
     body = refuse(c, server, _tar(*names), 400, "bad_bundle")
     assert needle in body["message"]
+
+
+def _files(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, status, code, cause", [
+    ("edgeworks.toml", 422, "invalid_config", None),
+    (".dev.vars", 422, "load_failed", "config"),
+])
+def test_config_files_that_are_not_text_are_refused_naming_the_file(served, name, status, code, cause):
+    _, server, c = served
+    files = {"edgeworks.toml": manifest().encode(), "app.py": HANDLER.format(name="t", health="ok", status=200).encode(),
+             ".dev.vars": f"JWT_SECRET={SECRET}\n".encode()}
+    files[name] = b"\xff\xfe not text"
+    body = refuse(c, server, _files(files), status, code, cause)
+    assert f"{name}: not UTF-8 text" in json.dumps(body)
 
 
 def test_a_client_that_goes_away_mid_bundle_is_on_the_record(served):
