@@ -23,7 +23,8 @@ from typing import Any
 
 from .redact import Redactor
 
-__all__ = ["log", "set_level", "set_redactor", "add_listener", "remove_listener"]
+__all__ = ["LOGGING_CONFIG", "LogHandler", "add_listener", "log", "redact_text", "remove_listener",
+           "set_level", "set_redactor"]
 
 _quiet_events: set[str] = set()
 _listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -55,7 +56,9 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, bool | int | float) else str(value)
 
 
-class _ToLog(logging.Handler):
+class LogHandler(logging.Handler):
+    """A `logging` handler that writes each record with `log` (so: redacted)."""
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             fields: dict[str, Any] = {"logger": record.name, "level": record.levelname,
@@ -75,5 +78,19 @@ def log(event: str, **fields: Any) -> None:
         sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
 
 
+def redact_text(text: str) -> str:
+    """`text` as a log line would carry it (for the few messages printed outside `log`)."""
+    return _redactor.redact_text(text)
+
+
+# For uvicorn's `log_config`: its own loggers (start-up errors, exceptions it catches) go
+# through `log` too instead of its plain-text handler.
+LOGGING_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"edgeworks": {"class": "runtime.logs.LogHandler"}},
+    "loggers": {"uvicorn": {"handlers": ["edgeworks"], "propagate": False}},
+}
+
 if not logging.getLogger().handlers:
-    logging.getLogger().addHandler(_ToLog())
+    logging.getLogger().addHandler(LogHandler())

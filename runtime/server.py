@@ -15,7 +15,7 @@ from .config import ConfigError, load_app
 from .datakey import HOW_TO_SET, DataKeyError
 from .front import Front
 from .httpguard import guarded_protocol
-from .logs import log, set_level, set_redactor
+from .logs import LOGGING_CONFIG, log, redact_text, set_level, set_redactor
 from .redact import RedactionPatternError, Redactor
 from .supervisor import LoadFailed
 
@@ -82,6 +82,7 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
     # (the admin plane's loopback rule depends on it); server_header=False: no "server: uvicorn"
     limits = app.server
     config = uvicorn.Config(front, host=host, port=port, lifespan="on", log_level="warning",
+                            log_config=LOGGING_CONFIG,
                             access_log=False, loop="none", proxy_headers=False, server_header=False,
                             timeout_graceful_shutdown=10, limit_concurrency=limits.max_connections,
                             http=guarded_protocol(limits.max_header_bytes, limits.header_timeout_s,
@@ -103,6 +104,7 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
         if server.started:
             raise
     if not server.started:
-        print(f"edgeworks: could not start: {front.startup_error or 'see the log above'}", file=sys.stderr)
+        print(f"edgeworks: could not start: {redact_text(front.startup_error or 'see the log above')}",
+              file=sys.stderr)
         return 3
     return 0

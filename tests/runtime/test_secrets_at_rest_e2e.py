@@ -106,3 +106,15 @@ def test_a_malformed_data_key_stops_start_up_naming_the_variable(tmp_path):
     with pytest.raises(RuntimeError, match="server exited with 2") as exc:
         server.start()
     assert "EDGEWORKS_DATA_KEY: not base64" in str(exc.value) and "Traceback" not in str(exc.value)
+
+
+def test_a_start_up_failure_is_reported_without_the_secret_in_its_message(tmp_path):
+    app = write_app(tmp_path / "app", MANIFEST, {"app.py": (
+        "import os\n"
+        "raise RuntimeError('cannot connect to postgres://app:' + os.environ['DB_PW'] + '@db/x')\n")})
+    server = Server(app, "serve", env={"DB_PW": "s3cr!t-pw"})
+    with pytest.raises(RuntimeError, match="server exited with 3") as exc:
+        server.start()
+    out = str(exc.value)
+    assert "RuntimeError" in out and "postgres://app:[redacted:secret]@db/x" in out
+    assert "s3cr!t-pw" not in out
