@@ -220,7 +220,8 @@ def test_a_deploy_killed_midway_leaves_nothing_after_a_restart(tmp_path):
 
         t = threading.Thread(target=deploy_until_killed, daemon=True)
         t.start()
-        uncommitted = wait_until(lambda: [p for p in vdir.iterdir() if not (p / "meta.json").exists()])
+        uncommitted = wait_until(lambda: [p for p in vdir.iterdir()  # staged under its id, loading
+                                          if not p.name.startswith(".") and not (p / "meta.json").exists()])
         server.proc.kill()  # kill -9 of the front while the new version loads
         server.proc.wait()
         t.join(30)
