@@ -19,10 +19,12 @@ The contract of `connect(path, schema)`:
   WAL and creates the schema; then it releases the lock. So first opens through this module,
   in any process or thread, run one at a time. A file already in WAL mode takes no lock.
 - The schema (idempotent statements: ``CREATE ... IF NOT EXISTS``) then runs on every open.
-- What blocks: the calling thread, for at most about ``busy_timeout_s`` in all: waiting for the
-  sidecar lock, and retrying every busy answer of the WAL switch and the schema (which also
-  covers openers that do not use this module, e.g. a plain reader). After that it raises
-  `sqlite3.OperationalError` naming the file and the step, and closes the connection.
+- What blocks: the calling thread, while it waits for the sidecar lock and retries every busy
+  answer of the WAL switch and the schema (which also covers openers that do not use this
+  module, e.g. a plain reader). No new wait starts once ``busy_timeout_s`` has passed since the
+  call began; a statement already waiting in SQLite's busy handler may take up to another
+  ``busy_timeout_s``. Then it raises `sqlite3.OperationalError` naming the file and the step,
+  and closes the connection.
 - Failure or kill -9 while holding the lock: ``flock`` locks belong to the open file, so the
   kernel releases the lock when the holder's descriptor closes, process death included; SQLite
   rolls back the interrupted switch or schema transaction on the next open. The sidecar file
