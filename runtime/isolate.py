@@ -284,7 +284,7 @@ class Isolate:
             err = {"code": "json_too_deep", "status": 400, "message": str(e), "limit": e.limit}
         except asyncio.CancelledError:
             err = {"code": "cancelled", "status": 503, "message": "request cancelled"}
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit() in a handler must not end the isolate
             if isinstance(e, CodedError) and e.code and e.status:
                 # A call the handler made failed in the runtime (its callee's isolate was killed,
                 # a limit): the answer keeps that code and status, it is not a handler bug.

@@ -216,3 +216,21 @@ def test_responses_with_header_injection_are_refused(server):
     assert inj.status_code == 500 and inj.json()["error"] == "invalid_response"
     assert "set-cookie" not in inj.headers
     assert bad.status_code == 500 and "invalid response header name" in bad.json()["message"]
+
+
+def test_sys_exit_in_a_handler_fails_that_request_and_the_isolate_keeps_serving(tmp_path):
+    app = write_app(tmp_path / "app", '[[scripts]]\nname = "app"\nmain = "app.py"\nroutes = ["/*"]\n', {"app.py": """
+        import os, sys
+        from workers import Response
+
+        async def fetch(request, env, ctx):
+            if request.path == "/exit":
+                sys.exit(3)
+            return Response(str(os.getpid()))
+    """})
+    with Server(app) as server, server.client() as c:
+        pid = c.get("/pid").text
+        r = c.get("/exit")
+        assert r.status_code == 500 and r.json()["error"] == "exception"
+        assert "SystemExit" in r.json()["message"]
+        assert c.get("/pid").text == pid
