@@ -257,7 +257,8 @@ def isolate_first_result(rounds: int) -> None:
         with tempfile.TemporaryDirectory(prefix="bench-isolate-") as tmp:
             app = write_app(Path(tmp) / "app", TOOL_MANIFEST, {"app.py": TOOL_APP})
             samples = []
-            with Server(app, mode="serve", env=env, args=("--quiet",)) as s, s.client() as c:
+            # dev: without [auth] the admin plane (whose health details list the pids) is loopback-only there
+            with Server(app, mode="dev", env=env, args=("--quiet",)) as s, s.client() as c:
                 assert c.get("/sum").text == "499500"
                 for _ in range(rounds):
                     pid = s.pids("app")[0]
