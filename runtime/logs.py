@@ -71,7 +71,9 @@ class LogHandler(logging.Handler):
 
 
 def log(event: str, **fields: Any) -> None:
-    record = _redactor.redact({"ts": round(time.time(), 3), "event": event, **fields}, _plain)
+    redact = _redactor.redact_entry
+    record = {"ts": round(time.time(), 3), "event": event,
+              **{key: redact(key, value, _plain) for key, value in fields.items()}}
     for fn in _listeners:
         fn(record)
     if event not in _quiet_events:

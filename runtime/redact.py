@@ -192,6 +192,17 @@ class Redactor:
         converted = default(value)
         return converted if converted is value else self.redact(converted, default)
 
+    def redact_entry(self, key: str, value: Any, default: Callable[[Any], Any] | None = None) -> Any:
+        """The value of a mapping entry `key` as `redact` of the mapping gives it (the key itself
+        is not scanned: for names chosen by code, such as a log record's fields)."""
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if self._sensitive(key):
+            return _MASK_SECRET
+        if isinstance(value, str):
+            return self.redact_text(value)
+        return self.redact(value, default)
+
     def redact_text(self, text: str) -> str:
         """`text` with every finding replaced by ``[redacted:<label>]``."""
         if len(text) < 6:
