@@ -510,6 +510,13 @@ async def _serve(fd: int, note_path: str) -> None:
             isolate.on_message(msg)
         elif msg.get("op") == "init":
             asyncio.ensure_future(init(msg))
+        elif msg.get("id") is not None:  # not loaded: still an answer, once the channel is set up
+            asyncio.get_running_loop().call_soon(refuse, msg)
+
+    def refuse(msg: dict[str, Any]) -> None:
+        assert isolate is not None
+        isolate.channel.reply(msg["id"], {"error": {"type": "NotReady", "code": "not_ready", "status": 503,
+                                                    "message": "the isolate has not loaded its script"}})
 
     async def init(msg: dict[str, Any]) -> None:
         assert isolate is not None

@@ -145,3 +145,26 @@ async def test_an_isolate_call_through_the_front_is_bounded_by_its_deadline():
     assert "object call" in reply["error"]["message"]
     isolate.close()
     silent_front.close()
+
+
+async def test_an_isolate_answers_a_request_that_arrives_before_its_init(tmp_path):
+    import sys
+
+    from tests.support import ROOT
+
+    parent, child = socket.socketpair()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runtime.isolate", str(child.fileno()), str(tmp_path / "note"),
+        pass_fds=(child.fileno(),), cwd=ROOT, stdin=asyncio.subprocess.DEVNULL)
+    child.close()
+    channel = await open_channel(parent)
+    try:
+        reply = await asyncio.wait_for(channel.request({"op": "ping"}), 30)
+        assert reply["error"]["code"] == "not_ready" and reply["error"]["status"] == 503
+    finally:
+        channel.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)  # it exits once the front's end is gone
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
