@@ -8,6 +8,7 @@ import json
 import socket
 import tarfile
 import threading
+import uuid
 
 import httpx
 import pytest
@@ -70,24 +71,26 @@ def served(tmp_path_factory):
             yield root, server, c
 
 
-def rejected(server, n):
-    # entries reach the log from the audit writer process a moment after the responses
-    return wait_until(lambda: [e for e in audit_entries(server.state_dir, kind="admin.deploy_rejected")][n:] or None)
+def rejected(server, rid: str) -> dict:
+    """The deploy_rejected entry of request `rid` (entries reach the log from the audit writer
+    process a moment after the responses)."""
+    return wait_until(lambda: audit_entries(server.state_dir, kind="admin.deploy_rejected", request_id=rid))[-1]
 
 
 def refuse(c, server, data: bytes, status: int, code: str, cause: str | None = None) -> dict:
     """Deploy `data`, expect the refusal, and check that nothing changed."""
     before_text = c.get("/v").text
     before = c.get("/__edgeworks/versions").json()
-    n = len(audit_entries(server.state_dir, kind="admin.deploy_rejected"))
-    r = deploy(c, data)
+    rid = uuid.uuid4().hex
+    r = c.post("/__edgeworks/versions", content=data,
+               headers={"content-type": "application/octet-stream", "x-request-id": rid})
     body = r.json()
     assert (r.status_code, body["error"], body.get("cause")) == (status, code, cause), r.text
     assert c.get("/v").text == before_text
     assert c.get("/__edgeworks/versions").json() == before
     vdir = server.state_dir / "versions"
     assert sorted(p.name for p in vdir.iterdir()) == sorted(v["id"] for v in before["versions"])
-    entry = rejected(server, n)[-1]
+    entry = rejected(server, rid)
     assert (entry["data"]["code"], entry["data"].get("cause")) == (code, cause)
     return body
 
@@ -188,11 +191,11 @@ def test_config_files_that_are_not_text_are_refused_naming_the_file(served, name
 
 def test_a_client_that_goes_away_mid_bundle_is_on_the_record(served):
     _, server, c = served
-    n = len(audit_entries(server.state_dir, kind="admin.deploy_rejected"))
+    rid = uuid.uuid4().hex
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /__edgeworks/versions HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n"
-                     + f"authorization: Bearer {token()}\r\n\r\n".encode() + b"\x1f\x8b" * 50)
-    entry = rejected(server, n)[-1]
+                     + f"authorization: Bearer {token()}\r\nx-request-id: {rid}\r\n\r\n".encode() + b"\x1f\x8b" * 50)
+    entry = rejected(server, rid)
     assert (entry["data"]["code"], entry["data"]["status"]) == ("incomplete_bundle", 400)
 
 
