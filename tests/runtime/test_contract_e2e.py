@@ -192,12 +192,21 @@ def test_approving_a_request_of_a_killed_script_records_the_refusal_not_a_run(se
         assert c.get("/none").status_code == 200
 
 
-def test_audit_log_is_intact_findable_by_request_id_and_holds_no_token(server):
-    with server.client() as c:
+def test_audit_log_is_intact_findable_by_request_id_and_holds_no_token(tmp_path):
+    # its own server: it stops it to flush the audit writer, and reads only what it did itself
+    app = write_app(tmp_path / "app", MANIFEST, {"app.py": APP})
+    (app / ".dev.vars").write_text(f"JWT_SECRET={SECRET}\n")
+    server = Server(app, "serve")
+    tokens_issued.clear()
+    with server, server.client() as c:
         r = c.get("/req", headers={**bearer(tok()), "x-request-id": "audit-probe-0001"})
         assert r.status_code == 200
         c.get("/req", headers={"x-request-id": "audit-probe-0002"})
-    server.stop()  # flushes the audit writer
+        r = c.post("/pay", json={"amount": 5000}, headers={**bearer(tok(sub="payer")), "x-request-id": "pay-held-0001"})
+        assert r.status_code == 202
+        admin = bearer(tok(sub="approver", scope="edgeworks:admin"))
+        assert c.post(f"/__edgeworks/approvals/{r.json()['approval_id']}/approve", json={"reason": "ok"},
+                      headers=admin).status_code == 200
     state = server.state_dir
     assert verify(state / "audit.sqlite").ok
     out = run_cli("audit", "query", "--request-id", "audit-probe-0001", "--state-dir", str(state))
