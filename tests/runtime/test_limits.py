@@ -91,7 +91,8 @@ async def fetch(request, env, ctx):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     app = write_app(tmp_path_factory.mktemp("limits") / "app", MANIFEST, {"hostile.py": HOSTILE, "good.py": GOOD})
-    with Server(app, mode="serve") as s:
+    # dev: without [auth], the admin health details (isolate pids) answer loopback clients there only
+    with Server(app, mode="dev") as s:
         yield s
 
 

@@ -17,8 +17,9 @@ def cmdline(pid: int) -> str:
         return f.read().replace(b"\0", b" ").decode()
 
 
+# dev: the tests read isolate pids from the admin health details, open to loopback clients in dev
 def test_isolates_are_forked_from_the_zygote_and_it_goes_away_with_the_server(tmp_path):
-    with Server(copy_example(tmp_path), mode="serve") as s, s.client() as c:
+    with Server(copy_example(tmp_path), mode="dev") as s, s.client() as c:
         isolate = s.pids("app")[0]
         zygote = parent_of(isolate)
         assert zygote != s.proc.pid
@@ -29,13 +30,13 @@ def test_isolates_are_forked_from_the_zygote_and_it_goes_away_with_the_server(tm
 
 
 def test_without_the_zygote_isolates_are_spawned_by_the_front(tmp_path):
-    with Server(copy_example(tmp_path), mode="serve", env={"EDGEWORKS_ZYGOTE": "0"}) as s, s.client() as c:
+    with Server(copy_example(tmp_path), mode="dev", env={"EDGEWORKS_ZYGOTE": "0"}) as s, s.client() as c:
         assert parent_of(s.pids("app")[0]) == s.proc.pid
         assert c.get("/hello").text == "hello"
 
 
 def test_a_dead_zygote_takes_its_isolates_along_and_the_front_falls_back_to_spawning(tmp_path):
-    with Server(copy_example(tmp_path), mode="serve") as s, s.client() as c:
+    with Server(copy_example(tmp_path), mode="dev") as s, s.client() as c:
         isolate = s.pids("app")[0]
         zygote = parent_of(isolate)
         os.kill(zygote, signal.SIGKILL)
