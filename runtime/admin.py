@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .admin_access import AccessDenied, AdminCaller
+from .admin_access import AccessDenied, AdminCaller, BodyTooLarge, read_admin_body
 from .admin_access import authorize as authorize_admin
 from .admin_api import (
     ADMIN_SCOPE,
@@ -77,7 +77,10 @@ class _Problem(Exception):
 
 
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
-    raw = await request.body()
+    try:
+        raw = await read_admin_body(request)
+    except BodyTooLarge as e:
+        raise _Problem(413, "body_too_large", str(e), limit=e.limit) from None
     try:
         data = parse_json(raw) if raw.strip() else {}
     except JSONTooDeep as e:

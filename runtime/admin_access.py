@@ -24,9 +24,34 @@ from typing import Any
 
 from .identity import AuthError
 
-__all__ = ["ADMIN_SCOPE", "AccessDenied", "AdminCaller", "authorize", "is_loopback_client", "is_loopback_host"]
+__all__ = ["ADMIN_BODY_BYTES", "ADMIN_SCOPE", "AccessDenied", "AdminCaller", "BodyTooLarge", "authorize",
+           "is_loopback_client", "is_loopback_host", "read_admin_body"]
 
 ADMIN_SCOPE = "edgeworks:admin"
+# What an admin caller may send as a JSON body (kill, decision, event...); a deploy bundle has
+# its own, larger limit. Even an authenticated caller must not make the front buffer without end.
+ADMIN_BODY_BYTES = 1 << 20
+
+
+class BodyTooLarge(ValueError):
+    def __init__(self, limit: int = ADMIN_BODY_BYTES):
+        super().__init__(f"admin request bodies are limited to {limit} bytes")
+        self.limit = limit
+
+
+async def read_admin_body(request: Any, limit: int = ADMIN_BODY_BYTES) -> bytes:
+    """The body of an admin request (a starlette Request), or BodyTooLarge past `limit` bytes,
+    refused by its declared length before any of it is read."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class AccessDenied(Exception):

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .admin_access import AccessDenied
+from .admin_access import AccessDenied, BodyTooLarge, read_admin_body
 from .safejson import JSONTooDeep, check_depth
 
 __all__ = ["ACTIONS", "workflow_routes"]
@@ -66,12 +66,18 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 async def _body(request: Request, model: type[BaseModel]) -> Any:
-    raw = await request.body()
+    raw = await read_admin_body(request)  # BodyTooLarge, a ValueError: 413 body_too_large
     check_depth(raw.decode("utf-8", "replace"))  # JSONTooDeep, a ValueError: 400 json_too_deep
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as e:
         raise ValueError("; ".join(f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors())) from None
+
+
+def _body_error(e: ValueError) -> JSONResponse:
+    if isinstance(e, BodyTooLarge):
+        return _error(413, "body_too_large", str(e))
+    return _error(400, "json_too_deep" if isinstance(e, JSONTooDeep) else "bad_request", str(e))
 
 
 def _tenant_scoped(front: Any, script: str, binding: str) -> bool | None:
@@ -123,7 +129,7 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
         try:
             body = await _body(request, CreateBody)
         except ValueError as e:
-            return _error(400, "json_too_deep" if isinstance(e, JSONTooDeep) else "bad_request", str(e))
+            return _body_error(e)
         audit("admin.workflow.create", request, subject, script=p["script"], binding=p["binding"], instance=body.id,
               tenant=tenant)
         return await call(request, tenant, "create", body.id, [body.params])
@@ -148,7 +154,7 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
             else:
                 args = []
         except ValueError as e:
-            return _error(400, "json_too_deep" if isinstance(e, JSONTooDeep) else "bad_request", str(e))
+            return _body_error(e)
         audit(f"admin.workflow.{p['action']}", request, subject, script=p["script"], binding=p["binding"],
               instance=p["id"], tenant=tenant, args=args)
         return await call(request, tenant, action, p["id"], args)

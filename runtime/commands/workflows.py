@@ -7,12 +7,22 @@ admin every tenant's instances."""
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from ..safejson import JSONTooDeep, parse_json
 from .deploy import add_target, call
 
 __all__ = ["register"]
+
+
+def json_value(text: str) -> Any:
+    """An argparse type: a JSON argument, refused with a message (exit 2) instead of a traceback."""
+    try:
+        return parse_json(text)
+    except JSONTooDeep as e:
+        raise argparse.ArgumentTypeError(f"nests JSON deeper than {e.limit} levels") from None
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
 
 
 def register(sub: Any) -> None:
@@ -39,9 +49,9 @@ def register(sub: Any) -> None:
     a.set_defaults(func=lambda x: call(x, "GET", f"workflows/{x.script}/{x.binding}", params=params(x, status=x.status)))
     a = action("create", "create an instance", instance=False)
     a.add_argument("--id", default=None)
-    a.add_argument("--params", default="null", help="JSON params")
+    a.add_argument("--params", type=json_value, default=None, help="JSON params")
     a.set_defaults(func=lambda x: call(x, "POST", f"workflows/{x.script}/{x.binding}", params=params(x),
-                                       json={"id": x.id, "params": json.loads(x.params)}))
+                                       json={"id": x.id, "params": x.params}))
     a = action("status", "status and step history of an instance")
     a.set_defaults(func=lambda x: call(x, "GET", f"workflows/{x.script}/{x.binding}/{x.instance}", params=params(x)))
     for name in ("pause", "resume", "terminate", "restart"):
@@ -50,9 +60,9 @@ def register(sub: Any) -> None:
                                                    params=params(x)))
     a = action("event", "send an event to an instance")
     a.add_argument("--type", required=True)
-    a.add_argument("--payload", default="null", help="JSON payload")
+    a.add_argument("--payload", type=json_value, default=None, help="JSON payload")
     a.set_defaults(func=lambda x: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/event", params=params(x),
-                                       json={"type": x.type, "payload": json.loads(x.payload)}))
+                                       json={"type": x.type, "payload": x.payload}))
     for name in ("approve", "reject"):
         a = action(name, f"{name} a pending approval")
         a.add_argument("--by", default=None, help="who decided (default: the token's subject)")

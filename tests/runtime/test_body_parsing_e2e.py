@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from runtime.admin_access import ADMIN_BODY_BYTES
 from runtime.safejson import MAX_JSON_DEPTH
 from tests.support import Server, write_app
 
@@ -152,6 +153,21 @@ def test_deep_json_is_400_json_too_deep_on_the_admin_api(server):
         r = c.post("/__edgeworks/workflows/app/FLOW", content=DEEP)
         assert r.status_code == 400, r.text
         assert r.json()["error"] == "json_too_deep"
+
+
+def test_an_admin_body_past_its_limit_is_413_whether_declared_or_streamed(server):
+    big = b'{"reason": "' + b"x" * ADMIN_BODY_BYTES + b'"}'
+
+    def chunked():  # no content-length: the limit holds on what arrives
+        yield big[:1000]
+        yield big[1000:]
+
+    with server.client() as c:
+        for path in ("/__edgeworks/kill", "/__edgeworks/workflows/app/FLOW"):
+            for content in (big, chunked()):
+                r = c.post(path, content=content)
+                assert r.status_code == 413, r.text
+                assert r.json()["error"] == "body_too_large" and str(ADMIN_BODY_BYTES) in r.json()["message"]
 
 
 
