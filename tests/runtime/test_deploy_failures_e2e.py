@@ -16,7 +16,7 @@ import pytest
 from runtime.versions import pack_dir
 from tests.runtime.test_admin import AUTH_SECTION, SECRET, audit_entries, bearer, token
 from tests.runtime.test_deploy_e2e import deploy, make_app
-from tests.support import ROOT, Server, alive, free_port, run_cli, wait_until
+from tests.support import ROOT, Server, alive, free_port, run_cli, tar_of, wait_until
 
 
 def manifest(deploy_section: str = "", limits: str = "", routes: str = '"/v"') -> str:
@@ -144,15 +144,6 @@ def test_an_exit_at_import_is_named_with_its_code(served, tmp_path, text, needle
     assert needle in body["message"], body
 
 
-def _tar(*names: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.addfile(tarfile.TarInfo("edgeworks.toml"), io.BytesIO(b""))
-        for name in names:
-            info = tarfile.TarInfo(name)
-            info.size = 1
-            tar.addfile(info, io.BytesIO(b"x"))
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("names, needle", [
@@ -162,7 +153,7 @@ def _tar(*names: str) -> bytes:
 ])
 def test_bundles_the_filesystem_refuses_are_refused_with_an_audit_entry(served, names, needle):
     _, server, c = served
-    body = refuse(c, server, _tar(*names), 400, "bad_bundle")
+    body = refuse(c, server, tar_of(*names, manifest=True), 400, "bad_bundle")
     assert needle in body["message"]
 
 

@@ -3,27 +3,15 @@ OSError), a full disk is the store's error, and what a killed deploy left is rem
 store is next opened, unless its process still runs."""
 
 import errno
-import io
 import os
 import subprocess
 import sys
-import tarfile
 
 import pytest
 
 from runtime import versions
 from runtime.versions import PENDING, BundleError, VersionStore, pack_dir, unpack_bundle
-from tests.support import write_app
-
-
-def _tar(*names: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name in names:
-            info = tarfile.TarInfo(name)
-            info.size = 1
-            tar.addfile(info, io.BytesIO(b"x"))
-    return buf.getvalue()
+from tests.support import tar_of, write_app
 
 
 @pytest.mark.parametrize("names, needle", [
@@ -37,7 +25,7 @@ def _tar(*names: str) -> bytes:
 def test_names_the_filesystem_refuses_are_bundle_errors_and_leave_nothing(tmp_path, names, needle):
     dest = tmp_path / "out"
     with pytest.raises(BundleError, match=needle):
-        unpack_bundle(_tar(*names), dest)
+        unpack_bundle(tar_of(*names), dest)
     assert not dest.exists()
 
 
@@ -47,7 +35,7 @@ def test_a_full_disk_is_the_stores_error_not_the_bundles(tmp_path, monkeypatch):
 
     monkeypatch.setattr(versions, "open", full, raising=False)
     with pytest.raises(OSError) as e:
-        unpack_bundle(_tar("a.py"), tmp_path / "out")
+        unpack_bundle(tar_of("a.py"), tmp_path / "out")
     assert not isinstance(e.value, BundleError) and e.value.errno == errno.ENOSPC
     assert not (tmp_path / "out").exists()
 
