@@ -51,14 +51,14 @@ from .admin_workflows import workflow_routes
 from .approvals import AlreadyDecided, ApprovalStore
 from .config import ConfigError, load_app
 from .contract import Refusal
-from .datakey import DataKey, DataKeyError, load_data_key
+from .datakey import HOW_TO_SET, DataKey, DataKeyError, load_data_key
 from .errors import error_json
 from .logs import log
 from .probe import Unhealthy, probe
 from .safejson import JSONTooDeep, parse_json
 from .supervisor import LoadFailed
 from .tail import Subscriber, TailHub, TailResponse
-from .versions import MAX_BUNDLE_BYTES, BundleError, VersionStore
+from .versions import MAX_BUNDLE_BYTES, BundleError, SecretsNeedKey, VersionStore
 
 __all__ = ["ADMIN_SCOPE", "build_admin"]
 
@@ -195,6 +195,8 @@ class _Deployer:
         async with self.lock:
             try:
                 staged = await asyncio.to_thread(self.store.stage, bundle, max_bytes=max_bytes)
+            except SecretsNeedKey as e:
+                raise _Problem(422, "data_key_required", str(e), how=HOW_TO_SET) from None
             except BundleError as e:
                 raise _Problem(400, "bad_bundle", str(e)) from None
             except OSError as e:  # the store's disk, not the bundle (which maps to BundleError)
@@ -277,10 +279,11 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
     the configured key is unusable)."""
     if max_bundle_bytes is None:
         max_bundle_bytes = int(os.environ.get("EDGEWORKS_MAX_BUNDLE_BYTES") or MAX_BUNDLE_BYTES)
-    store = VersionStore(front.state_dir)
-    deployer = _Deployer(front, store)
     if data_key is None:  # raises DataKeyError when the configured key is unusable
         data_key = load_data_key(front.state_dir, dev=front.dev)
+    front.data_key = data_key  # one key seals held requests and versions' secrets
+    store = VersionStore(front.state_dir, key=data_key)
+    deployer = _Deployer(front, store)
     approvals = ApprovalStore(front.state_dir, key=data_key)
     front.approvals = approvals
     hub = TailHub()

@@ -33,6 +33,7 @@ __all__ = [
     "ServiceBinding",
     "WorkflowBinding",
     "load_app",
+    "parse_dev_vars",
     "read_dev_vars",
 ]
 
@@ -346,8 +347,14 @@ def read_dev_vars(root: Path) -> dict[str, str]:
     path = root / ".dev.vars"
     if not path.is_file():
         return {}
+    return parse_dev_vars(_read_text(path))
+
+
+def parse_dev_vars(text: str) -> dict[str, str]:
+    """The KEY=value lines of a `.dev.vars` text (a deployed version's come sealed, see
+    `runtime.versions.read_secrets`)."""
     out: dict[str, str] = {}
-    for line in _read_text(path).splitlines():
+    for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         m = _DEV_VAR.match(line)

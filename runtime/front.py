@@ -21,7 +21,7 @@ from typing import Any
 from .admin_access import is_loopback_client
 from .approvals import ApprovalsUnavailable
 from .auditd import AuditPipe
-from .config import AppConfig, ConfigError, ScriptConfig, read_dev_vars
+from .config import AppConfig, ConfigError, ScriptConfig
 from .contract import Contract, Refusal, identity_wire
 from .cron import CronScheduler
 from .errors import error_json as _error
@@ -32,6 +32,7 @@ from .logs import log
 from .routing import Router
 from .supervisor import IsolateDied, IsolatePool, IsolateProcess, LoadFailed, WallTimeExceeded
 from .types import Receive, Scope, Send
+from .versions import read_secrets
 from .zygote import Zygote
 
 __all__ = ["Front", "ADMIN_PREFIX"]
@@ -93,6 +94,8 @@ class Front:
         self.zygote: Zygote | None = None  # forks isolates from pre-imported code
         # Set by the admin plane: where requests a risk rule holds for approval are stored.
         self.approvals: Any = None
+        # Set by the admin plane: the data key (None without one), which opens versions' secrets.
+        self.data_key: Any = None
         self.audit_log = AuditPipe(self.state_dir, app.audit)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -101,7 +104,7 @@ class Front:
         self._versions += 1
         version = version or f"v{self._versions}"
         try:
-            secrets = read_dev_vars(app.root)
+            secrets = read_secrets(app.root, self.data_key)  # a deployed version's are sealed
         except ConfigError as e:
             raise LoadFailed(str(e), "config") from None
         try:

@@ -22,6 +22,15 @@ store opened later removes it (and ``.staging-<pid>-*`` dirs) once that process 
 kill -9 mid-deploy leaves nothing behind after the next start. `pack_dir` builds a bundle from an app dir (what ``edgeworks
 deploy`` sends), skipping caches, VCS dirs, virtualenvs and state dirs.
 
+Secrets: a bundle's ``.dev.vars`` (the app's secrets) never reaches the disk in clear. `stage`
+keeps it in memory and writes it sealed with the data key (`runtime.datakey`, bound to the
+version id) as ``app/.dev.vars.sealed``; `read_secrets` opens it when the version loads. Its
+entry in ``files`` is a keyed digest (`DataKey.digest`), not a sha256 anyone could test guesses
+against. Without a data key a deploy carrying ``.dev.vars`` is refused (`SecretsNeedKey`), and
+the snapshot a server starts with leaves the file out (that version gets its secrets from the
+app dir it was started on). A store opened with a key seals the clear ``.dev.vars`` that
+versions written by older builds hold.
+
 ``<state_dir>/deployment.json`` records which versions were activated, the current one last, and the snapshot
 of the app dir the server started from: a server restarted on an unchanged app dir resumes the
 version that was current (see `runtime.admin`).
@@ -47,14 +56,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .config import ConfigError, parse_dev_vars, read_dev_vars
+from .datakey import HOW_TO_SET, DataKey, DataKeyError
 from .logs import log
 
 __all__ = [
     "BundleError",
+    "SecretsNeedKey",
     "StagedVersion",
     "VersionMeta",
     "VersionStore",
     "pack_dir",
+    "read_secrets",
     "unpack_bundle",
 ]
 
@@ -71,6 +84,8 @@ _NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EEXIST, errno
 
 
 PENDING = ".pending"  # in an uncommitted version dir: the pid of the process deploying it
+SECRETS = ".dev.vars"  # the app's secrets (see `runtime.config.read_dev_vars`)
+SEALED_SECRETS = ".dev.vars.sealed"  # what a version dir holds instead
 
 
 def _alive(pid: str) -> bool:
@@ -90,6 +105,10 @@ def _alive(pid: str) -> bool:
 
 class BundleError(ValueError):
     """The bundle is not an acceptable app archive; the message says why."""
+
+
+class SecretsNeedKey(BundleError):
+    """The bundle carries secrets and there is no data key to seal them at rest."""
 
 
 class VersionMeta(BaseModel):
@@ -152,9 +171,11 @@ def _check_parents(dest: Path, rel: PurePosixPath) -> None:
 
 
 def unpack_bundle(data: bytes, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES,
-                  max_unpacked_bytes: int = MAX_UNPACKED_BYTES, max_files: int = MAX_FILES) -> dict[str, str]:
+                  max_unpacked_bytes: int = MAX_UNPACKED_BYTES, max_files: int = MAX_FILES,
+                  withhold: dict[str, bytes] | None = None) -> dict[str, str]:
     """Unpack a tar.gz into `dest` (which must not exist); return {path: sha256}. On any
-    problem raise `BundleError` and remove whatever was written."""
+    problem raise `BundleError` and remove whatever was written. With `withhold` (a dict), a
+    top-level ``.dev.vars`` is not written: its bytes go into `withhold` (and not in the result)."""
     if len(data) > max_bytes:
         raise BundleError(f"bundle is {len(data)} bytes; the limit is {max_bytes}")
     if dest.exists():
@@ -180,6 +201,8 @@ def unpack_bundle(data: bytes, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES,
                 if count > max_files:
                     raise BundleError(f"bundle has more than {max_files} entries")
                 rel = _safe_name(member.name)
+                if withhold is not None and rel.parts[0] in withhold:
+                    raise BundleError(f"{rel}: {rel.parts[0]} is a file in this bundle, not a directory")
                 try:
                     _check_parents(dest, rel)
                     target = dest.joinpath(*rel.parts)
@@ -197,6 +220,9 @@ def unpack_bundle(data: bytes, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES,
                     key = rel.as_posix()
                     if key in files or target.exists():
                         raise BundleError(f"{rel} appears twice")
+                    if withhold is not None and key == SECRETS:
+                        withhold[key] = _read_member(tar, member, rel)
+                        continue
                     files[key] = _extract(tar, member, rel, target)
                 except OSError as e:
                     # A name the filesystem refuses is the bundle's problem; any other error
@@ -207,10 +233,21 @@ def unpack_bundle(data: bytes, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES,
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    if not files:
+    if not files and not withhold:
         shutil.rmtree(dest, ignore_errors=True)
         raise BundleError("bundle holds no files")
     return files
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: PurePosixPath) -> bytes:
+    """One regular file's bytes, kept in memory (its size counts against the unpacked limit)."""
+    try:
+        src = tar.extractfile(member)
+        assert src is not None
+        with src:
+            return src.read()
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise BundleError(f"corrupt archive at {rel}: {e}") from None
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: PurePosixPath, target: Path) -> str:
@@ -262,15 +299,88 @@ def pack_dir(root: str | Path, *, skip: Iterable[Path] = ()) -> bytes:
     return buf.getvalue()
 
 
-class VersionStore:
-    """Immutable versions under ``<state_dir>/versions``; see the module docstring."""
+def _secrets_context(vid: str) -> str:
+    return f"version/{vid}/{SECRETS}"
 
-    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time):
+
+def read_secrets(root: Path, key: DataKey | None) -> dict[str, str]:
+    """The secrets of the app at `root`: a version's sealed ``.dev.vars`` opened with `key`, else
+    the clear ``.dev.vars`` of an app dir (or of a version no key has sealed yet). A problem is
+    a ConfigError naming the file."""
+    sealed = root / SEALED_SECRETS
+    if not sealed.is_file():
+        return read_dev_vars(root)
+    vid = root.parent.name  # <versions>/<id>/app
+    if key is None:
+        raise ConfigError([f"{SEALED_SECRETS}: version {vid}'s secrets are sealed and no data key is "
+                           f"configured ({HOW_TO_SET})"])
+    try:
+        data = key.open(sealed.read_bytes(), _secrets_context(vid))
+    except OSError as e:
+        raise ConfigError([f"{SEALED_SECRETS}: cannot be read: {e.strerror}"]) from None
+    except DataKeyError as e:
+        raise ConfigError([f"{SEALED_SECRETS}: {e}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{SECRETS}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    return parse_dev_vars(text)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write `path` through a temp file and a rename, so it is never seen half written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _shred(path: Path) -> None:
+    """Overwrite a clear secrets file before unlinking it (no guarantee on journaling or
+    copy-on-write filesystems, but the old bytes are no longer the file's)."""
+    with open(path, "r+b") as f:
+        f.write(b"\0" * os.fstat(f.fileno()).st_size)
+        f.flush()
+        os.fsync(f.fileno())
+    path.unlink()
+
+
+class VersionStore:
+    """Immutable versions under ``<state_dir>/versions``; see the module docstring. `key` (the
+    data key, None when none is configured) seals each version's secrets."""
+
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time, *, key: DataKey | None = None):
         self.dir = Path(state_dir) / "versions"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._active = Path(state_dir) / "deployment.json"
         self._clock = clock
+        self.key = key
         self._remove_interrupted()
+        self._seal_clear_secrets()
+
+    def _seal_clear_secrets(self) -> None:
+        """Seal the clear ``.dev.vars`` of versions written by older builds (and give their
+        ``files`` entry the keyed digest); without a key they stay as they are, readable."""
+        for d in self.dir.iterdir():
+            clear = d / "app" / SECRETS
+            if d.name.startswith(".") or not clear.is_file() or not (d / "meta.json").exists():
+                continue
+            if self.key is None:
+                log("version_secrets_in_clear", version=d.name,
+                    reason=f"no data key to seal them with; {HOW_TO_SET}")
+                continue
+            data = clear.read_bytes()
+            _write_new(d / "app" / SEALED_SECRETS, self.key.seal(data, _secrets_context(d.name)))
+            meta = self.get(d.name)
+            if meta is not None:
+                files = {**meta.files, SECRETS: self._digest(data)}
+                meta = meta.model_copy(update={"files": files, "content_hash": _hash_files(files)})
+                _write_new(d / "meta.json", meta.model_dump_json(indent=1).encode())
+            _shred(clear)
+            log("version_secrets_sealed", version=d.name)
+
+    def _digest(self, data: bytes) -> str:
+        assert self.key is not None
+        return "keyed:" + self.key.digest(data, SECRETS)
 
     def _remove_interrupted(self) -> None:
         """Remove what a process killed mid-deploy left: staging dirs, version dirs that were
@@ -292,18 +402,37 @@ class VersionStore:
             if not _alive(f.name.split(".")[2]):
                 f.unlink(missing_ok=True)
 
-    def stage(self, bundle: bytes, **limits: int) -> StagedVersion:
+    def stage(self, bundle: bytes, *, without_key: Literal["refuse", "leave_out"] = "refuse",
+              **limits: int) -> StagedVersion:
+        """Unpack `bundle` as a new, uncommitted version. Its ``.dev.vars`` is sealed; without a
+        data key it is refused (`SecretsNeedKey`) or, with ``without_key="leave_out"``, left out."""
         tmp = self.dir / f".staging-{os.getpid()}-{uuid.uuid4().hex}"
+        withheld: dict[str, bytes] = {}
         try:
-            files = unpack_bundle(bundle, tmp / "app", **limits)
+            files = unpack_bundle(bundle, tmp / "app", withhold=withheld, **limits)
+            secrets = withheld.get(SECRETS)
+            if secrets is not None and self.key is None:
+                if without_key == "refuse":
+                    raise SecretsNeedKey(
+                        f"the bundle carries {SECRETS} (secrets) and this server has no data key to seal "
+                        f"them at rest, so it will not store them: {HOW_TO_SET}, and restart the server "
+                        f"(or deploy without {SECRETS} and give the secrets through the environment)")
+                log("version_secrets_left_out", reason=f"no data key to seal {SECRETS} with; {HOW_TO_SET}")
+                secrets = None
+            if secrets is not None:
+                files[SECRETS] = self._digest(secrets)
             content_hash = _hash_files(files)
             vid = self._new_id(content_hash)
+            if secrets is not None:
+                assert self.key is not None
+                (tmp / "app" / SEALED_SECRETS).write_bytes(self.key.seal(secrets, _secrets_context(vid)))
             # Until `commit` writes meta.json, the dir says who may still be deploying it.
             (tmp / PENDING).write_text(str(os.getpid()))
             os.rename(tmp, self.dir / vid)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        size = sum((self.dir / vid / "app" / p).stat().st_size for p in files)
+        size = sum((self.dir / vid / "app" / p).stat().st_size for p in files if p != SECRETS)
+        size += len(secrets or b"")
         return StagedVersion(vid, self.dir / vid / "app", content_hash, files, size)
 
     def _new_id(self, content_hash: str) -> str:
@@ -376,8 +505,8 @@ class VersionStore:
                    source: Literal["upload", "initial"] = "initial", skip: Iterable[Path] = ()) -> VersionMeta:
         """Snapshot an app dir into the store (the version a server starts with). An earlier
         snapshot of the same source with the same content is reused instead of a new one."""
-        staged = self.stage(pack_dir(root, skip=skip), max_bytes=1 << 62, max_unpacked_bytes=1 << 62,
-                            max_files=1 << 30)
+        staged = self.stage(pack_dir(root, skip=skip), without_key="leave_out", max_bytes=1 << 62,
+                            max_unpacked_bytes=1 << 62, max_files=1 << 30)
         for meta in reversed(self.list()):
             if meta.source == source and meta.content_hash == staged.content_hash:
                 self.discard(staged)
