@@ -324,10 +324,14 @@ class Front:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": reply["body"]})
             return status, reply.get("cpu_ms", 0.0), reply.get("error_code")
-        await self._stream(proc, msg["id"], reply, status, headers, send)
-        return status, reply.get("cpu_ms", 0.0), None
+        cut = await self._stream(proc, msg["id"], reply, status, headers, send)
+        return status, reply.get("cpu_ms", 0.0), "stream_cut" if cut else None
 
-    async def _stream(self, proc: IsolateProcess, mid: int, head: dict[str, Any], status: int, headers: list[tuple[bytes, bytes]], send: Send) -> None:
+    async def _stream(self, proc: IsolateProcess, mid: int, head: dict[str, Any], status: int, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
+        """Relay a streamed body; True when it was cut short (the handler raised or hit a limit
+        mid-stream, or its isolate died). Then the response is left unfinished, so the server
+        closes the connection and the client sees a truncated body as an error rather than as a
+        complete one, as Cloudflare does with a stream that errors."""
         assert proc.channel is not None
         q = proc.channel.stream(mid)
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -336,12 +340,15 @@ class Front:
         try:
             while True:
                 item = await q.get()
-                if item is None or isinstance(item, BaseException):
+                if item is None:
                     break
+                if isinstance(item, BaseException):
+                    return True
                 await send({"type": "http.response.body", "body": item, "more_body": True})
         finally:
             proc.channel.release_stream(mid)
         await send({"type": "http.response.body", "body": b""})
+        return False
 
     def _death_error(self, died: IsolateDied, script: ScriptConfig, rid: str) -> tuple[str, bytes]:
         if died.request_id == rid and died.reason == "cpu_limit":

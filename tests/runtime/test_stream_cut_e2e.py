@@ -1,0 +1,48 @@
+"""A streamed body cut short (the handler raises mid-stream, or its isolate dies) reaches the
+client as a truncated response it can tell from a complete one, never as a clean end."""
+
+import httpx
+import pytest
+
+from tests.support import Server, wait_until, write_app
+
+MANIFEST = """
+[[scripts]]
+name = "app"
+main = "app.py"
+routes = ["/s/*"]
+"""
+
+APP = '''
+import asyncio
+import os
+from workers import Response
+
+async def fetch(request, env, ctx):
+    async def gen():
+        yield "first;"
+        await asyncio.sleep(0.05)
+        if request.path == "/s/raise":
+            raise RuntimeError("broke mid-stream")
+        if request.path == "/s/die":
+            os._exit(1)
+        yield "last;"
+    return Response(gen(), headers={"content-type": "text/plain"})
+'''
+
+
+@pytest.mark.parametrize("path", ["/s/raise", "/s/die"])
+def test_a_stream_cut_short_is_a_truncated_response_not_a_complete_one(tmp_path, path):
+    app = write_app(tmp_path / "app", MANIFEST, {"app.py": APP})
+    with Server(app) as server, server.client() as c:
+        assert c.get("/s/ok").text == "first;last;"
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError), c.stream("GET", path) as r:
+            assert r.status_code == 200
+            for chunk in r.iter_raw():
+                received += chunk
+        assert received == b"first;"
+        # the runtime keeps serving (a new isolate, when the old one died)
+        wait_until(lambda: c.get("/s/ok").text == "first;last;", timeout=20)
+        cut = [rec for rec in server.logs("request") if rec["path"] == path]
+        assert cut and cut[0]["error"] == "stream_cut"
