@@ -350,6 +350,24 @@ class Front:
         await send({"type": "http.response.body", "body": b""})
         return False
 
+    @staticmethod
+    async def _whole(proc: IsolateProcess, mid: int, head: dict[str, Any]) -> dict[str, Any]:
+        """A streamed reply made whole for a calling isolate (a service binding's Response holds
+        a body, not a stream): the chunks joined to the head's body; a stream cut short is an
+        error, never a body that looks complete."""
+        assert proc.channel is not None
+        q = proc.channel.stream(mid)
+        parts = [head.get("body") or b""]
+        try:
+            while (item := await q.get()) is not None:
+                if isinstance(item, BaseException):
+                    return {"error": {"type": "StreamCut", "code": "stream_cut", "status": 502,
+                                      "message": f"the service's streamed response was cut short ({item})"}}
+                parts.append(item)
+        finally:
+            proc.channel.release_stream(mid)
+        return {**head, "body": b"".join(parts), "more": False}
+
     def _death_error(self, died: IsolateDied, script: ScriptConfig, rid: str) -> tuple[str, bytes]:
         if died.request_id == rid and died.reason == "cpu_limit":
             return "cpu_limit", _error("cpu_limit", f"exceeded the CPU limit of {script.limits.cpu_ms} ms; the isolate was restarted", rid, limit_ms=script.limits.cpu_ms)
@@ -425,7 +443,9 @@ class Front:
         wall = dep.scripts[target].limits.wall_ms / 1000
         if kind == "service_fetch":
             fwd = {"op": "fetch", "rid": msg.get("rid"), "req": msg["req"], "identity": msg.get("identity")}
-            return await (await _ready(pool.pick(), target)).request(fwd, wall)
+            proc = await _ready(pool.pick(), target)
+            reply = await proc.request(fwd, wall)
+            return await self._whole(proc, fwd["id"], reply) if reply.get("more") else reply
         if kind == "service_rpc":
             fwd = {k: msg.get(k) for k in ("entrypoint", "method", "args", "kwargs", "rid", "identity")}
             return await (await _ready(pool.pick(), target)).request({"op": "rpc", **fwd}, wall)
