@@ -28,6 +28,7 @@ from objects.durable_object import DurableObject, DurableObjectState
 from objects.errors import (
     BAD_REQUEST_TYPE,
     METHOD_NOT_FOUND_TYPE,
+    USER_ERRORS,
     DurableObjectError,
     DurableObjectReset,
     exception_reply,
@@ -166,7 +167,7 @@ class ObjectActor:
         )
         try:
             self.instance = self.cls(ctx, self.env)
-        except Exception as exc:
+        except USER_ERRORS as exc:
             self.reset(
                 DurableObjectReset(
                     f"constructor of {self.cls.__name__} failed: {type(exc).__name__}: {exc}"
@@ -217,7 +218,7 @@ class ObjectActor:
                 reply = await self._run_idempotent(event.op, event.op["idempotency_key"])
             else:
                 reply = {"ok": await self._invoke(event.op)}
-        except Exception as exc:  # noqa: BLE001 - user errors become error replies
+        except USER_ERRORS as exc:  # user errors become error replies
             reply = exception_reply(exc)
         try:
             await self.output_gate.wait()

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from objects.errors import contain_exit
+
 if TYPE_CHECKING:
     from objects.alarms import AlarmInfo
     from objects.gates import InputGate
@@ -47,7 +49,7 @@ class DurableObjectState:
 
     def wait_until(self, aw: Awaitable[Any]) -> None:
         """Keep the object alive (not evicted) until ``aw`` finishes; failures are audited."""
-        self._track(asyncio.ensure_future(aw))
+        self._track(asyncio.ensure_future(contain_exit(aw)))
 
     # Cloudflare's (JavaScript) names, which Python Workers code calls through its JS proxies.
     blockConcurrencyWhile = block_concurrency_while  # noqa: N815

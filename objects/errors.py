@@ -14,9 +14,15 @@ runtime answers a handler that lets it escape with that code and status instead 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
+    "USER_ERRORS",
+    "ScriptExit",
+    "contain_exit",
     "BAD_REQUEST_TYPE",
     "CodedError",
     "DurableObjectError",
@@ -29,6 +35,26 @@ __all__ = [
     "error_reply",
     "exception_reply",
 ]
+
+# What user code (a handler, an object's constructor, method or alarm, a workflow's run, step or
+# compensation, a wait_until task) may raise that fails only that piece of work. SystemExit is one:
+# asyncio re-raises it out of the event loop, so sys.exit() in a task would end the isolate and
+# every request on it. KeyboardInterrupt stays a signal to the process.
+USER_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
+class ScriptExit(Exception):
+    """sys.exit() called by user code that runs in a task of its own, as an ordinary error."""
+
+
+async def contain_exit(aw: Awaitable[T]) -> T:
+    """Await `aw` (user code) so that sys.exit() in it raises ScriptExit. Wrap the coroutine of
+    every task that runs user code: asyncio re-raises SystemExit out of the event loop from the
+    task it escapes, ending the isolate even when the task's awaiter would catch it."""
+    try:
+        return await aw
+    except SystemExit as e:
+        raise ScriptExit(f"the code called sys.exit({e.code!r})") from None
 
 OVERLOADED_TYPE = "durable_object_overloaded"
 RESET_TYPE = "durable_object_reset"

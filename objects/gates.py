@@ -59,6 +59,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from objects.errors import contain_exit
+
 __all__ = ["InputGate", "OutputGate", "current_output_gate"]
 
 T = TypeVar("T")
@@ -205,7 +207,7 @@ class InputGate:
         ``on_failure(exc)`` runs if ``fn`` raises (or is cancelled) *before* the gate reopens.
         """
         if self.owns():
-            return asyncio.get_running_loop().create_task(_call(fn, on_failure))
+            return asyncio.get_running_loop().create_task(contain_exit(_call(fn, on_failure)))
         token, fut = self._enqueue(True)
         ctx = contextvars.copy_context()
         ctx.run(self._owner_var.set, token)
@@ -221,7 +223,7 @@ class InputGate:
             finally:
                 self._release(token)
 
-        return asyncio.get_running_loop().create_task(section(), context=ctx)
+        return asyncio.get_running_loop().create_task(contain_exit(section()), context=ctx)
 
     def break_(self, exc: BaseException) -> None:
         """Fail every waiter and every later call with ``exc``."""

@@ -13,7 +13,10 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+from objects.errors import USER_ERRORS
+
 from .identity import Identity
+from .logs import log
 
 __all__ = [
     "ExecutionContext",
@@ -87,9 +90,18 @@ class ExecutionContext:
 
     def wait_until(self, aw: Awaitable[Any]) -> None:
         """Keep the isolate working on `aw` after the response is sent (errors are logged)."""
-        task = asyncio.ensure_future(aw)
+        task = asyncio.ensure_future(_logged(aw, self._scope.request_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     def pass_through_on_exception(self) -> None:
         """Accepted for compatibility; there is no origin to fall through to locally."""
+
+
+async def _logged(aw: Awaitable[Any], request_id: str) -> None:
+    """A wait_until task: what it raises (sys.exit() too, which would end the isolate) is logged
+    under the request id that started it."""
+    try:
+        await aw
+    except USER_ERRORS as e:
+        log("error", request_id=request_id, exception=f"{type(e).__name__}: {e}", during="wait_until")

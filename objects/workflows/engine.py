@@ -37,6 +37,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import USER_ERRORS, contain_exit
 from ._objects import DurableObject
 from .errors import StepTimeoutError
 from .options import StepConfig, WorkflowLimits
@@ -207,7 +208,8 @@ class InstanceEngine(DurableObject):
 
         self._in_user = True
         try:
-            return await asyncio.wait_for(self.hooks.run_step(invoke()), timeout)
+            # wait_for runs it in a task of its own: sys.exit() there must not end the isolate
+            return await asyncio.wait_for(contain_exit(self.hooks.run_step(invoke())), timeout)
         except TimeoutError:
             raise StepTimeoutError(f"step {name!r} exceeded its timeout of {timeout:g} s") from None
         finally:
@@ -358,7 +360,7 @@ class InstanceEngine(DurableObject):
         except _Stop as stop:
             await self._stopped(stop, None)
             return False
-        except Exception as exc:
+        except USER_ERRORS as exc:
             try:
                 await self._compensate()
             except _Suspend as suspend:

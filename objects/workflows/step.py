@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from ..errors import USER_ERRORS
 from .errors import (
     ApprovalRejected,
     NonRetryableError,
@@ -149,7 +150,7 @@ async def run_attempts(
             result = await call()
             done = _completed(rec, result, started, run.now())
             await run.commit({record_key: done})
-    except Exception as exc:
+    except USER_ERRORS as exc:
         run.set_current(None, None, 0, 0.0)
         ended = run.now()
         failed = {**rec, "attempts": [*rec["attempts"], {
