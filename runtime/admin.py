@@ -327,6 +327,9 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
                 return p.response
             except AccessDenied as e:
                 return denied(request, e)
+            except ClientDisconnect:  # went away (or timed out) mid-body: nobody to answer
+                log("admin_client_gone", request_id=request.state.rid, path=request.url.path)
+                return Response(status_code=499)
         return endpoint
 
     async def health(request: Request) -> JSONResponse:

@@ -134,6 +134,16 @@ def test_a_body_that_stalls_is_408_and_never_reaches_the_handler(server):
     wait_until(lambda: any(r.get("error") == "client_disconnected" for r in server.logs("request")))
 
 
+@pytest.mark.parametrize("path", [b"/__edgeworks/kill", b"/__edgeworks/workflows/app/JOB"])
+def test_an_admin_body_that_stalls_is_408_and_leaves_no_traceback(server, path):
+    with connect(server) as sock:
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n{")
+        status, _, body = read_response(sock)
+    assert status == 408 and json.loads(body)["error"] == "body_timeout"
+    wait_until(lambda: any(r["path"] == path.decode() for r in server.logs("admin_client_gone")))
+    assert "Traceback" not in server.output()
+
+
 def test_a_body_that_keeps_coming_is_not_cut_off(server):
     with connect(server) as sock:
         sock.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n")
