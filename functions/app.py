@@ -1,8 +1,41 @@
 """The example app's main script: the first handler module a new user reads."""
 
 import time
+from typing import Literal
 
-from workers import DurableObject, NonRetryableError, Response, WorkerEntrypoint, WorkflowEntrypoint
+from pydantic import BaseModel, ConfigDict, Field
+from workers import (
+    DurableObject,
+    NonRetryableError,
+    Response,
+    WorkerEntrypoint,
+    WorkflowEntrypoint,
+    WorkflowError,
+)
+
+
+# Route inputs, validated by the runtime before a handler runs (body_model / query_model in
+# edgeworks.toml): a request that does not fit gets 422 with the field errors.
+class SpinQuery(BaseModel):
+    ms: int = Field(10, ge=0, le=60_000)
+
+
+class ChatMessage(BaseModel):
+    user: str = Field(min_length=1, max_length=64)
+    text: str = Field(min_length=1, max_length=2_000)
+
+
+class Substep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    n: int = Field(10, ge=0, le=1_000_000)
+    fail: bool = False
+
+
+class AgentTaskInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    substeps: list[Substep] = Field(default_factory=lambda: [Substep(name="default")], max_length=20)
+    risk: Literal["low", "medium", "high"] = "low"
 
 
 class AgentTask(WorkflowEntrypoint):
@@ -101,7 +134,7 @@ class Default(WorkerEntrypoint):
         # GET /spin?ms=N: burn N ms of CPU. The manifest caps CPU at 1000 ms per request, so
         # /spin?ms=5000 is stopped and answers 503 with {"error": "cpu_limit", ...}.
         if request.path == "/spin":
-            ms = int(request.query.get("ms", "10"))
+            ms = request.validated_query.ms
             end = time.thread_time() + ms / 1000
             n = 0
             while time.thread_time() < end:
@@ -119,8 +152,8 @@ class Default(WorkerEntrypoint):
         if request.path.startswith("/chat/"):
             room = self.env.CHAT.get_by_name(request.params["room"])
             if request.method == "POST":
-                msg = await request.json()
-                return Response.json({"count": await room.post(msg["user"], msg["text"])})
+                msg = request.validated  # a ChatMessage: the runtime checked it
+                return Response.json({"count": await room.post(msg.user, msg.text)})
             return Response.json({"messages": await room.history()})
 
         # GET /tools/demo: run sandbox tools with a short-lived capability token minted for this
@@ -140,11 +173,14 @@ class Default(WorkerEntrypoint):
 
         # POST /agent starts an agent workflow with the JSON body as its task; GET /agent/{id}.
         if request.path == "/agent":
-            instance = await self.env.AGENT.create(params=await request.json())
+            instance = await self.env.AGENT.create(params=request.validated.model_dump())
             return Response.json({"id": instance.id}, status=201)
         if request.path.startswith("/agent/"):
-            instance = await self.env.AGENT.get(request.params["id"])
-            return Response.json(await instance.status())
+            try:
+                instance = await self.env.AGENT.get(request.params["id"])
+                return Response.json(await instance.status())
+            except WorkflowError as e:  # an id that is malformed or unknown
+                return Response.json({"error": e.code}, status=404)
 
         return Response("not found", status=404)
 

@@ -89,3 +89,27 @@ def test_manual_cron_trigger_runs_scheduled_handler(server):
     from tests.support import wait_until
 
     wait_until(lambda: "scheduled run for '*/5 * * * *'" in server.output())
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    ("GET", "/spin?ms=abc", None, ["ms"]),
+    ("GET", "/spin?ms=-5", None, ["ms"]),
+    ("POST", "/chat/lobby", [], []),
+    ("POST", "/chat/lobby", {"user": "ann"}, ["text"]),
+    ("POST", "/agent", {"substeps": [{"name": "a", "n": -1}]}, ["substeps", 0, "n"]),
+    ("POST", "/agent", {"risk": "extreme"}, ["risk"]),
+])
+def test_bad_input_to_the_example_is_422_naming_the_field(server, method, path, body, field):
+    with server.client() as c:
+        r = c.request(method, path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "validation_error"
+    assert [e["loc"] for e in r.json()["errors"]][0] == field
+
+
+def test_chat_and_agent_status_through_the_example(server):
+    with server.client() as c:
+        assert c.post("/chat/hall", json={"user": "ann", "text": "hi"}).json() == {"count": 1}
+        assert c.get("/chat/hall").json() == {"messages": [{"user": "ann", "text": "hi"}]}
+        assert c.get("/agent/not%20an%20id").json() == {"error": "invalid_id"}
+        assert c.get("/agent/no-such-instance").status_code == 404
