@@ -16,6 +16,12 @@ never raises for a bad op: every failure is an ``{"error": ...}`` reply.
 - Alarms: ``start()`` reads the per-script alarm index and schedules every alarm of an object
   this host ``owns``; an alarm whose time has passed fires at once. Setting or deleting an alarm
   reschedules it when the write commits. Failures are retried (``objects.alarms``).
+- Active or not: only the process whose deployment serves may fire an object's alarms, or a
+  version still under its deploy probe (or being drained) would run them beside the serving
+  owner. An inactive host (``set_active(False)``) schedules no alarm and its running alarm tasks
+  are cancelled without firing (an alarm event already delivered finishes); alarms stay stored,
+  so ``set_active(True)`` (or the host of the version that serves) picks them up from the index.
+  Calls are served either way: the runtime routes them to the serving version's owner.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class ObjectHost:
         audit: AuditHook | None = None,
         owns: OwnsPredicate | None = None,
         id_secret: bytes = DEFAULT_SECRET,
+        active: bool = True,
         **options: Any,
     ) -> None:
         self.options = ObjectHostOptions(
@@ -112,6 +119,7 @@ class ObjectHost:
         self._alarms: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+        self.active = active  # see "Active or not" above
 
     # -- paths and lookups ---------------------------------------------------------------------
     def db_path(self, class_name: str, id_hex: str) -> Path:
@@ -267,13 +275,31 @@ class ObjectHost:
 
     # -- alarms --------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Schedule the pending alarm of every owned object listed in the alarm index."""
+        """Schedule the pending alarm of every owned object listed in the alarm index (none
+        while inactive)."""
+        if not self.active:
+            return
         listed = await self._index.all()
         if self._shared is not None:
             listed += await self._shared.alarms()
         for class_name, id_hex, time in listed:
             if class_name in self.classes and self._owns(class_name, id_hex):
                 self._schedule_alarm(class_name, id_hex, time)
+
+    async def set_active(self, active: bool) -> None:
+        """Start (from the alarm index) or stop firing alarms; stopping cancels every alarm
+        task without running it and returns once they are gone."""
+        if active == self.active:
+            return
+        self.active = active
+        if active:
+            await self.start()
+            return
+        tasks = list(self._alarms.values())
+        self._alarms.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _actor_opened(self, class_name: str, id_hex: str, stored: int | None) -> None:
         if stored is not None and (class_name, id_hex) not in self._alarms:
@@ -288,7 +314,7 @@ class ObjectHost:
             self._schedule_alarm(class_name, id_hex, time)
 
     def _schedule_alarm(self, class_name: str, id_hex: str, time: int) -> None:
-        if self._closed:
+        if self._closed or not self.active:
             return
         key = (class_name, id_hex)
         old = self._alarms.pop(key, None)
@@ -307,7 +333,11 @@ class ObjectHost:
             retry_count=retry, drop=drop,
         )
         actor.submit(event, bounded=False)
-        return await event.fut
+        try:
+            return await event.fut
+        except asyncio.CancelledError:  # deactivated or closing: an undelivered alarm stays unfired
+            actor.withdraw(event)
+            raise
 
     async def _alarm_loop(self, class_name: str, id_hex: str, time: int) -> None:
         key = (class_name, id_hex)

@@ -278,3 +278,46 @@ async def test_alarm_set_by_work_the_handler_started_is_not_cleared(tmp_path):
     await eventually(lambda: len(env["fired"]) == 2)
     env["release"].set()  # let the second handler's transaction finish too
     await host.close()
+
+
+async def test_an_inactive_host_fires_no_alarm_until_activated(tmp_path):
+    # A version under its deploy probe: overdue alarms and alarms set meanwhile stay stored, unfired.
+    clock = FakeClock(T0)
+    env: dict = {}
+    host, ns = make(tmp_path, clock, env)
+    due, later = ns.get_by_name("due"), ns.get_by_name("later")
+    await due.set(T0 + 10)
+    await host.close()
+    clock.advance(100)
+    host2, ns2 = make(tmp_path, clock, env, active=False)
+    await host2.start()
+    await ns2.get_by_name("later").set(T0 + 200)  # set while inactive (through a call)
+    clock.advance(1000)
+    await settle()
+    assert env["fired"] == []
+    assert {r[1] for r in index_rows(tmp_path)} == {due.id.hex, later.id.hex}
+    await host2.set_active(True)
+    await eventually(lambda: len(env["fired"]) == 2)
+    assert sorted(f[0] for f in env["fired"]) == sorted([due.id.hex, later.id.hex])
+    await host2.close()
+
+
+async def test_deactivating_a_host_cancels_its_alarms_unfired_and_keeps_them_stored(tmp_path):
+    # The old version after a promote: the new one's host fires what this one no longer does.
+    clock = FakeClock(T0)
+    env: dict = {}
+    host, ns = make(tmp_path, clock, env)
+    await host.start()
+    stub = ns.get_by_name("a")
+    await stub.set(T0 + 1000)
+    await host.set_active(False)
+    clock.advance(5000)
+    await settle()
+    assert env["fired"] == []
+    assert index_rows(tmp_path) == [("Alarmed", stub.id.hex, T0 + 1000)]
+    await host.close()
+    host2, _ = make(tmp_path, clock, env)
+    await host2.start()
+    await eventually(lambda: len(env["fired"]) == 1)
+    assert env["fired"][0][0] == stub.id.hex
+    await host2.close()
