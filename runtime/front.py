@@ -88,6 +88,7 @@ class Front:
         self._stopped = False
         self._versions = 0
         self._lock = asyncio.Lock()
+        self._handover = asyncio.Lock()  # see `_hand_over`
         # A gradual rollout: (other deployment, fraction of requests it gets), or None.
         self.split: tuple[Deployment, float] | None = None
         self.kills = KillSwitch(self.state_dir)
@@ -100,7 +101,8 @@ class Front:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def load(self, app: AppConfig, version: str | None = None) -> Deployment:
-        """Start fresh pools for every script of `app`; raise LoadFailed if any fails to load."""
+        """Start fresh pools for every script of `app`; raise LoadFailed if any fails to load.
+        They fire no durable-object alarms until `promote` (see `IsolatePool.set_active`)."""
         self._versions += 1
         version = version or f"v{self._versions}"
         try:
@@ -115,7 +117,7 @@ class Front:
         dep = Deployment(app, version, pools, contract)
         for s in app.scripts:
             pools[s.name] = IsolatePool(s, root=app.root, state_dir=self.state_dir, version=version,
-                                        dev=self.dev, secrets=secrets, router=self)
+                                        dev=self.dev, secrets=secrets, router=self, active=False)
         results = await asyncio.gather(*(p.start() for p in pools.values()), return_exceptions=True)
         failed = [(name, r) for name, r in zip(pools, results, strict=True) if isinstance(r, BaseException)]
         if failed:
@@ -133,7 +135,8 @@ class Front:
             except (OSError, TimeoutError) as e:  # spawning each isolate still works, slower
                 log("zygote_unavailable", error=str(e))
                 self.zygote = None
-        self.current = await self.load(self.initial)
+        self.promote(await self.load(self.initial))
+        assert self.current is not None
         self._deployed.set()
         self.cron.start()
         log("started", version=self.current.version, scripts=list(self.current.pools),
@@ -153,9 +156,21 @@ class Front:
         """Move traffic to a loaded deployment and drain the one it replaces (the admin plane
         promotes only after `probe.probe`)."""
         old, self.current = self.current, new
-        log("reloaded", version=new.version)
         if old is not None:
-            asyncio.ensure_future(self._drain(old))
+            log("reloaded", version=new.version)
+        asyncio.ensure_future(self._hand_over(old, new))
+
+    async def _hand_over(self, old: Deployment | None, new: Deployment) -> None:
+        """Alarms move with the traffic: the old version stops firing them before the new one
+        starts (one owner per object), then the old one drains. Hand-overs run one at a time,
+        so a version replaced before its activation ran stays inactive."""
+        async with self._handover:
+            if old is not None:
+                await asyncio.gather(*(p.set_active(False) for p in old.pools.values()))
+            if self.current is new and not self._stopped:
+                await asyncio.gather(*(p.set_active(True) for p in new.pools.values()))
+        if old is not None:
+            await self._drain(old)
 
     async def unload(self, dep: Deployment) -> None:
         """Stop a deployment that never got traffic (it failed its probe)."""

@@ -4,7 +4,8 @@ Started by the supervisor as `python -m runtime.isolate FD NOTE_PATH` with one e
 The first message is `init` (script config, app root, state dir, pool slot, secrets); the isolate
 imports the script, builds `env`, and answers `ready` or `init_error`. Then it serves, concurrently:
 `fetch`, `rpc` (service-binding entrypoint methods), `object` (durable-object calls),
-`scheduled`, `cancel` and `shutdown`. Every request runs under its own `RequestScope` and CPU
+`scheduled`, `activate` (whether its version serves: see `IsolatePool.set_active`), `cancel` and
+`shutdown`. Every request runs under its own `RequestScope` and CPU
 `Meter`; see `meter.py` for what happens at a limit.
 """
 
@@ -199,9 +200,17 @@ class Isolate:
         if rss_bytes() > limit:
             raise LoadError(f"the module exceeded the memory limit of {script.limits.memory_mb} MB while loading"
                             f" ({rss_bytes() // (1024 * 1024)} MB in use; [scripts.limits] memory_mb)", "memory_limit")
+        await self.set_active(bool(init.get("active", True)))
         for h in self.hosts.values():
             if hasattr(h, "start"):
                 await h.start()
+
+    async def set_active(self, active: bool) -> None:
+        """Whether this isolate's version is the one serving: only then do its hosts fire
+        durable-object alarms (see `IsolatePool.set_active`, `ObjectHost.set_active`)."""
+        for h in self.hosts.values():
+            if hasattr(h, "set_active"):
+                await h.set_active(active)
 
     def audit(self, kind: str, fields: dict[str, Any]) -> None:
         """The audit hook handed to bindings: entries travel to the front's audit writer."""
@@ -232,6 +241,7 @@ class Isolate:
             "workflow": self.handle_workflow,
             "shutdown": self.handle_shutdown,
             "ping": self.handle_ping,
+            "activate": self.handle_activate,
         }.get(op)
         if handler is None:
             if "id" in msg:
@@ -476,6 +486,10 @@ class Isolate:
             log("error", request_id=msg.get("rid"), exception=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
             return self.channel.reply(msg["id"], {"error": {"code": "workflow_error", "message": f"{type(e).__name__}: {e}"}})
         self._reply_value(msg["id"], result)
+
+    async def handle_activate(self, msg: dict[str, Any]) -> None:
+        await self.set_active(bool(msg.get("active", True)))
+        self.channel.reply(msg["id"], {"ok": True})
 
     async def handle_ping(self, msg: dict[str, Any]) -> None:
         self.channel.reply(msg["id"], {"pong": os.getpid()})

@@ -29,6 +29,7 @@ __all__ = ["IsolateDied", "IsolatePool", "IsolateProcess", "LoadFailed", "WallTi
 # itself is bounded by its script's `startup_ms` limit (10 s by default).
 INIT_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 30.0
+ACTIVATE_WAIT_S = 10.0  # an isolate answers `activate` once its alarm tasks are cancelled
 DEATH_REPORT_S = 5.0  # how long a start that lost its channel waits to learn the exit status
 
 
@@ -218,6 +219,7 @@ class IsolatePool:
         dev: bool,
         secrets: dict[str, str],
         router: Any,
+        active: bool = True,
     ):
         self.script = script
         self.root = root
@@ -235,6 +237,7 @@ class IsolatePool:
         self.restarts = 0
         self._rr = 0
         self.starting: set[IsolateProcess] = set()  # started, not yet in a slot: `stop` kills them
+        self.active = active  # whether its version serves, see `set_active`
 
     def init_message(self, index: int) -> dict[str, Any]:
         return {
@@ -246,6 +249,7 @@ class IsolatePool:
             "dev": self.dev,
             "secrets": {k: v for k, v in self.secrets.items() if k in self.script.secrets},
             "version": self.version,
+            "active": self.active,
         }
 
     async def _spawn(self, index: int) -> IsolateProcess:
@@ -260,12 +264,40 @@ class IsolatePool:
         """Start `proc`; a pool stopped meanwhile gets no process installed after its stop."""
         self.starting.add(proc)
         try:
-            await proc.start(self.init_message(proc.index))
+            init = self.init_message(proc.index)
+            await proc.start(init)
+            while init["active"] != self.active and not self.closed:  # `set_active` ran meanwhile
+                init["active"] = self.active
+                try:
+                    await proc.request({"op": "activate", "active": self.active}, ACTIVATE_WAIT_S)
+                except (IsolateDied, WallTimeExceeded) as e:
+                    proc.kill()
+                    raise LoadFailed(f"the isolate did not take its version's activation: {e}", "crashed") from None
         finally:
             self.starting.discard(proc)
         if self.closed:
             await proc.shutdown(1)
             raise LoadFailed(f"the pool of {self.script.name!r} was stopped while an isolate started", "stopped")
+
+    async def set_active(self, active: bool) -> None:
+        """Let this pool's isolates fire durable-object alarms (their version serves) or stop them.
+
+        A deployment's pools start inactive (`Front.load`): while a version is probed, split or
+        never promoted, the serving version's isolates stay the only owners of its objects.
+        `Front.promote` deactivates the old version's pools (each isolate cancels its alarm
+        tasks unfired; alarms stay stored) before it activates the new one's. Returns once every
+        live isolate answered. One that is starting, or dies meanwhile, comes up with the pool's
+        flag (an isolate respawned in an active pool starts active); one that does not answer
+        within ACTIVATE_WAIT_S is killed, so it cannot go on firing alarms, and respawns so."""
+        self.active = active
+        procs = [p for p in self.slots if p is not None]
+        results = await asyncio.gather(
+            *(p.request({"op": "activate", "active": active}, ACTIVATE_WAIT_S) for p in procs),
+            return_exceptions=True)
+        for p, r in zip(procs, results, strict=True):
+            if isinstance(r, Exception) and not isinstance(r, IsolateDied):
+                log("isolate_activate_failed", script=self.script.name, pid=p.pid, active=active, error=repr(r))
+                p.kill()
 
     async def start(self) -> None:
         results = await asyncio.gather(

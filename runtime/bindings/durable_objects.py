@@ -2,7 +2,9 @@
 
 Placement: an object lives in isolate `owner_index(id, pool_size)` of its script's pool. A call to
 an object this process owns goes straight to the local `ObjectHost`; any other call (another slot,
-another script) travels to the front, which forwards it to the owner. Every call counts as a
+another script) travels to the front, which forwards it to the owner. So does a call made while
+this process's version does not serve (under its deploy probe, in a split, draining): the owner
+is then an isolate of the serving version, one owner per object. Every call counts as a
 subrequest of the calling request and carries its request id and identity.
 """
 
@@ -52,7 +54,7 @@ class ObjectTransport:
         scope = current()
         scope.count_subrequest()
         h = self.host
-        if (self.local is not None and address.script == h.script.name
+        if (self.local is not None and self.local.active and address.script == h.script.name
                 and owner_index(address.id_hex, h.pool_size) == h.pool_index):
             return await self.local.handle(address, op)
         ident = scope.identity
@@ -74,22 +76,29 @@ class ObjectTransport:
 
 
 def namespace_secret(state_dir: Path) -> bytes:
-    """The key ids are derived with: one per state dir, created once, shared by every process."""
+    """The key ids are derived with: one per state dir, created once, shared by every process.
+
+    Published whole (written to a private file, then hard-linked into place), so an isolate
+    starting beside the one creating it never reads a partial key, however slow the writer."""
     path = state_dir / "keys" / "objects.key"
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(100):
-            data = path.read_bytes()
-            if len(data) == 32:
-                return data
-            os.sched_yield()
-        raise RuntimeError(f"{path} is not a 32-byte key") from None
-    key = secrets.token_bytes(32)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    return key
+    if not path.exists():
+        tmp = path.with_name(f".objects.key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process published its key first: every process uses that one
+        finally:
+            tmp.unlink()
+    data = path.read_bytes()
+    if len(data) != 32:
+        raise RuntimeError(f"{path} is not a 32-byte key ({len(data)} bytes)")
+    return data
 
 
 def object_transport(host: Any) -> ObjectTransport:
