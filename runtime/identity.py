@@ -159,6 +159,25 @@ def _unauthorized(code: str, message: str) -> AuthError:
     return AuthError(401, code, message)
 
 
+def _check_text(claims: Any) -> None:
+    """Claims travel to isolates, logs and the audit log as UTF-8. A JSON escape such as
+    "\\ud800" decodes to a lone surrogate, which UTF-8 cannot carry: such a token is malformed,
+    refused here rather than failing the request later (iterative: claims may nest deeply)."""
+    stack = [claims]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _unauthorized("malformed", "the token's claims are not valid Unicode text") from None
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Key:
     kid: str | None
@@ -281,7 +300,7 @@ class Verifier:
             raise _unauthorized("malformed", "the Authorization header is not a bearer JWT")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, RecursionError):  # JSON nested past the parser's depth
             raise _unauthorized("malformed", "the token header cannot be decoded") from None
         alg = header.get("alg")
         if not isinstance(alg, str):
@@ -335,7 +354,7 @@ class Verifier:
             except jwt.InvalidAlgorithmError:
                 error = _unauthorized("alg_not_allowed", "the token's algorithm is not allowed")
                 break
-            except jwt.DecodeError:
+            except (jwt.DecodeError, RecursionError):  # RecursionError: JSON nested past the parser's depth
                 error = _unauthorized("malformed", "the token cannot be decoded")
                 break
             except jwt.PyJWTError:
@@ -362,6 +381,7 @@ class Verifier:
                 raise _unauthorized("not_yet_valid", f"the token is not valid yet ({name})")
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
+        _check_text(claims)
         cfg = self.config
         subject = claims.get(cfg.subject_claim)
         if subject is not None and not isinstance(subject, str):

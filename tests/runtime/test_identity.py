@@ -159,6 +159,14 @@ def _reject_cases(ed_key, rsa_key):
         ("malformed", jwt.api_jws.encode(b"[1,2", ed_key, "EdDSA")),  # signed, not JSON
         ("malformed", jwt.api_jws.encode(b"[1,2]", ed_key, "EdDSA")),  # signed, not an object
         ("malformed", f"{b64(json.dumps({'typ': 'JWT'}).encode())}.{p}.{s}"),
+        # a lone surrogate ("\\ud800" in the JSON) cannot travel as UTF-8 to isolates or the audit log
+        ("malformed", jwt.encode(claims(tenant="\ud800"), ed_key, "EdDSA")),
+        ("malformed", jwt.encode(claims(sub="a\udfff"), ed_key, "EdDSA")),
+        ("malformed", jwt.encode(claims(profile={"k\ud800": 1}), ed_key, "EdDSA")),
+        ("malformed", jwt.encode(claims(profile=[[["\udc00"]]]), ed_key, "EdDSA")),
+        # JSON nested past the parser's depth, in the payload and in the header
+        ("malformed", jwt.api_jws.encode(b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}", ed_key, "EdDSA")),
+        ("malformed", b64(b'{"alg": "EdDSA", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}") + f".{p}.{s}"),
     ]
 
 
