@@ -276,12 +276,12 @@ class ObjectHost:
     # -- alarms --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Schedule the pending alarm of every owned object listed in the alarm index (none
-        while inactive)."""
-        if not self.active:
-            return
+        while inactive; the index is read either way, so a corrupt file fails the start)."""
         listed = await self._index.all()
         if self._shared is not None:
             listed += await self._shared.alarms()
+        if not self.active:
+            return
         for class_name, id_hex, time in listed:
             if class_name in self.classes and self._owns(class_name, id_hex):
                 self._schedule_alarm(class_name, id_hex, time)
