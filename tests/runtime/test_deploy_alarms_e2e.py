@@ -3,6 +3,8 @@ its deploy probe, or refused by it, fires no alarm (the serving version is the o
 objects); once promoted, it fires the alarms the old version left, exactly once."""
 
 import contextlib
+import os
+import signal
 import threading
 
 from runtime.versions import pack_dir
@@ -78,7 +80,7 @@ def fired_by(marks) -> list[str]:
 def served_with_a_pending_alarm(tmp_path):
     """A server on version "one" with one due alarm that "one" keeps failing (so it stays stored)."""
     marks = tmp_path / "marks.txt"
-    with Server(app_dir(tmp_path, "one", marks, 0.2), "serve") as server, \
+    with Server(app_dir(tmp_path, "one", marks, 0.2), "serve", admin_token=token()) as server, \
             server.client(headers=bearer(token())) as c:
         assert c.post("/arm").text == "armed"
         wait_until(lambda: "one" in fired_by(marks))
@@ -119,3 +121,11 @@ def test_a_version_fires_alarms_only_once_promoted_and_the_old_one_no_more(tmp_p
         assert wait_until(lambda: c.get("/fired").json() == ["two"], timeout=20)
         seen = fired_by(marks)
         assert seen.count("two") == 1 and "one" not in seen[seen.index("two"):], seen
+
+        # an isolate of the serving version that dies is respawned active: it fires alarms
+        old = set(server.pids("app"))
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: len(set(server.pids("app")) - old) == 2)
+        assert c.post("/arm").text == "armed"
+        assert wait_until(lambda: c.get("/fired").json() == ["two", "two"], timeout=20)
