@@ -439,7 +439,7 @@ class Front:
 
     async def _deployment(self) -> Deployment:
         """The current deployment; a call made while the first one is still loading (an isolate
-        that finished its init fires overdue alarms at once) waits for it, boundedly."""
+        that finished its init, a handler started by it) waits for it, boundedly."""
         if self.current is None:
             try:
                 await asyncio.wait_for(self._deployed.wait(), READY_WAIT_S)
