@@ -297,18 +297,22 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
                     f"{where}.services[{j}].service: no script named {svc.service!r}"
                     f" (scripts: {', '.join(names)})"
                 )
+        # Every name `env` gets, with the key that defines it: one name, one definition (the
+        # declared tools are env.TOOLS, which a var of that name would otherwise shadow or lose).
         bindings = (
-            [("vars", k) for k in s.vars]
-            + [("secrets", k) for k in s.secrets]
-            + [("services", b.binding) for b in s.services]
-            + [("durable_objects", b.binding) for b in s.durable_objects]
-            + [("workflows", b.binding) for b in s.workflows]
+            [(f"vars.{k}", k) for k in s.vars]
+            + [(f"secrets[{j}]", k) for j, k in enumerate(s.secrets)]
+            + [(f"services[{j}]", b.binding) for j, b in enumerate(s.services)]
+            + [(f"durable_objects[{j}]", b.binding) for j, b in enumerate(s.durable_objects)]
+            + [(f"workflows[{j}]", b.binding) for j, b in enumerate(s.workflows)]
+            + ([("tools", "TOOLS")] if s.tools else [])
         )
-        seen_b: set[str] = set()
-        for kind, b in bindings:
-            if b in seen_b:
-                problems.append(f"{where}.{kind}: binding name {b!r} is used twice")
-            seen_b.add(b)
+        defined: dict[str, str] = {}
+        for key, b in bindings:
+            if b in defined:
+                problems.append(f"{where}.{key}: binding name {b!r} is used twice"
+                                f" (also defined by {p}scripts[{i}].{defined[b]})")
+            defined.setdefault(b, key)
         for j, do in enumerate(s.durable_objects):
             if do.script is not None and do.script not in names:
                 problems.append(

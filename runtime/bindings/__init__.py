@@ -72,5 +72,8 @@ async def build_env(host: BindingHost) -> Env:
         entries = plugin.build(host)
         if hasattr(entries, "__await__"):
             entries = await entries
+        clash = entries.keys() & env.__dict__.keys()
+        if clash:  # the manifest check should have said so; never let one binding replace another
+            raise ValueError(f"env name {sorted(clash)[0]!r} is defined by two bindings")
         env.__dict__.update(entries)
     return env

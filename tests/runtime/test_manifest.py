@@ -148,8 +148,25 @@ def test_duplicate_binding_and_script_names(tmp_path):
         name = "app"
         main = "app.py"
     """)
-    assert any("scripts[0].secrets: binding name 'X' is used twice" in x for x in p)
+    assert any("scripts[0].secrets[0]: binding name 'X' is used twice (also defined by scripts[0].vars.X)" in x
+               for x in p)
     assert any("scripts[1].name: duplicate script name 'app'" in x for x in p)
+
+
+def test_a_var_named_tools_next_to_declared_tools_is_refused(tmp_path):
+    p = problems(tmp_path, """
+        [[scripts]]
+        name = "app"
+        main = "app.py"
+        [scripts.vars]
+        TOOLS = "mine"
+        [[scripts.tools]]
+        name = "sum"
+        kind = "python"
+        source = "result = 1"
+    """)
+    assert any("scripts[0].tools: binding name 'TOOLS' is used twice (also defined by scripts[0].vars.TOOLS)" in x
+               for x in p), p
 
 
 def test_cli_exits_2_with_clear_message_and_no_traceback(tmp_path):
