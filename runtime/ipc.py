@@ -10,7 +10,9 @@ Semantics of `Channel`:
   directions at once; replies may arrive in any order.
 - A reply carrying `"more": True` opens a stream: later `{"s": id, "d": bytes}` messages are
   chunks and `{"s": id, "end": True}` closes it. `stream(id)` returns its queue; chunks that
-  arrive before the consumer asks are kept.
+  arrive before the consumer asks are kept. The stream opens only if someone still awaits the
+  reply; chunks of a stream that is not open (never opened, or released by its consumer after
+  a cut or a timeout) are dropped, so a peer cannot make this side buffer without end.
 - Every other message (one without `re` or `s`) goes to the `on_message(msg)` callback, which is
   synchronous; it schedules its own tasks, through `serve(msg, coro)` for requests.
 - `serve(msg, coro)` runs the handler of a request as a task and guarantees the peer an answer:
@@ -19,7 +21,8 @@ Semantics of `Channel`:
   when cancelled, `internal_error`/500 otherwise). A peer never waits on a request nobody serves.
 - When the connection is lost, every pending future fails with `ChannelClosed` and every open
   stream ends with it; `on_close` is called once. Sending on a closed channel raises
-  `ChannelClosed`. A message that fails to decode closes the channel (the peer is broken).
+  `ChannelClosed`. A message that fails to decode, is not a map, or carries a chunk that is not
+  bytes closes the channel (the peer is broken), and with it every pending request.
 - Writes never block the caller; `drain()` waits while the transport's buffer is over its
   high-water mark, for senders of large bodies.
 """
@@ -81,7 +84,7 @@ class Channel(asyncio.Protocol):
         try:
             for msg in self._unpacker:
                 self._dispatch(msg)
-        except (ValueError, msgpack.UnpackException, TypeError, KeyError) as e:
+        except (ValueError, msgpack.UnpackException, TypeError, KeyError, AttributeError) as e:
             if self._transport is not None:
                 self._transport.abort()
             self.connection_lost(ChannelClosed(f"undecodable message from peer: {e}"))
@@ -189,22 +192,29 @@ class Channel(asyncio.Protocol):
 
     # -- receiving -------------------------------------------------------------------------
     def _dispatch(self, msg: Message) -> None:
+        if not isinstance(msg, dict):
+            raise ValueError(f"a message must be a map, not {type(msg).__name__}")
         re = msg.get("re")
         if re is not None:
             fut = self._pending.pop(re, None)
-            if msg.get("more"):
-                self.stream(re)
             if fut is not None and not fut.done():
+                if msg.get("more"):
+                    self.stream(re)  # its awaiter consumes and releases it
                 fut.set_result(msg)
             return
         sid = msg.get("s")
         if sid is not None:
-            q = self.stream(sid)
+            q = self._streams.get(sid)
             if msg.get("end"):
                 err = msg.get("error")
-                q.put_nowait(ChannelClosed(err) if err else None)
+                if q is not None:
+                    q.put_nowait(ChannelClosed(str(err)) if err else None)
             else:
-                q.put_nowait(msg["d"])
+                data = msg.get("d")
+                if not isinstance(data, bytes):
+                    raise ValueError(f"stream chunk is {type(data).__name__}, not bytes")
+                if q is not None:
+                    q.put_nowait(data)
             return
         self.on_message(msg)
 

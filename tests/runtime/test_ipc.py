@@ -154,3 +154,38 @@ async def test_a_served_request_is_answered_once_by_its_own_reply():
     assert (await a.request({"n": 9}))["ok"] == 9  # the channel is in order: earlier ones are in
     assert len(seen) == 6 and all("error" not in m for m in seen)
     a.close()
+
+
+@pytest.mark.parametrize("message", [[1, 2], "text", 7, {"s": 3, "d": 7}])
+async def test_a_message_that_is_not_a_map_or_a_chunk_that_is_not_bytes_closes_the_channel(message):
+    sa, sb = socket.socketpair()
+    a = await open_channel(sa)
+    fut = a.request({"q": 1})
+    a._streams[3] = asyncio.Queue()  # an open stream, so the chunk's type is what is judged
+    sb.sendall(msgpack.packb(message))
+    with pytest.raises(ChannelClosed, match="must be a map|not bytes"):
+        await fut
+    assert a.closed
+    sb.close()
+
+
+async def test_chunks_of_a_stream_nobody_consumes_are_dropped_not_buffered():
+    box = {}
+
+    def serve(msg):
+        b = box["b"]
+        if "ping" in msg:
+            b.reply(msg["id"], {"ok": True})
+            return
+        b.reply(msg["id"], {"more": True})
+        b.send_chunk(msg["id"], b"x" * 1000)
+        b.end_stream(msg["id"])
+        b.send_chunk(12345, b"never opened")  # a stream id this side never saw
+
+    a, b = await pair(on_b=serve)
+    box["b"] = b
+    a.request({}).cancel()  # its awaiter gave up (a wall-time limit, say) before the reply came
+    assert (await a.request({"ping": 1}))["ok"]  # answered after all of the above was read
+    assert a._streams == {}
+    a.close()
+    b.close()
