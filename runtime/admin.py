@@ -21,7 +21,6 @@ the same, unchanged app dir resumes the version that was current and its rollbac
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import traceback
 import uuid
@@ -73,6 +72,7 @@ def _err(status: int, code: str, message: str, headers: dict[str, str] | None = 
 class _Problem(Exception):
     def __init__(self, status: int, code: str, message: str, **extra: Any):
         super().__init__(message)
+        self.code, self.message, self.cause = code, message, extra.get("cause")
         self.response = _err(status, code, message, **extra)
 
 
@@ -400,9 +400,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
                              "versions": [store.describe(m) for m in store.list()]})
 
     def rejected(request: Request, subject: str | None, p: _Problem, kind: str = "admin.deploy_rejected") -> JSONResponse:
-        body = json.loads(p.response.body)
-        audit(kind, request, subject, code=body["error"], cause=body.get("cause"), detail=body.get("message"),
-              status=p.response.status_code)
+        audit(kind, request, subject, code=p.code, cause=p.cause, detail=p.message, status=p.response.status_code)
         return p.response
 
     async def deploy(request: Request, subject: str | None) -> JSONResponse:
@@ -479,9 +477,10 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         visible_approval(request)  # a row's tenant never changes: checking before deciding is enough
         body = await _parse(request, DecisionRequest)
         by = body.by or subject
+        msg = None
         if status == "approved":
             try:  # a request that cannot be replayed stays pending until the right key is configured
-                approvals.message(aid)
+                msg = approvals.message(aid)
             except DataKeyError as e:
                 return _err(503, "data_key_unavailable", str(e))
             except KeyError:
@@ -495,13 +494,12 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         audit(f"admin.approval.{'approve' if status == 'approved' else 'reject'}", request, subject,
               approval_id=aid, held_request_id=row["request_id"], script=row["script"], tenant=row["tenant"],
               decided_by=by, reason=body.reason)
-        if status == "approved":
-            await _run_approved(aid, row)
+        if msg is not None:
+            await _run_approved(aid, row, msg)
             row = approvals.get(aid)
         return JSONResponse(row)
 
-    async def _run_approved(aid: str, row: dict[str, Any]) -> None:
-        msg = approvals.message(aid)
+    async def _run_approved(aid: str, row: dict[str, Any], msg: dict[str, Any]) -> None:
         rid = row["request_id"]
         dep = front.current
         try:
