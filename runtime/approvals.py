@@ -41,7 +41,7 @@ import msgpack
 
 from objects.sqlitefile import connect
 
-from .datakey import HOW_TO_SET, DataKey, DataKeyError
+from .datakey import HOW_TO_SET, MAGIC, DataKey, DataKeyError
 from .redact import Redactor
 
 __all__ = ["APPROVALS_FILENAME", "AlreadyDecided", "ApprovalStatus", "ApprovalStore",
@@ -105,26 +105,28 @@ class ApprovalStore:
         self._conn = connect(self.path, _SCHEMA, synchronous="FULL", busy_timeout_s=30)
         self._conn.execute("PRAGMA secure_delete=ON")
         if key is not None:
-            self._seal_clear_rows(key)
+            self._seal_clear_rows()
 
     @property
     def can_hold(self) -> bool:
         """False without a data key: `hold` would raise `ApprovalsUnavailable`."""
         return self._key is not None
 
-    def _seal_clear_rows(self, key: DataKey) -> None:
-        rows = self._conn.execute(
-            "SELECT id, message, response_headers, response_body FROM approvals").fetchall()
-        clear = [r for r in rows if not key.is_sealed(r[1])]
+    def _seal_clear_rows(self) -> None:
+        # Only rows whose message lacks the sealed prefix are read (`DataKey.is_sealed`), so a
+        # start does not load every held request.
+        clear = self._conn.execute(
+            "SELECT id, message, response_headers, response_body FROM approvals"
+            " WHERE substr(message, 1, ?) != ?", (len(MAGIC), MAGIC)).fetchall()
         if not clear:
             return
         self._conn.execute("BEGIN IMMEDIATE")
         for aid, message, headers, body in clear:
             self._conn.execute(
                 "UPDATE approvals SET message = ?, response_headers = ?, response_body = ? WHERE id = ?",
-                (key.seal(message, f"approval/{aid}/message"),
-                 None if headers is None else key.seal(str(headers).encode(), f"approval/{aid}/response_headers"),
-                 None if body is None else key.seal(bytes(body), f"approval/{aid}/response_body"), aid))
+                (self._seal(message, aid, "message"),
+                 None if headers is None else self._seal(str(headers).encode(), aid, "response_headers"),
+                 None if body is None else self._seal(bytes(body), aid, "response_body"), aid))
         self._conn.execute("COMMIT")
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the clear pages leave the WAL too
 

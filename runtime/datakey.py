@@ -38,7 +38,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["ENV_KEY", "ENV_KEY_FILE", "DataKey", "DataKeyError", "default_dev_key_path",
+__all__ = ["ENV_KEY", "ENV_KEY_FILE", "MAGIC", "DataKey", "DataKeyError", "default_dev_key_path",
            "load_data_key"]
 
 ENV_KEY = "EDGEWORKS_DATA_KEY"
