@@ -369,7 +369,7 @@ class VersionStore:
                     reason=f"no data key to seal them with; {HOW_TO_SET}")
                 continue
             data = clear.read_bytes()
-            _write_new(d / "app" / SEALED_SECRETS, self.key.seal(data, _secrets_context(d.name)))
+            self._write_sealed(d / "app", d.name, data)
             meta = self.get(d.name)
             if meta is not None:
                 files = {**meta.files, SECRETS: self._digest(data)}
@@ -377,6 +377,11 @@ class VersionStore:
                 _write_new(d / "meta.json", meta.model_dump_json(indent=1).encode())
             _shred(clear)
             log("version_secrets_sealed", version=d.name)
+
+    def _write_sealed(self, app: Path, vid: str, secrets: bytes) -> None:
+        """Version `vid`'s secrets, sealed, where `read_secrets` opens them."""
+        assert self.key is not None
+        _write_new(app / SEALED_SECRETS, self.key.seal(secrets, _secrets_context(vid)))
 
     def _digest(self, data: bytes) -> str:
         assert self.key is not None
@@ -424,8 +429,7 @@ class VersionStore:
             content_hash = _hash_files(files)
             vid = self._new_id(content_hash)
             if secrets is not None:
-                assert self.key is not None
-                (tmp / "app" / SEALED_SECRETS).write_bytes(self.key.seal(secrets, _secrets_context(vid)))
+                self._write_sealed(tmp / "app", vid, secrets)
             # Until `commit` writes meta.json, the dir says who may still be deploying it.
             (tmp / PENDING).write_text(str(os.getpid()))
             os.rename(tmp, self.dir / vid)
