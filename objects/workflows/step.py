@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..errors import USER_ERRORS
 from .errors import (
     ApprovalRejected,
     NonRetryableError,
@@ -150,19 +149,20 @@ async def run_attempts(
             result = await call()
             done = _completed(rec, result, started, run.now())
             await run.commit({record_key: done})
-    except USER_ERRORS as exc:
+    except Exception as exc:  # a step's SystemExit arrives as ScriptExit (see `call_user`)
         run.set_current(None, None, 0, 0.0)
         ended = run.now()
+        error = error_fields(exc, run.hooks.redact)
         failed = {**rec, "attempts": [*rec["attempts"], {
-            "started": started, "ended": ended, "error": error_fields(exc, run.hooks.redact),
+            "started": started, "ended": ended, "error": error,
         }]}
         final = isinstance(exc, NonRetryableError | _ResultError | WorkflowLimitError)
         if final or attempt > config.retries.limit:
-            failed.update(status="failed", error=error_fields(exc, run.hooks.redact), ended=ended)
+            failed.update(status="failed", error=error, ended=ended)
             await run.commit({record_key: failed})
             run.audit(f"{audit_kind}.outcome", {
                 "step": name, "key": record_key, "outcome": "failed", "attempts": attempt,
-                "error": error_fields(exc, run.hooks.redact),
+                "error": error,
             })
             raise StepFailedError(name, type(exc).__name__, str(exc), attempt) from exc
         wake_at = ended + config.retries.delay_after(attempt)
@@ -170,7 +170,7 @@ async def run_attempts(
         await run.commit({record_key: failed})
         run.audit(f"{audit_kind}.outcome", {
             "step": name, "key": record_key, "outcome": "retry", "attempt": attempt,
-            "retry_at": wake_at, "error": error_fields(exc, run.hooks.redact),
+            "retry_at": wake_at, "error": error,
         })
         kind = "retry" if record_key.startswith("step:") else "compensation retry"
         raise _Suspend(wake_at, kind, record_key.split(":", 1)[1]) from None
