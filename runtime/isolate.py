@@ -197,9 +197,9 @@ class Isolate:
         cap_memory(limit)
         # The cap binds only from here on: a module that already holds more would be killed by
         # the watchdog right after "ready"; say so now, deterministically.
-        if rss_bytes() > limit:
+        if (rss := rss_bytes()) > limit:
             raise LoadError(f"the module exceeded the memory limit of {script.limits.memory_mb} MB while loading"
-                            f" ({rss_bytes() // (1024 * 1024)} MB in use; [scripts.limits] memory_mb)", "memory_limit")
+                            f" ({rss // (1024 * 1024)} MB in use; [scripts.limits] memory_mb)", "memory_limit")
         await self.set_active(bool(init.get("active", True)))
         for h in self.hosts.values():
             if hasattr(h, "start"):

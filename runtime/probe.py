@@ -20,19 +20,13 @@ import asyncio
 import uuid
 from typing import Any
 
-from .supervisor import IsolateDied, LoadFailed
+from .supervisor import LoadFailed
 
 __all__ = ["Unhealthy", "probe"]
 
 
 class Unhealthy(LoadFailed):
     """The version loaded but did not stay healthy; `cause` says how it failed."""
-
-
-def _death_cause(died: IsolateDied) -> str:
-    if died.reason in ("memory_limit", "cpu_limit"):
-        return died.reason
-    return "crashed" if (died.exit_code or 0) < 0 else "exited"
 
 
 async def _health(front: Any, dep: Any, path: str) -> tuple[int, str | None]:
@@ -68,7 +62,7 @@ async def probe(front: Any, dep: Any) -> None:
             died = fut.result()
             raise Unhealthy(f"script {name!r}: an isolate (pid {proc.pid}) stopped during the deploy probe"
                             f" ({died.reason}, exit code {died.exit_code}); the previous version keeps serving",
-                            _death_cause(died))
+                            died.cause)
     if health is not None and not 200 <= health[0] < 300:
         status, code = health
         cause = code if code in ("memory_limit", "cpu_limit") else "health_check"

@@ -60,6 +60,13 @@ class IsolateDied(Exception):
     def __str__(self) -> str:
         return f"isolate died ({self.reason}, exit code {self.exit_code})"
 
+    @property
+    def cause(self) -> str:
+        """What a caller reports: the limit it hit, else ``crashed`` (a signal) or ``exited``."""
+        if self.reason in ("memory_limit", "cpu_limit"):
+            return self.reason
+        return "crashed" if (self.exit_code or 0) < 0 else "exited"
+
 
 class IsolateProcess:
     def __init__(self, pool: IsolatePool, index: int, generation: int):
