@@ -15,6 +15,8 @@ import random
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -347,21 +349,15 @@ class Front:
         mid-stream, or its isolate died). Then the response is left unfinished, so the server
         closes the connection and the client sees a truncated body as an error rather than as a
         complete one, as Cloudflare does with a stream that errors."""
-        assert proc.channel is not None
-        q = proc.channel.stream(mid)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        if head.get("body"):
-            await send({"type": "http.response.body", "body": head["body"], "more_body": True})
         try:
-            while True:
-                item = await q.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    return True
-                await send({"type": "http.response.body", "body": item, "more_body": True})
-        finally:
-            proc.channel.release_stream(mid)
+            async with aclosing(_chunks(proc, mid)) as chunks:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                if head.get("body"):
+                    await send({"type": "http.response.body", "body": head["body"], "more_body": True})
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except _StreamCut:
+            return True
         await send({"type": "http.response.body", "body": b""})
         return False
 
@@ -370,17 +366,14 @@ class Front:
         """A streamed reply made whole for a calling isolate (a service binding's Response holds
         a body, not a stream): the chunks joined to the head's body; a stream cut short is an
         error, never a body that looks complete."""
-        assert proc.channel is not None
-        q = proc.channel.stream(mid)
         parts = [head.get("body") or b""]
         try:
-            while (item := await q.get()) is not None:
-                if isinstance(item, BaseException):
-                    return {"error": {"type": "StreamCut", "code": "stream_cut", "status": 502,
-                                      "message": f"the service's streamed response was cut short ({item})"}}
-                parts.append(item)
-        finally:
-            proc.channel.release_stream(mid)
+            async with aclosing(_chunks(proc, mid)) as chunks:
+                async for chunk in chunks:
+                    parts.append(chunk)
+        except _StreamCut as cut:
+            return {"error": {"type": "StreamCut", "code": "stream_cut", "status": 502,
+                              "message": f"the service's streamed response was cut short ({cut})"}}
         return {**head, "body": b"".join(parts), "more": False}
 
     def _death_error(self, died: IsolateDied, script: ScriptConfig, rid: str) -> tuple[str, bytes]:
@@ -547,6 +540,24 @@ def _call_error(exc: IsolateDied | WallTimeExceeded | NotReady) -> dict[str, Any
         return {"type": "WallTimeExceeded", "message": "the callee exceeded its wall-time limit",
                 "code": "wall_limit", "status": 503}
     return {"type": "NotReady", "message": str(exc), "code": "not_ready", "status": 503}
+
+
+class _StreamCut(Exception):
+    """A streamed reply ended early: its handler raised or hit a limit, or its isolate died."""
+
+
+async def _chunks(proc: IsolateProcess, mid: int) -> AsyncIterator[bytes]:
+    """The chunks of streamed reply `mid`, in order; `_StreamCut` when it was cut short. The
+    stream is released when this ends or is closed (use it under `aclosing`)."""
+    assert proc.channel is not None
+    q = proc.channel.stream(mid)
+    try:
+        while (item := await q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise _StreamCut(str(item))
+            yield item
+    finally:
+        proc.channel.release_stream(mid)
 
 
 async def _ready(waiting: Any, script: str) -> IsolateProcess:
