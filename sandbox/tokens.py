@@ -51,12 +51,22 @@ from ._sqlite import PerThreadConnection
 from .capabilities import CapabilityError, CapabilitySet
 from .types import Clock, system_clock
 
-__all__ = ["AUDIENCE", "CapabilityAuthority", "CapabilityToken", "TokenError"]
+__all__ = ["ANY_TENANT", "AUDIENCE", "CapabilityAuthority", "CapabilityToken", "TokenError"]
 
 AUDIENCE = "sandbox"
 ALGORITHM = "EdDSA"
 _KEY_FILE = "sandbox-ed25519.pem"
 _VERIFIED_CACHE_SIZE = 4096
+
+
+class _AnyTenant:
+    def __repr__(self) -> str:
+        return "ANY_TENANT"
+
+
+# `tenant=` default: the caller does not act for a tenant it can name (the CLI, tests), so the
+# token's tenant is taken as is. The runtime always passes the calling request's tenant.
+ANY_TENANT: Any = _AnyTenant()
 
 
 class TokenError(Exception):
@@ -157,12 +167,17 @@ class CapabilityAuthority:
         token: str,
         caps: Iterable[str] | None = None,
         expires_at: float | None = None,
+        *,
+        tenant: str | None = ANY_TENANT,
     ) -> str:
         """A new token with a subset of `token`'s capabilities and no later expiry.
 
         Raises `TokenError("widened_capabilities")` / `TokenError("widened_expiry")` when asked
-        for more, and whatever `verify` raises when `token` itself is not valid."""
+        for more, `TokenError("wrong_tenant")` when the caller acts for another `tenant` than
+        the token's, and whatever `verify` raises when `token` itself is not valid."""
         parent = self.verify(token)
+        if tenant is not ANY_TENANT and parent.tenant != tenant:
+            raise TokenError("wrong_tenant", "the capability token was minted for another tenant than this call's")
         capset = parent.capabilities if caps is None else self._parse_caps(_cap_list(caps))
         missing = parent.capabilities.uncovered(capset)
         if missing:

@@ -37,11 +37,13 @@ class Tools:
 
     def attenuate(self, token: str, capabilities: list[str] | None = None, expires_at: float | None = None) -> str:
         scope = current()
-        if self._authority.verify(token).tenant != scope.tenant:
-            self._audit("sandbox.denied", {"request_id": scope.request_id, "tool": None, "reason": "wrong_tenant",
-                                           "capability": None, "tenant": scope.tenant})
-            raise TokenError("wrong_tenant", "the capability token was minted for another tenant than this call's")
-        return self._authority.attenuate(token, capabilities, expires_at)
+        try:
+            return self._authority.attenuate(token, capabilities, expires_at, tenant=scope.tenant)
+        except TokenError as e:
+            if e.reason == "wrong_tenant":
+                self._audit("sandbox.denied", {"request_id": scope.request_id, "tool": None, "reason": "wrong_tenant",
+                                               "capability": None, "tenant": scope.tenant})
+            raise
 
     def revoke(self, jti: str) -> None:
         self._authority.revoke(jti)

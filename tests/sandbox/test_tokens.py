@@ -207,6 +207,15 @@ def test_attenuation_refuses_widening(auth, clock):
     assert info.value.reason == "widened_expiry"
 
 
+def test_attenuation_for_another_tenant_is_refused(auth):
+    parent = auth.mint("a", ["log"], tenant="t1")
+    assert auth.verify(auth.attenuate(parent, tenant="t1")).tenant == "t1"
+    for other in ("t2", None):
+        with pytest.raises(TokenError) as info:
+            auth.attenuate(parent, tenant=other)
+        assert info.value.reason == "wrong_tenant"
+
+
 def test_revocation_applies_to_token_and_its_attenuations(auth):
     parent = auth.mint("a", ["log"])
     child = auth.attenuate(parent, caps=["log"])
