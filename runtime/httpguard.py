@@ -27,13 +27,13 @@ Per request this costs three overridden parser callbacks and two clock reads, no
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from .errors import error_json
 from .logs import log
 
 __all__ = ["guarded_protocol"]
@@ -107,7 +107,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, message: str, **extra: Any) -> None:
         rid = uuid.uuid4().hex
-        body = json.dumps({"error": code, "message": message, "request_id": rid, **extra}).encode()
+        body = error_json(code, message, rid, **extra)
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
