@@ -8,11 +8,10 @@ from objects.workflows import (
     WorkflowError,
     WorkflowEvent,
 )
-
-from .context import ExecutionContext, Identity, SubrequestLimitExceeded
-from .entrypoints import ScheduledController, WorkerEntrypoint
-from .http import Headers, Request, Response
-from .outbound import FetchError, fetch
+from runtime.isolate.context import ExecutionContext, Identity, SubrequestLimitExceeded
+from runtime.isolate.entrypoints import ScheduledController, WorkerEntrypoint
+from runtime.isolate.http import Headers, Request, Response
+from runtime.isolate.outbound import FetchError, fetch
 
 __all__ = [
     "ApprovalRejected",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import COMMANDS
+from runtime.commands import COMMANDS
 
 __all__ = ["main"]
 

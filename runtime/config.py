@@ -15,11 +15,10 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from runtime.audit import AuditOptions
+from runtime.front.identity import AuthConfig
+from runtime.front.risk import RiskRule
 from sandbox import SandboxConfig, ToolSpec
-
-from .audit import AuditOptions
-from .identity import AuthConfig
-from .risk import RiskRule
 
 __all__ = [
     "AppConfig",
@@ -356,7 +355,7 @@ def read_dev_vars(root: Path) -> dict[str, str]:
 
 def parse_dev_vars(text: str) -> dict[str, str]:
     """The KEY=value lines of a `.dev.vars` text (a deployed version's come sealed, see
-    `runtime.versions.read_secrets`)."""
+    `runtime.admin.versions.read_secrets`)."""
     out: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):

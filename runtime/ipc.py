@@ -36,7 +36,7 @@ from typing import Any
 
 import msgpack
 
-from .logs import log
+from runtime.logs import log
 
 __all__ = ["CALL_READY_WAIT_S", "Channel", "ChannelClosed", "MAX_MESSAGE_BYTES", "open_channel"]
 

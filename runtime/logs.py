@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .redact import Redactor
+from runtime.redact import Redactor
 
 __all__ = ["LOGGING_CONFIG", "LogHandler", "add_listener", "log", "redact_text", "remove_listener",
            "set_level", "set_redactor"]

@@ -9,15 +9,15 @@ from pathlib import Path
 import uvicorn
 import uvloop
 
-from .admin import build_admin
-from .admin_access import is_loopback_host
-from .config import ConfigError, load_app
-from .datakey import HOW_TO_SET, DataKeyError
-from .front import Front
-from .httpguard import guarded_protocol
-from .logs import LOGGING_CONFIG, log, redact_text, set_level, set_redactor
-from .redact import RedactionPatternError, Redactor
-from .supervisor import LoadFailed
+from runtime.admin.access import is_loopback_host
+from runtime.admin.app import build_admin
+from runtime.config import ConfigError, load_app
+from runtime.datakey import HOW_TO_SET, DataKeyError
+from runtime.front.app import Front
+from runtime.front.httpguard import guarded_protocol
+from runtime.front.supervisor import LoadFailed
+from runtime.logs import LOGGING_CONFIG, log, redact_text, set_level, set_redactor
+from runtime.redact import RedactionPatternError, Redactor
 
 __all__ = ["run"]
 

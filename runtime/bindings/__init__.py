@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ScriptConfig
-from ..ipc import Channel
-from . import durable_objects, services, tools, variables, workflows
+from runtime.bindings import durable_objects, services, tools, variables, workflows
+from runtime.config import ScriptConfig
+from runtime.ipc import Channel
 
 __all__ = ["PLUGINS", "BindingHost", "Env", "build_env"]
 

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from objects import DurableObject, DurableObjectNamespace, ObjectAddress, ObjectHost, owner_index
-
-from ..context import current
-from ..http import Request, Response
-from .services import call_deadline, coerce_request, relay
+from runtime.bindings.services import call_deadline, coerce_request, relay
+from runtime.isolate.context import current
+from runtime.isolate.http import Request, Response
 
 __all__ = ["build", "namespace_secret", "object_transport"]
 
@@ -115,7 +114,7 @@ def build(host: Any) -> dict[str, Any]:
     bindings = host.script.durable_objects
     if not bindings and not host.object_classes:
         return {}
-    from ..isolate import LoadError
+    from runtime.isolate.main import LoadError
 
     classes: dict[str, type[DurableObject]] = dict(host.object_classes)
     for b in bindings:

@@ -12,10 +12,9 @@ import asyncio
 from typing import Any
 
 from objects import CodedError
-
-from ..context import current
-from ..http import Request, Response
-from ..ipc import CALL_READY_WAIT_S
+from runtime.ipc import CALL_READY_WAIT_S
+from runtime.isolate.context import current
+from runtime.isolate.http import Request, Response
 
 __all__ = ["RemoteError", "ServiceStub", "build", "call_deadline", "coerce_request", "relay"]
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.isolate.context import current
 from sandbox import CapabilityAuthority, Sandbox, TokenError, ToolError
-
-from ..context import current
 
 __all__ = ["Tools", "build"]
 

@@ -14,11 +14,10 @@ from objects.workflows import (
     WorkflowHooks,
     make_workflow_binding,
 )
-
-from ..context import Identity, current, use_scope
-from ..meter import CpuLimitExceeded, Meter, metered
-from ..redact import Redactor
-from .durable_objects import namespace_secret, object_transport
+from runtime.bindings.durable_objects import namespace_secret, object_transport
+from runtime.isolate.context import Identity, current, use_scope
+from runtime.isolate.meter import CpuLimitExceeded, Meter, metered
+from runtime.redact import Redactor
 
 __all__ = ["StepCpuLimitExceeded", "WorkflowCpuLimitExceeded", "build"]
 
@@ -36,7 +35,7 @@ class WorkflowCpuLimitExceeded(Exception):
 
 
 async def _metered(cpu_ms: int, work: Awaitable[Any], error: type[Exception], what: str) -> Any:
-    """Run `work` under the script's CPU limit, like a request (see runtime.meter)."""
+    """Run `work` under the script's CPU limit, like a request (see runtime.isolate.meter)."""
     try:
         return await metered(work, Meter(current().request_id, cpu_ms / 1000))  # type: ignore[arg-type]
     except CpuLimitExceeded:
@@ -67,7 +66,7 @@ def _run_as_tenant(tenant: str | None) -> None:
 def build(host: Any) -> dict[str, Any]:
     if not host.script.workflows:
         return {}
-    from ..isolate import LoadError
+    from runtime.isolate.main import LoadError
 
     transport = object_transport(host)
     entries: dict[str, Any] = {}

@@ -1,5 +1,16 @@
 """CLI command modules; each has `register(subparsers)` and sets `func(args) -> exit code`."""
 
-from . import approvals, audit, deploy, kill, load, serve, tail, tool, trigger, workflows
+from runtime.commands import (
+    approvals,
+    audit,
+    deploy,
+    kill,
+    load,
+    serve,
+    tail,
+    tool,
+    trigger,
+    workflows,
+)
 
 COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .deploy import add_target, call
+from runtime.commands.deploy import add_target, call
 
 __all__ = ["register"]
 

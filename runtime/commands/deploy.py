@@ -75,7 +75,7 @@ def register(sub: Any) -> None:
 def _deploy(args: argparse.Namespace) -> int:
     import httpx
 
-    from ..versions import pack_dir
+    from runtime.admin.versions import pack_dir
 
     root = Path(args.dir)
     if not (root / "edgeworks.toml").is_file() and not (root / "pyproject.toml").is_file():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..killswitch import KILL_KINDS
-from .deploy import add_target, call
+from runtime.commands.deploy import add_target, call
+from runtime.killswitch import KILL_KINDS
 
 __all__ = ["register"]
 

@@ -26,6 +26,6 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace, *, dev: bool) -> int:
-    from ..server import run
+    from runtime.server import run
 
     return run(args.dir, host=args.host, port=args.port, dev=dev, state_dir=args.state_dir, quiet=args.quiet)

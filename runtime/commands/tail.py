@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from .deploy import add_target
+from runtime.commands.deploy import add_target
 
 __all__ = ["register"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .deploy import add_target, call
+from runtime.commands.deploy import add_target, call
 
 
 def register(sub: Any) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..safejson import JSONTooDeep, parse_json
-from .deploy import add_target, call
+from runtime.commands.deploy import add_target, call
+from runtime.safejson import JSONTooDeep, parse_json
 
 __all__ = ["register"]
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from runtime.admin_access import ADMIN_BODY_BYTES
+from runtime.admin.access import ADMIN_BODY_BYTES
 from runtime.safejson import MAX_JSON_DEPTH
 from tests.support import Server, write_app
 

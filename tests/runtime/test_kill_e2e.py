@@ -8,7 +8,7 @@ import time
 import httpx
 
 from runtime.audit import verify
-from tests.runtime.test_admin import AUTH_SECTION, SECRET, audit_entries, bearer, token
+from tests.runtime.admin.test_admin import AUTH_SECTION, SECRET, audit_entries, bearer, token
 from tests.support import Server, run_cli, wait_until, write_app
 
 MANIFEST = AUTH_SECTION + """

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tests.runtime.test_admin import _tail
+from tests.runtime.admin.test_admin import _tail
 from tests.support import Server, write_app
 
 MANIFEST = """

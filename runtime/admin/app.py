@@ -1,0 +1,562 @@
+"""The admin plane under `/__edgeworks/`: health, the kill switch, deployments and versions,
+approvals of held requests, a live log tail and the OpenAPI document describing all of it. A
+Starlette app; the request hot path never goes through it.
+
+Access: ``GET /__edgeworks/health`` is open and answers only ``{"status": "ok"}``. Every other
+endpoint (``/health/details`` with the isolates' pids included) needs an admin caller, see
+`admin_access`: a bearer JWT with the scope ``edgeworks:admin`` (a tenant claim confines it to
+that tenant), or, without an ``[auth]`` section, a loopback client in ``dev`` mode (refused with
+403 ``admin_disabled`` in ``serve`` mode). Every admin call that changes something is audited
+as ``admin.*`` with the caller's subject, and every refusal as ``admin.denied``.
+
+Deployments (see `_Deployer`): one deploy, rollback or split runs at a time. A bundle is staged
+in the version store, validated (`load_app`, then loaded in fresh isolates and probed, see
+`probe.py`), committed, and only then gets the traffic; a bundle that fails any step is answered
+with a structured 4xx naming the cause (audited as ``admin.deploy_rejected``) and removed, and
+the old version keeps serving. Any change of the current version clears a traffic split. ``serve`` restarted on
+the same, unchanged app dir resumes the version that was current and its rollback history
+(`VersionStore.write_active`); a changed app dir, or ``dev``, serves the app dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from runtime.admin.access import AccessDenied, AdminCaller, BodyTooLarge, read_admin_body
+from runtime.admin.access import authorize as authorize_admin
+from runtime.admin.api import (
+    ADMIN_SCOPE,
+    ActivationResult,
+    DecisionRequest,
+    KillRequest,
+    ReviveRequest,
+    RollbackRequest,
+    SplitRequest,
+    openapi_spec,
+)
+from runtime.admin.approvals import AlreadyDecided, ApprovalStore
+from runtime.admin.probe import Unhealthy, probe
+from runtime.admin.tail import Subscriber, TailHub, TailResponse
+from runtime.admin.versions import MAX_BUNDLE_BYTES, BundleError, SecretsNeedKey, VersionStore
+from runtime.admin.workflows import workflow_routes
+from runtime.config import ConfigError, load_app
+from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError, load_data_key
+from runtime.errors import error_json
+from runtime.front.contract import Refusal
+from runtime.front.supervisor import LoadFailed
+from runtime.logs import log
+from runtime.safejson import JSONTooDeep, parse_json
+
+__all__ = ["ADMIN_SCOPE", "build_admin"]
+
+PREFIX = "/__edgeworks"
+TAIL_QUEUE = 1000
+
+
+def _err(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
+
+
+class _Problem(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.code, self.message, self.cause = code, message, extra.get("cause")
+        self.response = _err(status, code, message, **extra)
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    try:
+        raw = await read_admin_body(request)
+    except BodyTooLarge as e:
+        raise _Problem(413, "body_too_large", str(e), limit=e.limit) from None
+    try:
+        data = parse_json(raw) if raw.strip() else {}
+    except JSONTooDeep as e:
+        raise _Problem(400, "json_too_deep", f"the request body nests JSON deeper than {e.limit} levels", limit=e.limit) from None
+    except ValueError:
+        raise _Problem(400, "invalid_json", "the request body is not JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors = [{"loc": list(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in e.errors(include_url=False)]
+        raise _Problem(422, "invalid_body", "the request body does not match the schema", errors=errors) from None
+
+
+# -- deployments -----------------------------------------------------------------------------
+
+
+class _Deployer:
+    """Moves traffic between versions of the store; one change at a time."""
+
+    def __init__(self, front: Any, store: VersionStore):
+        self.front = front
+        self.store = store
+        self.lock = asyncio.Lock()
+        self.aliases: dict[str, str] = {}
+        self.history: list[str] = []  # activated version ids, the current one last
+        self._drains: set[asyncio.Future[Any]] = set()
+        self.started_from = self._record_initial()
+        self.history = self._resume() or [self.started_from]
+        self.aliases["v1"] = self.history[-1]  # the name Front.start gives the version it loads
+        self._save()
+
+    def _record_initial(self) -> str:
+        root = Path(self.front.initial.root)
+        return self.store.record_dir(root, by=None, message=f"serving at startup from {root}",
+                                     skip=[self.front.state_dir]).id
+
+    def _resume(self) -> list[str] | None:
+        """`serve` restarted on an unchanged app dir comes back with the version that was
+        current, and its history (for rollback). A changed app dir wins, like a fresh start;
+        `dev` always serves the app dir."""
+        state = self.store.read_active()
+        if self.front.dev or state is None or state.get("started_from") != self.started_from:
+            return None
+        history = [v for v in state["history"] if self.store.get(v) is not None]
+        if not history or history[-1] == self.started_from:
+            return history or None
+        try:
+            self.front.initial = load_app(self.store.app_dir(history[-1]))
+        except ConfigError as e:
+            log("resume_failed", version=history[-1], error=str(e))
+            return None
+        log("resumed", version=history[-1])
+        return history
+
+    def _save(self) -> None:
+        self.store.write_active(self.started_from, self.history)
+
+    def _activated(self, vid: str) -> None:
+        self.history.append(vid)
+        self._save()
+
+    def current(self) -> str | None:
+        dep = self.front.current
+        return None if dep is None else self.aliases.get(dep.version, dep.version)
+
+    def split_state(self) -> dict[str, Any] | None:
+        split = self.front.split
+        if split is None:
+            return None
+        return {"version": self.aliases.get(split[0].version, split[0].version), "percent": round(split[1] * 100, 4)}
+
+    def _drain(self, dep: Any) -> None:
+        fut = asyncio.ensure_future(asyncio.gather(*(p.stop() for p in dep.pools.values())))
+        self._drains.add(fut)
+        fut.add_done_callback(self._drains.discard)
+
+    def _clear_split(self) -> None:
+        split, self.front.split = self.front.split, None
+        if split is not None:
+            self._drain(split[0])
+
+    def _app(self, vid: str) -> Any:
+        if self.store.get(vid) is None:
+            raise _Problem(404, "unknown_version", f"no version {vid!r} in the store")
+        try:
+            return load_app(self.store.app_dir(vid))
+        except ConfigError as e:
+            raise _Problem(422, "invalid_config", "the version's configuration is invalid", problems=e.problems) from None
+
+    async def _bring_up(self, app: Any, vid: str) -> Any:
+        """Load `app` in fresh isolates and probe it (see `probe.py`); on failure nothing of it
+        keeps running and a 422 names the cause."""
+        try:
+            dep = await self.front.load(app, vid)
+        except LoadFailed as e:
+            raise _load_problem(e) from None
+        try:
+            await probe(self.front, dep)
+        except BaseException as e:
+            await asyncio.shield(self.front.unload(dep))
+            if isinstance(e, LoadFailed):
+                raise _load_problem(e) from None
+            raise
+        return dep
+
+    async def _activate(self, vid: str) -> None:
+        dep = await self._bring_up(self._app(vid), vid)
+        self.front.promote(dep)
+        self._clear_split()
+
+    async def deploy(self, bundle: bytes, by: str | None, message: str | None, max_bytes: int) -> dict[str, Any]:
+        async with self.lock:
+            try:
+                staged = await asyncio.to_thread(self.store.stage, bundle, max_bytes=max_bytes)
+            except SecretsNeedKey as e:
+                raise _Problem(422, "data_key_required", str(e), how=HOW_TO_SET) from None
+            except BundleError as e:
+                raise _Problem(400, "bad_bundle", str(e)) from None
+            except OSError as e:  # the store's disk, not the bundle (which maps to BundleError)
+                raise _Problem(507, "storage_error", f"the version store could not take the bundle: {e}") from None
+            try:
+                try:
+                    app = load_app(staged.root)
+                except ConfigError as e:
+                    raise _Problem(422, "invalid_config", "the bundle's configuration is invalid", problems=e.problems) from None
+                previous = self.current()
+                dep = await self._bring_up(app, staged.id)
+                try:  # committed before it gets traffic: a served version is always in the store
+                    meta = self.store.commit(staged, by=by, message=message)
+                except OSError as e:
+                    await self.front.unload(dep)
+                    raise _Problem(507, "storage_error", f"the version store could not record the version: {e}") from None
+            except BaseException:
+                self.store.discard(staged)
+                raise
+            self.front.promote(dep)
+            self._clear_split()
+            self._activated(meta.id)
+            return {"version": self.store.describe(meta), "previous": previous}
+
+    async def rollback(self, version: str | None) -> dict[str, Any]:
+        async with self.lock:
+            previous = self.current()
+            if version is None:
+                if len(self.history) < 2:
+                    raise _Problem(409, "no_previous_version", "there is no earlier version to roll back to")
+                target = self.history[-2]
+                await self._activate(target)
+                self.history.pop()
+                self._save()
+            else:
+                await self._activate(version)
+                self._activated(version)
+            return {"current": self.current(), "previous": previous, "split": None}
+
+    async def split(self, version: str, percent: float) -> dict[str, Any]:
+        async with self.lock:
+            previous = self.current()
+            if percent == 0:
+                self._clear_split()
+                return {"current": previous, "previous": previous, "split": None}
+            if version == previous:
+                raise _Problem(409, "already_current", f"{version!r} is the current version")
+            if percent == 100:
+                await self._activate(version)
+                self._activated(version)
+                return {"current": self.current(), "previous": previous, "split": None}
+            split = self.front.split
+            if split is not None and self.aliases.get(split[0].version, split[0].version) == version:
+                self.front.split = (split[0], percent / 100)
+            else:
+                dep = await self._bring_up(self._app(version), version)
+                self._clear_split()
+                self.front.split = (dep, percent / 100)
+            return {"current": previous, "previous": previous, "split": self.split_state()}
+
+
+def _load_problem(e: LoadFailed) -> _Problem:
+    """The 422 for a version that did not load (`load_failed`), did not start in time
+    (`startup_timeout`) or failed its probe (`deploy_unhealthy`); `cause` says why."""
+    if isinstance(e, Unhealthy):
+        return _Problem(422, "deploy_unhealthy", str(e), cause=e.cause)
+    if e.cause == "startup_timeout":
+        return _Problem(422, "startup_timeout", str(e), cause=e.cause)
+    return _Problem(422, "load_failed", str(e), cause=e.cause)
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: int = TAIL_QUEUE,
+                data_key: DataKey | None = None) -> Starlette:
+    """The admin app for `front`. Bundles are capped at `max_bundle_bytes` (default: the
+    environment variable EDGEWORKS_MAX_BUNDLE_BYTES, else 64 MiB). Held requests are sealed
+    with `data_key` (default: `runtime.datakey.load_data_key`, which raises DataKeyError when
+    the configured key is unusable)."""
+    if max_bundle_bytes is None:
+        max_bundle_bytes = int(os.environ.get("EDGEWORKS_MAX_BUNDLE_BYTES") or MAX_BUNDLE_BYTES)
+    if data_key is None:  # raises DataKeyError when the configured key is unusable
+        data_key = load_data_key(front.state_dir, dev=front.dev)
+    front.data_key = data_key  # one key seals held requests and versions' secrets
+    store = VersionStore(front.state_dir, key=data_key)
+    deployer = _Deployer(front, store)
+    approvals = ApprovalStore(front.state_dir, key=data_key)
+    front.approvals = approvals
+    hub = TailHub()
+    spec = openapi_spec()
+
+    def audit(kind: str, request: Request, subject: str | None, **fields: Any) -> None:
+        caller = getattr(request.state, "caller", None)
+        if caller is not None and caller.tenant is not None:  # a tenant admin's acts are its tenant's
+            fields.setdefault("tenant", caller.tenant)
+        front.audit_log.append(kind, request_id=request.state.rid, subject=subject, **fields)
+
+    def denied(request: Request, e: AccessDenied) -> Response:
+        front.audit_log.append("admin.denied", request_id=request.state.rid, path=request.url.path,
+                               code=e.code, status=e.status)
+        return _err(e.status, e.code, e.message,
+                    headers={"www-authenticate": e.www_authenticate} if e.www_authenticate else None)
+
+    def guarded(fn: Callable[[Request, str | None], Awaitable[Response]], *,
+                global_only: str | None = None) -> Callable[[Request], Awaitable[Response]]:
+        """`fn` behind admin access control; `global_only` names what needs a global admin.
+        The caller is in ``request.state.caller`` (an `AdminCaller`)."""
+        async def endpoint(request: Request) -> Response:
+            rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+            request.state.rid = rid[:128]
+            dep = front.current
+            try:
+                caller = authorize_admin(dep.contract.verifier if dep is not None else None, front.dev,
+                                         request.scope, request.headers.get("authorization"))
+                if global_only:
+                    caller.require_global(global_only)
+            except AccessDenied as e:
+                return denied(request, e)
+            request.state.caller = caller
+            subject = caller.subject
+            if request.method == "GET" and fn is not tail:
+                front.audit_log.append("admin.read", request_id=request.state.rid, subject=subject,
+                                       tenant=caller.tenant, path=request.url.path)
+            try:
+                return await fn(request, subject)
+            except _Problem as p:
+                return p.response
+            except AccessDenied as e:
+                return denied(request, e)
+            except ClientDisconnect:  # went away (or timed out) mid-body: nobody to answer
+                log("admin_client_gone", request_id=request.state.rid, path=request.url.path)
+                return Response(status_code=499)
+        return endpoint
+
+    async def health(request: Request) -> JSONResponse:
+        # open to anyone: liveness only, nothing about the processes behind it
+        if front.current is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def health_details(request: Request, subject: str | None) -> JSONResponse:
+        dep = front.current
+        return JSONResponse({
+            "ok": dep is not None,
+            "version": deployer.current() if dep else None,
+            "scripts": {n: {"pids": p.pids(), "restarts": p.restarts} for n, p in dep.pools.items()} if dep else {},
+        })
+
+    async def openapi(request: Request, subject: str | None) -> JSONResponse:
+        return JSONResponse(spec)
+
+    async def scheduled(request: Request, subject: str | None) -> JSONResponse:
+        script = request.query_params.get("script")
+        dep = front.current
+        if not script and dep is not None and len(dep.app.scripts) == 1:
+            script = dep.app.scripts[0].name
+        if not script:
+            return _err(400, "bad_request", "query parameter 'script' is required")
+        cron = request.query_params.get("cron") or "* * * * *"
+        try:
+            result = await front.fire_scheduled(script, cron)
+        except LookupError as e:
+            return _err(404, "not_found", str(e))
+        audit("admin.scheduled", request, subject, script=script, cron=cron, ok=bool(result.get("ok")))
+        return JSONResponse(result, status_code=200 if result.get("ok") else 500)
+
+    # -- kill switch
+    def confine_kill(caller: AdminCaller, kind: str, name: str) -> None:
+        """A tenant admin may stop (and revive) its own tenant, nothing else."""
+        if kind != "tenant":
+            caller.require_global(f"a {kind} kill")
+        elif not caller.sees(name):
+            raise _Problem(404, "not_found", f"no tenant {name!r}")
+
+    async def kill(request: Request, subject: str | None) -> JSONResponse:
+        body = await _parse(request, KillRequest)
+        confine_kill(request.state.caller, body.kind, body.name)
+        front.kills.kill(body.kind, body.name, body.reason, actor=subject)
+        audit("admin.kill", request, subject, target_kind=body.kind, target=body.name, reason=body.reason)
+        log("killed", kind=body.kind, name=body.name, reason=body.reason, subject=subject)
+        entry = next(k for k in front.kills.list() if (k.kind, k.name) == (body.kind, body.name))
+        return JSONResponse({"kill": _kill_dict(entry)})
+
+    async def revive(request: Request, subject: str | None) -> JSONResponse:
+        body = await _parse(request, ReviveRequest)
+        confine_kill(request.state.caller, body.kind, body.name)
+        changed = front.kills.revive(body.kind, body.name, actor=subject)
+        audit("admin.revive", request, subject, target_kind=body.kind, target=body.name, changed=changed)
+        log("revived", kind=body.kind, name=body.name, subject=subject, changed=changed)
+        return JSONResponse({"kind": body.kind, "name": body.name, "revived": changed})
+
+    async def kills(request: Request, subject: str | None) -> JSONResponse:
+        caller: AdminCaller = request.state.caller  # other tenants' kills are invisible to a tenant admin
+        return JSONResponse({"kills": [_kill_dict(k) for k in front.kills.list()
+                                       if k.kind != "tenant" or caller.sees(k.name)]})
+
+    # -- versions
+    async def versions(request: Request, subject: str | None) -> JSONResponse:
+        return JSONResponse({"current": deployer.current(), "split": deployer.split_state(),
+                             "versions": [store.describe(m) for m in store.list()]})
+
+    def rejected(request: Request, subject: str | None, p: _Problem, kind: str = "admin.deploy_rejected") -> JSONResponse:
+        audit(kind, request, subject, code=p.code, cause=p.cause, detail=p.message, status=p.response.status_code)
+        return p.response
+
+    async def deploy(request: Request, subject: str | None) -> JSONResponse:
+        too_large = _Problem(413, "bundle_too_large", f"bundles are limited to {max_bundle_bytes} bytes")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_bundle_bytes:
+            return rejected(request, subject, too_large)
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bundle_bytes:
+                    return rejected(request, subject, too_large)
+                chunks.append(chunk)
+        except ClientDisconnect:  # nobody to answer, but the attempt stays on the record
+            return rejected(request, subject, _Problem(400, "incomplete_bundle", f"the client went away after {size} bytes"))
+        message = request.query_params.get("message") or request.headers.get("x-edgeworks-message")
+        try:
+            result = await deployer.deploy(b"".join(chunks), subject, message, max_bundle_bytes)
+        except _Problem as p:
+            return rejected(request, subject, p)
+        except Exception as e:  # a bug, but still an answer the client can read, and on the record
+            log("error", request_id=request.state.rid, exception=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+            return rejected(request, subject, _Problem(500, "deploy_error", f"the deploy failed: {type(e).__name__}: {e}"))
+        audit("admin.deploy", request, subject, version=result["version"]["id"], previous=result["previous"],
+              message=message)
+        log("deployed", version=result["version"]["id"], previous=result["previous"], subject=subject)
+        return JSONResponse(result, status_code=201)
+
+    async def rollback(request: Request, subject: str | None) -> JSONResponse:
+        body = await _parse(request, RollbackRequest)
+        try:
+            result = await deployer.rollback(body.version)
+        except _Problem as p:
+            return rejected(request, subject, p, "admin.rollback_rejected")
+        audit("admin.rollback", request, subject, version=result["current"], previous=result["previous"])
+        log("rolled_back", version=result["current"], previous=result["previous"], subject=subject)
+        return JSONResponse(ActivationResult.model_validate(result).model_dump())
+
+    async def split(request: Request, subject: str | None) -> JSONResponse:
+        body = await _parse(request, SplitRequest)
+        try:
+            result = await deployer.split(body.version, body.percent)
+        except _Problem as p:
+            return rejected(request, subject, p, "admin.split_rejected")
+        audit("admin.split", request, subject, version=body.version, percent=body.percent, current=result["current"])
+        log("split", version=body.version, percent=body.percent, current=result["current"], subject=subject)
+        return JSONResponse(ActivationResult.model_validate(result).model_dump())
+
+    # -- approvals
+    async def list_approvals(request: Request, subject: str | None) -> JSONResponse:
+        status = request.query_params.get("status")
+        if status not in (None, "pending", "approved", "rejected"):
+            return _err(400, "bad_request", "status is one of pending, approved, rejected")
+        caller: AdminCaller = request.state.caller
+        tenant = request.query_params.get("tenant")
+        if caller.tenant is not None:
+            if tenant is not None and tenant != caller.tenant:
+                return JSONResponse({"approvals": []})  # another tenant's: invisible, not forbidden
+            tenant = caller.tenant
+        return JSONResponse({"approvals": approvals.list(status, tenant=tenant)})
+
+    def visible_approval(request: Request) -> dict[str, Any]:
+        row = approvals.get(request.path_params["id"])
+        if row is None or not request.state.caller.sees(row["tenant"]):
+            raise _Problem(404, "not_found", "no such approval")
+        return row
+
+    async def get_approval(request: Request, subject: str | None) -> JSONResponse:
+        return JSONResponse(visible_approval(request))
+
+    async def decide(request: Request, subject: str | None, status: str) -> JSONResponse:
+        aid = request.path_params["id"]
+        visible_approval(request)  # a row's tenant never changes: checking before deciding is enough
+        body = await _parse(request, DecisionRequest)
+        by = body.by or subject
+        msg = None
+        if status == "approved":
+            try:  # a request that cannot be replayed stays pending until the right key is configured
+                msg = approvals.message(aid)
+            except DataKeyError as e:
+                return _err(503, "data_key_unavailable", str(e))
+            except KeyError:
+                return _err(404, "not_found", "no such approval")
+        try:
+            row = approvals.decide(aid, status, by, body.reason)  # type: ignore[arg-type]
+        except KeyError:
+            return _err(404, "not_found", "no such approval")
+        except AlreadyDecided as e:
+            return _err(409, "already_decided", str(e))
+        audit(f"admin.approval.{'approve' if status == 'approved' else 'reject'}", request, subject,
+              approval_id=aid, held_request_id=row["request_id"], script=row["script"], tenant=row["tenant"],
+              decided_by=by, reason=body.reason)
+        if msg is not None:
+            await _run_approved(aid, row, msg)
+            row = approvals.get(aid)
+        return JSONResponse(row)
+
+    async def _run_approved(aid: str, row: dict[str, Any], msg: dict[str, Any]) -> None:
+        rid = row["request_id"]
+        dep = front.current
+        try:
+            dep.contract.check_killed("script", row["script"], rid)
+            dep.contract.check_killed("tenant", row["tenant"], rid, script=row["script"])
+            status, headers, body = await front.run_held(msg, row["script"])
+        except Refusal as r:
+            status, headers, body = r.status, [("content-type", "application/json")], error_json(r.code, r.message, rid, **r.extra)
+        except LookupError as e:
+            status, headers, body = 503, [("content-type", "application/json")], error_json("script_gone", str(e), rid)
+        approvals.record_response(aid, status, headers, body)
+        front.audit_log.append("request.approved_run", request_id=rid, approval_id=aid, script=row["script"],
+                               tenant=row["tenant"], subject=row["subject"], risk=row["risk"], status=status)
+        log("request", request_id=rid, script=row["script"], method=row["method"], path=row["path"], status=status,
+            risk=row["risk"], approval_id=aid)
+
+    async def approve(request: Request, subject: str | None) -> JSONResponse:
+        return await decide(request, subject, "approved")
+
+    async def reject(request: Request, subject: str | None) -> JSONResponse:
+        return await decide(request, subject, "rejected")
+
+    # -- tail
+    async def tail(request: Request, subject: str | None) -> Response:
+        q = request.query_params
+        status = q.get("status")
+        if status is not None and not (status.isdigit() and len(status) == 3 or status in ("1xx", "2xx", "3xx", "4xx", "5xx")):
+            return _err(400, "bad_request", "status is a code like 404 or a class like 5xx")
+        limit = q.get("limit")
+        if limit is not None and not (limit.isdigit() and int(limit) > 0):
+            return _err(400, "bad_request", "limit is a positive integer")
+        audit("admin.tail", request, subject, filters={k: v for k, v in q.items()})
+        log("tail_subscribed", filters=dict(q.items()), subject=subject)
+        sub = Subscriber(status, q.get("script"), q.get("request_id"), tail_queue)
+        return TailResponse(hub, sub, int(limit) if limit else None)
+
+    g = guarded
+    return Starlette(routes=[
+        Route(f"{PREFIX}/health", health, methods=["GET"]),
+        Route(f"{PREFIX}/health/details", g(health_details, global_only="process details"), methods=["GET"]),
+        Route(f"{PREFIX}/openapi.json", g(openapi), methods=["GET"]),
+        Route(f"{PREFIX}/scheduled", g(scheduled, global_only="firing a scheduled handler"), methods=["POST"]),
+        Route(f"{PREFIX}/kill", g(kill), methods=["POST"]),
+        Route(f"{PREFIX}/revive", g(revive), methods=["POST"]),
+        Route(f"{PREFIX}/kills", g(kills), methods=["GET"]),
+        Route(f"{PREFIX}/versions", g(versions, global_only="the version list"), methods=["GET"]),
+        Route(f"{PREFIX}/versions", g(deploy, global_only="a deploy"), methods=["POST"]),
+        Route(f"{PREFIX}/rollback", g(rollback, global_only="a rollback"), methods=["POST"]),
+        Route(f"{PREFIX}/split", g(split, global_only="a traffic split"), methods=["POST"]),
+        Route(f"{PREFIX}/approvals", g(list_approvals), methods=["GET"]),
+        Route(f"{PREFIX}/approvals/{{id}}", g(get_approval), methods=["GET"]),
+        Route(f"{PREFIX}/approvals/{{id}}/approve", g(approve), methods=["POST"]),
+        Route(f"{PREFIX}/approvals/{{id}}/reject", g(reject), methods=["POST"]),
+        Route(f"{PREFIX}/tail", g(tail, global_only="the log tail (every tenant's requests)"), methods=["GET"]),
+        *workflow_routes(front, g, audit),
+    ])
+
+
+def _kill_dict(k: Any) -> dict[str, Any]:
+    return {"kind": k.kind, "name": k.name, "reason": k.reason, "actor": k.actor, "ts": k.ts}

@@ -1,0 +1,168 @@
+"""Human override for workflows: list instances, see status and history, pause, resume,
+terminate, restart, send an event, approve or reject a pending approval.
+
+The instances live in isolates; each call is relayed to one isolate of the script
+(`Front.workflow_call`), which performs it through the script's own workflow binding, within
+one tenant. Instances of a ``tenant_scoped`` binding are addressed with ``?tenant=NAME``: a
+tenant admin always acts within its own tenant (another tenant's instances do not exist for
+it: 404); a global admin names the tenant, and its list without ``?tenant`` shows every
+tenant's instances, each with its tenant. Instances of a binding that is not tenant-scoped are
+shared by every tenant, so only a global admin steers them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from runtime.admin.access import AccessDenied, BodyTooLarge, read_admin_body
+from runtime.safejson import JSONTooDeep, check_depth
+
+__all__ = ["ACTIONS", "workflow_routes"]
+
+PREFIX = "/__edgeworks/workflows"
+ACTIONS = ("pause", "resume", "terminate", "restart", "event", "approve", "reject")
+
+
+class EventBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    payload: Any = None
+
+
+class DecisionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str | None = None
+    reason: str | None = None
+
+
+class CreateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    params: Any = None
+
+
+Guard = Callable[[Callable[[Request, str | None], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]
+
+
+def _status_for(code: str) -> int:
+    """HTTP status of a workflow error code: what is missing, what is malformed, what conflicts."""
+    if code in ("not_found", "no_such_binding", "no_such_script"):
+        return 404
+    if code.startswith(("invalid_", "max_")) or code == "bad_request":
+        return 400
+    if code == "unavailable":
+        return 503
+    return 409  # legal request, wrong state: duplicate_id, instance_finished, not_paused, killed...
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+async def _body(request: Request, model: type[BaseModel]) -> Any:
+    raw = await read_admin_body(request)  # BodyTooLarge, a ValueError: 413 body_too_large
+    check_depth(raw.decode("utf-8", "replace"))  # JSONTooDeep, a ValueError: 400 json_too_deep
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as e:
+        raise ValueError("; ".join(f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors())) from None
+
+
+def _body_error(e: ValueError) -> JSONResponse:
+    if isinstance(e, BodyTooLarge):
+        return _error(413, "body_too_large", str(e))
+    return _error(400, "json_too_deep" if isinstance(e, JSONTooDeep) else "bad_request", str(e))
+
+
+def _tenant_scoped(front: Any, script: str, binding: str) -> bool | None:
+    """Whether the binding is tenant-scoped; None when the script or binding is unknown."""
+    dep = front.current
+    cfg = dep.scripts.get(script) if dep is not None else None
+    found = [w for w in (cfg.workflows if cfg is not None else ()) if w.binding == binding]
+    return found[0].tenant_scoped if found else None
+
+
+def _tenant(front: Any, request: Request, listing: bool = False) -> str | None:
+    """The tenant the call acts within; raises AccessDenied (another tenant's instances are
+    not found, not forbidden)."""
+    caller = request.state.caller
+    p = request.path_params
+    asked = request.query_params.get("tenant") or None
+    if caller.tenant is None:
+        if asked is None and not listing and _tenant_scoped(front, p["script"], p["binding"]):
+            raise AccessDenied(400, "tenant_required", f"{p['binding']} is tenant-scoped: name the instance's tenant "
+                                                       "with ?tenant=NAME (edgeworks workflows ... --tenant NAME)")
+        return asked
+    if _tenant_scoped(front, p["script"], p["binding"]) is False:
+        caller.require_global(f"workflow binding {p['binding']!r} (not tenant-scoped: its instances are shared by every tenant)")
+    if asked is not None and asked != caller.tenant:
+        raise AccessDenied(404, "not_found", "no such workflow instance")
+    return caller.tenant
+
+
+def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> list[Route]:
+    async def call(request: Request, tenant: str | None, action: str, instance: str | None = None,
+                   args: list[Any] | None = None, status: str | None = None) -> JSONResponse:
+        p = request.path_params
+        every = action == "list" and request.state.caller.tenant is None and tenant is None
+        reply = await front.workflow_call(p["script"], p["binding"], action, instance, args or [], status,
+                                          tenant=tenant, every_tenant=every)
+        if "error" in reply:
+            err = reply["error"]
+            code = err.get("code") or err.get("type") or "workflow_error"
+            http_status = err.get("status") if isinstance(err.get("status"), int) else _status_for(code)
+            return _error(http_status, code, err.get("message", ""))
+        return JSONResponse(reply.get("result"))
+
+    async def list_instances(request: Request, subject: str | None) -> Response:
+        return await call(request, _tenant(front, request, listing=True), "list", status=request.query_params.get("status"))
+
+    async def create(request: Request, subject: str | None) -> Response:
+        p = request.path_params
+        tenant = _tenant(front, request)
+        try:
+            body = await _body(request, CreateBody)
+        except ValueError as e:
+            return _body_error(e)
+        audit("admin.workflow.create", request, subject, script=p["script"], binding=p["binding"], instance=body.id,
+              tenant=tenant)
+        return await call(request, tenant, "create", body.id, [body.params])
+
+    async def status(request: Request, subject: str | None) -> Response:
+        return await call(request, _tenant(front, request), "status", request.path_params["id"])
+
+    async def act(request: Request, subject: str | None) -> Response:
+        p = request.path_params
+        action = p["action"]
+        if action not in ACTIONS:
+            return _error(404, "not_found", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+        tenant = _tenant(front, request)
+        try:
+            if action == "event":
+                ev = await _body(request, EventBody)
+                args: list[Any] = [ev.type, ev.payload]
+                action = "send_event"
+            elif action in ("approve", "reject"):
+                d = await _body(request, DecisionBody)
+                args = [d.by or subject or "admin", d.reason]
+            else:
+                args = []
+        except ValueError as e:
+            return _body_error(e)
+        audit(f"admin.workflow.{p['action']}", request, subject, script=p["script"], binding=p["binding"],
+              instance=p["id"], tenant=tenant, args=args)
+        return await call(request, tenant, action, p["id"], args)
+
+    base = f"{PREFIX}/{{script}}/{{binding}}"
+    return [
+        Route(base, guarded(list_instances), methods=["GET"]),
+        Route(base, guarded(create), methods=["POST"]),
+        Route(f"{base}/{{id}}", guarded(status), methods=["GET"]),
+        Route(f"{base}/{{id}}/{{action}}", guarded(act), methods=["POST"]),
+    ]

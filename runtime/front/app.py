@@ -1,0 +1,574 @@
+"""The front: an ASGI app that gives every request an id, matches a route and hands the request to
+the script's isolate pool, enforcing body size and wall time, and turning isolate failures into
+structured JSON errors. It also relays the calls isolates make to each other (service bindings,
+durable-object calls) and fires cron triggers.
+
+The hot path is plain ASGI (no request objects); the admin plane under `/__edgeworks/` is a
+Starlette app (see `admin.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+from runtime.admin.access import is_loopback_client
+from runtime.admin.approvals import ApprovalsUnavailable
+from runtime.admin.versions import read_secrets
+from runtime.config import AppConfig, ConfigError, ScriptConfig
+from runtime.errors import error_json as _error
+from runtime.front.auditd import AuditPipe
+from runtime.front.contract import Contract, Refusal, identity_wire
+from runtime.front.cron import CronScheduler
+from runtime.front.identity import AuthConfigError
+from runtime.front.routing import Router
+from runtime.front.supervisor import (
+    IsolateDied,
+    IsolatePool,
+    IsolateProcess,
+    LoadFailed,
+    WallTimeExceeded,
+)
+from runtime.front.zygote import Zygote
+from runtime.ipc import CALL_READY_WAIT_S, ChannelClosed
+from runtime.killswitch import KillSwitch
+from runtime.logs import log
+from runtime.types import Receive, Scope, Send
+
+__all__ = ["Front", "ADMIN_PREFIX"]
+
+ADMIN_PREFIX = "/__edgeworks/"
+_RID = re.compile(r"^[A-Za-z0-9._:-]{8,128}\Z")
+_URL_PATH_ESCAPES = str.maketrans({"%": "%25", "?": "%3F", "#": "%23"})
+_JSON = [(b"content-type", b"application/json")]
+# How long a call between isolates waits for the deployment or a target isolate to be ready.
+READY_WAIT_S = CALL_READY_WAIT_S
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientDisconnected(Exception):
+    """The client went away (or was cut off by a body timeout) before its body was complete."""
+
+
+class UnknownTarget(LookupError):
+    """A call names a script or call kind the deployment does not have."""
+
+
+class NotReady(Exception):
+    """A call arrived before the deployment (or an isolate of its target) was ready in time;
+    retryable (503 `not_ready`)."""
+
+
+class Deployment:
+    """One loaded app version: its config, router and a pool per script."""
+
+    def __init__(self, app: AppConfig, version: str, pools: dict[str, IsolatePool], contract: Contract):
+        self.app = app
+        self.version = version
+        self.pools = pools
+        self.contract = contract
+        self.router = Router(app)
+        self.scripts: dict[str, ScriptConfig] = {s.name: s for s in app.scripts}
+
+
+class Front:
+    def __init__(self, app: AppConfig, *, dev: bool, state_dir: Path | None = None):
+        self.dev = dev
+        self.state_dir = state_dir or app.state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.initial = app
+        self.current: Deployment | None = None
+        self._deployed = asyncio.Event()  # set once `current` is first loaded (see `_call`)
+        self.cron = CronScheduler(self)
+        self.admin: Any = None
+        self.startup_error: str | None = None
+        self._stopped = False
+        self._versions = 0
+        self._lock = asyncio.Lock()
+        self._handover = asyncio.Lock()  # see `_hand_over`
+        # A gradual rollout: (other deployment, fraction of requests it gets), or None.
+        self.split: tuple[Deployment, float] | None = None
+        self.kills = KillSwitch(self.state_dir)
+        self.zygote: Zygote | None = None  # forks isolates from pre-imported code
+        # Set by the admin plane: where requests a risk rule holds for approval are stored.
+        self.approvals: Any = None
+        # Set by the admin plane: the data key (None without one), which opens versions' secrets.
+        self.data_key: Any = None
+        self.audit_log = AuditPipe(self.state_dir, app.audit)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def load(self, app: AppConfig, version: str | None = None) -> Deployment:
+        """Start fresh pools for every script of `app`; raise LoadFailed if any fails to load.
+        They fire no durable-object alarms until `promote` (see `IsolatePool.set_active`)."""
+        self._versions += 1
+        version = version or f"v{self._versions}"
+        try:
+            secrets = read_secrets(app.root, self.data_key)  # a deployed version's are sealed
+        except ConfigError as e:
+            raise LoadFailed(str(e), "config") from None
+        try:
+            contract = Contract(app, secrets, self.kills, self.audit_log)
+        except AuthConfigError as e:
+            raise LoadFailed(f"[auth]: {e}", "config") from None
+        pools: dict[str, IsolatePool] = {}
+        dep = Deployment(app, version, pools, contract)
+        for s in app.scripts:
+            pools[s.name] = IsolatePool(s, root=app.root, state_dir=self.state_dir, version=version,
+                                        dev=self.dev, secrets=secrets, router=self, active=False)
+        results = await asyncio.gather(*(p.start() for p in pools.values()), return_exceptions=True)
+        failed = [(name, r) for name, r in zip(pools, results, strict=True) if isinstance(r, BaseException)]
+        if failed:
+            await asyncio.gather(*(p.stop(1) for p in pools.values()))
+            name, err = failed[0]
+            raise LoadFailed(f"script {name!r}: {err}", getattr(err, "cause", "load_error"))
+        return dep
+
+    async def start(self) -> None:
+        await self.audit_log.start()
+        if os.environ.get("EDGEWORKS_ZYGOTE", "1") != "0":
+            self.zygote = Zygote()
+            try:
+                await self.zygote.start()
+            except (OSError, TimeoutError) as e:  # spawning each isolate still works, slower
+                log("zygote_unavailable", error=str(e))
+                self.zygote = None
+        self.promote(await self.load(self.initial))
+        assert self.current is not None
+        self._deployed.set()
+        self.cron.start()
+        log("started", version=self.current.version, scripts=list(self.current.pools),
+            pids={n: p.pids() for n, p in self.current.pools.items()})
+
+    async def swap(self, app: AppConfig, version: str | None = None) -> str:
+        """Load `app` in new isolates, move traffic to them, then drain the old ones.
+
+        Requests already running on the old version finish there; nothing is dropped. Raises
+        LoadFailed (old version keeps serving) when the new version does not load."""
+        async with self._lock:
+            new = await self.load(app, version)
+            self.promote(new)
+        return new.version
+
+    def promote(self, new: Deployment) -> None:
+        """Move traffic to a loaded deployment and drain the one it replaces (the admin plane
+        promotes only after `probe.probe`)."""
+        old, self.current = self.current, new
+        if old is not None:
+            log("reloaded", version=new.version)
+        asyncio.ensure_future(self._hand_over(old, new))
+
+    async def _hand_over(self, old: Deployment | None, new: Deployment) -> None:
+        """Alarms move with the traffic: the old version stops firing them before the new one
+        starts (one owner per object), then the old one drains. Hand-overs run one at a time,
+        so a version replaced before its activation ran stays inactive."""
+        async with self._handover:
+            if old is not None:
+                await asyncio.gather(*(p.set_active(False) for p in old.pools.values()))
+            if self.current is new and not self._stopped:
+                await asyncio.gather(*(p.set_active(True) for p in new.pools.values()))
+        if old is not None:
+            await self._drain(old)
+
+    async def unload(self, dep: Deployment) -> None:
+        """Stop a deployment that never got traffic (it failed its probe)."""
+        await asyncio.gather(*(p.stop(1) for p in dep.pools.values()))
+
+    async def _drain(self, dep: Deployment) -> None:
+        await asyncio.gather(*(p.stop() for p in dep.pools.values()))
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.cron.stop()
+        deps = [d for d in (self.current, self.split[0] if self.split else None) if d is not None]
+        await asyncio.gather(*(p.stop(5) for d in deps for p in d.pools.values()))
+        if self.zygote is not None:
+            await self.zygote.stop()
+        await self.audit_log.close()
+        self.kills.close()
+
+    def pids(self) -> list[int]:
+        return [pid for p in (self.current.pools.values() if self.current else ()) for pid in p.pids()]
+
+    # -- ASGI ------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if scope["path"].startswith(ADMIN_PREFIX) and self.admin is not None:
+                await self.admin(scope, receive, send)
+            else:
+                await self.handle_http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except LoadFailed as e:
+                    self.startup_error = str(e)
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        start_ts = time.time()
+        rid = None
+        host = authorization = ""
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                cand = v.decode("latin-1")
+                if _RID.match(cand):
+                    rid = cand
+            elif k == b"host":
+                host = v.decode("latin-1")
+            elif k == b"authorization":
+                authorization = v.decode("latin-1")
+        rid = rid or uuid.uuid4().hex
+        method = scope["method"]
+        path = scope["path"]
+        dep = self.current
+        assert dep is not None
+        if self.split is not None and random.random() < self.split[1]:
+            dep = self.split[0]
+        found = dep.router.match(method, host, path)
+        if found is None:
+            allowed = dep.router.allowed_methods(host, path)
+            if allowed:
+                await self._send(send, 405, _error("method_not_allowed", f"{method} is not allowed here", rid, allowed=allowed), rid)
+            else:
+                await self._send(send, 404, _error("not_found", f"no route matches {path}", rid), rid)
+            return
+        route, params = found
+        script = dep.scripts[route.script]
+        contract = dep.contract
+        status, cpu_ms, error_code = 500, 0.0, None
+        identity = None
+        risk = "low"
+        try:
+            contract.check_killed("script", route.script, rid)
+            contract.check_killed("route", route.config.pattern, rid, script=route.script)
+            identity = contract.identify(route.config, authorization or None, rid, route.script)
+            tenant = identity.tenant if identity else None
+            contract.check_killed("tenant", tenant, rid, script=route.script)
+            try:
+                body = await self._read_body(receive, scope, script.limits.body_bytes)
+            except BodyTooLarge:
+                raise Refusal(413, "body_too_large", f"request body exceeds the limit of {script.limits.body_bytes} bytes",
+                              {"limit_bytes": script.limits.body_bytes}, []) from None
+            except ClientDisconnected:  # a truncated body never reaches a handler; nobody to answer
+                status, error_code = 499, "client_disconnected"
+                return
+            decision = contract.assess(method, path, tenant, body)
+            risk = decision.label
+            who = {"request_id": rid, "script": route.script, "tenant": tenant, "risk": risk,
+                   "subject": identity.subject if identity else None}
+            if decision.action == "block":
+                contract.audit("request.blocked", reason=decision.reason, **who)
+                raise Refusal(403, "blocked_by_policy", decision.reason, {"risk": risk}, [])
+            qs = scope.get("query_string", b"")
+            # The path the router and the risk rules matched is decoded: re-encode what would
+            # change how the URL parses, or "/pay%3F" reaches the handler as "/pay" unchecked.
+            url = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{path.translate(_URL_PATH_ESCAPES)}" + (f"?{qs.decode('latin-1')}" if qs else "")
+            # "local": dev shows exception details to loopback clients only (`dev --host 0.0.0.0`)
+            msg = {"op": "fetch", "rid": rid, "route": route.index, "identity": identity_wire(identity), "risk": risk,
+                   "local": self.dev and is_loopback_client(scope),
+                   "req": {"url": url, "method": method,
+                           "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
+                           "body": body, "params": params}}
+            if decision.action == "approve":
+                held = {"risk": risk}
+                if self.approvals is not None:
+                    try:
+                        held["approval_id"] = self.approvals.hold(msg, reason=decision.reason, **who)
+                    except ApprovalsUnavailable as e:  # no data key: never hold it in clear
+                        contract.audit("request.hold_refused", reason=str(e), **who)
+                        raise Refusal(503, "approvals_unavailable", str(e), {"risk": risk}, []) from None
+                contract.audit("request.held", reason=decision.reason, **who)
+                raise Refusal(202, "approval_required", decision.reason, held, [])
+            status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send)
+            # One entry per request, written when it ends, carrying its start time: half the
+            # audit cost of separate start/end entries (see auditd.py for where the cost goes).
+            if contract.audit_requests:
+                contract.audit("request", method=method, path=path, status=status, started=round(start_ts, 3),
+                               cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
+                               error=error_code, **who)
+        except Refusal as r:
+            status, error_code = r.status, r.code
+            await self._send(send, r.status, _error(r.code, r.message, rid, **r.extra), rid, r.headers)
+        finally:
+            log("request", request_id=rid, script=route.script, method=method, path=path, status=status,
+                cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3), risk=risk,
+                **({"tenant": identity.tenant} if identity and identity.tenant else {}),
+                **({"error": error_code} if error_code else {}))
+
+    async def _dispatch(self, pool: IsolatePool, script: ScriptConfig, msg: dict[str, Any], rid: str, send: Send) -> tuple[int, float, str | None]:
+        if pool.closed and self.current is not None:
+            # The version was replaced while this request was being read: the new one serves it.
+            pool = self.current.pools.get(script.name, pool)
+        proc = await pool.pick()
+        try:
+            reply = await proc.request(msg, script.limits.wall_ms / 1000)
+        except WallTimeExceeded:
+            await self._send(send, 503, _error("wall_limit", f"exceeded the wall-time limit of {script.limits.wall_ms} ms", rid, limit_ms=script.limits.wall_ms), rid)
+            return 503, 0.0, "wall_limit"
+        except IsolateDied as died:
+            code, body = self._death_error(died, script, rid)
+            await self._send(send, 503, body, rid)
+            return 503, 0.0, code
+        if "error" in reply:  # the isolate could not serve it at all (see ipc.Channel.serve)
+            err = reply["error"]
+            code, status = err.get("code") or "internal_error", err.get("status") or 500
+            await self._send(send, status, _error(code, err.get("message", ""), rid), rid)
+            return status, 0.0, code
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply["headers"]]
+        headers.append((b"x-request-id", rid.encode()))
+        status = reply["status"]
+        if not reply.get("more"):
+            headers.append((b"content-length", str(len(reply["body"])).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": reply["body"]})
+            return status, reply.get("cpu_ms", 0.0), reply.get("error_code")
+        cut = await self._stream(proc, msg["id"], reply, status, headers, send)
+        return status, reply.get("cpu_ms", 0.0), "stream_cut" if cut else None
+
+    async def _stream(self, proc: IsolateProcess, mid: int, head: dict[str, Any], status: int, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
+        """Relay a streamed body; True when it was cut short (the handler raised or hit a limit
+        mid-stream, or its isolate died). Then the response is left unfinished, so the server
+        closes the connection and the client sees a truncated body as an error rather than as a
+        complete one, as Cloudflare does with a stream that errors."""
+        try:
+            async with aclosing(_chunks(proc, mid)) as chunks:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                if head.get("body"):
+                    await send({"type": "http.response.body", "body": head["body"], "more_body": True})
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except _StreamCut:
+            return True
+        await send({"type": "http.response.body", "body": b""})
+        return False
+
+    @staticmethod
+    async def _whole(proc: IsolateProcess, mid: int, head: dict[str, Any]) -> dict[str, Any]:
+        """A streamed reply made whole for a calling isolate (a service binding's Response holds
+        a body, not a stream): the chunks joined to the head's body; a stream cut short is an
+        error, never a body that looks complete."""
+        parts = [head.get("body") or b""]
+        try:
+            async with aclosing(_chunks(proc, mid)) as chunks:
+                async for chunk in chunks:
+                    parts.append(chunk)
+        except _StreamCut as cut:
+            return {"error": {"type": "StreamCut", "code": "stream_cut", "status": 502,
+                              "message": f"the service's streamed response was cut short ({cut})"}}
+        return {**head, "body": b"".join(parts), "more": False}
+
+    def _death_error(self, died: IsolateDied, script: ScriptConfig, rid: str) -> tuple[str, bytes]:
+        if died.request_id == rid and died.reason == "cpu_limit":
+            return "cpu_limit", _error("cpu_limit", f"exceeded the CPU limit of {script.limits.cpu_ms} ms; the isolate was restarted", rid, limit_ms=script.limits.cpu_ms)
+        if died.reason == "memory_limit" and died.request_id in (rid, None):
+            return "memory_limit", _error("memory_limit", f"exceeded the memory limit of {script.limits.memory_mb} MB; the isolate was restarted", rid, limit_mb=script.limits.memory_mb)
+        return "isolate_restarted", _error("isolate_restarted", f"the isolate serving this request stopped ({died.reason}, exit code {died.exit_code}) and was restarted", rid)
+
+    async def _read_body(self, receive: Receive, scope: Scope, limit: int) -> bytes:
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    if int(v) > limit:
+                        raise BodyTooLarge
+                except ValueError:
+                    pass
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not msg.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    async def _send(send: Send, status: int, body: bytes, rid: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON, (b"x-request-id", rid.encode()),
+                                (b"content-length", str(len(body)).encode()), *(extra or [])]})
+        await send({"type": "http.response.body", "body": body})
+
+    # -- calls from isolates ---------------------------------------------------------------
+    async def on_call(self, pool: IsolatePool, proc: IsolateProcess, msg: dict[str, Any]) -> None:
+        """Relay a call an isolate makes (service binding or object call) and send the reply.
+
+        Runs under `Channel.serve`, so a failure not mapped here still answers the caller. Every
+        error keeps its code and HTTP status, for the calling handler to answer with."""
+        assert proc.channel is not None
+        try:
+            reply = await self._call(msg)
+        except (IsolateDied, WallTimeExceeded, NotReady) as e:
+            reply = {"error": _call_error(e)}
+        except UnknownTarget as e:
+            reply = {"error": {"type": "LookupError", "message": str(e)}}
+        try:
+            proc.channel.reply(msg["id"], reply)
+        except ChannelClosed:
+            pass
+
+    async def _deployment(self) -> Deployment:
+        """The current deployment; a call made while the first one is still loading (an isolate
+        that finished its init, a handler started by it) waits for it, boundedly."""
+        if self.current is None:
+            try:
+                await asyncio.wait_for(self._deployed.wait(), READY_WAIT_S)
+            except TimeoutError:
+                raise NotReady(f"the runtime is still starting after {READY_WAIT_S:.0f} s; retry") from None
+        assert self.current is not None
+        return self.current
+
+    async def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        dep = await self._deployment()
+        kind = msg["kind"]
+        target = msg.get("script") or (msg.get("address") or [None])[0]
+        pool = dep.pools.get(target)
+        if pool is None:
+            raise UnknownTarget(f"no script named {target!r}")
+        wall = dep.scripts[target].limits.wall_ms / 1000
+        if kind == "service_fetch":
+            fwd = {"op": "fetch", "rid": msg.get("rid"), "req": msg["req"], "identity": msg.get("identity")}
+            proc = await _ready(pool.pick(), target)
+            reply = await proc.request(fwd, wall)
+            return await self._whole(proc, fwd["id"], reply) if reply.get("more") else reply
+        if kind == "service_rpc":
+            fwd = {k: msg.get(k) for k in ("entrypoint", "method", "args", "kwargs", "rid", "identity")}
+            return await (await _ready(pool.pick(), target)).request({"op": "rpc", **fwd}, wall)
+        if kind == "object":
+            from objects import owner_index
+
+            idx = owner_index(msg["address"][2], len(pool.slots))
+            proc = await _ready(pool.get(idx), target)
+            return await proc.request({"op": "object", "address": msg["address"], "payload": msg["payload"], "rid": msg.get("rid")}, wall)
+        raise UnknownTarget(f"unknown call kind {kind!r}")
+
+    def on_event(self, pool: IsolatePool, msg: dict[str, Any]) -> None:
+        if msg.get("kind") == "audit":
+            self.audit_log.append(str(msg.get("entry")), **(msg.get("fields") or {}))
+            return
+        fields = {k: v for k, v in msg.items() if k != "op"}
+        self.audit_log.append(f"isolate.{fields.pop('kind', 'event')}", script=pool.script.name, **fields)
+
+    async def run_held(self, msg: dict[str, Any], script: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Run a request message held for approval on the current version and collect the
+        response (status, headers, body) instead of sending it to a client."""
+        dep = self.current
+        assert dep is not None
+        pool = dep.pools.get(script)
+        if pool is None:
+            raise LookupError(f"no script named {script!r}")
+        start: dict[str, Any] = {}
+        parts: list[bytes] = []
+
+        async def collect(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                parts.append(message.get("body", b""))
+
+        status, _, _ = await self._dispatch(pool, dep.scripts[script], dict(msg), msg["rid"], collect)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
+        return status, headers, b"".join(parts)
+
+    async def workflow_call(self, script: str, binding: str, action: str, instance: str | None,
+                            args: list[Any], status: str | None = None, *, tenant: str | None = None,
+                            every_tenant: bool = False) -> dict[str, Any]:
+        """Perform an admin action on a workflow through one isolate of `script`, within `tenant`
+        (a list covers every tenant with `every_tenant`)."""
+        dep = self.current
+        assert dep is not None
+        pool = dep.pools.get(script)
+        if pool is None:
+            return {"error": {"code": "no_such_script", "message": f"no script named {script!r}"}}
+        msg = {"op": "workflow", "binding": binding, "action": action, "instance": instance,
+               "args": args, "status": status, "rid": uuid.uuid4().hex, "every_tenant": every_tenant,
+               "identity": {"subject": None, "tenant": tenant, "scopes": []} if tenant is not None else None}
+        try:
+            return await (await pool.pick()).request(msg, dep.scripts[script].limits.wall_ms / 1000)
+        except (IsolateDied, WallTimeExceeded) as e:
+            return {"error": {"code": "unavailable", "message": str(e)}}
+
+    # -- cron ------------------------------------------------------------------------------
+    async def fire_scheduled(self, script: str, cron: str, scheduled_ms: float | None = None) -> dict[str, Any]:
+        dep = self.current
+        assert dep is not None
+        pool = dep.pools.get(script)
+        if pool is None:
+            raise LookupError(f"no script named {script!r}")
+        rid = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        wall = dep.scripts[script].limits.wall_ms / 1000
+        try:
+            reply = await (await pool.pick()).request(
+                {"op": "scheduled", "cron": cron, "time": scheduled_ms or time.time() * 1000, "rid": rid}, wall)
+        except (IsolateDied, WallTimeExceeded) as e:
+            reply = {"ok": False, "error": _call_error(e)}
+        log("scheduled", request_id=rid, script=script, cron=cron, ok=reply.get("ok"),
+            cpu_ms=round(reply.get("cpu_ms", 0.0), 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
+            **({"error": reply["error"]} if reply.get("error") else {}))
+        return {"request_id": rid, **reply}
+
+
+def _call_error(exc: IsolateDied | WallTimeExceeded | NotReady) -> dict[str, Any]:
+    """The error answer (code and HTTP status kept at every hop) of a call the front relays."""
+    if isinstance(exc, IsolateDied):
+        return {"type": "IsolateDied", "message": str(exc), "code": "isolate_restarted", "status": 503}
+    if isinstance(exc, WallTimeExceeded):
+        return {"type": "WallTimeExceeded", "message": "the callee exceeded its wall-time limit",
+                "code": "wall_limit", "status": 503}
+    return {"type": "NotReady", "message": str(exc), "code": "not_ready", "status": 503}
+
+
+class _StreamCut(Exception):
+    """A streamed reply ended early: its handler raised or hit a limit, or its isolate died."""
+
+
+async def _chunks(proc: IsolateProcess, mid: int) -> AsyncIterator[bytes]:
+    """The chunks of streamed reply `mid`, in order; `_StreamCut` when it was cut short. The
+    stream is released when this ends or is closed (use it under `aclosing`)."""
+    assert proc.channel is not None
+    q = proc.channel.stream(mid)
+    try:
+        while (item := await q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise _StreamCut(str(item))
+            yield item
+    finally:
+        proc.channel.release_stream(mid)
+
+
+async def _ready(waiting: Any, script: str) -> IsolateProcess:
+    """An isolate of `script` for a relayed call: one being (re)started is waited for, boundedly."""
+    try:
+        return await asyncio.wait_for(waiting, READY_WAIT_S)
+    except TimeoutError:
+        raise NotReady(f"no isolate of script {script!r} became ready within {READY_WAIT_S:.0f} s; retry") from None

@@ -1,0 +1,95 @@
+"""The operational contract the front applies to every request before a handler runs.
+
+Order, and what each step may answer instead of the handler:
+1. kill switch for the script and the route            -> 503 {"error": "killed", "reason"}
+2. identity: verify the bearer token per route policy  -> 401 / 403 with WWW-Authenticate
+3. kill switch for the tenant                          -> 503 {"error": "killed", "reason"}
+4. risk label from the rules; when a rule reads body fields, the body is parsed exactly as the
+   handler's `request.json()` parses it, whatever its content type (a body that is not JSON
+   matches such rules: fail closed, see risk.py)
+   body nested deeper than MAX_JSON_DEPTH                -> 400 {"error": "json_too_deep", "limit"}
+   action block                                        -> 403 {"error": "blocked_by_policy"}
+   action approve                                      -> 202 {"error": "approval_required"}
+Each refusal is audited (with request id, tenant, subject, script, risk); the JWT itself is never
+logged or audited. Every request is audited at start and at end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.config import AppConfig, RouteConfig
+from runtime.front.auditd import AuditPipe
+from runtime.front.identity import AuthError, Identity, Verifier
+from runtime.front.risk import UNREADABLE_BODY, RiskDecision, RiskEngine
+from runtime.killswitch import KillSwitch
+from runtime.safejson import JSONTooDeep, parse_json
+
+__all__ = ["Contract", "Refusal", "identity_wire"]
+
+
+@dataclass
+class Refusal(Exception):
+    status: int
+    code: str
+    message: str
+    extra: dict[str, Any]
+    headers: list[tuple[bytes, bytes]]
+
+
+def identity_wire(identity: Identity | None) -> dict[str, Any] | None:
+    if identity is None:
+        return None
+    return {"subject": identity.subject, "tenant": identity.tenant, "scopes": list(identity.scopes),
+            "claims": {k: v for k, v in identity.claims.items() if isinstance(v, str | int | float | bool | list)}}
+
+
+class Contract:
+    """The policy of one deployed version (identity, risk rules) over the runtime-wide kill
+    switch and audit log, which outlive versions."""
+
+    def __init__(self, app: AppConfig, secrets: dict[str, str], kills: KillSwitch, audit_log: AuditPipe):
+        self.verifier = Verifier(app.auth, secrets, base_dir=app.root) if app.auth else None
+        self.risk = RiskEngine(app.risk)
+        self.kills = kills
+        self.audit_log = audit_log
+        self.audit_requests = app.audit.requests
+
+    def audit(self, kind: str, **fields: Any) -> None:
+        self.audit_log.append(kind, **fields)
+
+    def route_mode(self, route: RouteConfig) -> str:
+        if route.auth is not None:
+            return route.auth
+        return "required" if self.verifier is not None else "none"
+
+    def check_killed(self, kind: str, name: str | None, rid: str, **ctx: Any) -> None:
+        if name is None:
+            return
+        reason = self.kills.check(kind, name)
+        if reason is not None:
+            self.audit("request.killed", request_id=rid, target_kind=kind, target=name, reason=reason, **ctx)
+            raise Refusal(503, "killed", f"{kind} {name!r} is stopped by the kill switch", {"reason": reason, "target": f"{kind}:{name}"}, [])
+
+    def identify(self, route: RouteConfig, authorization: str | None, rid: str, script: str) -> Identity | None:
+        mode = self.route_mode(route)
+        if mode == "none" or self.verifier is None:
+            return None
+        try:
+            return self.verifier.authenticate(authorization, mode, route.scopes, route.require_tenant)  # type: ignore[arg-type]
+        except AuthError as e:
+            self.audit("auth.failure", request_id=rid, script=script, code=e.code, status=e.status)
+            raise Refusal(e.status, e.code, e.message, {}, [(b"www-authenticate", e.www_authenticate.encode())]) from None
+
+    def assess(self, method: str, path: str, tenant: str | None, body: bytes) -> RiskDecision:
+        parsed: Any = None
+        if self.risk.reads_body and body:
+            try:
+                parsed = parse_json(body)
+            except JSONTooDeep as e:
+                raise Refusal(400, "json_too_deep", f"the request body nests JSON deeper than {e.limit} levels",
+                              {"limit": e.limit}, []) from None
+            except ValueError:
+                parsed = UNREADABLE_BODY
+        return self.risk.evaluate(method, path, tenant, parsed)

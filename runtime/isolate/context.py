@@ -1,0 +1,106 @@
+"""Per-request context inside an isolate: the `ctx` handlers get, and the scope bindings read.
+
+`current()` is the scope of the request whose code is running (a contextvar, so it follows the
+request into every task it awaits). Bindings use it to count subrequests and to carry the request
+id and tenant on everything they send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from objects.errors import USER_ERRORS
+from runtime.front.identity import Identity
+from runtime.logs import log
+
+__all__ = [
+    "ExecutionContext",
+    "Identity",
+    "RequestScope",
+    "SubrequestLimitExceeded",
+    "current",
+    "use_scope",
+]
+
+
+class SubrequestLimitExceeded(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"subrequest limit of {limit} per request exceeded")
+        self.limit = limit
+
+
+@dataclass
+class RequestScope:
+    request_id: str = ""
+    script: str = ""
+    identity: Identity | None = None
+    risk: str = "low"
+    subrequest_limit: int = 50
+    subrequests: int = 0
+
+    @property
+    def tenant(self) -> str | None:
+        return self.identity.tenant if self.identity else None
+
+    def count_subrequest(self) -> None:
+        self.subrequests += 1
+        if self.subrequests > self.subrequest_limit:
+            raise SubrequestLimitExceeded(self.subrequest_limit)
+
+
+_scope: contextvars.ContextVar[RequestScope] = contextvars.ContextVar("edgeworks_scope")
+_NO_SCOPE = RequestScope(subrequest_limit=1_000_000)
+
+
+def current() -> RequestScope:
+    return _scope.get(_NO_SCOPE)
+
+
+def use_scope(scope: RequestScope) -> contextvars.Token[RequestScope]:
+    return _scope.set(scope)
+
+
+class ExecutionContext:
+    """`ctx` of a request: `wait_until`, the request id, identity and risk label."""
+
+    def __init__(self, scope: RequestScope, background: set[asyncio.Task[Any]]):
+        self._scope = scope
+        self._background = background
+
+    @property
+    def request_id(self) -> str:
+        return self._scope.request_id
+
+    @property
+    def identity(self) -> Identity | None:
+        return self._scope.identity
+
+    @property
+    def tenant(self) -> str | None:
+        return self._scope.tenant
+
+    @property
+    def risk(self) -> str:
+        return self._scope.risk
+
+    def wait_until(self, aw: Awaitable[Any]) -> None:
+        """Keep the isolate working on `aw` after the response is sent (errors are logged)."""
+        task = asyncio.ensure_future(_logged(aw, self._scope.request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def pass_through_on_exception(self) -> None:
+        """Accepted for compatibility; there is no origin to fall through to locally."""
+
+
+async def _logged(aw: Awaitable[Any], request_id: str) -> None:
+    """A wait_until task: what it raises (sys.exit() too, which would end the isolate) is logged
+    under the request id that started it."""
+    try:
+        await aw
+    except USER_ERRORS as e:
+        log("error", request_id=request_id, exception=f"{type(e).__name__}: {e}", during="wait_until")
