@@ -12,6 +12,7 @@ __all__ = [
     "OwnsPredicate",
     "Reply",
     "RequestCodec",
+    "ScanningTransport",
     "Transport",
 ]
 
@@ -37,6 +38,17 @@ Transport = Callable[[ObjectAddress, Op], Awaitable[Reply]]
 A transport must start deliveries to one address in the order its coroutines are started: that
 is what gives stubs their E-order.
 """
+
+class ScanningTransport(Protocol):
+    """A ``Transport`` that can also read one committed key of every object of a class (how
+    workflows list their instances without waking them)."""
+
+    def __call__(self, address: ObjectAddress, op: Op) -> Awaitable[Reply]: ...
+
+    async def scan(self, class_name: str, key: str) -> list[tuple[str, Any]]:
+        """``(id_hex, value)`` of the committed ``key`` of every object of ``class_name``."""
+        ...
+
 
 AuditHook = Callable[[str, dict[str, Any]], None]
 """``audit(event, fields)``: called for alarm failures and drops, resets and evictions."""

@@ -3,5 +3,10 @@
 from __future__ import annotations
 
 from objects import DurableObject, DurableObjectNamespace, LocalTransport, ObjectHost
+from objects.stub import DEFAULT_SECRET
+from objects.types import ScanningTransport
 
-__all__ = ["DurableObject", "DurableObjectNamespace", "LocalTransport", "ObjectHost"]
+__all__ = [
+    "DEFAULT_SECRET", "DurableObject", "DurableObjectNamespace", "LocalTransport", "ObjectHost",
+    "ScanningTransport",
+]

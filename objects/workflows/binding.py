@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from ._objects import ScanningTransport
 from .definition import WorkflowDefinition
 from .errors import WorkflowError, WorkflowLimitError
 from .step import _ResultError, normalize_value
@@ -97,7 +98,7 @@ class WorkflowBinding:
         self,
         definition: WorkflowDefinition,
         script: str,
-        transport: Any,
+        transport: ScanningTransport,
         tenant_provider: Callable[[], str | None] | None = None,
         tenant_scoped: bool = False,
         secret: bytes | None = None,
@@ -122,9 +123,11 @@ class WorkflowBinding:
     async def create(self, id: str | dict[str, Any] | None = None, params: Any = None) -> WorkflowInstance:
         """``create(id=, params=)``, or Cloudflare's form ``create({"id": ..., "params": ...})``."""
         if isinstance(id, dict):
-            if params is not None or set(id) - {"id", "params"}:
-                raise WorkflowError("invalid_options", f"create takes {{id, params}}, got {id!r}")
-            id, params = id.get("id"), id.get("params")
+            options = id
+            if params is not None or set(options) - {"id", "params"}:
+                raise WorkflowError("invalid_options",
+                                    f"create takes {{id, params}}, got {options!r}")
+            id, params = options.get("id"), options.get("params")
         instance_id = validate_id(id) if id is not None else uuid.uuid4().hex
         params = self._params(params)
         _unwrap(await self._instance_stub(instance_id).create(instance_id, params, self._tenant()))
@@ -168,7 +171,7 @@ class WorkflowBinding:
 def make_workflow_binding(
     script: str,
     class_name: str,
-    transport: Any,
+    transport: ScanningTransport,
     tenant_provider: Callable[[], str | None] | None = None,
     *,
     definition: WorkflowDefinition,

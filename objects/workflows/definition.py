@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from ._objects import DurableObjectNamespace
+from ._objects import DEFAULT_SECRET, DurableObjectNamespace, ScanningTransport
 from .engine import InstanceEngine
 from .entrypoint import WorkflowEntrypoint
 from .instance import WorkflowInstanceObject
@@ -42,7 +42,7 @@ class WorkflowDefinition:
         self.instance_class_name = f"{self.class_name}.__workflow__"
         self.registry_class_name = f"{self.class_name}.__workflows__"
         self._script: str | None = None
-        self._transport: Any = None
+        self._transport: ScanningTransport | None = None
         self._tenant_scoped = False
         self._secret: bytes | None = None
         self._namespaces: dict[tuple[str, str | None], DurableObjectNamespace] = {}
@@ -59,7 +59,7 @@ class WorkflowDefinition:
         return {self.instance_class_name: self._instance_cls,
                 self.registry_class_name: self._registry_cls}
 
-    def bind(self, script: str, transport: Any, tenant_scoped: bool = False,
+    def bind(self, script: str, transport: ScanningTransport, tenant_scoped: bool = False,
              secret: bytes | None = None) -> None:
         """``secret``: the key the host's other namespaces derive ids with (the host checks the
         names callers send against it)."""
@@ -79,7 +79,7 @@ class WorkflowDefinition:
             namespace = DurableObjectNamespace(self._script, class_name, self._transport,
                                                tenant_provider=lambda: tenant,
                                                tenant_scoped=self._tenant_scoped,
-                                               **({"secret": self._secret} if self._secret else {}))
+                                               secret=self._secret or DEFAULT_SECRET)
             self._namespaces[key] = namespace
         return namespace
 

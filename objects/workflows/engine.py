@@ -175,8 +175,8 @@ class InstanceEngine(DurableObject):
     async def _put(self, puts: dict[str, dict[str, Any]]) -> None:
         for key, value in puts.items():
             self.remember(key, value)
-        if self._meta_dirty and "meta" not in puts:
-            puts = {**puts, "meta": self.meta}  # type: ignore[dict-item]
+        if self._meta_dirty and "meta" not in puts and self.meta is not None:
+            puts = {**puts, "meta": self.meta}
         self._meta_dirty = False
         # One put of several entries lands in one batch (one SQLite transaction).
         await self.storage.put(puts)

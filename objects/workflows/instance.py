@@ -149,7 +149,7 @@ class WorkflowInstanceObject(InstanceEngine):
         event = {"type": event_type, "payload": payload, "received": self.now(),
                  "consumed_by": None}
         await self._save({"meta": {**self.meta, "event_seq": seq}, f"event:{seq:012d}": event})
-        fields = {"type": event_type}
+        fields: dict[str, Any] = {"type": event_type}
         if event_type == APPROVAL_EVENT and isinstance(payload, dict):
             fields.update(approved=bool(payload.get("approved")), by=payload.get("by"),
                           reason=payload.get("reason"))

@@ -35,9 +35,11 @@ _UNITS = {
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*$")
 
 
-def parse_duration(value: str | int | float) -> float:
-    """Seconds in ``value``: a number of seconds, or ``"<n> <unit>"`` ("10 seconds", "2 hours")."""
-    if isinstance(value, bool):
+def parse_duration(value: object) -> float:
+    """Seconds in ``value``: a number of seconds, or ``"<n> <unit>"`` ("10 seconds", "2 hours").
+
+    Anything else is a ``ValueError`` (validators hand it raw input)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
         if value < 0:
@@ -74,7 +76,7 @@ class RetryPolicy(BaseModel):
     @field_validator("delay", mode="before")
     @classmethod
     def _parse_delay(cls, value: object) -> float:
-        return parse_duration(value)  # type: ignore[arg-type]
+        return parse_duration(value)
 
     def delay_after(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -96,7 +98,7 @@ class StepConfig(BaseModel):
     @field_validator("timeout", mode="before")
     @classmethod
     def _parse_timeout(cls, value: object) -> float:
-        seconds = parse_duration(value)  # type: ignore[arg-type]
+        seconds = parse_duration(value)
         if seconds <= 0:
             raise ValueError("timeout must be positive")
         return seconds

@@ -25,6 +25,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -210,6 +211,15 @@ class StepContext:
         return f"StepContext(step={self.step.name!r}#{self.step.count}, attempt={self.attempt})"
 
 
+@dataclass(frozen=True, slots=True)
+class _StepOptions:
+    """How ``step.do`` runs one step (what its keyword arguments resolved to)."""
+
+    config: StepConfig
+    compensate: Callable[..., Awaitable[Any]] | None
+    transactional: bool
+
+
 class StepCall:
     """What ``@step.do(name)`` returns: call it (or await it directly) to run the step.
 
@@ -217,7 +227,7 @@ class StepCall:
     calls it share its result."""
 
     def __init__(self, step: Step, name: str, fn: Callable[..., Awaitable[Any]],
-                 options: dict[str, Any], depends: list[StepCall]) -> None:
+                 options: _StepOptions, depends: list[StepCall]) -> None:
         self._step = step
         self._name = name
         self._fn = fn
@@ -249,11 +259,11 @@ class StepCall:
             await dependency()
         injected = {}
         for param in inspect.signature(self._fn).parameters:
-            dependency = self._step._declared.get(param)
-            if dependency is not None and dependency is not self:
-                injected[param] = await dependency()
+            declared = self._step._declared.get(param)
+            if declared is not None and declared is not self:
+                injected[param] = await declared()
         fn = functools.partial(self._fn, **injected) if injected else self._fn
-        return await self._step._do(self._name, fn, **self._options)
+        return await self._step._do(self._name, fn, self._options)
 
 
 class Step:
@@ -304,11 +314,8 @@ class Step:
                                 f"got {config!r}")
             retries = config.get("retries") if retries is None else retries
             timeout = config.get("timeout") if timeout is None else timeout
-        options = {
-            "config": _merge_config(self._run.step_defaults, retries, timeout),
-            "compensate": compensate,
-            "transactional": transactional,
-        }
+        options = _StepOptions(_merge_config(self._run.step_defaults, retries, timeout),
+                               compensate, transactional)
         if fn is None:
             def decorator(func: Callable[..., Awaitable[Any]]) -> StepCall:
                 call = StepCall(self, name or func.__name__, func, options, depends or [])
@@ -318,17 +325,10 @@ class Step:
             return decorator
         if name is None:
             raise TypeError("step.do(name, fn): a step run directly needs a name")
-        return self._do(name, fn, **options)
+        return self._do(name, fn, options)
 
-    async def _do(
-        self,
-        name: str,
-        fn: StepFn,
-        *,
-        config: StepConfig,
-        compensate: Callable[..., Awaitable[Any]] | None,
-        transactional: bool,
-    ) -> Any:
+    async def _do(self, name: str, fn: StepFn, options: _StepOptions) -> Any:
+        config, compensate = options.config, options.compensate
         if not callable(fn):
             raise TypeError(f"step {name!r}: expected an async function, got {fn!r}")
         key, position, rec = self._enter(name)
@@ -346,7 +346,7 @@ class Step:
         elif rec["wake_at"] is not None and rec["wake_at"] > self._run.now():
             raise _Suspend(rec["wake_at"], "retry", key)
         result = await run_attempts(self._run, "step:" + key, rec, fn, config,
-                                    transactional=transactional)
+                                    transactional=options.transactional)
         self._run.add_compensation(key, self._run.steps["step:" + key], compensate, config)
         return result
 
