@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 
 from objects.alarms import AlarmInfo
-from objects.database import ObjectDatabase
+from objects.database import Database
 from objects.durable_object import DurableObject, DurableObjectState
 from objects.errors import (
     BAD_REQUEST_TYPE,
@@ -36,7 +36,6 @@ from objects.errors import (
 from objects.gates import InputGate, OutputGate, current_output_gate
 from objects.ids import DurableObjectId
 from objects.options import ObjectHostOptions
-from objects.shared import SharedObjectDatabase
 from objects.storage import Storage, StorageLimits
 from objects.types import AuditHook, ObjectAddress, Reply, RequestCodec
 
@@ -66,7 +65,7 @@ class ObjectActor:
         address: ObjectAddress,
         cls: type[DurableObject],
         env: Any,
-        db: ObjectDatabase | SharedObjectDatabase,
+        db: Database,
         options: ObjectHostOptions,
         *,
         now_ms: Callable[[], int],
@@ -278,7 +277,7 @@ class ObjectActor:
     async def _run_alarm(self, event: QueuedEvent) -> Reply:
         expected = event.op["time"]
         stored = self.storage.stored_alarm
-        if stored != expected or stored > self._now_ms():
+        if stored is None or stored != expected or stored > self._now_ms():
             return {"ok": {"status": "stale", "alarm": stored}}
         if event.drop:
             await self.storage.clear_alarm_if(expected)

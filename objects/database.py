@@ -30,13 +30,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from objects.sqlitefile import connect
 
-__all__ = ["Batch", "Durability", "ObjectDatabase", "OpenState"]
+__all__ = [
+    "Batch", "Database", "Durability", "ObjectDatabase", "OpenState", "Rows", "SavepointAction",
+    "SqlResult", "SqlValue",
+]
 
 Durability = Literal["normal", "full"]
+SavepointAction = Literal["release", "rollback"]
+Rows = list[tuple[str, bytes]]  # (key, value) of KV entries, in key order
+SqlValue = int | float | str | bytes | None  # what SQLite hands back for a column
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -140,14 +146,74 @@ class Batch:
 @dataclass
 class OpenState:
     alarm: int | None
-    rows: list[tuple[str, bytes]]
+    rows: Rows
     complete: bool  # rows hold the whole KV table
     name: str | None = None
 
 
-class ObjectDatabase:
-    shared = False  # see objects.shared.SharedObjectDatabase
+class SqlResult(NamedTuple):
+    """What one SQL statement gave: its column names, its rows, and how many rows it changed."""
 
+    columns: list[str]
+    rows: list[tuple[SqlValue, ...]]
+    rows_written: int
+
+
+@runtime_checkable
+class Database(Protocol):
+    """The storage of one object, as ``Storage`` and the host use it: a database of its own
+    (``ObjectDatabase``) or its rows in the shared file (``objects.shared``).
+
+    ``*_now`` methods, ``exec`` and ``open_savepoint`` block the caller until the job ran on the
+    database's thread; the others are awaited. Every job runs in submission order, so a read
+    sees every commit submitted before it."""
+
+    @property
+    def path(self) -> Path:
+        """Where the object's own database file is (or goes, once it moves out)."""
+        ...
+
+    @property
+    def file(self) -> Path:
+        """The SQLite file that holds the object now (named in errors)."""
+        ...
+
+    async def open(self, preload_rows: int, preload_bytes: int) -> OpenState: ...
+
+    async def close(self, *, discard: bool = False) -> None: ...
+
+    async def read(self, keys: list[str]) -> dict[str, bytes]: ...
+
+    def read_now(self, keys: list[str]) -> dict[str, bytes]: ...
+
+    async def list(
+        self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
+    ) -> Rows: ...
+
+    def list_now(
+        self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
+    ) -> Rows: ...
+
+    async def read_idempotency(self, key: str) -> tuple[bytes, int] | None:
+        """``(reply, created_ms)`` recorded for ``key``."""
+        ...
+
+    def commit_soon(self, batch: Batch) -> asyncio.Future[None]:
+        """Submit a group commit now; the future resolves once it is durable (or failed)."""
+        ...
+
+    async def delete_all(self) -> None:
+        """Delete every KV entry and every user table (the alarm and idempotency records stay)."""
+        ...
+
+    def exec(self, query: str, params: tuple[Any, ...]) -> SqlResult: ...
+
+    def open_savepoint(self, name: str) -> None: ...
+
+    async def savepoint(self, name: str, action: SavepointAction) -> None: ...
+
+
+class ObjectDatabase:
     def __init__(
         self,
         path: Path,
@@ -187,7 +253,7 @@ class ObjectDatabase:
                        synchronous="FULL" if self.durability == "full" else "NORMAL")
         self._conn = conn
         row = conn.execute("SELECT time FROM _ew_alarm WHERE id = 0").fetchone()
-        rows: list[tuple[str, bytes]] = []
+        rows: Rows = []
         total = 0
         complete = True
         for key, value in conn.execute(
@@ -250,18 +316,18 @@ class ObjectDatabase:
 
     async def list(
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
-    ) -> list[tuple[str, bytes]]:
+    ) -> Rows:
         return await self._run(self._list, start, end, prefix, reverse, limit)
 
     def list_now(
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
-    ) -> list[tuple[str, bytes]]:
+    ) -> Rows:
         return self._call(self._list, start, end, prefix, reverse, limit)
 
     def _list(
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
-    ) -> list[tuple[str, bytes]]:
-        return list(self.conn.execute(*range_query("_ew_kv", start, end, prefix, reverse, limit)))
+    ) -> Rows:
+        return self.conn.execute(*range_query("_ew_kv", start, end, prefix, reverse, limit)).fetchall()
 
     async def read_idempotency(self, key: str) -> tuple[bytes, int] | None:
         """``(reply, created_ms)`` recorded for ``key``."""
@@ -333,24 +399,24 @@ class ObjectDatabase:
         for kind, name in sorted(objs, key=lambda o: o[0] != "view"):
             conn.execute(f'DROP {kind.upper()} IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
 
-    def exec(self, query: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]], int]:
+    def exec(self, query: str, params: tuple[Any, ...]) -> SqlResult:
         return self._call(self._exec, query, params)
 
-    def _exec(self, query: str, params: tuple[Any, ...]) -> tuple[list[str], list[tuple[Any, ...]], int]:
+    def _exec(self, query: str, params: tuple[Any, ...]) -> SqlResult:
         conn = self._begin()
         before = conn.total_changes
         cur = conn.execute(query, params)
         columns = [d[0] for d in cur.description] if cur.description else []
         rows = cur.fetchall()
-        return columns, rows, conn.total_changes - before
+        return SqlResult(columns, rows, conn.total_changes - before)
 
-    async def savepoint(self, name: str, action: Literal["release", "rollback"]) -> None:
+    async def savepoint(self, name: str, action: SavepointAction) -> None:
         await self._run(self._savepoint, name, action)
 
     def open_savepoint(self, name: str) -> None:
         self._call(self._savepoint, name, "open")
 
-    def _savepoint(self, name: str, action: str) -> None:
+    def _savepoint(self, name: str, action: SavepointAction | Literal["open"]) -> None:
         if action == "open":
             self._begin().execute(f"SAVEPOINT {name}")
         elif action == "release":

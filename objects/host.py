@@ -36,7 +36,7 @@ from objects import values
 from objects.actor import ObjectActor, QueuedEvent
 from objects.alarms import AlarmIndex, retry_delay_ms
 from objects.clock import Clock, SystemClock
-from objects.database import ObjectDatabase
+from objects.database import Database, Durability, ObjectDatabase
 from objects.durable_object import DurableObject
 from objects.errors import (
     BAD_REQUEST_TYPE,
@@ -84,7 +84,7 @@ class ObjectHost:
         clock: Clock | None = None,
         idle_timeout_s: float = 30.0,
         max_queue: int = 5000,
-        durability: str = "normal",
+        durability: Durability = "normal",
         codec: RequestCodec | None = None,
         audit: AuditHook | None = None,
         owns: OwnsPredicate | None = None,
@@ -125,7 +125,7 @@ class ObjectHost:
     def db_path(self, class_name: str, id_hex: str) -> Path:
         return self.root / class_name / f"{id_hex}.sqlite"
 
-    def _database(self, class_name: str, id_hex: str) -> ObjectDatabase | SharedObjectDatabase:
+    def _database(self, class_name: str, id_hex: str) -> Database:
         path = self.db_path(class_name, id_hex)
 
         def index(time: int | None) -> None:

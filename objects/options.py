@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from objects import values
+from objects.database import Durability
 
 __all__ = ["ObjectHostOptions"]
 
@@ -16,7 +15,7 @@ class ObjectHostOptions(BaseModel):
 
     idle_timeout_s: float = Field(30.0, gt=0, description="evict an object idle this long")
     max_queue: int = Field(5000, ge=1, description="pending events (queued or running) per object")
-    durability: Literal["normal", "full"] = Field(
+    durability: Durability = Field(
         "normal", description="SQLite synchronous=NORMAL (survives process crash) or FULL (power loss)"
     )
     max_key_bytes: int = Field(values.DEFAULT_MAX_KEY_BYTES, ge=1)

@@ -34,19 +34,24 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from objects.database import (
     Batch,
     Durability,
     ObjectDatabase,
     OpenState,
+    Rows,
+    SavepointAction,
+    SqlResult,
     _create_from_template,
     range_query,
 )
 from objects.sqlitefile import connect
 
 __all__ = ["SharedDatabase", "SharedObjectDatabase", "scan_key"]
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (class_name TEXT NOT NULL, id TEXT NOT NULL, key TEXT NOT NULL,
@@ -82,12 +87,12 @@ class SharedDatabase:
         self.transactions = 0  # group commits made (each: one transaction, one fsync under FULL)
 
     # -- submission (event loop side) ----------------------------------------------------------
-    def submit(self, fn: Callable[..., Any], *args: Any, commit: bool = False) -> asyncio.Future[Any]:
+    def submit(self, fn: Callable[..., T], *args: Any, commit: bool = False) -> asyncio.Future[T]:
         """Run ``fn(conn, *args)`` on the thread; the future resolves with its result."""
         loop = asyncio.get_running_loop()
-        job = _Job(fn, args, commit, loop, loop.create_future())
-        self._enqueue(job)
-        return job.fut  # type: ignore[return-value]
+        fut: asyncio.Future[T] = loop.create_future()
+        self._enqueue(_Job(fn, args, commit, loop, fut))
+        return fut
 
     def _enqueue(self, job: _Job) -> None:
         with self._cond:
@@ -98,16 +103,18 @@ class SharedDatabase:
             self._jobs.append(job)
             self._cond.notify()
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the thread, after the jobs before it, and block until it
         ran (the writer never waits for the caller, so this cannot deadlock)."""
-        job = _Job(fn, args, False, None, concurrent.futures.Future())
-        self._enqueue(job)
-        return job.fut.result()
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._enqueue(_Job(fn, args, False, None, fut))
+        return fut.result()
 
     async def alarms(self) -> list[tuple[str, str, int]]:
-        return await self.submit(lambda conn: list(conn.execute(
-            "SELECT class_name, id, time FROM alarms")))
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+            return conn.execute("SELECT class_name, id, time FROM alarms").fetchall()
+
+        return await self.submit(read)
 
     async def close(self) -> None:
         with self._cond:
@@ -226,9 +233,7 @@ def _resolve(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
 
 
 class SharedObjectDatabase:
-    """One object's view of the shared database (the interface ``Storage`` uses)."""
-
-    shared = True
+    """One object's view of the shared database (an ``objects.database.Database``)."""
 
     def __init__(
         self,
@@ -255,7 +260,7 @@ class SharedObjectDatabase:
         named = conn.execute("SELECT name FROM names WHERE class_name = ? AND id = ?",
                              self._obj).fetchone()
         name = named[0] if named else None
-        rows: list[tuple[str, bytes]] = []
+        rows: Rows = []
         total = 0
         for key, value in conn.execute(
             "SELECT key, value FROM kv WHERE class_name = ? AND id = ? ORDER BY key LIMIT ?",
@@ -279,7 +284,7 @@ class SharedObjectDatabase:
 
     def _read(self, conn: sqlite3.Connection, keys: list[str]) -> dict[str, bytes]:
         sql = "SELECT value FROM kv WHERE class_name = ? AND id = ? AND key = ?"
-        out = {}
+        out: dict[str, bytes] = {}
         for key in keys:
             row = conn.execute(sql, (*self._obj, key)).fetchone()
             if row is not None:
@@ -288,24 +293,28 @@ class SharedObjectDatabase:
 
     async def list(
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
-    ) -> list[tuple[str, bytes]]:
+    ) -> Rows:
         return await self._store.submit(self._list, start, end, prefix, reverse, limit)
 
     def list_now(
         self, start: str | None, end: str | None, prefix: str | None, reverse: bool, limit: int | None
-    ) -> list[tuple[str, bytes]]:
+    ) -> Rows:
         return self._store.call(self._list, start, end, prefix, reverse, limit)
 
     def _list(self, conn: sqlite3.Connection, start: str | None, end: str | None,
-              prefix: str | None, reverse: bool, limit: int | None) -> list[tuple[str, bytes]]:
+              prefix: str | None, reverse: bool, limit: int | None) -> Rows:
         sql, params = range_query("kv", start, end, prefix, reverse, limit,
                                   scope=("class_name = ? AND id = ?", self._obj))
-        return list(conn.execute(sql, params))
+        return conn.execute(sql, params).fetchall()
 
     async def read_idempotency(self, key: str) -> tuple[bytes, int] | None:
-        return await self._store.submit(lambda conn: conn.execute(
-            "SELECT reply, created_ms FROM idempotency WHERE class_name = ? AND id = ? AND key = ?",
-            (*self._obj, key)).fetchone())
+        """``(reply, created_ms)`` recorded for ``key``."""
+        def read(conn: sqlite3.Connection) -> tuple[bytes, int] | None:
+            return conn.execute(
+                "SELECT reply, created_ms FROM idempotency "
+                "WHERE class_name = ? AND id = ? AND key = ?", (*self._obj, key)).fetchone()
+
+        return await self._store.submit(read)
 
     # -- writes --------------------------------------------------------------------------------
     def commit_soon(self, batch: Batch) -> asyncio.Future[None]:
@@ -346,14 +355,14 @@ class SharedObjectDatabase:
 
         await self._store.submit(delete, commit=True)
 
-    def exec(self, query: str, params: tuple[Any, ...]) -> Any:
-        raise RuntimeError("a shared-storage object must move to its own database before SQL")
+    def exec(self, query: str, params: tuple[Any, ...]) -> SqlResult:
+        _no_sql()
 
     def open_savepoint(self, name: str) -> None:
-        raise RuntimeError("a shared-storage object must move to its own database before SQL")
+        _no_sql()
 
-    async def savepoint(self, name: str, action: str) -> None:
-        raise RuntimeError("a shared-storage object must move to its own database before SQL")
+    async def savepoint(self, name: str, action: SavepointAction) -> None:
+        _no_sql()
 
     # -- moving out ----------------------------------------------------------------------------
     def detach(self) -> ObjectDatabase:
@@ -400,6 +409,12 @@ class SharedObjectDatabase:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _no_sql() -> NoReturn:
+    """SQL runs only in a database of the object's own: ``Storage`` moves the object out
+    (``SharedObjectDatabase.detach``) before its first statement."""
+    raise RuntimeError("a shared-storage object must move to its own database before SQL")
 
 
 def scan_key(root: Path, class_name: str, key: str) -> list[tuple[str, bytes]]:

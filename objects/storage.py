@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from objects import values
-from objects.database import Batch, ObjectDatabase
+from objects.database import Batch, Database, Rows
 from objects.errors import DurableObjectReset
 from objects.gates import InputGate, OutputGate
 from objects.shared import SharedObjectDatabase
@@ -67,7 +67,7 @@ def _check_list_options(prefix: Any, start: Any, end: Any, limit: Any) -> None:
 class Storage:
     def __init__(
         self,
-        db: ObjectDatabase | SharedObjectDatabase,
+        db: Database,
         input_gate: InputGate,
         output_gate: OutputGate,
         *,
@@ -139,13 +139,14 @@ class Storage:
             self._broken = DurableObjectReset("the object was closed")
         await self._db.close(discard=discard)
 
-    def _fail(self, message: str) -> None:
-        if self._broken is not None:
-            return
-        self._broken = DurableObjectReset(message)
-        self._out.break_(self._broken)
-        self._in.break_(self._broken)
-        self._on_broken(self._broken)
+    def _fail(self, message: str) -> DurableObjectReset:
+        """Break the object (the first failure wins) and return what broke it."""
+        if self._broken is None:
+            self._broken = DurableObjectReset(message)
+            self._out.break_(self._broken)
+            self._in.break_(self._broken)
+            self._on_broken(self._broken)
+        return self._broken
 
     # -- gating and batching -------------------------------------------------------------------
     def _enter_now(self) -> None:
@@ -340,7 +341,7 @@ class Storage:
         """Entries in key order (``start`` inclusive, ``end`` exclusive), as a dict."""
         await self._enter()
         _check_list_options(prefix, start, end, limit)
-        rows: list[tuple[str, bytes]] = []
+        rows: Rows = []
         if not self._complete:
             async with self._in.hold():
                 rows = await self._db.list(start, end, prefix, reverse, self._list_limit(limit))
@@ -353,7 +354,7 @@ class Storage:
         extra = len(self._dirty) + len(self._inflight) + sum(len(s.writes) for s in self._sections)
         return limit + extra
 
-    def _listed(self, rows: list[tuple[str, bytes]], prefix: str | None, start: str | None,
+    def _listed(self, rows: Rows, prefix: str | None, start: str | None,
                 end: str | None, reverse: bool, limit: int | None) -> dict[str, Any]:
         """What ``list`` answers: ``rows`` read from SQLite (none if the cache is complete)
         merged with the cache and the open sections."""
@@ -377,10 +378,11 @@ class Storage:
                 and (not prefix or k.startswith(prefix))
             )
 
-        keys = sorted((k for k, v in merged.items() if v is not None and wanted(k)), reverse=reverse)
+        present = {k: v for k, v in merged.items() if v is not None and wanted(k)}
+        keys = sorted(present, reverse=reverse)
         if limit is not None:
             keys = keys[:limit]
-        return {k: values.decode(merged[k]) for k in keys}  # type: ignore[arg-type]
+        return {k: values.decode(present[k]) for k in keys}
 
     async def delete_all(self) -> None:
         """Delete every KV entry and every user SQL table (the alarm is kept)."""
@@ -471,8 +473,8 @@ class Storage:
             raise self._broken
         if self._in.blocks_storage:
             return PendingSql(self, query, params)
-        if self._db.shared:
-            self._move_out()
+        if isinstance(self._db, SharedObjectDatabase):
+            self._move_out(self._db)
         if self._sections and self._sections[-1].savepoint is None:
             name = f"ew_sp_{next(_savepoints)}"
             self._sections[-1].savepoint = name  # stops new flushes until the section ends
@@ -488,7 +490,7 @@ class Storage:
             if isinstance(result, SqlCursor):
                 return result
 
-    def _move_out(self) -> None:
+    def _move_out(self, shared: SharedObjectDatabase) -> None:
         """Move a shared-storage object to a database of its own (``objects.shared``); blocks.
 
         A commit already submitted to the shared database is moved with the rest; writes not
@@ -497,10 +499,10 @@ class Storage:
             self._kick()
         self._moving = True
         try:
-            self._db = self._db.detach()  # type: ignore[union-attr]
+            self._db = shared.detach()
         except Exception as exc:
-            self._fail(f"moving to its own database failed: {type(exc).__name__}: {exc}")
-            raise self._broken from exc  # type: ignore[misc]
+            raise self._fail(f"moving to its own database failed: {type(exc).__name__}: {exc}") \
+                from exc
         finally:
             self._moving = False
         if self._pending:
