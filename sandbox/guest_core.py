@@ -25,7 +25,7 @@ import wasmtime
 
 from . import _fastcall
 from .errors import ErrorCode, ToolError
-from .limits import Limits
+from .guest_call import GuestCall
 from .runner import MemoryProbe
 
 __all__ = ["call_core", "check_exports", "read_json_output"]
@@ -49,15 +49,11 @@ def check_exports(module: wasmtime.Module, export: str) -> ToolError | None:
 
 
 def call_core(
-    store: wasmtime.Store,
-    probe: MemoryProbe,
-    pre: wasmtime.InstancePre,
-    export: str,
-    input_bytes: bytes,
-    limits: Limits,
+    store: wasmtime.Store, probe: MemoryProbe, call: GuestCall, export: str, input_bytes: bytes
 ) -> Any:
     # export types were checked by `check_exports` when the tool was prepared
-    instance = pre.instantiate(store)
+    limits = call.limits
+    instance = call.pre.instantiate(store)
     memory = _fastcall.export(store, instance, "memory")
     alloc = _fastcall.export(store, instance, "alloc")
     fn = _fastcall.export(store, instance, export)

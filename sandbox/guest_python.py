@@ -37,16 +37,15 @@ import ast
 import json
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 import wasmtime
 
 from .errors import ErrorCode, ToolError
+from .guest_call import GuestCall
 from .guest_wasi import run_command
-from .host import HostContext, dispatch
+from .host import dispatch
 from .runner import MemoryProbe
-from .spec import Preopen
 
 __all__ = ["build_program", "call_python", "to_json_value"]
 
@@ -101,27 +100,19 @@ def to_json_value(value: Any, depth: int = 0) -> Any:
 
 
 def call_python(
-    store: wasmtime.Store,
-    probe: MemoryProbe,
-    pre: wasmtime.InstancePre,
-    source: str,
-    input_value: Any,
-    ctx: HostContext,
-    preopens: list[Preopen],
-    app_dir: Path,
-    stderr_cap: int,
-    tmp_dir: Path,
+    store: wasmtime.Store, probe: MemoryProbe, call: GuestCall, source: str, input_value: Any
 ) -> Any:
+    ctx = call.ctx
     delivered: list[bytes] = []
 
     def bridge(name: str, raw: bytes) -> dict[str, Any] | bytes:
         if name == "__result__":
             if not delivered:
-                if len(raw) > ctx.limits.output_bytes and ctx.abort is None:
+                if len(raw) > call.limits.output_bytes and ctx.abort is None:
                     ctx.abort = ToolError(
                         ErrorCode.OUTPUT_LIMIT,
-                        f"result of {len(raw)} bytes exceeds the {ctx.limits.output_bytes}-byte limit",
-                        {"output_bytes": ctx.limits.output_bytes, "size": len(raw)},
+                        f"result of {len(raw)} bytes exceeds the {call.limits.output_bytes}-byte limit",
+                        {"output_bytes": call.limits.output_bytes, "size": len(raw)},
                     )
                 delivered.append(raw)
             return _OK_NONE
@@ -133,10 +124,7 @@ def call_python(
 
     ctx.bridge = bridge
     program, offset = build_program(source, input_value)
-    status, _out, err = run_command(
-        store, probe, pre, ["micropython", "-c", program], b"", ctx, preopens, app_dir,
-        stderr_cap, tmp_dir,
-    )
+    status, _out, err = run_command(store, probe, call, ["micropython", "-c", program], b"")
     if status != 0 or not delivered:
         raise _guest_failure(status, err.decode("utf-8", "replace"), offset)
     try:

@@ -30,14 +30,15 @@ import errno
 import os
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import wasmtime
 
 from .errors import ErrorCode, ToolError
+from .guest_call import GuestCall
 from .guest_core import read_json_output
-from .host import HostContext
 from .runner import MemoryProbe
 from .spec import Preopen
 
@@ -132,7 +133,7 @@ class TailStream:
         return bytes(self.buffer[-self.cap :])
 
 
-def configure_preopens(wasi: wasmtime.WasiConfig, preopens: list[Preopen], app_dir: Path) -> None:
+def configure_preopens(wasi: wasmtime.WasiConfig, preopens: Iterable[Preopen], app_dir: Path) -> None:
     for p in preopens:
         host = (app_dir / p.host_path).resolve()
         if not host.is_dir():
@@ -141,20 +142,12 @@ def configure_preopens(wasi: wasmtime.WasiConfig, preopens: list[Preopen], app_d
 
 
 def run_command(
-    store: wasmtime.Store,
-    probe: MemoryProbe,
-    pre: wasmtime.InstancePre,
-    argv: list[str],
-    input_bytes: bytes,
-    ctx: HostContext,
-    preopens: list[Preopen],
-    app_dir: Path,
-    stderr_cap: int,
-    tmp_dir: Path,
+    store: wasmtime.Store, probe: MemoryProbe, call: GuestCall, argv: list[str], input_bytes: bytes
 ) -> tuple[int, bytes, bytes]:
     """Run `_start`; returns (exit status, stdout, stderr). Raises on output overflow."""
-    stdout = CappedStream(ctx.limits.output_bytes)
-    stderr = TailStream(stderr_cap)
+    ctx = call.ctx
+    stdout = CappedStream(call.limits.output_bytes)
+    stderr = TailStream(call.stderr_bytes)
     wasi = wasmtime.WasiConfig()
     wasi.argv = argv
     wasi.env = []
@@ -162,15 +155,15 @@ def run_command(
     wasi.stderr_custom = _Held(stderr)
     stdin_path: str | None = None
     if input_bytes:
-        fd, stdin_path = tempfile.mkstemp(dir=tmp_dir, prefix="stdin-")
+        fd, stdin_path = tempfile.mkstemp(dir=call.tmp_dir, prefix="stdin-")
         with os.fdopen(fd, "wb") as f:
             f.write(input_bytes)
         wasi.stdin_file = stdin_path
     status = 0
     try:
-        configure_preopens(wasi, preopens, app_dir)
+        configure_preopens(wasi, call.preopens, call.app_dir)
         store.set_wasi(wasi)
-        instance = pre.instantiate(store)
+        instance = call.pre.instantiate(store)
         probe.instance = instance
         exports = instance.exports(store)
         memory = exports.get("memory")
@@ -189,8 +182,8 @@ def run_command(
         if stdout.overflowed and ctx.abort is None:
             ctx.abort = ToolError(
                 ErrorCode.OUTPUT_LIMIT,
-                f"output exceeds the {ctx.limits.output_bytes}-byte limit",
-                {"output_bytes": ctx.limits.output_bytes},
+                f"output exceeds the {call.limits.output_bytes}-byte limit",
+                {"output_bytes": call.limits.output_bytes},
             )
     if ctx.abort is not None:
         raise ctx.abort
@@ -198,20 +191,9 @@ def run_command(
 
 
 def call_wasi(
-    store: wasmtime.Store,
-    probe: MemoryProbe,
-    pre: wasmtime.InstancePre,
-    argv: list[str],
-    input_bytes: bytes,
-    ctx: HostContext,
-    preopens: list[Preopen],
-    app_dir: Path,
-    stderr_cap: int,
-    tmp_dir: Path,
+    store: wasmtime.Store, probe: MemoryProbe, call: GuestCall, argv: list[str], input_bytes: bytes
 ) -> Any:
-    status, out, err = run_command(
-        store, probe, pre, argv, input_bytes, ctx, preopens, app_dir, stderr_cap, tmp_dir
-    )
+    status, out, err = run_command(store, probe, call, argv, input_bytes)
     if status != 0:
         raise ToolError(
             ErrorCode.GUEST_ERROR,

@@ -1,11 +1,11 @@
 """One guest call on one fresh Store: limits, deadline, host context and error mapping.
 
-`execute(engine, limits, ctx, body)` runs on a thread whose stack holds the engine's wasm stack
-limit plus a host margin (the calling thread if it qualifies, else a thread of the engine's
-pool, waited for: see `sandbox.engine`), builds a `wasmtime.Store`, applies the limits (fuel,
-memory, tables, instances), binds `ctx` as this thread's host context, opens an epoch-ticker
-window, sets the wall-clock deadline, runs `body(store)` and maps whatever went wrong to a
-`ToolError`. The store is created, used and dropped on that one thread.
+`execute(engine, call, body, stats)` runs on a thread whose stack holds the engine's wasm
+stack limit plus a host margin (the calling thread if it qualifies, else a thread of the
+engine's pool, waited for: see `sandbox.engine`), builds a `wasmtime.Store`, applies the call's
+limits (fuel, memory, tables, instances), binds the call's host context to this thread, opens an
+epoch-ticker window, sets the wall-clock deadline, runs `body(store, probe)` and maps whatever
+went wrong to a `ToolError`. The store is created, used and dropped on that one thread.
 
 Mapping, first match wins:
 1. a violation the host recorded (`ctx.abort`: host-call or output limit);
@@ -34,11 +34,12 @@ import wasmtime
 
 from .engine import SandboxEngine
 from .errors import ErrorCode, ToolError
+from .guest_call import GuestCall
 from .host import HostContext
 from .hostlink import bind_context
 from .limits import Limits
 
-__all__ = ["CallStats", "execute"]
+__all__ = ["CallStats", "GuestBody", "MemoryProbe", "execute"]
 
 PAGE = 64 * 1024
 T = TypeVar("T")
@@ -63,15 +64,17 @@ class MemoryProbe:
         self.instance: wasmtime.Instance | None = None
 
 
-def execute(
-    engine: SandboxEngine,
-    limits: Limits,
-    ctx: HostContext,
-    body: Callable[[wasmtime.Store, MemoryProbe], T],
-    stats: CallStats,
-) -> T:
+# What runs the guest in its fresh Store: one of the guest ABIs, bound to its GuestCall.
+GuestBody = Callable[[wasmtime.Store, MemoryProbe], T]
+
+
+def execute(engine: SandboxEngine, call: GuestCall, body: GuestBody[T], stats: CallStats) -> T:
     if not engine.runs_guests_here():
-        return engine.executor.submit(execute, engine, limits, ctx, body, stats).result()
+        def run_on_pool_thread() -> T:
+            return execute(engine, call, body, stats)
+
+        return engine.executor.submit(run_on_pool_thread).result()
+    limits, ctx = call.limits, call.ctx
     store = wasmtime.Store(engine.engine)  # closed in `finally`: see module docstring
     store.set_limits(
         memory_size=limits.memory_bytes,

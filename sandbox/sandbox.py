@@ -38,6 +38,7 @@ from ._wasmbin import export_tables
 from .capabilities import CapabilitySet
 from .engine import SandboxEngine
 from .errors import ErrorCode, ToolError
+from .guest_call import GuestCall
 from .guest_core import call_core, check_exports
 from .guest_python import call_python
 from .guest_wasi import call_wasi
@@ -45,13 +46,12 @@ from .host import HostContext
 from .hostlink import check_imports, edge_linker, micropython_linker
 from .kv import SandboxKV
 from .limits import Limits
-from .runner import CallStats, MemoryProbe, execute
+from .runner import CallStats, GuestBody, MemoryProbe, execute
 from .spec import Preopen, SandboxConfig, ToolSpec, default_micropython_wasm
 from .tokens import ANY_TENANT, CapabilityAuthority, TokenError
 from .types import AuditHook, Clock, noop_audit
 
 __all__ = ["ANY_TENANT", "Sandbox"]
-
 
 
 @dataclass
@@ -201,9 +201,16 @@ class Sandbox:
                         f"module imports {imp}, which needs a {kind} capability this call lacks",
                         {"import": imp, "capability": kind},
                     )
-            preopens = _granted_preopens(prepared.spec.preopens, tok.capabilities, ctx)
-            body = self._body(prepared, input_json, ctx, preopens)
-            return execute(self.engine, limits, ctx, body, stats)
+            assert prepared.pre is not None  # only a refused tool has none, and it raised above
+            call = GuestCall(
+                pre=prepared.pre,
+                ctx=ctx,
+                preopens=_granted_preopens(prepared.spec.preopens, tok.capabilities, ctx),
+                app_dir=self.app_dir,
+                tmp_dir=self.tmp_dir,
+                stderr_bytes=self.config.stderr_bytes,
+            )
+            return execute(self.engine, call, self._body(prepared, input_json, call), stats)
         except ToolError as e:
             fields["outcome"] = e.code
             fields["error"] = e.message
@@ -230,29 +237,22 @@ class Sandbox:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _body(self, prepared: _Prepared, input_json: str, ctx: HostContext, preopens: list[Preopen]):  # type: ignore[no-untyped-def]
+    @staticmethod
+    def _body(prepared: _Prepared, input_json: str, call: GuestCall) -> GuestBody[Any]:
+        """The guest ABI of the tool's kind, bound to ``call`` and the input."""
         spec = prepared.spec
-        pre = prepared.pre
-        assert pre is not None
         if spec.kind == "wasm":
             data = input_json.encode()
-            return lambda store, probe: call_core(store, probe, pre, spec.export, data, ctx.limits)
+            return lambda store, probe: call_core(store, probe, call, spec.export, data)
         if spec.kind == "wasi":
             data = input_json.encode()
             argv = [spec.name]
-            return lambda store, probe: call_wasi(
-                store, probe, pre, argv, data, ctx, preopens, self.app_dir,
-                self.config.stderr_bytes, self.tmp_dir,
-            )
+            return lambda store, probe: call_wasi(store, probe, call, argv, data)
         source = prepared.python_source
-
         input_value = json.loads(input_json)  # normalized: exactly what JSON can carry
 
         def run_python(store: wasmtime.Store, probe: MemoryProbe) -> Any:
-            return call_python(
-                store, probe, pre, source, input_value, ctx, preopens, self.app_dir,
-                self.config.stderr_bytes, self.tmp_dir,
-            )
+            return call_python(store, probe, call, source, input_value)
 
         return run_python
 
@@ -328,14 +328,14 @@ class Sandbox:
                 return path.read_bytes()
             text = path.read_text(encoding="utf-8")
         try:
-            return wasmtime.wat2wasm(text)
+            return bytes(wasmtime.wat2wasm(text))
         except wasmtime.WasmtimeError as e:
             raise ToolError(ErrorCode.BAD_INPUT, f"tool {spec.name!r}: invalid WAT: {e}") from None
 
 
 def _granted_preopens(
     declared: list[Preopen], caps: CapabilitySet, ctx: HostContext
-) -> list[Preopen]:
+) -> tuple[Preopen, ...]:
     """The declared preopens this call's token lets it mount, each with its granted mode."""
     mounted: list[Preopen] = []
     for p in declared:
@@ -345,7 +345,7 @@ def _granted_preopens(
         elif caps.allows_path("fs.read", p.guest_path) or caps.allows_path("fs.write", p.guest_path):
             ctx.use(f"fs.read:{p.guest_path}")
             mounted.append(p.model_copy(update={"writable": False}) if p.writable else p)
-    return mounted
+    return tuple(mounted)
 
 
 def _guarded(audit: AuditHook) -> AuditHook:
