@@ -39,11 +39,13 @@ except (ImportError, AttributeError):  # pragma: no cover - other wasmtime-py la
 def call_i32(store: wasmtime.Store, func: wasmtime.Func, *args: int) -> int:
     """Call `func` (i32 params, one i32/i64 result) and return the result as an int."""
     if not AVAILABLE:
-        return func(store, *args)  # type: ignore[no-any-return]
+        return func(store, *args)
     n = len(args)
     params = (_VAL * n)()
     for i, arg in enumerate(args):
-        params[i].kind = _I32
+        # wasmtime-py annotates its ctypes fields with their ctypes types (c_ubyte), but ctypes
+        # stores a plain int into a simple-typed field (and reads it back as an int)
+        params[i].kind = _I32  # type: ignore[assignment]
         params[i].of.i32 = arg
     results = (_VAL * 1)()
     with _enter_wasm(store) as trap:

@@ -59,7 +59,7 @@ class GuestThreadPool(ThreadPoolExecutor):
         with _stack_size_lock:
             previous = threading.stack_size(self.stack_bytes)
             try:
-                super()._adjust_thread_count()  # type: ignore[misc]
+                super()._adjust_thread_count()
             finally:
                 threading.stack_size(previous)
 

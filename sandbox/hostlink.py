@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import wasmtime
@@ -56,7 +57,7 @@ _current = threading.local()
 class bind_context:  # noqa: N801 - used as a context manager, reads like a function
     """`with bind_context(ctx):` makes `ctx` the host context of this thread's guest call."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: HostContext):
         self.ctx = ctx
 
     def __enter__(self) -> None:
@@ -66,8 +67,10 @@ class bind_context:  # noqa: N801 - used as a context manager, reads like a func
         _current.ctx = None
 
 
-def current() -> Any:
-    return getattr(_current, "ctx", None)
+def current() -> HostContext | None:
+    """The host context of this thread's guest call (None outside one)."""
+    ctx: HostContext | None = getattr(_current, "ctx", None)
+    return ctx
 
 
 def check_imports(module: wasmtime.Module, *, wasi: bool) -> list[tuple[str, str | None]]:
@@ -126,19 +129,26 @@ def _deliver(caller: wasmtime.Caller, ctx: HostContext, answer: dict[str, Any]) 
 
 def _stop_if_aborted(caller: wasmtime.Caller, ctx: HostContext) -> None:
     if ctx.abort is not None:
-        # no fuel left: the guest traps at its next instruction; the runner reports ctx.abort
+        # no fuel left: the guest traps at its next instruction; the runner reports ctx.abort.
+        # wasmtime-py's Caller has no set_fuel, and Store.set_fuel is annotated for a Store
+        # although it only uses `_context()`, which a Caller provides (and must: the Store
+        # itself cannot be entered while its guest is running this callback).
         wasmtime.Store.set_fuel(caller, 0)  # type: ignore[arg-type]
 
 
-def _edge_call(caller: wasmtime.Caller, name_ptr: int, name_len: int, ptr: int, length: int) -> int:
-    ctx: HostContext = current()
+def _answer(caller: wasmtime.Caller, name: Callable[[wasmtime.Memory], str], ptr: int,
+            length: int) -> int:
+    """Answer one `edge` host call with the payload at `ptr` (see the module docstring)."""
+    ctx = current()
+    if ctx is None:  # not inside a guest call of the runner: nothing to answer for
+        return 0
     try:
         memory = caller.get("memory")
         if not isinstance(memory, wasmtime.Memory):
             return 0
-        name = _read(caller, memory, name_ptr, name_len).decode()
+        function = name(memory)
         payload = json.loads(_read(caller, memory, ptr, length) or b"null")
-        answer = dispatch(ctx, name, payload)
+        answer = dispatch(ctx, function, payload)
         _stop_if_aborted(caller, ctx)
         return _deliver(caller, ctx, answer)
     except Exception as e:
@@ -148,26 +158,14 @@ def _edge_call(caller: wasmtime.Caller, name_ptr: int, name_len: int, ptr: int, 
             return 0
 
 
-def _edge_named(fn: str):  # type: ignore[no-untyped-def]
-    name_bytes = fn.encode()
+def _edge_call(caller: wasmtime.Caller, name_ptr: int, name_len: int, ptr: int, length: int) -> int:
+    return _answer(caller, lambda memory: _read(caller, memory, name_ptr, name_len).decode(),
+                   ptr, length)
 
+
+def _edge_named(fn: str) -> Callable[[wasmtime.Caller, int, int], int]:
     def call(caller: wasmtime.Caller, ptr: int, length: int) -> int:
-        ctx: HostContext = current()
-        try:
-            memory = caller.get("memory")
-            if not isinstance(memory, wasmtime.Memory):
-                return 0
-            payload = json.loads(_read(caller, memory, ptr, length) or b"null")
-            answer = dispatch(ctx, name_bytes.decode(), payload)
-            _stop_if_aborted(caller, ctx)
-            return _deliver(caller, ctx, answer)
-        except Exception as e:
-            try:
-                return _deliver(
-                    caller, ctx, {"ok": False, "error": {"code": "bad_input", "message": str(e)}}
-                )
-            except Exception:
-                return 0
+        return _answer(caller, lambda _memory: fn, ptr, length)
 
     return call
 
@@ -205,6 +203,8 @@ def _mp_host_call(
     result_cap: int,
 ) -> int:
     ctx = current()
+    if ctx is None or ctx.bridge is None:  # not inside a MicroPython call of the runner
+        return -1
     try:
         memory = caller.get("memory")
         if not isinstance(memory, wasmtime.Memory):
