@@ -56,11 +56,10 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _encode_str
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from objects.sqlitefile import connect
+from runtime.config import AuditOptions, Classification
 from runtime.redact import Redactor
 
 __all__ = [
@@ -83,7 +82,6 @@ __all__ = [
 
 AUDIT_FILENAME = "audit.sqlite"
 GENESIS_HASH = "0" * 64
-Classification = Literal["public", "internal", "confidential", "restricted"]
 
 # Longest dotted prefix of the kind wins ("tool.call" -> "tool"); anything else is internal.
 DEFAULT_CLASSIFICATIONS: dict[str, Classification] = {
@@ -141,24 +139,6 @@ class AuditClosed(RuntimeError):
 
 class AuditUnavailable(RuntimeError):
     """The buffer stayed full for `backpressure_timeout_s`: the disk is not keeping up."""
-
-
-class AuditOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    flush_interval_s: float = Field(0.05, gt=0, le=10)
-    flush_max_entries: int = Field(512, ge=1)
-    checkpoint_every: int = Field(1000, ge=1)
-    max_pending: int = Field(100_000, ge=1)
-    backpressure_timeout_s: float = Field(5.0, ge=0)
-    busy_timeout_s: float = Field(30.0, gt=0)
-    synchronous: Literal["NORMAL", "FULL"] = "FULL"
-    classifications: dict[str, Classification] = Field(default_factory=dict)
-    redact_patterns: list[str] = Field(default_factory=list)
-    # One entry per request at the edge (kind "request"). Refusals, tool calls, workflow changes,
-    # kills and deploys are audited regardless; turning this off trades the per-request trail for
-    # front throughput (see loadtests/bench_front.py for the cost).
-    requests: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

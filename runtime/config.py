@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runtime.audit import AuditOptions
-from runtime.front.identity import AuthConfig
-from runtime.front.risk import RiskRule
+from runtime.risk import RiskRule
 from sandbox import SandboxConfig, ToolSpec
 
 __all__ = [
@@ -151,6 +149,78 @@ class ServerOptions(_Model):
     header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # 408: head not complete
     body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0  # 408: no body byte for this long
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1024  # 503 for requests past it
+
+
+# -- [auth]: how the edge verifies bearer JWTs (runtime/front/identity.py) ----------------
+
+_HMAC = frozenset({"HS256", "HS384", "HS512"})
+_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_EC = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+_KNOWN = _HMAC | _RSA | frozenset(_EC.values()) | {"EdDSA"}
+DEFAULT_LEEWAY_S = 5.0
+MAX_LEEWAY_S = 60.0
+class AuthConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str | None = None
+    audience: str | list[str] | None = None
+    algorithms: list[str] | None = None
+    secret: str | None = Field(None, description="name of a secret holding an HS256 key")
+    public_key_file: str | None = None
+    jwks_file: str | None = None
+    # Clock skew tolerated on exp/nbf/iat. 5 s absorbs the drift of NTP-synced hosts (and the
+    # sub-second gap between minting and using a token) while an expired token stays usable for
+    # 5 s at most; gateways use 0-5 s. More than a minute is a config error, not a tolerance.
+    leeway_s: float = Field(DEFAULT_LEEWAY_S, ge=0, le=MAX_LEEWAY_S)
+    tenant_claim: str = "tenant"
+    scopes_claim: str = "scope"
+    subject_claim: str = "sub"
+    require_exp: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> AuthConfig:
+        sources = [s for s in (self.secret, self.public_key_file, self.jwks_file) if s]
+        if len(sources) != 1:
+            raise ValueError("set exactly one of secret, public_key_file, jwks_file")
+        if self.algorithms is not None:
+            if not self.algorithms:
+                raise ValueError("algorithms must not be empty")
+            for alg in self.algorithms:
+                if alg.lower() == "none":
+                    raise ValueError("algorithm 'none' is never accepted")
+                if alg not in _KNOWN:
+                    raise ValueError(f"unknown algorithm {alg!r}")
+            hmac = [a for a in self.algorithms if a in _HMAC]
+            if self.secret and len(hmac) != len(self.algorithms):
+                raise ValueError("a secret key verifies HS256/HS384/HS512 only")
+            if not self.secret and hmac:
+                raise ValueError(f"{hmac[0]} needs a secret key, not a public key")
+        return self
+
+
+
+# -- [audit] (runtime/audit.py) ---------------------------------------------------------
+
+Classification = Literal["public", "internal", "confidential", "restricted"]
+
+
+class AuditOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flush_interval_s: float = Field(0.05, gt=0, le=10)
+    flush_max_entries: int = Field(512, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    max_pending: int = Field(100_000, ge=1)
+    backpressure_timeout_s: float = Field(5.0, ge=0)
+    busy_timeout_s: float = Field(30.0, gt=0)
+    synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    classifications: dict[str, Classification] = Field(default_factory=dict)
+    redact_patterns: list[str] = Field(default_factory=list)
+    # One entry per request at the edge (kind "request"). Refusals, tool calls, workflow changes,
+    # kills and deploys are audited regardless; turning this off trades the per-request trail for
+    # front throughput (see loadtests/bench_front.py for the cost).
+    requests: bool = True
+
 
 
 class AppSection(_Model):

@@ -49,7 +49,9 @@ from typing import Any, Literal
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from runtime.config import _EC, _HMAC, _RSA, DEFAULT_LEEWAY_S, MAX_LEEWAY_S, AuthConfig
+from runtime.protocol import Identity
 
 __all__ = [
     "AuthConfig",
@@ -64,13 +66,7 @@ __all__ = [
 
 AuthMode = Literal["required", "optional", "none"]
 
-_HMAC = frozenset({"HS256", "HS384", "HS512"})
-_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-_EC = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
-_KNOWN = _HMAC | _RSA | frozenset(_EC.values()) | {"EdDSA"}
 _MIN_SECRET_BYTES = 32
-DEFAULT_LEEWAY_S = 5.0
-MAX_LEEWAY_S = 60.0
 _MAX_HEADER = 8192
 
 
@@ -80,53 +76,6 @@ class AuthConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid auth config: " + "; ".join(problems))
         self.problems = problems
-
-
-class AuthConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    issuer: str | None = None
-    audience: str | list[str] | None = None
-    algorithms: list[str] | None = None
-    secret: str | None = Field(None, description="name of a secret holding an HS256 key")
-    public_key_file: str | None = None
-    jwks_file: str | None = None
-    # Clock skew tolerated on exp/nbf/iat. 5 s absorbs the drift of NTP-synced hosts (and the
-    # sub-second gap between minting and using a token) while an expired token stays usable for
-    # 5 s at most; gateways use 0-5 s. More than a minute is a config error, not a tolerance.
-    leeway_s: float = Field(DEFAULT_LEEWAY_S, ge=0, le=MAX_LEEWAY_S)
-    tenant_claim: str = "tenant"
-    scopes_claim: str = "scope"
-    subject_claim: str = "sub"
-    require_exp: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> AuthConfig:
-        sources = [s for s in (self.secret, self.public_key_file, self.jwks_file) if s]
-        if len(sources) != 1:
-            raise ValueError("set exactly one of secret, public_key_file, jwks_file")
-        if self.algorithms is not None:
-            if not self.algorithms:
-                raise ValueError("algorithms must not be empty")
-            for alg in self.algorithms:
-                if alg.lower() == "none":
-                    raise ValueError("algorithm 'none' is never accepted")
-                if alg not in _KNOWN:
-                    raise ValueError(f"unknown algorithm {alg!r}")
-            hmac = [a for a in self.algorithms if a in _HMAC]
-            if self.secret and len(hmac) != len(self.algorithms):
-                raise ValueError("a secret key verifies HS256/HS384/HS512 only")
-            if not self.secret and hmac:
-                raise ValueError(f"{hmac[0]} needs a secret key, not a public key")
-        return self
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Identity:
-    subject: str | None
-    tenant: str | None
-    scopes: tuple[str, ...]
-    claims: dict[str, Any]
 
 
 class AuthError(Exception):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from objects.errors import USER_ERRORS
-from runtime.front.identity import Identity
 from runtime.logs import log
+from runtime.protocol import Identity
 
 __all__ = [
     "ExecutionContext",

@@ -1,6 +1,6 @@
 import pytest
 
-from runtime.front.risk import (
+from runtime.risk import (
     UNREADABLE_BODY,
     Predicate,
     RiskDecision,
