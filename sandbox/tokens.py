@@ -36,7 +36,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +90,13 @@ class CapabilityToken:
     expires_at: int
     chain: tuple[str, ...] = ()
     raw: str = field(default="", repr=False)
-    capabilities: CapabilitySet = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    # `caps` already parsed (verification has it at hand); parsed from `caps` when omitted
+    parsed_caps: InitVar[CapabilitySet | None] = None
+    capabilities: CapabilitySet = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if self.capabilities is None:
-            object.__setattr__(self, "capabilities", CapabilitySet(self.caps))
+    def __post_init__(self, parsed_caps: CapabilitySet | None) -> None:
+        object.__setattr__(self, "capabilities",
+                           parsed_caps if parsed_caps is not None else CapabilitySet(self.caps))
 
 
 class CapabilityAuthority:
@@ -249,7 +251,7 @@ class CapabilityAuthority:
             expires_at=claims["exp"],
             chain=chain,
             raw=token,
-            capabilities=capset,
+            parsed_caps=capset,
         )
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
