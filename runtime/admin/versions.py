@@ -19,8 +19,9 @@ once isolates import it) and returns a `StagedVersion`; the caller validates and
 `discard` removes the directory. A directory without ``meta.json`` is a failed or interrupted
 stage and is never listed; it holds ``.pending`` with the pid of the process deploying it, and a
 store opened later removes it (and ``.staging-<pid>-*`` dirs) once that process is gone, so a
-kill -9 mid-deploy leaves nothing behind after the next start. `pack_dir` builds a bundle from an app dir (what ``edgeworks
-deploy`` sends), skipping caches, VCS dirs, virtualenvs and state dirs.
+kill -9 mid-deploy leaves nothing behind after the next start. `pack_dir` (defined in
+`runtime.bundle`, re-exported here) builds a bundle from an app dir (what ``edgeworks deploy``
+sends), skipping caches, VCS dirs, virtualenvs and state dirs.
 
 Secrets: a bundle's ``.dev.vars`` (the app's secrets) never reaches the disk in clear. `stage`
 keeps it in memory and writes it sealed with the data key (`runtime.datakey`, bound to the
@@ -56,6 +57,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from runtime.bundle import pack_dir
 from runtime.config import ConfigError, parse_dev_vars, read_dev_vars
 from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError
 from runtime.logs import log
@@ -74,9 +76,6 @@ __all__ = [
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_UNPACKED_BYTES = 256 * 1024 * 1024
 MAX_FILES = 10_000
-SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".venv", "venv", "node_modules",
-                       ".edgeworks", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
-SKIP_SUFFIXES = (".pyc", ".pyo")
 NAME_MAX = 255  # bytes per path component on the filesystems we run on
 # errors of open/mkdir that come from a member's name, not from the store's disk
 _NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EINVAL,
@@ -266,37 +265,6 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: PurePosixPath, 
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise BundleError(f"corrupt archive at {rel}: {e}") from None
     return h.hexdigest()
-
-
-def _walk(root: Path, skip: Iterable[Path]) -> list[tuple[Path, str]]:
-    skip_resolved = {p.resolve() for p in skip}
-    out: list[tuple[Path, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        dirnames[:] = sorted(n for n in dirnames if n not in SKIP_DIRS and not (d / n).is_symlink()
-                             and (d / n).resolve() not in skip_resolved)
-        for name in sorted(filenames):
-            p = d / name
-            if name.endswith(SKIP_SUFFIXES) or not p.is_file():
-                continue
-            out.append((p, p.relative_to(root).as_posix()))
-    return out
-
-
-def pack_dir(root: str | Path, *, skip: Iterable[Path] = ()) -> bytes:
-    """A tar.gz of the app dir `root` (links followed to regular files; caches, VCS dirs,
-    virtualenvs, ``.edgeworks`` and the dirs in `skip` left out)."""
-    root = Path(root).resolve()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path, arcname in _walk(root, skip):
-            data = path.read_bytes()
-            info = tarfile.TarInfo(arcname)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _secrets_context(vid: str) -> str:

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runtime.bundle import pack_dir
+
 __all__ = ["add_target", "call", "register"]
 
 DEFAULT_URL = "http://127.0.0.1:8787"
@@ -74,8 +76,6 @@ def register(sub: Any) -> None:
 
 def _deploy(args: argparse.Namespace) -> int:
     import httpx
-
-    from runtime.admin.versions import pack_dir
 
     root = Path(args.dir)
     if not (root / "edgeworks.toml").is_file() and not (root / "pyproject.toml").is_file():
