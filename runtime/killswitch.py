@@ -29,15 +29,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from objects.sqlitefile import connect
+from runtime.killkinds import KILL_KINDS, KillKind
 
 __all__ = ["KILLSWITCH_FILENAME", "KILL_KINDS", "Kill", "KillKind", "KillSwitch"]
 
 KILLSWITCH_FILENAME = "killswitch.sqlite"
-KillKind = Literal["script", "route", "tenant", "workflow", "tool"]
-KILL_KINDS: tuple[str, ...] = get_args(KillKind)
 AuditHook = Callable[[str, Mapping[str, Any]], None]
 
 _SCHEMA = """

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from runtime.commands.deploy import add_target, call
-from runtime.killswitch import KILL_KINDS
+from runtime.killkinds import KILL_KINDS
 
 __all__ = ["register"]
 
