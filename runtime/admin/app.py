@@ -28,40 +28,41 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runtime.admin.access import AccessDenied, AdminCaller, BodyTooLarge, read_admin_body
+from runtime.admin.access import AccessDenied, AdminCaller
 from runtime.admin.access import authorize as authorize_admin
 from runtime.admin.api import (
+    ADMIN_ROUTES,
     ADMIN_SCOPE,
     ActivationResult,
+    AdminRoute,
+    BodyRefused,
     DecisionRequest,
     KillRequest,
     ReviveRequest,
     RollbackRequest,
     SplitRequest,
     openapi_spec,
+    parse_body,
 )
 from runtime.admin.approvals import AlreadyDecided, ApprovalStore
 from runtime.admin.probe import Unhealthy, probe
 from runtime.admin.tail import Subscriber, TailHub, TailResponse
 from runtime.admin.versions import MAX_BUNDLE_BYTES, BundleError, SecretsNeedKey, VersionStore
-from runtime.admin.workflows import workflow_routes
+from runtime.admin.workflows import Handler, workflow_endpoints
 from runtime.config import ConfigError, load_app
 from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError, load_data_key
 from runtime.errors import error_json
 from runtime.front.contract import Refusal
 from runtime.front.supervisor import LoadFailed
 from runtime.logs import log
-from runtime.safejson import JSONTooDeep, parse_json
 
 __all__ = ["ADMIN_SCOPE", "build_admin"]
 
-PREFIX = "/__edgeworks"
 TAIL_QUEUE = 1000
 
 
@@ -74,24 +75,6 @@ class _Problem(Exception):
         super().__init__(message)
         self.code, self.message, self.cause = code, message, extra.get("cause")
         self.response = _err(status, code, message, **extra)
-
-
-async def _parse(request: Request, model: type[BaseModel]) -> Any:
-    try:
-        raw = await read_admin_body(request)
-    except BodyTooLarge as e:
-        raise _Problem(413, "body_too_large", str(e), limit=e.limit) from None
-    try:
-        data = parse_json(raw) if raw.strip() else {}
-    except JSONTooDeep as e:
-        raise _Problem(400, "json_too_deep", f"the request body nests JSON deeper than {e.limit} levels", limit=e.limit) from None
-    except ValueError:
-        raise _Problem(400, "invalid_json", "the request body is not JSON") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        errors = [{"loc": list(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in e.errors(include_url=False)]
-        raise _Problem(422, "invalid_body", "the request body does not match the schema", errors=errors) from None
 
 
 # -- deployments -----------------------------------------------------------------------------
@@ -301,8 +284,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         return _err(e.status, e.code, e.message,
                     headers={"www-authenticate": e.www_authenticate} if e.www_authenticate else None)
 
-    def guarded(fn: Callable[[Request, str | None], Awaitable[Response]], *,
-                global_only: str | None = None) -> Callable[[Request], Awaitable[Response]]:
+    def guarded(fn: Handler, *, global_only: str | None = None) -> Callable[[Request], Awaitable[Response]]:
         """`fn` behind admin access control; `global_only` names what needs a global admin.
         The caller is in ``request.state.caller`` (an `AdminCaller`)."""
         async def endpoint(request: Request) -> Response:
@@ -325,6 +307,8 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
                 return await fn(request, subject)
             except _Problem as p:
                 return p.response
+            except BodyRefused as b:
+                return _err(b.status, b.code, b.message, **b.extra)
             except AccessDenied as e:
                 return denied(request, e)
             except ClientDisconnect:  # went away (or timed out) mid-body: nobody to answer
@@ -332,7 +316,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
                 return Response(status_code=499)
         return endpoint
 
-    async def health(request: Request) -> JSONResponse:
+    async def health(request: Request, subject: str | None) -> JSONResponse:
         # open to anyone: liveness only, nothing about the processes behind it
         if front.current is None:
             return JSONResponse({"status": "starting"}, status_code=503)
@@ -373,7 +357,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
             raise _Problem(404, "not_found", f"no tenant {name!r}")
 
     async def kill(request: Request, subject: str | None) -> JSONResponse:
-        body = await _parse(request, KillRequest)
+        body = await parse_body(request, KillRequest)
         confine_kill(request.state.caller, body.kind, body.name)
         front.kills.kill(body.kind, body.name, body.reason, actor=subject)
         audit("admin.kill", request, subject, target_kind=body.kind, target=body.name, reason=body.reason)
@@ -382,7 +366,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         return JSONResponse({"kill": _kill_dict(entry)})
 
     async def revive(request: Request, subject: str | None) -> JSONResponse:
-        body = await _parse(request, ReviveRequest)
+        body = await parse_body(request, ReviveRequest)
         confine_kill(request.state.caller, body.kind, body.name)
         changed = front.kills.revive(body.kind, body.name, actor=subject)
         audit("admin.revive", request, subject, target_kind=body.kind, target=body.name, changed=changed)
@@ -431,7 +415,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         return JSONResponse(result, status_code=201)
 
     async def rollback(request: Request, subject: str | None) -> JSONResponse:
-        body = await _parse(request, RollbackRequest)
+        body = await parse_body(request, RollbackRequest)
         try:
             result = await deployer.rollback(body.version)
         except _Problem as p:
@@ -441,7 +425,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         return JSONResponse(ActivationResult.model_validate(result).model_dump())
 
     async def split(request: Request, subject: str | None) -> JSONResponse:
-        body = await _parse(request, SplitRequest)
+        body = await parse_body(request, SplitRequest)
         try:
             result = await deployer.split(body.version, body.percent)
         except _Problem as p:
@@ -475,7 +459,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
     async def decide(request: Request, subject: str | None, status: str) -> JSONResponse:
         aid = request.path_params["id"]
         visible_approval(request)  # a row's tenant never changes: checking before deciding is enough
-        body = await _parse(request, DecisionRequest)
+        body = await parse_body(request, DecisionRequest)
         by = body.by or subject
         msg = None
         if status == "approved":
@@ -536,26 +520,35 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         sub = Subscriber(status, q.get("script"), q.get("request_id"), tail_queue)
         return TailResponse(hub, sub, int(limit) if limit else None)
 
-    g = guarded
-    return Starlette(routes=[
-        Route(f"{PREFIX}/health", health, methods=["GET"]),
-        Route(f"{PREFIX}/health/details", g(health_details, global_only="process details"), methods=["GET"]),
-        Route(f"{PREFIX}/openapi.json", g(openapi), methods=["GET"]),
-        Route(f"{PREFIX}/scheduled", g(scheduled, global_only="firing a scheduled handler"), methods=["POST"]),
-        Route(f"{PREFIX}/kill", g(kill), methods=["POST"]),
-        Route(f"{PREFIX}/revive", g(revive), methods=["POST"]),
-        Route(f"{PREFIX}/kills", g(kills), methods=["GET"]),
-        Route(f"{PREFIX}/versions", g(versions, global_only="the version list"), methods=["GET"]),
-        Route(f"{PREFIX}/versions", g(deploy, global_only="a deploy"), methods=["POST"]),
-        Route(f"{PREFIX}/rollback", g(rollback, global_only="a rollback"), methods=["POST"]),
-        Route(f"{PREFIX}/split", g(split, global_only="a traffic split"), methods=["POST"]),
-        Route(f"{PREFIX}/approvals", g(list_approvals), methods=["GET"]),
-        Route(f"{PREFIX}/approvals/{{id}}", g(get_approval), methods=["GET"]),
-        Route(f"{PREFIX}/approvals/{{id}}/approve", g(approve), methods=["POST"]),
-        Route(f"{PREFIX}/approvals/{{id}}/reject", g(reject), methods=["POST"]),
-        Route(f"{PREFIX}/tail", g(tail, global_only="the log tail (every tenant's requests)"), methods=["GET"]),
-        *workflow_routes(front, g, audit),
-    ])
+    endpoints: dict[str, Handler] = {
+        "health": health, "health_details": health_details, "openapi": openapi, "scheduled": scheduled,
+        "kill": kill, "revive": revive, "kills": kills, "versions": versions, "deploy": deploy,
+        "rollback": rollback, "split": split, "list_approvals": list_approvals, "get_approval": get_approval,
+        "approve": approve, "reject": reject, "tail": tail, **workflow_endpoints(front, audit),
+    }
+    return Starlette(routes=_routes(endpoints, guarded))
+
+
+def _routes(endpoints: dict[str, Handler],
+            guarded: Callable[..., Callable[[Request], Awaitable[Response]]]) -> list[Route]:
+    """The Starlette routes of `ADMIN_ROUTES`, each served by the endpoint it names: open ones
+    as they are, every other one behind `guarded`. A declared route without an endpoint, or an
+    endpoint no route declares, is a bug caught when the app is built."""
+    declared = {r.endpoint for r in ADMIN_ROUTES}
+    if declared != endpoints.keys():
+        raise RuntimeError(f"admin routes and endpoints differ: declared without an endpoint "
+                           f"{sorted(declared - endpoints.keys())}, undeclared {sorted(endpoints.keys() - declared)}")
+
+    def serve(route: AdminRoute) -> Callable[[Request], Awaitable[Response]]:
+        fn = endpoints[route.endpoint]
+        if not route.open:
+            return guarded(fn, global_only=route.global_only)
+
+        async def endpoint(request: Request) -> Response:
+            return await fn(request, None)
+        return endpoint
+
+    return [Route(r.path, serve(r), methods=[r.method], name=r.endpoint) for r in ADMIN_ROUTES]
 
 
 def _kill_dict(k: Any) -> dict[str, Any]:

@@ -15,39 +15,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from runtime.admin.access import AccessDenied, BodyTooLarge, read_admin_body
-from runtime.safejson import JSONTooDeep, check_depth
+from runtime.admin.access import AccessDenied
+from runtime.admin.api import ACTIONS, CreateBody, DecisionBody, EventBody, parse_body
 
-__all__ = ["ACTIONS", "workflow_routes"]
+__all__ = ["Handler", "workflow_endpoints"]
 
-PREFIX = "/__edgeworks/workflows"
-ACTIONS = ("pause", "resume", "terminate", "restart", "event", "approve", "reject")
-
-
-class EventBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: str
-    payload: Any = None
-
-
-class DecisionBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    by: str | None = None
-    reason: str | None = None
-
-
-class CreateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str | None = None
-    params: Any = None
-
-
-Guard = Callable[[Callable[[Request, str | None], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]
+# an admin endpoint before access control: the request and the caller's subject
+Handler = Callable[[Request, str | None], Awaitable[Response]]
 
 
 def _status_for(code: str) -> int:
@@ -63,21 +41,6 @@ def _status_for(code: str) -> int:
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
-
-
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    raw = await read_admin_body(request)  # BodyTooLarge, a ValueError: 413 body_too_large
-    check_depth(raw.decode("utf-8", "replace"))  # JSONTooDeep, a ValueError: 400 json_too_deep
-    try:
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as e:
-        raise ValueError("; ".join(f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors())) from None
-
-
-def _body_error(e: ValueError) -> JSONResponse:
-    if isinstance(e, BodyTooLarge):
-        return _error(413, "body_too_large", str(e))
-    return _error(400, "json_too_deep" if isinstance(e, JSONTooDeep) else "bad_request", str(e))
 
 
 def _tenant_scoped(front: Any, script: str, binding: str) -> bool | None:
@@ -106,7 +69,13 @@ def _tenant(front: Any, request: Request, listing: bool = False) -> str | None:
     return caller.tenant
 
 
-def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> list[Route]:
+async def _body(request: Request, model: type[BaseModel]) -> Any:
+    """The body as `model`; BodyRefused otherwise, 400 (not 422) when it does not match."""
+    return await parse_body(request, model, invalid_status=400)
+
+
+def workflow_endpoints(front: Any, audit: Callable[..., None]) -> dict[str, Handler]:
+    """The endpoints of the workflow operations, by the names `ADMIN_ROUTES` gives them."""
     async def call(request: Request, tenant: str | None, action: str, instance: str | None = None,
                    args: list[Any] | None = None, status: str | None = None) -> JSONResponse:
         p = request.path_params
@@ -126,10 +95,7 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
     async def create(request: Request, subject: str | None) -> Response:
         p = request.path_params
         tenant = _tenant(front, request)
-        try:
-            body = await _body(request, CreateBody)
-        except ValueError as e:
-            return _body_error(e)
+        body = await _body(request, CreateBody)
         audit("admin.workflow.create", request, subject, script=p["script"], binding=p["binding"], instance=body.id,
               tenant=tenant)
         return await call(request, tenant, "create", body.id, [body.params])
@@ -143,26 +109,18 @@ def workflow_routes(front: Any, guarded: Guard, audit: Callable[..., None]) -> l
         if action not in ACTIONS:
             return _error(404, "not_found", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
         tenant = _tenant(front, request)
-        try:
-            if action == "event":
-                ev = await _body(request, EventBody)
-                args: list[Any] = [ev.type, ev.payload]
-                action = "send_event"
-            elif action in ("approve", "reject"):
-                d = await _body(request, DecisionBody)
-                args = [d.by or subject or "admin", d.reason]
-            else:
-                args = []
-        except ValueError as e:
-            return _body_error(e)
+        if action == "event":
+            ev = await _body(request, EventBody)
+            args: list[Any] = [ev.type, ev.payload]
+            action = "send_event"
+        elif action in ("approve", "reject"):
+            d = await _body(request, DecisionBody)
+            args = [d.by or subject or "admin", d.reason]
+        else:
+            args = []
         audit(f"admin.workflow.{p['action']}", request, subject, script=p["script"], binding=p["binding"],
               instance=p["id"], tenant=tenant, args=args)
         return await call(request, tenant, action, p["id"], args)
 
-    base = f"{PREFIX}/{{script}}/{{binding}}"
-    return [
-        Route(base, guarded(list_instances), methods=["GET"]),
-        Route(base, guarded(create), methods=["POST"]),
-        Route(f"{base}/{{id}}", guarded(status), methods=["GET"]),
-        Route(f"{base}/{{id}}/{{action}}", guarded(act), methods=["POST"]),
-    ]
+    return {"workflow_list": list_instances, "workflow_create": create, "workflow_status": status,
+            "workflow_act": act}
