@@ -3,6 +3,9 @@
 `register(subparsers)` adds the ``audit`` command; the chosen subcommand's ``args.func(args)``
 returns the exit code. ``verify`` exits 0 when the chain is intact, 1 when it is broken (naming
 the first bad seq and why) and 2 when there is no log. ``query`` prints one JSON line per entry.
+
+`runtime.audit` (SQLite through the object store, the manifest models) is imported only by the
+functions that run a subcommand, so the other ``edgeworks`` commands start without it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runtime.audit import AUDIT_FILENAME, format_ts, query, verify
-
 __all__ = ["DEFAULT_STATE_DIR", "parse_since", "register"]
 
 DEFAULT_STATE_DIR = Path(".") / ".edgeworks"
@@ -31,6 +32,8 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_since(text: str, now: Callable[[], float] = time.time) -> str:
     """An ISO timestamp, or a duration back from now (``90s``, ``10m``, ``1h30m``, ``2d``),
     as the audit log's UTC timestamp string."""
+    from runtime.audit import format_ts
+
     text = text.strip()
     if _DURATIONS.fullmatch(text):
         seconds = sum(float(n) * _UNIT_S[u] for n, u in _DURATION.findall(text))
@@ -77,11 +80,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _log_path(args: argparse.Namespace) -> Path:
+    from runtime.audit import AUDIT_FILENAME
+
     state_dir = getattr(args, "state_dir", None) or DEFAULT_STATE_DIR
     return Path(state_dir) / AUDIT_FILENAME
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from runtime.audit import verify
+
     path = _log_path(args)
     if not path.is_file():
         print(f"no audit log at {path}", file=sys.stderr)
@@ -106,6 +113,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
+    from runtime.audit import query
+
     path = _log_path(args)
     if not path.is_file():
         print(f"no audit log at {path}", file=sys.stderr)
