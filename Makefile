@@ -17,6 +17,8 @@ dev: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check runtime objects sandbox functions tests loadtests
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
