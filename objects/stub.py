@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from objects.errors import DurableObjectError
 from objects.gates import current_output_gate
 from objects.ids import DurableObjectId, IdFactory
 from objects.types import ObjectAddress, Op, Reply, Transport
+
+if TYPE_CHECKING:
+    from objects.host import ObjectHost
 
 __all__ = ["DurableObjectNamespace", "DurableObjectStub", "LocalTransport", "StubCodec"]
 
@@ -67,7 +70,7 @@ def _idempotency_header(request_or_url: Any, init: dict[str, Any]) -> str | None
 class LocalTransport:
     """Delivers ops to an ``ObjectHost`` in this process (no serialization)."""
 
-    def __init__(self, host: Any) -> None:
+    def __init__(self, host: ObjectHost) -> None:
         self.host = host
 
     async def __call__(self, address: ObjectAddress, op: Op) -> Reply:

@@ -91,7 +91,7 @@ def _read_thread_stack() -> int | None:
         _LIBC.pthread_attr_destroy(attr)
 
 
-def _load_libc() -> Any:
+def _load_libc() -> ctypes.CDLL | None:
     """The process's libc (already loaded: no library search), if it has pthread_getattr_np
     (glibc and musl do; other platforms get None and run guests on `GuestThreadPool` threads)."""
     try:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from objects import DurableObject, DurableObjectNamespace, LocalTransport, ObjectHost
+from objects import (
+    AlarmInfo,
+    DurableObject,
+    DurableObjectNamespace,
+    DurableObjectState,
+    LocalTransport,
+    ObjectHost,
+    Storage,
+)
+from objects.sql import SqlStorage
 from objects.stub import DEFAULT_SECRET
 from objects.types import ScanningTransport
 
 __all__ = [
-    "DEFAULT_SECRET", "DurableObject", "DurableObjectNamespace", "LocalTransport", "ObjectHost",
-    "ScanningTransport",
+    "DEFAULT_SECRET", "AlarmInfo", "DurableObject", "DurableObjectNamespace", "DurableObjectState",
+    "LocalTransport", "ObjectHost", "ScanningTransport", "SqlStorage", "Storage",
 ]

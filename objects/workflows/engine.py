@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import USER_ERRORS, contain_exit
-from ._objects import DurableObject
+from ._objects import DurableObject, DurableObjectState
 from .errors import StepTimeoutError
 from .options import StepConfig, WorkflowLimits
 from .step import (
@@ -78,7 +78,7 @@ class InstanceEngine(DurableObject):
 
     definition: ClassVar[WorkflowDefinition]
 
-    def __init__(self, ctx: Any, env: Any) -> None:
+    def __init__(self, ctx: DurableObjectState, env: Any) -> None:
         super().__init__(ctx, env)
         self.storage = ctx.storage
         self.hooks: WorkflowHooks = self.definition.hooks
@@ -220,9 +220,12 @@ class InstanceEngine(DurableObject):
         """The attempt number of the step function running now (1 when none is)."""
         return self._current["attempt"] if self._current is not None else 1
 
-    def set_current(self, key: str | None, rec: Any, attempt: int, started: float) -> None:
-        self._current = None if key is None else {
-            "key": key, "name": rec["name"], "attempt": attempt, "started": started}
+    def set_current(self, key: str, rec: dict[str, Any], attempt: int, started: float) -> None:
+        """The step attempt running now (``status`` reports it)."""
+        self._current = {"key": key, "name": rec["name"], "attempt": attempt, "started": started}
+
+    def clear_current(self) -> None:
+        self._current = None
 
     def add_compensation(
         self, key: str, rec: dict[str, Any], fn: Callable[..., Any] | None, config: StepConfig

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ._objects import AlarmInfo
 from .engine import InstanceEngine
 from .errors import WorkflowError
 from .step import _ResultError, normalize_value
@@ -181,7 +182,7 @@ class WorkflowInstanceObject(InstanceEngine):
             self._kick()
         return _ok()
 
-    async def alarm(self, info: Any = None) -> None:
+    async def alarm(self, info: AlarmInfo | None = None) -> None:
         await self._load()
         meta = self.meta
         if meta is None or meta["status"] not in (QUEUED, RUNNING, WAITING):

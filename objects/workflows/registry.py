@@ -20,7 +20,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._objects import DurableObject
+from ._objects import AlarmInfo, DurableObject, DurableObjectState
 from .types import FINAL_STATUSES
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class WorkflowRegistryObject(DurableObject):
     shared_storage = True  # many classes x tenants: one file for all registries
     definition: ClassVar[WorkflowDefinition]
 
-    def __init__(self, ctx: Any, env: Any) -> None:
+    def __init__(self, ctx: DurableObjectState, env: Any) -> None:
         super().__init__(ctx, env)
         self.definition.track_registry(self)
         self._running: set[str] = set()
@@ -84,7 +84,7 @@ class WorkflowRegistryObject(DurableObject):
         hooks, limits = self.definition.hooks, self.definition.limits
         await self.ctx.storage.set_alarm((hooks.now() + limits.sweep_seconds) * 1000.0)
 
-    async def alarm(self, info: Any = None) -> None:
+    async def alarm(self, info: AlarmInfo | None = None) -> None:
         """Ask every finished instance past its retention to prune itself."""
         tenant = await self.ctx.storage.get("tenant")
         cutoff = self.definition.hooks.now() - self.definition.limits.retention_seconds

@@ -44,6 +44,7 @@ from .options import RetryPolicy, StepConfig, parse_duration, to_epoch_seconds
 from .types import APPROVAL_EVENT
 
 if TYPE_CHECKING:
+    from ._objects import SqlStorage, Storage
     from .engine import InstanceEngine
 
 __all__ = ["Step", "StepCall", "StepContext"]
@@ -151,7 +152,7 @@ async def run_attempts(
             done = _completed(rec, result, started, run.now())
             await run.commit({record_key: done})
     except Exception as exc:  # a step's SystemExit arrives as ScriptExit (see `call_user`)
-        run.set_current(None, None, 0, 0.0)
+        run.clear_current()
         ended = run.now()
         error = error_fields(exc, run.hooks.redact)
         failed = {**rec, "attempts": [*rec["attempts"], {
@@ -175,7 +176,7 @@ async def run_attempts(
         })
         kind = "retry" if record_key.startswith("step:") else "compensation retry"
         raise _Suspend(wake_at, kind, record_key.split(":", 1)[1]) from None
-    run.set_current(None, None, 0, 0.0)
+    run.clear_current()
     run.audit(f"{audit_kind}.outcome", {
         "step": name, "key": record_key, "outcome": "complete", "attempts": attempt,
     })
@@ -276,12 +277,12 @@ class Step:
         self._declared: dict[str, StepCall] = {}  # decorated step functions, by function name
 
     @property
-    def sql(self) -> Any:
+    def sql(self) -> SqlStorage:
         """The workflow instance's own SQL storage (``exec(query, *params)``)."""
         return self._run.storage.sql
 
     @property
-    def storage(self) -> Any:
+    def storage(self) -> Storage:
         """The workflow instance's own storage (KV and SQL)."""
         return self._run.storage
 
