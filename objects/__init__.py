@@ -28,18 +28,52 @@ Where this differs from Cloudflare's API, and why:
   ``__init__`` without awaiting, or await it from a method).
 """
 
-from objects.alarms import AlarmInfo
-from objects.clock import Clock, FakeClock, SystemClock
-from objects.durable_object import DurableObject, DurableObjectState
-from objects.errors import CodedError, DurableObjectError, DurableObjectReset, InvalidIdError
-from objects.host import ObjectHost, PassThroughCodec
-from objects.ids import DurableObjectId, owner_index
-from objects.options import ObjectHostOptions
-from objects.sql import SqlCursor
-from objects.storage import Storage
-from objects.stub import DurableObjectNamespace, DurableObjectStub, LocalTransport
-from objects.transaction import Transaction
-from objects.types import ObjectAddress, Transport
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from objects.alarms import AlarmInfo
+    from objects.clock import Clock, FakeClock, SystemClock
+    from objects.durable_object import DurableObject, DurableObjectState
+    from objects.errors import CodedError, DurableObjectError, DurableObjectReset, InvalidIdError
+    from objects.host import ObjectHost, PassThroughCodec
+    from objects.ids import DurableObjectId, owner_index
+    from objects.options import ObjectHostOptions
+    from objects.sql import SqlCursor
+    from objects.storage import Storage
+    from objects.stub import DurableObjectNamespace, DurableObjectStub, LocalTransport
+    from objects.transaction import Transaction
+    from objects.types import ObjectAddress, Transport
+
+# Imported on first use: a process that needs one module (the audit log needs `sqlitefile`)
+# does not pay for all of them.
+_HOME = {
+    'AlarmInfo': 'objects.alarms',
+    'Clock': 'objects.clock',
+    'CodedError': 'objects.errors',
+    'DurableObject': 'objects.durable_object',
+    'DurableObjectError': 'objects.errors',
+    'DurableObjectId': 'objects.ids',
+    'DurableObjectNamespace': 'objects.stub',
+    'DurableObjectReset': 'objects.errors',
+    'DurableObjectState': 'objects.durable_object',
+    'DurableObjectStub': 'objects.stub',
+    'FakeClock': 'objects.clock',
+    'InvalidIdError': 'objects.errors',
+    'LocalTransport': 'objects.stub',
+    'ObjectAddress': 'objects.types',
+    'ObjectHost': 'objects.host',
+    'ObjectHostOptions': 'objects.options',
+    'PassThroughCodec': 'objects.host',
+    'SqlCursor': 'objects.sql',
+    'Storage': 'objects.storage',
+    'SystemClock': 'objects.clock',
+    'Transaction': 'objects.transaction',
+    'Transport': 'objects.types',
+    'owner_index': 'objects.ids',
+}
 
 __all__ = [
     "AlarmInfo",
@@ -66,3 +100,16 @@ __all__ = [
     "Transport",
     "owner_index",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'objects' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

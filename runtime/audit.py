@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from objects.sqlitefile import connect
-from runtime.config import AuditOptions, Classification
+from runtime.auditconfig import AuditOptions, Classification
 from runtime.redact import Redactor
 
 __all__ = [

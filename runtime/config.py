@@ -10,13 +10,26 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from runtime.auditconfig import AuditOptions
+from runtime.bindings import KINDS, env_name_problems, kind_fields
+from runtime.bindings.durable_objects import DurableObjectBinding
+from runtime.bindings.services import ServiceBinding
+from runtime.bindings.workflows import WorkflowBindingConfig as WorkflowBinding
+from runtime.names import SCRIPT_NAME
 from runtime.risk import RiskRule
-from sandbox import SandboxConfig, ToolSpec
 
 __all__ = [
     "AppConfig",
@@ -34,8 +47,6 @@ __all__ = [
     "read_dev_vars",
 ]
 
-BINDING_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-SCRIPT_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class _Model(BaseModel):
@@ -79,43 +90,23 @@ class RouteConfig(_Model):
         return [m.upper() for m in v] if v else v
 
 
-class ServiceBinding(_Model):
-    binding: Annotated[str, Field(pattern=BINDING_NAME)]
-    service: Annotated[str, Field(pattern=SCRIPT_NAME)]
-    entrypoint: str | None = None
+class ScriptBase(_Model):
+    """A script's own keys; `ScriptConfig` adds the keys every binding kind owns (see
+    `runtime.bindings`)."""
 
-
-class DurableObjectBinding(_Model):
-    binding: Annotated[str, Field(pattern=BINDING_NAME)]
-    class_name: Annotated[str, Field(pattern=BINDING_NAME)]
-    script: str | None = None  # another script's namespace; default: this script
-    tenant_scoped: bool = False
-
-
-class WorkflowBinding(_Model):
-    binding: Annotated[str, Field(pattern=BINDING_NAME)]
-    class_name: Annotated[str, Field(pattern=BINDING_NAME)]
-    tenant_scoped: bool = False
-
-
-class ScriptConfig(_Model):
     name: Annotated[str, Field(pattern=SCRIPT_NAME)]
     main: Annotated[str, Field(min_length=1)]
     routes: list[str | RouteConfig] = []
-    vars: dict[str, str | int | float | bool] = {}
-    secrets: list[Annotated[str, Field(pattern=BINDING_NAME)]] = []
     limits: Limits = Limits()
     pool_size: Annotated[int, Field(ge=1, le=64)] = 1
     crons: list[str] = []
-    services: list[ServiceBinding] = []
-    durable_objects: list[DurableObjectBinding] = []
-    workflows: list[WorkflowBinding] = []
-    tools: list[ToolSpec] = []
-    sandbox: SandboxConfig = SandboxConfig()  # defaults for every tool call (limits, http caps)
     object_idle_s: Annotated[float, Field(gt=0)] = 30.0
     # "normal": a commit survives a crash of the process; "full": also a power loss (fsync).
     object_durability: Literal["normal", "full"] = "normal"
     object_max_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+
+    if TYPE_CHECKING:  # the binding kinds' keys, typed by their own modules
+        def __getattr__(self, name: str) -> Any: ...
 
     @field_validator("crons")
     @classmethod
@@ -127,6 +118,10 @@ class ScriptConfig(_Model):
 
     def route_configs(self) -> list[RouteConfig]:
         return [RouteConfig(pattern=r) if isinstance(r, str) else r for r in self.routes]
+
+
+ScriptConfig = create_model("ScriptConfig", __base__=ScriptBase, __module__=__name__, **kind_fields())
+ScriptConfig.__doc__ = "One `[[scripts]]` table: the script's own keys and its bindings'."
 
 
 class DeployOptions(_Model):
@@ -196,30 +191,6 @@ class AuthConfig(BaseModel):
             if not self.secret and hmac:
                 raise ValueError(f"{hmac[0]} needs a secret key, not a public key")
         return self
-
-
-
-# -- [audit] (runtime/audit.py) ---------------------------------------------------------
-
-Classification = Literal["public", "internal", "confidential", "restricted"]
-
-
-class AuditOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    flush_interval_s: float = Field(0.05, gt=0, le=10)
-    flush_max_entries: int = Field(512, ge=1)
-    checkpoint_every: int = Field(1000, ge=1)
-    max_pending: int = Field(100_000, ge=1)
-    backpressure_timeout_s: float = Field(5.0, ge=0)
-    busy_timeout_s: float = Field(30.0, gt=0)
-    synchronous: Literal["NORMAL", "FULL"] = "FULL"
-    classifications: dict[str, Classification] = Field(default_factory=dict)
-    redact_patterns: list[str] = Field(default_factory=list)
-    # One entry per request at the edge (kind "request"). Refusals, tool calls, workflow changes,
-    # kills and deploys are audited regardless; turning this off trades the per-request trail for
-    # front throughput (see loadtests/bench_front.py for the cost).
-    requests: bool = True
 
 
 
@@ -360,33 +331,10 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
                         f" (already served by {seen_routes[key]})"
                     )
                 seen_routes[key] = f"scripts[{i}] ({s.name})"
-        for j, svc in enumerate(s.services):
-            if svc.service not in names:
-                problems.append(
-                    f"{where}.services[{j}].service: no script named {svc.service!r}"
-                    f" (scripts: {', '.join(names)})"
-                )
-        # Every name `env` gets, with the key that defines it: one name, one definition (the
-        # declared tools are env.TOOLS, which a var of that name would otherwise shadow or lose).
-        bindings = (
-            [(f"vars.{k}", k) for k in s.vars]
-            + [(f"secrets[{j}]", k) for j, k in enumerate(s.secrets)]
-            + [(f"services[{j}]", b.binding) for j, b in enumerate(s.services)]
-            + [(f"durable_objects[{j}]", b.binding) for j, b in enumerate(s.durable_objects)]
-            + [(f"workflows[{j}]", b.binding) for j, b in enumerate(s.workflows)]
-            + ([("tools", "TOOLS")] if s.tools else [])
-        )
-        defined: dict[str, str] = {}
-        for key, b in bindings:
-            if b in defined:
-                problems.append(f"{where}.{key}: binding name {b!r} is used twice"
-                                f" (also defined by {p}scripts[{i}].{defined[b]})")
-            defined.setdefault(b, key)
-        for j, do in enumerate(s.durable_objects):
-            if do.script is not None and do.script not in names:
-                problems.append(
-                    f"{where}.durable_objects[{j}].script: no script named {do.script!r}"
-                )
+        problems += [f"{where}.{key}: {problem}" for key, problem in env_name_problems(s)]
+        for kind in KINDS:
+            if kind.check is not None:
+                problems += [f"{where}.{key}: {problem}" for key, problem in kind.check(s, cfg)]
     return problems
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "decode",
     "error_reply",
     "message",
+    "wire_error",
 ]
 
 
@@ -216,6 +217,13 @@ def error_reply(message: str, *, code: str = "protocol_error", status: int = 400
                 type: str = "ProtocolError", **extra: Any) -> dict[str, Any]:
     """An `ErrorReply` map (what every request may be answered with)."""
     return {"error": {"type": type, "message": message, "code": code, "status": status, **extra}}
+
+
+def wire_error(err: dict[str, Any]) -> dict[str, Any]:
+    """A failure of a handler run under the isolate's limits (code, status, message) as the error
+    of an RPC or object reply: code and status go along, so the caller answers with them."""
+    return {"type": err.get("type", err["code"]), "message": err["message"], "code": err["code"],
+            "status": err.get("status", 500)}
 
 
 # -- replies -----------------------------------------------------------------------------------

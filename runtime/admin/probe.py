@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 from runtime.front.supervisor import LoadFailed
+from runtime.protocol import Fetch
 
 __all__ = ["Unhealthy", "probe"]
 
@@ -36,9 +37,9 @@ async def _health(front: Any, dep: Any, path: str) -> tuple[int, str | None]:
         return 404, "not_found"
     route, params = found
     rid = f"probe-{uuid.uuid4().hex}"
-    msg = {"op": "fetch", "rid": rid, "route": route.index, "identity": None, "risk": "low",
-           "req": {"url": f"http://localhost{path}", "method": "GET", "body": b"", "params": params,
-                   "headers": [("user-agent", "edgeworks-deploy-probe"), ("x-request-id", rid)]}}
+    msg = Fetch(rid=rid, route=route.index, req={
+        "url": f"http://localhost{path}", "method": "GET", "body": b"", "params": params,
+        "headers": [("user-agent", "edgeworks-deploy-probe"), ("x-request-id", rid)]}).encode()
 
     async def discard(_message: dict[str, Any]) -> None:
         pass

@@ -2,7 +2,7 @@
 terminate, restart, send an event, approve or reject a pending approval.
 
 The instances live in isolates; each call is relayed to one isolate of the script
-(`Front.workflow_call`), which performs it through the script's own workflow binding, within
+(`Front.call` with a `runtime.protocol.WorkflowAdmin` message), which performs it through the script's own workflow binding, within
 one tenant. Instances of a ``tenant_scoped`` binding are addressed with ``?tenant=NAME``: a
 tenant admin always acts within its own tenant (another tenant's instances do not exist for
 it: 404); a global admin names the tenant, and its list without ``?tenant`` shows every
@@ -12,6 +12,7 @@ shared by every tenant, so only a global admin steers them.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from runtime.admin.access import AccessDenied
 from runtime.admin.api import ACTIONS, CreateBody, DecisionBody, EventBody, parse_body
+from runtime.protocol import WorkflowAdmin
 
 __all__ = ["Handler", "workflow_endpoints"]
 
@@ -80,8 +82,10 @@ def workflow_endpoints(front: Any, audit: Callable[..., None]) -> dict[str, Hand
                    args: list[Any] | None = None, status: str | None = None) -> JSONResponse:
         p = request.path_params
         every = action == "list" and request.state.caller.tenant is None and tenant is None
-        reply = await front.workflow_call(p["script"], p["binding"], action, instance, args or [], status,
-                                          tenant=tenant, every_tenant=every)
+        reply = await front.call(p["script"], WorkflowAdmin(
+            binding=p["binding"], action=action, instance=instance, args=args or [], status=status,
+            rid=uuid.uuid4().hex, every_tenant=every,
+            identity={"subject": None, "tenant": tenant, "scopes": []} if tenant is not None else None))
         if "error" in reply:
             err = reply["error"]
             code = err.get("code") or err.get("type") or "workflow_error"

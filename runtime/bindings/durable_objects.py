@@ -13,14 +13,34 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from objects import DurableObject, DurableObjectNamespace, ObjectAddress, ObjectHost, owner_index
+from runtime.bindings import BindingHost, BindingKind, IsolateAPI, RelayPort
 from runtime.bindings.services import call_deadline, coerce_request, relay
-from runtime.isolate.context import current
+from runtime.errors import LoadError
+from runtime.isolate.context import current, use_scope
 from runtime.isolate.http import Request, Response
+from runtime.names import BINDING_NAME
+from runtime.protocol import ObjectCall, ObjectRelay, ProtocolError, Result, error_reply, wire_error
 
-__all__ = ["build", "namespace_secret", "object_transport"]
+if TYPE_CHECKING:
+    from runtime.config import AppConfig, ScriptConfig
+
+__all__ = ["KIND", "DurableObjectBinding", "namespace_secret", "object_transport"]
+
+
+class DurableObjectBinding(BaseModel):
+    """`[[scripts.durable_objects]]`: a namespace of durable objects, bound as `env.<binding>`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    binding: Annotated[str, Field(pattern=BINDING_NAME)]
+    class_name: Annotated[str, Field(pattern=BINDING_NAME)]
+    script: str | None = None  # another script's namespace; default: this script
+    tenant_scoped: bool = False
 
 
 class _HostCodec:
@@ -46,7 +66,7 @@ class _StubCodec:
 
 
 class ObjectTransport:
-    def __init__(self, host: Any, local: ObjectHost | None):
+    def __init__(self, host: BindingHost, local: ObjectHost | None):
         self.host, self.local = host, local
 
     async def __call__(self, address: ObjectAddress, op: dict[str, Any]) -> dict[str, Any]:
@@ -57,11 +77,8 @@ class ObjectTransport:
                 and owner_index(address.id_hex, h.pool_size) == h.pool_index):
             return await self.local.handle(address, op)
         ident = scope.identity
-        reply = await relay(h.channel, {
-            "op": "call", "kind": "object", "address": list(address), "payload": op,
-            "rid": scope.request_id,
-            "identity": {"subject": ident.subject, "tenant": ident.tenant, "scopes": list(ident.scopes)} if ident else None,
-        }, call_deadline(h))
+        reply = await relay(h.channel, ObjectRelay(address=list(address), payload=op, rid=scope.request_id,
+                                                   identity=ident.to_wire() if ident else None), call_deadline(h))
         if "error" in reply:
             return {"error": reply["error"]}
         return reply["result"]
@@ -100,23 +117,18 @@ def namespace_secret(state_dir: Path) -> bytes:
     return data
 
 
-def object_transport(host: Any) -> ObjectTransport:
+def object_transport(host: BindingHost) -> ObjectTransport:
     """The one transport of this process for object calls (shared by every binding kind that
-    is built on objects); its local host is attached by `build` once all classes are known."""
+    is built on objects); its local host is attached by `_finish` once all classes are known."""
     transport = host.hosts.get("object_transport")
     if transport is None:
         transport = host.hosts["object_transport"] = ObjectTransport(host, None)
     return transport
 
 
-def build(host: Any) -> dict[str, Any]:
-    """Runs after the plugins that add internal object classes (workflows) to `host.object_classes`."""
+def _build(host: BindingHost) -> dict[str, Any]:
+    """The namespaces, and this script's own classes registered for the object host."""
     bindings = host.script.durable_objects
-    if not bindings and not host.object_classes:
-        return {}
-    from runtime.isolate.main import LoadError
-
-    classes: dict[str, type[DurableObject]] = dict(host.object_classes)
     for b in bindings:
         if b.script not in (None, host.script.name):
             continue
@@ -124,19 +136,10 @@ def build(host: Any) -> dict[str, Any]:
         if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
             raise LoadError(f"{host.script.main}: durable object class {b.class_name!r} (binding "
                             f"{b.binding}) is not defined or does not subclass DurableObject")
-        classes[b.class_name] = cls
-    local = None
-    if classes:
-        local = ObjectHost(
-            host.script.name, classes, host.env, host.state_dir,
-            idle_timeout_s=host.script.object_idle_s, durability=host.script.object_durability,
-            max_queue=host.script.object_max_queue, codec=_HostCodec(), audit=host.audit,
-            owns=lambda _cls, id_hex: owner_index(id_hex, host.pool_size) == host.pool_index,
-            id_secret=namespace_secret(host.state_dir),
-        )
-        host.hosts["durable_objects"] = local
+        host.object_classes[b.class_name] = cls
+    if not bindings:
+        return {}
     transport = object_transport(host)
-    transport.local = local
     secret = namespace_secret(host.state_dir)
     return {
         b.binding: DurableObjectNamespace(
@@ -146,3 +149,72 @@ def build(host: Any) -> dict[str, Any]:
         )
         for b in bindings
     }
+
+
+async def _finish(host: BindingHost) -> None:
+    """The host of this process's objects, from every class any kind registered (workflow
+    instances are durable objects too)."""
+    if not host.object_classes:
+        return
+    local = ObjectHost(
+        host.script.name, dict(host.object_classes), host.env, host.state_dir,
+        idle_timeout_s=host.script.object_idle_s, durability=host.script.object_durability,
+        max_queue=host.script.object_max_queue, codec=_HostCodec(), audit=host.audit,
+        owns=lambda _cls, id_hex: owner_index(id_hex, host.pool_size) == host.pool_index,
+        id_secret=namespace_secret(host.state_dir),
+    )
+    host.hosts["durable_objects"] = local
+    object_transport(host).local = local
+
+
+# -- the isolate's side: a call of an object this process owns -------------------------------
+
+
+async def _serve_call(isolate: IsolateAPI, msg: ObjectCall) -> Any:
+    host = isolate.hosts.get("durable_objects")
+    if host is None:
+        return error_reply("this script hosts no durable objects", type="RpcError", code="no_objects", status=404)
+    use_scope(isolate.scope(msg.rid, msg.identity))
+    reply, err, _ = await isolate.run_limited(msg.rid, host.handle(_address(msg.address), msg.payload))
+    return Result(result={"error": wire_error(err)} if err is not None else reply)
+
+
+# -- the front's side: forward a call to the object's owner ----------------------------------
+
+
+def _address(raw: list[Any]) -> ObjectAddress:
+    if not (3 <= len(raw) <= 4 and all(isinstance(p, str) for p in raw[:3]) and (len(raw) < 4 or raw[3] is None or isinstance(raw[3], str))):
+        raise ProtocolError(f"an object address is [script, class, id, tenant], got {raw!r:.200}")
+    return ObjectAddress(*raw)
+
+
+async def _relay_call(port: RelayPort, msg: ObjectRelay) -> dict[str, Any]:
+    address = _address(msg.address)
+    return await port.forward(address.script, ObjectCall(address=msg.address, payload=msg.payload, rid=msg.rid,
+                                                          identity=msg.identity),
+                              slot=lambda pool_size: owner_index(address.id_hex, pool_size))
+
+
+# -- the kind --------------------------------------------------------------------------------
+
+
+def _names(script: ScriptConfig) -> list[tuple[str, str]]:
+    return [(f"durable_objects[{j}]", b.binding) for j, b in enumerate(script.durable_objects)]
+
+
+def _check(script: ScriptConfig, app: AppConfig) -> list[tuple[str, str]]:
+    names = [s.name for s in app.scripts]
+    return [(f"durable_objects[{j}].script", f"no script named {b.script!r}")
+            for j, b in enumerate(script.durable_objects) if b.script is not None and b.script not in names]
+
+
+KIND = BindingKind(
+    name="durable_objects",
+    fields={"durable_objects": (list[DurableObjectBinding], [])},
+    env_names=_names,
+    check=_check,
+    build=_build,
+    finish=_finish,
+    ops={ObjectCall: _serve_call},
+    relays={ObjectRelay: _relay_call},
+)

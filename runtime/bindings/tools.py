@@ -13,16 +13,22 @@ is audited by the sandbox through the isolate's audit hook.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from runtime.bindings import AuditHook, BindingHost, BindingKind
 from runtime.isolate.context import current
-from sandbox import CapabilityAuthority, Sandbox, TokenError, ToolError
+from runtime.killswitch import KillSwitch
+from sandbox import CapabilityAuthority, Sandbox, SandboxConfig, TokenError, ToolError, ToolSpec
 
-__all__ = ["Tools", "build"]
+if TYPE_CHECKING:
+    from runtime.config import ScriptConfig
+
+__all__ = ["KIND", "Tools"]
 
 
 class Tools:
-    def __init__(self, sandbox: Sandbox, authority: CapabilityAuthority, script: str, kills: Any, audit: Any):
+    def __init__(self, sandbox: Sandbox, authority: CapabilityAuthority, script: str, kills: KillSwitch | None,
+                 audit: AuditHook | None):
         self._sandbox = sandbox
         self._authority = authority
         self._issuer = f"script:{script}"
@@ -61,7 +67,7 @@ class Tools:
                                        tenant=scope.tenant)
 
 
-def build(host: Any) -> dict[str, Any]:
+def _build(host: BindingHost) -> dict[str, Any]:
     specs = host.script.tools
     if not specs:
         return {}
@@ -69,3 +75,16 @@ def build(host: Any) -> dict[str, Any]:
     sandbox = Sandbox(host.state_dir, host.app_root, specs, authority, host.script.sandbox,
                       audit=host.audit, script=host.script.name)
     return {"TOOLS": Tools(sandbox, authority, host.script.name, host.kills, host.audit)}
+
+
+def _names(script: ScriptConfig) -> list[tuple[str, str]]:
+    return [("tools", "TOOLS")] if script.tools else []
+
+
+KIND = BindingKind(
+    name="tools",
+    # `sandbox`: defaults for every tool call of the script (limits, http caps)
+    fields={"tools": (list[ToolSpec], []), "sandbox": (SandboxConfig, SandboxConfig())},
+    env_names=_names,
+    build=_build,
+)

@@ -5,21 +5,46 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import traceback
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from objects import CodedError
 from objects.workflows import (
+    STATUSES,
+    WorkflowBinding,
     WorkflowDefinition,
     WorkflowEntrypoint,
+    WorkflowError,
     WorkflowHooks,
     make_workflow_binding,
 )
+from runtime.bindings import BindingHost, BindingKind, IsolateAPI
 from runtime.bindings.durable_objects import namespace_secret, object_transport
+from runtime.errors import LoadError
 from runtime.isolate.context import Identity, current, use_scope
 from runtime.isolate.meter import CpuLimitExceeded, Meter, metered
+from runtime.logs import log
+from runtime.names import BINDING_NAME
+from runtime.protocol import Result, WorkflowAdmin, error_reply
 from runtime.redact import Redactor
 
-__all__ = ["StepCpuLimitExceeded", "WorkflowCpuLimitExceeded", "build"]
+if TYPE_CHECKING:
+    from runtime.config import ScriptConfig
+
+__all__ = ["KIND", "StepCpuLimitExceeded", "WorkflowBindingConfig", "WorkflowCpuLimitExceeded"]
+
+
+class WorkflowBindingConfig(BaseModel):
+    """`[[scripts.workflows]]`: a workflow class of the script, bound as `env.<binding>`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    binding: Annotated[str, Field(pattern=BINDING_NAME)]
+    class_name: Annotated[str, Field(pattern=BINDING_NAME)]
+    tenant_scoped: bool = False
 
 _redactor = Redactor()  # workflow error messages are redacted before they are stored
 
@@ -63,11 +88,9 @@ def _run_as_tenant(tenant: str | None) -> None:
         use_scope(dataclasses.replace(scope, identity=identity))
 
 
-def build(host: Any) -> dict[str, Any]:
+def _build(host: BindingHost) -> dict[str, Any]:
     if not host.script.workflows:
         return {}
-    from runtime.isolate.main import LoadError
-
     transport = object_transport(host)
     entries: dict[str, Any] = {}
     for b in host.script.workflows:
@@ -91,3 +114,57 @@ def build(host: Any) -> dict[str, Any]:
             tenant_scoped=b.tenant_scoped, secret=namespace_secret(host.state_dir),
         )
     return entries
+
+
+# -- the isolate's side: an admin action on an instance --------------------------------------
+
+_INSTANCE_ACTIONS = ("status", "pause", "resume", "terminate", "restart", "send_event", "approve", "reject")
+
+
+async def _serve_admin(isolate: IsolateAPI, msg: WorkflowAdmin) -> Any:
+    """An admin action on a workflow instance, performed through the script's binding, in the
+    tenant of the message's identity."""
+    use_scope(isolate.scope(msg.rid, msg.identity))
+    binding = isolate.env.get(msg.binding)
+    if not isinstance(binding, WorkflowBinding):
+        return error_reply(f"no workflow binding {msg.binding!r}", code="no_such_binding", status=404)
+    action, args = msg.action, msg.args
+    try:
+        if action == "list":  # every tenant's instances for a global admin, each with its tenant
+            tenant = (msg.identity or {}).get("tenant")
+            if msg.status is not None and msg.status not in STATUSES:
+                raise WorkflowError("invalid_status", f"status must be one of {STATUSES}, got {msg.status!r}")
+            every = msg.every_tenant
+            result: Any = [{"id": m["id"], "status": m["status"], "created": m["created"], "tenant": m.get("tenant")}
+                           for m in await binding.definition.list_instances(tenant, every_tenant=every)
+                           if (msg.status is None or m["status"] == msg.status) and (every or m.get("tenant") == tenant)]
+        elif action == "create":
+            result = {"id": (await binding.create(id=msg.instance, params=args[0] if args else None)).id}
+        elif action in _INSTANCE_ACTIONS:
+            instance = await binding.get(msg.instance)
+            result = await getattr(instance, action)(*args)
+            if action != "status":
+                result = {"ok": True, "status": (await instance.status()).get("status")}
+        else:
+            return error_reply(f"unknown workflow action {action!r}", code="bad_request", status=400)
+    except WorkflowError as e:
+        return {"error": {"code": e.code, "message": str(e)}}
+    except Exception as e:  # the admin caller gets the reason, the isolate keeps serving
+        if isinstance(e, CodedError) and e.code and e.status:  # e.g. the instance's isolate was killed
+            return {"error": {"code": e.code, "status": e.status, "message": e.message}}
+        log("error", request_id=msg.rid, exception=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        return {"error": {"code": "workflow_error", "message": f"{type(e).__name__}: {e}"}}
+    return Result(result=result)
+
+
+def _names(script: ScriptConfig) -> list[tuple[str, str]]:
+    return [(f"workflows[{j}]", b.binding) for j, b in enumerate(script.workflows)]
+
+
+KIND = BindingKind(
+    name="workflows",
+    fields={"workflows": (list[WorkflowBindingConfig], [])},
+    env_names=_names,
+    build=_build,
+    ops={WorkflowAdmin: _serve_admin},
+)

@@ -15,18 +15,20 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+from runtime import protocol
 from runtime.admin.access import is_loopback_client
 from runtime.admin.approvals import ApprovalsUnavailable
 from runtime.admin.versions import read_secrets
+from runtime.bindings import relays
 from runtime.config import AppConfig, ConfigError, ScriptConfig
 from runtime.errors import error_json as _error
 from runtime.front.auditd import AuditPipe
-from runtime.front.contract import Contract, Refusal, identity_wire
+from runtime.front.contract import Contract, Refusal
 from runtime.front.cron import CronScheduler
 from runtime.front.identity import AuthConfigError
 from runtime.front.routing import Router
@@ -106,6 +108,7 @@ class Front:
         # Set by the admin plane: the data key (None without one), which opens versions' secrets.
         self.data_key: Any = None
         self.audit_log = AuditPipe(self.state_dir, app.audit)
+        self.relays = relays()  # what isolates may ask the front to relay, by message type
 
     # -- lifecycle -------------------------------------------------------------------------
     async def load(self, app: AppConfig, version: str | None = None) -> Deployment:
@@ -289,11 +292,12 @@ class Front:
             # change how the URL parses, or "/pay%3F" reaches the handler as "/pay" unchecked.
             url = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{path.translate(_URL_PATH_ESCAPES)}" + (f"?{qs.decode('latin-1')}" if qs else "")
             # "local": dev shows exception details to loopback clients only (`dev --host 0.0.0.0`)
-            msg = {"op": "fetch", "rid": rid, "route": route.index, "identity": identity_wire(identity), "risk": risk,
-                   "local": self.dev and is_loopback_client(scope),
-                   "req": {"url": url, "method": method,
-                           "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
-                           "body": body, "params": params}}
+            msg = protocol.Fetch(
+                rid=rid, route=route.index, identity=identity.to_wire() if identity else None, risk=risk,
+                local=self.dev and is_loopback_client(scope),
+                req={"url": url, "method": method,
+                     "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
+                     "body": body, "params": params}).encode()
             if decision.action == "approve":
                 held = {"risk": risk}
                 if self.approvals is not None:
@@ -418,21 +422,36 @@ class Front:
                                 (b"content-length", str(len(body)).encode()), *(extra or [])]})
         await send({"type": "http.response.body", "body": body})
 
-    # -- calls from isolates ---------------------------------------------------------------
-    async def on_call(self, pool: IsolatePool, proc: IsolateProcess, msg: dict[str, Any]) -> None:
-        """Relay a call an isolate makes (service binding or object call) and send the reply.
+    # -- messages from isolates -------------------------------------------------------------
+    def on_isolate_message(self, pool: IsolatePool, proc: IsolateProcess, msg: protocol.Message, mid: Any) -> None:
+        """A message an isolate sent: an audit entry, or a call a binding kind relays (served:
+        the isolate gets an answer even if relaying it fails)."""
+        if isinstance(msg, protocol.Audit):
+            self.audit_log.append(msg.entry, **msg.fields)
+            return
+        relay = self.relays.get(type(msg))
+        if not isinstance(mid, int) or proc.channel is None:
+            log("protocol_error", script=pool.script.name, error=f"unexpected {msg.op!r} message without an id")
+            return
+        if relay is None:
+            proc.channel.reply(mid, protocol.error_reply(f"the front does not serve {msg.op!r} messages"))
+            return
+        proc.channel.serve({"id": mid, "op": msg.op}, self._relay(proc, relay, msg, mid))
 
-        Runs under `Channel.serve`, so a failure not mapped here still answers the caller. Every
-        error keeps its code and HTTP status, for the calling handler to answer with."""
-        assert proc.channel is not None
+    async def _relay(self, proc: IsolateProcess, relay: Any, msg: protocol.Message, mid: int) -> None:
+        """Relay a call and send the reply; every error keeps its code and HTTP status, for the
+        calling handler to answer with."""
         try:
-            reply = await self._call(msg)
+            reply = await relay(self, msg)
         except (IsolateDied, WallTimeExceeded, NotReady) as e:
             reply = {"error": _call_error(e)}
         except UnknownTarget as e:
-            reply = {"error": {"type": "LookupError", "message": str(e)}}
+            reply = protocol.error_reply(str(e), type="LookupError", code="not_found", status=404)
+        except protocol.ProtocolError as e:
+            reply = protocol.error_reply(str(e))
+        assert proc.channel is not None
         try:
-            proc.channel.reply(msg["id"], reply)
+            proc.channel.reply(mid, reply)
         except ChannelClosed:
             pass
 
@@ -447,36 +466,32 @@ class Front:
         assert self.current is not None
         return self.current
 
-    async def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+    async def forward(self, script: str, msg: protocol.Message, *, slot: Callable[[int], int] | None = None) -> dict[str, Any]:
+        """`RelayPort.forward` (runtime.bindings): `msg` to an isolate of `script` of the current
+        deployment, the one in `slot(pool_size)` when given; a streamed reply is joined."""
         dep = await self._deployment()
-        kind = msg["kind"]
-        target = msg.get("script") or (msg.get("address") or [None])[0]
-        pool = dep.pools.get(target)
+        pool = dep.pools.get(script)
         if pool is None:
-            raise UnknownTarget(f"no script named {target!r}")
-        wall = dep.scripts[target].limits.wall_ms / 1000
-        if kind == "service_fetch":
-            fwd = {"op": "fetch", "rid": msg.get("rid"), "req": msg["req"], "identity": msg.get("identity")}
-            proc = await _ready(pool.pick(), target)
-            reply = await proc.request(fwd, wall)
-            return await self._whole(proc, fwd["id"], reply) if reply.get("more") else reply
-        if kind == "service_rpc":
-            fwd = {k: msg.get(k) for k in ("entrypoint", "method", "args", "kwargs", "rid", "identity")}
-            return await (await _ready(pool.pick(), target)).request({"op": "rpc", **fwd}, wall)
-        if kind == "object":
-            from objects import owner_index
+            raise UnknownTarget(f"no script named {script!r}")
+        proc = await _ready(pool.get(slot(len(pool.slots))) if slot is not None else pool.pick(), script)
+        wire = msg.encode()
+        reply = await proc.request(wire, dep.scripts[script].limits.wall_ms / 1000)
+        return await self._whole(proc, wire["id"], reply) if reply.get("more") else reply
 
-            idx = owner_index(msg["address"][2], len(pool.slots))
-            proc = await _ready(pool.get(idx), target)
-            return await proc.request({"op": "object", "address": msg["address"], "payload": msg["payload"], "rid": msg.get("rid")}, wall)
-        raise UnknownTarget(f"unknown call kind {kind!r}")
+    async def call(self, script: str, msg: protocol.Message) -> dict[str, Any]:
+        """`msg` to one isolate of `script` of the current version, for the admin plane (e.g. a
+        workflow binding's admin action); failures are error replies."""
+        try:
+            return await self.forward(script, msg)
+        except UnknownTarget as e:
+            return protocol.error_reply(str(e), code="no_such_script", status=404)
+        except (IsolateDied, WallTimeExceeded, NotReady) as e:
+            return {"error": {**_call_error(e), "code": "unavailable"}}
 
     def on_event(self, pool: IsolatePool, msg: dict[str, Any]) -> None:
-        if msg.get("kind") == "audit":
-            self.audit_log.append(str(msg.get("entry")), **(msg.get("fields") or {}))
-            return
-        fields = {k: v for k, v in msg.items() if k != "op"}
-        self.audit_log.append(f"isolate.{fields.pop('kind', 'event')}", script=pool.script.name, **fields)
+        """An event the supervisor reports about an isolate (its death...)."""
+        fields = {k: v for k, v in msg.items() if k != "kind"}
+        self.audit_log.append(f"isolate.{msg.get('kind', 'event')}", script=pool.script.name, **fields)
 
     async def run_held(self, msg: dict[str, Any], script: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """Run a request message held for approval on the current version and collect the
@@ -499,24 +514,6 @@ class Front:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
         return status, headers, b"".join(parts)
 
-    async def workflow_call(self, script: str, binding: str, action: str, instance: str | None,
-                            args: list[Any], status: str | None = None, *, tenant: str | None = None,
-                            every_tenant: bool = False) -> dict[str, Any]:
-        """Perform an admin action on a workflow through one isolate of `script`, within `tenant`
-        (a list covers every tenant with `every_tenant`)."""
-        dep = self.current
-        assert dep is not None
-        pool = dep.pools.get(script)
-        if pool is None:
-            return {"error": {"code": "no_such_script", "message": f"no script named {script!r}"}}
-        msg = {"op": "workflow", "binding": binding, "action": action, "instance": instance,
-               "args": args, "status": status, "rid": uuid.uuid4().hex, "every_tenant": every_tenant,
-               "identity": {"subject": None, "tenant": tenant, "scopes": []} if tenant is not None else None}
-        try:
-            return await (await pool.pick()).request(msg, dep.scripts[script].limits.wall_ms / 1000)
-        except (IsolateDied, WallTimeExceeded) as e:
-            return {"error": {"code": "unavailable", "message": str(e)}}
-
     # -- cron ------------------------------------------------------------------------------
     async def fire_scheduled(self, script: str, cron: str, scheduled_ms: float | None = None) -> dict[str, Any]:
         dep = self.current
@@ -529,7 +526,7 @@ class Front:
         wall = dep.scripts[script].limits.wall_ms / 1000
         try:
             reply = await (await pool.pick()).request(
-                {"op": "scheduled", "cron": cron, "time": scheduled_ms or time.time() * 1000, "rid": rid}, wall)
+                protocol.Scheduled(rid=rid, cron=cron, time=scheduled_ms or time.time() * 1000).encode(), wall)
         except (IsolateDied, WallTimeExceeded) as e:
             reply = {"ok": False, "error": _call_error(e)}
         log("scheduled", request_id=rid, script=script, cron=cron, ok=reply.get("ok"),

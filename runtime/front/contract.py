@@ -22,11 +22,11 @@ from typing import Any
 from runtime.config import AppConfig, RouteConfig
 from runtime.front.auditd import AuditPipe
 from runtime.front.identity import AuthError, Identity, Verifier
-from runtime.front.risk import UNREADABLE_BODY, RiskDecision, RiskEngine
 from runtime.killswitch import KillSwitch
+from runtime.risk import UNREADABLE_BODY, RiskDecision, RiskEngine
 from runtime.safejson import JSONTooDeep, parse_json
 
-__all__ = ["Contract", "Refusal", "identity_wire"]
+__all__ = ["Contract", "Refusal"]
 
 
 @dataclass
@@ -36,13 +36,6 @@ class Refusal(Exception):
     message: str
     extra: dict[str, Any]
     headers: list[tuple[bytes, bytes]]
-
-
-def identity_wire(identity: Identity | None) -> dict[str, Any] | None:
-    if identity is None:
-        return None
-    return {"subject": identity.subject, "tenant": identity.tenant, "scopes": list(identity.scopes),
-            "claims": {k: v for k, v in identity.claims.items() if isinstance(v, str | int | float | bool | list)}}
 
 
 class Contract:

@@ -15,10 +15,12 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime import protocol
 from runtime.config import ScriptConfig
 from runtime.ipc import Channel, ChannelClosed, open_channel
 from runtime.logs import log
@@ -83,7 +85,7 @@ class IsolateProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    async def start(self, init: dict[str, Any]) -> None:
+    async def start(self, init: protocol.Init) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             zygote = getattr(self.pool.router, "zygote", None)
@@ -103,17 +105,24 @@ class IsolateProcess:
         asyncio.ensure_future(self._reap())
         limits = self.pool.script.limits
         try:
-            reply = await asyncio.wait_for(self.channel.request({"op": "init", **init}), limits.startup_ms / 1000)
+            reply = await asyncio.wait_for(self.channel.request(init.encode()), limits.startup_ms / 1000)
         except TimeoutError:
             self.kill()
             raise LoadFailed(f"the module did not finish loading within the start-up limit of {limits.startup_ms} ms"
                              " ([scripts.limits] startup_ms)", "startup_timeout") from None
         except ChannelClosed:
             raise await self._start_died() from None
-        if "error" in reply:
+        try:
+            ready = protocol.Ready.decode(reply) if "error" not in reply else None
+            if ready is None:
+                failed = protocol.InitFailed.decode(reply)
+        except protocol.ProtocolError as e:
             self.kill()
-            raise LoadFailed(reply["error"], reply.get("cause", "load_error"))
-        self.load_ms = reply.get("load_ms")
+            raise LoadFailed(f"the isolate answered its init with a malformed message: {e}", "crashed") from None
+        if ready is None:
+            self.kill()
+            raise LoadFailed(failed.error, failed.cause)
+        self.load_ms = ready.load_ms
 
     async def _start_died(self) -> LoadFailed:
         """Why a process that was starting went away: its limit note or its exit status (the
@@ -187,14 +196,14 @@ class IsolateProcess:
         fut.set_exception(WallTimeExceeded())
         if self.channel is None or self.channel.closed:
             return
-        self.channel.send({"op": "cancel", "target": msg["id"]})
+        self.channel.send(protocol.Cancel(target=msg["id"]).encode())
         asyncio.ensure_future(self._check_alive())
 
     async def _check_alive(self) -> None:
         """After a wall-time cancel the process must still answer; a stuck one is replaced."""
         assert self.channel is not None
         try:
-            await asyncio.wait_for(self.channel.request({"op": "ping"}), 5.0)
+            await asyncio.wait_for(self.channel.request(protocol.Ping().encode()), 5.0)
         except (TimeoutError, ChannelClosed):
             log("isolate_stuck", script=self.pool.script.name, pid=self.pid)
             self.kill()
@@ -205,7 +214,7 @@ class IsolateProcess:
             return
         try:
             assert self.channel is not None
-            await asyncio.wait_for(self.channel.request({"op": "shutdown", "grace_s": grace_s}), grace_s + 2)
+            await asyncio.wait_for(self.channel.request(protocol.Shutdown(grace_s=grace_s).encode()), grace_s + 2)
         except (TimeoutError, ChannelClosed):
             pass
         try:
@@ -234,7 +243,7 @@ class IsolatePool:
         self.version = version
         self.dev = dev
         self.secrets = secrets
-        self.router = router  # the front: receives calls isolates make (`on_call`) and events
+        self.router = router  # the front: receives the messages isolates send (`on_isolate_message`) and their deaths (`on_event`)
         self.run_dir = state_dir / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.slots: list[IsolateProcess | None] = [None] * script.pool_size
@@ -246,18 +255,18 @@ class IsolatePool:
         self.starting: set[IsolateProcess] = set()  # started, not yet in a slot: `stop` kills them
         self.active = active  # whether its version serves, see `set_active`
 
-    def init_message(self, index: int) -> dict[str, Any]:
-        return {
-            "script": self.script.model_dump(mode="json"),
-            "root": str(self.root),
-            "state_dir": str(self.state_dir),
-            "pool_index": index,
-            "pool_size": self.script.pool_size,
-            "dev": self.dev,
-            "secrets": {k: v for k, v in self.secrets.items() if k in self.script.secrets},
-            "version": self.version,
-            "active": self.active,
-        }
+    def init_message(self, index: int) -> protocol.Init:
+        return protocol.Init(
+            script=self.script.model_dump(mode="json"),
+            root=str(self.root),
+            state_dir=str(self.state_dir),
+            pool_index=index,
+            pool_size=self.script.pool_size,
+            dev=self.dev,
+            secrets={k: v for k, v in self.secrets.items() if k in self.script.secrets},
+            version=self.version,
+            active=self.active,
+        )
 
     async def _spawn(self, index: int) -> IsolateProcess:
         self.generation += 1
@@ -273,10 +282,11 @@ class IsolatePool:
         try:
             init = self.init_message(proc.index)
             await proc.start(init)
-            while init["active"] != self.active and not self.closed:  # `set_active` ran meanwhile
-                init["active"] = self.active
+            active = init.active
+            while active != self.active and not self.closed:  # `set_active` ran meanwhile
+                active = self.active
                 try:
-                    await proc.request({"op": "activate", "active": self.active}, ACTIVATE_WAIT_S)
+                    await proc.request(protocol.Activate(active=self.active).encode(), ACTIVATE_WAIT_S)
                 except (IsolateDied, WallTimeExceeded) as e:
                     proc.kill()
                     raise LoadFailed(f"the isolate did not take its version's activation: {e}", "crashed") from None
@@ -299,7 +309,7 @@ class IsolatePool:
         self.active = active
         procs = [p for p in self.slots if p is not None]
         results = await asyncio.gather(
-            *(p.request({"op": "activate", "active": active}, ACTIVATE_WAIT_S) for p in procs),
+            *(p.request(protocol.Activate(active=active).encode(), ACTIVATE_WAIT_S) for p in procs),
             return_exceptions=True)
         for p, r in zip(procs, results, strict=True):
             if isinstance(r, Exception) and not isinstance(r, IsolateDied):
@@ -315,17 +325,20 @@ class IsolatePool:
             await self.stop()
             raise errors[0]
 
-    def on_isolate_message(self, proc: IsolateProcess) -> Any:
-        def handle(msg: dict[str, Any]) -> None:
-            op = msg.get("op")
-            if op == "call":
-                assert proc.channel is not None
-                # served: the isolate gets an answer even if relaying the call fails
-                proc.channel.serve(msg, self.router.on_call(self, proc, msg))
-            elif op == "recycle":
-                asyncio.ensure_future(self.recycle(proc, msg.get("reason", "")))
-            elif op == "event":
-                self.router.on_event(self, msg)
+    def on_isolate_message(self, proc: IsolateProcess) -> Callable[[dict[str, Any]], None]:
+        def handle(raw: dict[str, Any]) -> None:
+            try:
+                msg = protocol.decode(raw)
+            except protocol.ProtocolError as e:  # a broken isolate: answered, logged, never a crash here
+                log("protocol_error", script=self.script.name, pid=proc.pid, error=str(e))
+                mid = raw.get("id") if isinstance(raw, dict) else None
+                if isinstance(mid, int) and proc.channel is not None and not proc.channel.closed:
+                    proc.channel.reply(mid, protocol.error_reply(str(e)))
+                return
+            if isinstance(msg, protocol.Recycle):
+                asyncio.ensure_future(self.recycle(proc, msg.reason))
+            else:
+                self.router.on_isolate_message(self, proc, msg, raw.get("id"))
 
         return handle
 

@@ -1,17 +1,19 @@
 """The isolate process: loads one script version and serves the front's messages.
 
 Started by the supervisor as `python -m runtime.isolate.main FD NOTE_PATH` with one end of a socketpair.
-The first message is `init` (script config, app root, state dir, pool slot, secrets); the isolate
-imports the script, builds `env`, and answers `ready` or `init_error`. Then it serves, concurrently:
-`fetch`, `rpc` (service-binding entrypoint methods), `object` (durable-object calls),
-`scheduled`, `activate` (whether its version serves: see `IsolatePool.set_active`), `cancel` and
-`shutdown`. Every request runs under its own `RequestScope` and CPU
+The first message is `Init` (script config, app root, state dir, pool slot, secrets); the isolate
+imports the script, builds `env`, and answers `Ready` or `InitFailed`. Then it serves, concurrently,
+the messages of `runtime.protocol` in its dispatch table: the core ones (`fetch`, `scheduled`,
+`activate`: whether its version serves, see `IsolatePool.set_active`; `ping`, `cancel`,
+`shutdown`) and the ops the binding kinds declare (`rpc` of service bindings, `object` of durable
+objects, `workflow` admin actions...). Every request runs under its own `RequestScope` and CPU
 `Meter`; see `meter.py` for what happens at a limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -23,19 +25,20 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from objects import CodedError
-from runtime.bindings import BindingHost, build_env
+from runtime import protocol
+from runtime.bindings import BindingHost, Env, build_env, isolate_ops
 from runtime.config import RouteConfig, ScriptConfig
-from runtime.errors import error_body
+from runtime.errors import LoadError, error_body
 from runtime.ipc import Channel, ChannelClosed, open_channel
 from runtime.isolate.context import (
     ExecutionContext,
-    Identity,
     RequestScope,
     SubrequestLimitExceeded,
     current,
@@ -49,14 +52,6 @@ from runtime.logs import log
 from runtime.safejson import JSONTooDeep, RequestJSONTooDeep, check_depth
 
 __all__ = ["Isolate", "LoadError", "main", "run"]
-
-
-class LoadError(Exception):
-    """The script cannot serve; `cause` is what the front reports (see `LoadFailed`)."""
-
-    def __init__(self, message: str, cause: str = "load_error"):
-        super().__init__(message)
-        self.cause = cause
 
 
 def _import_main(root: Path, main: str) -> Any:
@@ -116,11 +111,8 @@ def _response_problem(resp: Response) -> str | None:
     return None
 
 
-def _wire_error(err: dict[str, Any]) -> dict[str, Any]:
-    """An error of `_run_limited` as an RPC/object error reply: code and status go along, so the
-    caller answers with them (see `objects.CodedError`)."""
-    return {"type": err.get("type", err["code"]), "message": err["message"], "code": err["code"],
-            "status": err.get("status", 500)}
+async def _binding_op(op: Any, isolate: Isolate, msg: protocol.Message, mid: int | None) -> Any:
+    return await op(isolate, msg)
 
 
 def _positional(fn: Any, *args: Any) -> Any:
@@ -145,12 +137,24 @@ class Isolate:
         self.models: list[tuple[type[BaseModel] | None, type[BaseModel] | None]] = []
         self.watchdog: Watchdog | None = None
         self.hosts: dict[str, Any] = {}
+        self.env: Env = Env({})
+        # One dispatch table: the core messages, then every binding kind's ops.
+        self.handlers: dict[type[protocol.Message], Callable[[Any, int | None], Awaitable[Any]]] = {
+            protocol.Fetch: self.handle_fetch,
+            protocol.Rpc: self.handle_rpc,
+            protocol.Scheduled: self.handle_scheduled,
+            protocol.Activate: self.handle_activate,
+            protocol.Ping: self.handle_ping,
+            protocol.Shutdown: self.handle_shutdown,
+        }
+        for cls, op in isolate_ops().items():
+            self.handlers[cls] = functools.partial(_binding_op, op, self)
 
     # -- loading ---------------------------------------------------------------------------
-    async def load(self, init: dict[str, Any]) -> None:
-        self.script = script = ScriptConfig.model_validate(init["script"])
-        self.dev = bool(init.get("dev"))
-        root = Path(init["root"])
+    async def load(self, init: protocol.Init) -> None:
+        self.script = script = ScriptConfig.model_validate(init.script)
+        self.dev = init.dev
+        root = Path(init.root)
         limit = script.limits.memory_mb * 1024 * 1024
         self.watchdog = Watchdog(self.note_path, limit)
         self.watchdog.start()
@@ -176,15 +180,15 @@ class Isolate:
         host = BindingHost(
             script=script,
             app_root=root,
-            state_dir=Path(init["state_dir"]),
+            state_dir=Path(init.state_dir),
             channel=self.channel,
             module=module,
-            pool_index=init.get("pool_index", 0),
-            pool_size=init.get("pool_size", 1),
+            pool_index=init.pool_index,
+            pool_size=init.pool_size,
             dev=self.dev,
-            secrets=init.get("secrets", {}),
+            secrets=init.secrets,
             audit=self.audit,
-            kills=KillSwitch(Path(init["state_dir"])),
+            kills=KillSwitch(Path(init.state_dir)),
             hosts=self.hosts,
         )
         try:
@@ -199,7 +203,7 @@ class Isolate:
         if (rss := rss_bytes()) > limit:
             raise LoadError(f"the module exceeded the memory limit of {script.limits.memory_mb} MB while loading"
                             f" ({rss // (1024 * 1024)} MB in use; [scripts.limits] memory_mb)", "memory_limit")
-        await self.set_active(bool(init.get("active", True)))
+        await self.set_active(init.active)
         for h in self.hosts.values():
             if hasattr(h, "start"):
                 await h.start()
@@ -215,65 +219,64 @@ class Isolate:
         """The audit hook handed to bindings: entries travel to the front's audit writer."""
         entry = {"script": self.script.name if self.script else None, **fields}
         entry.setdefault("request_id", current().request_id or None)
-        msg = {"op": "event", "kind": "audit", "entry": kind, "fields": entry}
         try:
-            self.channel.send(msg)
+            self.channel.send(protocol.Audit(entry=kind, fields=entry).encode())
         except TypeError:  # a value msgpack cannot carry: keep the entry, as text
-            msg["fields"] = {k: v if isinstance(v, str | int | float | bool | None) else repr(v) for k, v in entry.items()}
-            self.channel.send(msg)
+            text = {k: v if isinstance(v, str | int | float | bool | None) else repr(v) for k, v in entry.items()}
+            self.channel.send(protocol.Audit(entry=kind, fields=text).encode())
         except ChannelClosed:
             log("audit_lost", kind=kind, **{k: repr(v) for k, v in entry.items()})
 
     # -- dispatch --------------------------------------------------------------------------
-    def on_message(self, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
-        if op == "cancel":
-            task = self.tasks.get(msg["target"])
+    def on_message(self, raw: dict[str, Any]) -> None:
+        """Decode a message of the front and run its handler; a message that does not decode
+        is answered with a `protocol_error` (when it has an id) and otherwise dropped."""
+        mid = raw.get("id")
+        try:
+            msg = protocol.decode(raw)
+        except protocol.ProtocolError as e:
+            log("protocol_error", error=str(e))
+            if isinstance(mid, int):
+                self.channel.reply(mid, protocol.error_reply(str(e)))
+            return
+        if isinstance(msg, protocol.Cancel):
+            task = self.tasks.get(msg.target)
             if task is not None:
                 task.cancel()
             return
-        handler = {
-            "fetch": self.handle_fetch,
-            "rpc": self.handle_rpc,
-            "object": self.handle_object,
-            "scheduled": self.handle_scheduled,
-            "workflow": self.handle_workflow,
-            "shutdown": self.handle_shutdown,
-            "ping": self.handle_ping,
-            "activate": self.handle_activate,
-        }.get(op)
-        if handler is None:
-            if "id" in msg:
-                self.channel.reply(msg["id"], {"error": {"type": "ProtocolError", "message": f"unknown op {op!r}"}})
+        handler = self.handlers.get(type(msg))
+        if handler is None:  # a message for the front (or of a kind this script does not have)
+            if isinstance(mid, int):
+                self.channel.reply(mid, protocol.error_reply(f"an isolate does not serve {msg.op!r} messages"))
             return
-        mid = msg.get("id")
-        task = self.channel.serve(msg, handler(msg))  # answered even if the handler dies
-        if mid is not None:
+        task = self.channel.serve(raw, self._answer(mid, handler(msg, mid)))  # answered even if the handler dies
+        if isinstance(mid, int):
             self.tasks[mid] = task
             task.add_done_callback(lambda t: self.tasks.pop(mid, None))
 
-    def _scope(self, msg: dict[str, Any]) -> RequestScope:
-        ident = msg.get("identity")
-        assert self.script is not None
-        return RequestScope(
-            request_id=msg.get("rid", ""),
-            script=self.script.name,
-            identity=Identity(
-                subject=ident.get("subject"),
-                tenant=ident.get("tenant"),
-                scopes=tuple(ident.get("scopes") or ()),
-                claims=ident.get("claims") or {},
-            )
-            if ident
-            else None,
-            risk=msg.get("risk", "low"),
-            subrequest_limit=self.script.limits.subrequests,
-        )
+    async def _answer(self, mid: Any, work: Awaitable[Any]) -> None:
+        """Send what a handler returns (a `Reply`, a reply map, or None when it replied itself)."""
+        reply = await work
+        if reply is None or not isinstance(mid, int):
+            return
+        encoded = reply.encode() if isinstance(reply, protocol.Reply) else reply
+        try:
+            self.channel.reply(mid, encoded)
+        except TypeError as e:  # a value msgpack cannot carry (an RPC result, say)
+            self.channel.reply(mid, protocol.error_reply(f"the result is not serializable: {e}", type="TypeError",
+                                                         code="unserializable", status=500))
 
-    async def _run_limited(self, msg: dict[str, Any], coro: Any) -> tuple[Any, dict[str, Any] | None, float]:
-        """Run `coro` under the request's scope and CPU meter. Returns (result, error, cpu_ms)."""
+    # -- the API binding ops use (runtime.bindings.IsolateAPI) -----------------------------
+    def scope(self, rid: str | None, identity: dict[str, Any] | None, risk: str = "low") -> RequestScope:
         assert self.script is not None
-        rid = msg.get("rid", "")
+        return RequestScope(request_id=rid or "", script=self.script.name, identity=protocol.Identity.from_wire(identity),
+                            risk=risk, subrequest_limit=self.script.limits.subrequests)
+
+    async def run_limited(self, rid: str | None, coro: Any, local: bool = True) -> tuple[Any, dict[str, Any] | None, float]:
+        """Run `coro` under the request's scope and CPU meter. Returns (result, error, cpu_ms);
+        `local`: the caller may see exception details (dev, loopback client)."""
+        assert self.script is not None
+        rid = rid or ""
         meter = Meter(rid, self.script.limits.cpu_ms / 1000)
         try:
             result = await metered(coro, meter)
@@ -302,7 +305,7 @@ class Isolate:
             tb = traceback.format_exc()
             log("error", request_id=rid, script=self.script.name, exception=f"{type(e).__name__}: {e}", traceback=tb)
             # dev shows details, but not to a remote client (a client fetch from a non-loopback address)
-            detailed = self.dev and msg.get("local", True)
+            detailed = self.dev and local
             err = {"code": "exception", "status": 500, "type": type(e).__name__,
                    "message": f"{type(e).__name__}: {e}" if detailed else "the handler raised an exception"}
             if detailed:
@@ -310,13 +313,14 @@ class Isolate:
         return None, err, meter.cpu * 1000
 
     # -- fetch -----------------------------------------------------------------------------
-    async def handle_fetch(self, msg: dict[str, Any]) -> None:
-        mid = msg["id"]
-        scope = self._scope(msg)
+    async def handle_fetch(self, msg: protocol.Fetch, mid: int | None) -> None:
+        if mid is None:
+            return
+        scope = self.scope(msg.rid, msg.identity, msg.risk)
         use_scope(scope)
-        req = Request.from_wire(msg["req"])
-        route = msg.get("route")
-        if route is not None and route < len(self.models):
+        req = Request.from_wire(msg.req)
+        route = msg.route
+        if route is not None and 0 <= route < len(self.models):
             try:  # the bound request.json() applies; pydantic's own (200 levels) answers less clearly
                 if self.models[route][0] is not None:
                     check_depth(req.body_bytes().decode("utf-8", "replace"))
@@ -324,12 +328,11 @@ class Isolate:
                 return self._reply_error(mid, scope.request_id, {"code": "json_too_deep", "status": 400, "message": str(e), "limit": e.limit}, 0.0)
             problem = self._validate(req, *self.models[route])
             if problem is not None:
-                self.channel.reply(mid, {"status": 422, "headers": [["content-type", "application/json"]],
-                                         "body": json.dumps(error_body("validation_error", "request failed validation", scope.request_id, errors=problem)).encode(),
-                                         "cpu_ms": 0.0})
+                body = json.dumps(error_body("validation_error", "request failed validation", scope.request_id, errors=problem)).encode()
+                self.channel.reply(mid, protocol.FetchReply(422, [["content-type", "application/json"]], body).encode())
                 return
         ctx = ExecutionContext(scope, self.background)
-        resp, err, cpu_ms = await self._run_limited(msg, self._call_fetch(req, ctx))
+        resp, err, cpu_ms = await self.run_limited(msg.rid, self._call_fetch(req, ctx), msg.local)
         if err is None and not isinstance(resp, Response):
             err = {"code": "exception", "status": 500, "type": "TypeError",
                    "message": f"fetch handler returned {type(resp).__name__}, expected Response"}
@@ -362,21 +365,18 @@ class Isolate:
         status = err.pop("status", 500)
         code = err.pop("code")
         body = error_body(code, err.pop("message"), rid, **err)
-        self.channel.reply(mid, {"status": status, "headers": [["content-type", "application/json"]],
-                                 "body": json.dumps(body).encode(), "cpu_ms": cpu_ms, "error_code": code})
+        self.channel.reply(mid, protocol.FetchReply(status, [["content-type", "application/json"]], json.dumps(body).encode(),
+                                                    cpu_ms=cpu_ms, error_code=code).encode())
 
-    async def _reply_response(self, mid: int, msg: dict[str, Any], resp: Response, cpu_ms: float) -> None:
+    async def _reply_response(self, mid: int, msg: protocol.Fetch, resp: Response, cpu_ms: float) -> None:
         problem = _response_problem(resp)
         if problem is not None:
-            rid = msg.get("rid", "")
-            log("error", request_id=rid, script=self.script.name if self.script else None, exception=problem)
-            return self._reply_error(mid, rid, {"code": "invalid_response", "status": 500, "message": problem}, cpu_ms)
-        head = {"status": resp.status, "headers": resp.headers.items(), "body": resp.body, "cpu_ms": cpu_ms}
+            log("error", request_id=msg.rid, script=self.script.name if self.script else None, exception=problem)
+            return self._reply_error(mid, msg.rid, {"code": "invalid_response", "status": 500, "message": problem}, cpu_ms)
+        head = protocol.FetchReply(resp.status, resp.headers.items(), resp.body, cpu_ms=cpu_ms, more=resp.stream is not None)
+        self.channel.reply(mid, head.encode())
         if resp.stream is None:
-            self.channel.reply(mid, head)
             return
-        head["more"] = True
-        self.channel.reply(mid, head)
 
         async def pump() -> None:
             assert resp.stream is not None
@@ -384,58 +384,33 @@ class Isolate:
                 self.channel.send_chunk(mid, chunk.encode() if isinstance(chunk, str) else bytes(chunk))
                 await self.channel.drain()
 
-        _, err, _ = await self._run_limited(msg, pump())
+        _, err, _ = await self.run_limited(msg.rid, pump(), msg.local)
         self.channel.end_stream(mid, err["message"] if err else None)
 
-    # -- rpc / objects / cron -------------------------------------------------------------
-    async def handle_rpc(self, msg: dict[str, Any]) -> None:
-        scope = self._scope(msg)
-        use_scope(scope)
-        name = msg.get("entrypoint") or "Default"
+    # -- rpc / cron / lifecycle ------------------------------------------------------------
+    async def handle_rpc(self, msg: protocol.Rpc, mid: int | None = None) -> Any:
+        use_scope(scope := self.scope(msg.rid, msg.identity))
+        name = msg.entrypoint or "Default"
         cls = getattr(self.module, name, None)
-        method = msg["method"]
+        method = msg.method
         if not (isinstance(cls, type) and issubclass(cls, WorkerEntrypoint)):
-            return self._reply_exc(msg["id"], "RpcError", f"script has no entrypoint class {name!r}")
+            return protocol.error_reply(f"script has no entrypoint class {name!r}", type="RpcError", code="no_entrypoint", status=404)
         fn = getattr(cls, method, None)
         if method.startswith("_") or method in ("fetch", "scheduled") or not callable(fn):
-            return self._reply_exc(msg["id"], "RpcError", f"{name} has no RPC method {method!r}")
-        ctx = ExecutionContext(scope, self.background)
-        inst = cls(ctx, self.env)
+            return protocol.error_reply(f"{name} has no RPC method {method!r}", type="RpcError", code="no_method", status=404)
+        inst = cls(ExecutionContext(scope, self.background), self.env)
 
         async def call() -> Any:
-            out = getattr(inst, method)(*msg.get("args", ()), **msg.get("kwargs", {}))
+            out = getattr(inst, method)(*msg.args, **msg.kwargs)
             return await out if inspect.isawaitable(out) else out
 
-        result, err, _ = await self._run_limited(msg, call())
-        if err is not None:
-            self.channel.reply(msg["id"], {"error": _wire_error(err)})
-        else:
-            self._reply_value(msg["id"], result)
+        result, err, _ = await self.run_limited(msg.rid, call())
+        return {"error": protocol.wire_error(err)} if err is not None else protocol.Result(result)
 
-    def _reply_exc(self, mid: int, type_name: str, message: str) -> None:
-        self.channel.reply(mid, {"error": {"type": type_name, "message": message}})
-
-    def _reply_value(self, mid: int, result: Any) -> None:
-        try:
-            self.channel.reply(mid, {"result": result})
-        except TypeError as e:
-            self._reply_exc(mid, "TypeError", f"RPC result is not serializable: {e}")
-
-    async def handle_object(self, msg: dict[str, Any]) -> None:
-        host = self.hosts.get("durable_objects")
-        if host is None:
-            return self._reply_exc(msg["id"], "RpcError", "this script hosts no durable objects")
-        scope = self._scope(msg)
+    async def handle_scheduled(self, msg: protocol.Scheduled, mid: int | None = None) -> protocol.ScheduledReply:
+        scope = self.scope(msg.rid, None)
         use_scope(scope)
-        reply, err, _ = await self._run_limited(msg, host.handle(tuple(msg["address"]), msg["payload"]))
-        if err is not None:
-            reply = {"error": _wire_error(err)}
-        self.channel.reply(msg["id"], {"result": reply})
-
-    async def handle_scheduled(self, msg: dict[str, Any]) -> None:
-        scope = self._scope(msg)
-        use_scope(scope)
-        controller = ScheduledController(msg["cron"], msg["time"])
+        controller = ScheduledController(msg.cron, msg.time)
         ctx = ExecutionContext(scope, self.background)
 
         async def run() -> None:
@@ -447,70 +422,34 @@ class Isolate:
                 raise LookupError("script has no scheduled handler")
             await _positional(fn, controller, self.env, ctx)
 
-        _, err, cpu_ms = await self._run_limited(msg, run())
-        self.channel.reply(msg["id"], {"ok": err is None, "error": err, "cpu_ms": cpu_ms})
+        _, err, cpu_ms = await self.run_limited(msg.rid, run())
+        return protocol.ScheduledReply(ok=err is None, error=err, cpu_ms=cpu_ms)
 
-    async def handle_workflow(self, msg: dict[str, Any]) -> None:
-        """An admin action on a workflow instance, performed through the script's binding."""
-        from objects.workflows import STATUSES, WorkflowBinding, WorkflowError
+    async def handle_activate(self, msg: protocol.Activate, mid: int | None = None) -> protocol.Ok:
+        await self.set_active(msg.active)
+        return protocol.Ok()
 
-        use_scope(self._scope(msg))  # its identity's tenant is the one the admin acts in
-        binding = self.env.get(msg["binding"])
-        if not isinstance(binding, WorkflowBinding):
-            return self.channel.reply(msg["id"], {"error": {"code": "no_such_binding", "message": f"no workflow binding {msg['binding']!r}"}})
-        action, args = msg["action"], msg.get("args") or []
-        try:
-            if action == "list":  # every tenant's instances for a global admin, each with its tenant
-                status, every = msg.get("status"), bool(msg.get("every_tenant"))
-                tenant = (msg.get("identity") or {}).get("tenant")
-                if status is not None and status not in STATUSES:
-                    raise WorkflowError("invalid_status", f"status must be one of {STATUSES}, got {status!r}")
-                result: Any = [{"id": m["id"], "status": m["status"], "created": m["created"], "tenant": m.get("tenant")}
-                               for m in await binding.definition.list_instances(tenant, every_tenant=every)
-                               if (status is None or m["status"] == status) and (every or m.get("tenant") == tenant)]
-            elif action == "create":
-                result = {"id": (await binding.create(id=msg.get("instance"), params=args[0] if args else None)).id}
-            elif action in ("status", "pause", "resume", "terminate", "restart", "send_event", "approve", "reject"):
-                instance = await binding.get(msg["instance"])
-                result = await getattr(instance, action)(*args)
-                if action != "status":
-                    result = {"ok": True, "status": (await instance.status()).get("status")}
-            else:
-                return self._reply_exc(msg["id"], "bad_request", f"unknown workflow action {action!r}")
-        except WorkflowError as e:
-            return self.channel.reply(msg["id"], {"error": {"code": e.code, "message": str(e)}})
-        except Exception as e:  # the admin caller gets the reason, the isolate keeps serving
-            if isinstance(e, CodedError) and e.code and e.status:  # e.g. the instance's isolate was killed
-                return self.channel.reply(msg["id"], {"error": {"code": e.code, "status": e.status, "message": e.message}})
-            log("error", request_id=msg.get("rid"), exception=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-            return self.channel.reply(msg["id"], {"error": {"code": "workflow_error", "message": f"{type(e).__name__}: {e}"}})
-        self._reply_value(msg["id"], result)
+    async def handle_ping(self, msg: protocol.Ping, mid: int | None = None) -> protocol.Pong:
+        return protocol.Pong(os.getpid())
 
-    async def handle_activate(self, msg: dict[str, Any]) -> None:
-        await self.set_active(bool(msg.get("active", True)))
-        self.channel.reply(msg["id"], {"ok": True})
-
-    async def handle_ping(self, msg: dict[str, Any]) -> None:
-        self.channel.reply(msg["id"], {"pong": os.getpid()})
-
-    async def handle_shutdown(self, msg: dict[str, Any]) -> None:
+    async def handle_shutdown(self, msg: protocol.Shutdown, mid: int | None = None) -> None:
         """Stop taking work, let in-flight requests and wait_until tasks finish, then exit."""
         current = asyncio.current_task()
         pending = [t for t in self.tasks.values() if t is not current]
-        deadline = msg.get("grace_s", 30)
         if pending or self.background:
-            await asyncio.wait([*pending, *self.background], timeout=deadline)
+            await asyncio.wait([*pending, *self.background], timeout=msg.grace_s)
         for h in self.hosts.values():
             if hasattr(h, "close"):
                 await h.close()
-        self.channel.reply(msg["id"], {"ok": True})
+        if mid is not None:
+            self.channel.reply(mid, protocol.Ok().encode())
         await asyncio.sleep(0)
         os._exit(0)
 
     def _maybe_recycle(self) -> None:
         if self.recycle and not self.channel.closed:
             self.recycle = False
-            self.channel.send({"op": "recycle", "reason": "memory_limit"})
+            self.channel.send(protocol.Recycle(reason="memory_limit").encode())
 
 
 async def _serve(fd: int, note_path: str) -> None:
@@ -528,28 +467,27 @@ async def _serve(fd: int, note_path: str) -> None:
 
     def refuse(msg: dict[str, Any]) -> None:
         assert isolate is not None
-        isolate.channel.reply(msg["id"], {"error": {"type": "NotReady", "code": "not_ready", "status": 503,
-                                                    "message": "the isolate has not loaded its script"}})
+        isolate.channel.reply(msg["id"], protocol.error_reply("the isolate has not loaded its script", type="NotReady",
+                                                              code="not_ready", status=503))
 
-    async def init(msg: dict[str, Any]) -> None:
+    async def init(raw: dict[str, Any]) -> None:
         assert isolate is not None
         t0 = time.perf_counter()
+
+        def failed(error: str, cause: str) -> None:
+            assert isolate is not None
+            isolate.script = None
+            isolate.channel.reply(raw["id"], protocol.InitFailed(error, cause).encode())
+
         try:
-            await isolate.load(msg)
+            await isolate.load(protocol.Init.decode(raw))
         except LoadError as e:
-            isolate.script = None
-            isolate.channel.reply(msg["id"], {"error": str(e), "cause": e.cause})
-            return
+            return failed(str(e), e.cause)
         except SystemExit as e:  # from code the bindings ran while building env
-            isolate.script = None
-            isolate.channel.reply(msg["id"], {"error": f"the script exited with SystemExit({e.code!r}) while loading",
-                                              "cause": "exited"})
-            return
+            return failed(f"the script exited with SystemExit({e.code!r}) while loading", "exited")
         except Exception as e:  # a config we sent that the isolate cannot use: still report it
-            isolate.script = None
-            isolate.channel.reply(msg["id"], {"error": f"{type(e).__name__}: {e}", "cause": "load_error"})
-            return
-        isolate.channel.reply(msg["id"], {"ready": True, "pid": os.getpid(), "load_ms": (time.perf_counter() - t0) * 1000})
+            return failed(f"{type(e).__name__}: {e}", "load_error")
+        isolate.channel.reply(raw["id"], protocol.Ready(True, os.getpid(), (time.perf_counter() - t0) * 1000).encode())
 
     def on_close(exc: BaseException | None) -> None:
         if not closed.done():

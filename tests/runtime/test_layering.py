@@ -55,8 +55,6 @@ def test_importing_the_cli_loads_neither_objects_nor_sandbox(module: str):
     assert loaded_after(f"import {module}", *CORE) == []
 
 
-@pytest.mark.xfail(strict=True, reason="objects/__init__ imports eagerly; runtime.audit imports "
-                                       "runtime.config (pydantic models, binding kinds, sandbox)")
 def test_edgeworks_audit_loads_only_objects_sqlitefile(tmp_path: Path):
     # `audit verify` on an empty state dir imports runtime.audit, then exits 2: there is no log.
     code = f"from runtime.cli import main\nassert main(['audit', 'verify', '--state-dir', {str(tmp_path)!r}]) == 2"

@@ -13,6 +13,7 @@ from runtime.front import app as front_module
 from runtime.front.app import Deployment, Front
 from runtime.front.supervisor import IsolateDied, IsolatePool
 from runtime.ipc import open_channel
+from runtime.protocol import ObjectRelay, ServiceFetch, ServiceRpc
 from tests.support import write_app
 
 MANIFEST = """
@@ -59,7 +60,7 @@ async def wired(tmp_path):
                        secrets={}, router=front)
     sa, sb = socket.socketpair()
     isolate_end = await open_channel(sa)
-    proc = SimpleNamespace(channel=None)
+    proc = SimpleNamespace(channel=None, pid=None)
     proc.channel = await open_channel(sb, pool.on_isolate_message(proc))
     yield front, isolate_end
     isolate_end.close()
@@ -76,8 +77,8 @@ def deploy(front, outcome):
 
 
 def object_call():
-    return {"op": "call", "kind": "object", "address": ["app", "Counter", "ab" * 32, None],
-            "payload": {"kind": "rpc", "method": "read"}, "rid": "r1"}
+    return ObjectRelay(address=["app", "Counter", "ab" * 32, None], payload={"kind": "rpc", "method": "read"},
+                       rid="r1").encode()
 
 
 async def test_a_call_made_while_the_first_deployment_loads_waits_for_it(wired):
@@ -113,12 +114,30 @@ async def test_a_call_whose_target_isolate_stays_down_answers_not_ready(wired, m
     assert reply["error"]["code"] == "not_ready" and "'app'" in reply["error"]["message"]
 
 
-async def test_a_call_whose_relay_raises_is_still_answered(wired):
+async def test_a_malformed_call_is_answered_with_a_protocol_error(wired):
     front, isolate = wired
     deploy(front, {"result": {"ok": 1}})
     broken = object_call()
-    del broken["payload"]  # relaying it raises KeyError inside the front
+    del broken["payload"]
     reply = await asyncio.wait_for(isolate.request(broken), 5)
+    assert reply["error"]["code"] == "protocol_error" and reply["error"]["status"] == 400
+    assert "'payload'" in reply["error"]["message"]
+    bad_address = {**object_call(), "address": ["app", 7]}
+    reply = await asyncio.wait_for(isolate.request(bad_address), 5)
+    assert reply["error"]["code"] == "protocol_error" and "address" in reply["error"]["message"]
+    reply = await asyncio.wait_for(isolate.request({"op": "no_such_op"}), 5)
+    assert reply["error"]["code"] == "protocol_error" and "unknown op" in reply["error"]["message"]
+
+
+async def test_a_call_whose_relay_raises_is_still_answered(wired, monkeypatch):
+    front, isolate = wired
+    deploy(front, {"result": {"ok": 1}})
+
+    async def broken(port, msg):
+        raise KeyError("boom")
+
+    monkeypatch.setitem(front.relays, ObjectRelay, broken)
+    reply = await asyncio.wait_for(isolate.request(object_call()), 5)
     assert reply["error"]["code"] == "internal_error" and reply["error"]["status"] == 500
     assert "KeyError" in reply["error"]["message"]
 
@@ -127,9 +146,10 @@ async def test_a_call_whose_relay_raises_is_still_answered(wired):
 async def test_a_call_whose_callee_isolate_died_answers_isolate_restarted_with_its_status(wired, kind):
     front, isolate = wired
     deploy(front, IsolateDied("crashed", None, -9, {}))
-    msg = object_call() if kind == "object" else {
-        "op": "call", "kind": kind, "script": "app", "method": "m", "args": [], "kwargs": {},
-        "req": {"url": "http://x/", "method": "GET", "headers": [], "body": b""}}
+    msg = {"object": object_call(),
+           "service_rpc": ServiceRpc(script="app", method="m").encode(),
+           "service_fetch": ServiceFetch(script="app", req={"url": "http://x/", "method": "GET", "headers": [],
+                                                            "body": b""}).encode()}[kind]
     reply = await asyncio.wait_for(isolate.request(msg), 5)
     assert reply["error"]["code"] == "isolate_restarted" and reply["error"]["status"] == 503
 
@@ -140,9 +160,10 @@ async def test_an_isolate_call_through_the_front_is_bounded_by_its_deadline():
     sa, sb = socket.socketpair()
     isolate = await open_channel(sa)
     silent_front = await open_channel(sb, lambda msg: None)  # takes the call, never answers
-    reply = await asyncio.wait_for(relay(isolate, {"op": "call", "kind": "object"}, 0.05), 5)
+    msg = ObjectRelay(address=["app", "Counter", "ab" * 32, None], payload={})
+    reply = await asyncio.wait_for(relay(isolate, msg, 0.05), 5)
     assert reply["error"]["code"] == "call_timeout" and reply["error"]["status"] == 504
-    assert "object call" in reply["error"]["message"]
+    assert "object_call call" in reply["error"]["message"]
     isolate.close()
     silent_front.close()
 
