@@ -120,8 +120,11 @@ class ScriptBase(_Model):
         return [RouteConfig(pattern=r) if isinstance(r, str) else r for r in self.routes]
 
 
-ScriptConfig = create_model("ScriptConfig", __base__=ScriptBase, __module__=__name__, **kind_fields())
-ScriptConfig.__doc__ = "One `[[scripts]]` table: the script's own keys and its bindings'."
+if TYPE_CHECKING:
+    ScriptConfig = ScriptBase
+else:
+    ScriptConfig = create_model("ScriptConfig", __base__=ScriptBase, __module__=__name__, **kind_fields())
+    ScriptConfig.__doc__ = "One `[[scripts]]` table: the script's own keys and its bindings'."
 
 
 class DeployOptions(_Model):

@@ -188,12 +188,13 @@ _M = TypeVar("_M", bound=type[Message])
 
 
 def message(op: str) -> typing.Callable[[_M], _M]:
-    """Register a message class under `op` (once per op) and make it a frozen dataclass."""
+    """Register a message class (a dataclass) under `op`, once per op."""
 
     def register(cls: _M) -> _M:
         if op in OPS and OPS[op].__qualname__ != cls.__qualname__:
             raise ValueError(f"op {op!r} is already defined by {OPS[op].__qualname__}")
-        cls = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)  # type: ignore[assignment]
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"message {cls.__qualname__} must be a dataclass")
         cls.op = op
         cls._what = f"{op!r} message"
         OPS[op] = cls
@@ -287,6 +288,7 @@ class ScheduledReply(Reply):
 
 
 @message("init")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Init(Message):
     """Load a script version: answered by `Ready` or `InitFailed`."""
 
@@ -302,6 +304,7 @@ class Init(Message):
 
 
 @message("fetch")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Fetch(Message):
     """An HTTP request for the script's fetch handler: answered by `FetchReply`."""
 
@@ -314,6 +317,7 @@ class Fetch(Message):
 
 
 @message("scheduled")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Scheduled(Message):
     rid: str
     cron: str
@@ -321,6 +325,7 @@ class Scheduled(Message):
 
 
 @message("activate")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Activate(Message):
     """Whether the isolate's version serves (only then it fires alarms): answered by `Ok`."""
 
@@ -328,16 +333,19 @@ class Activate(Message):
 
 
 @message("ping")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Ping(Message):
     pass
 
 
 @message("shutdown")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Shutdown(Message):
     grace_s: float = 30.0
 
 
 @message("cancel")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Cancel(Message):
     """Cancel the request with id `target` (past its wall time); not answered."""
 
@@ -348,6 +356,7 @@ class Cancel(Message):
 
 
 @message("audit")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Audit(Message):
     """An audit entry for the front's audit writer."""
 
@@ -356,6 +365,7 @@ class Audit(Message):
 
 
 @message("recycle")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Recycle(Message):
     """The isolate asks to be replaced (e.g. it hit its memory limit and recovered)."""
 
@@ -366,6 +376,7 @@ class Recycle(Message):
 
 
 @message("rpc")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Rpc(Message):
     """A service binding's RPC call of an entrypoint method: answered by `Result`."""
 
@@ -378,6 +389,7 @@ class Rpc(Message):
 
 
 @message("object")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ObjectCall(Message):
     """A call of a durable object this isolate owns: answered by `Result`."""
 
@@ -388,6 +400,7 @@ class ObjectCall(Message):
 
 
 @message("workflow")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class WorkflowAdmin(Message):
     """An admin action on a workflow instance, performed through the script's binding."""
 
@@ -402,6 +415,7 @@ class WorkflowAdmin(Message):
 
 
 @message("service_fetch")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceFetch(Message):
     """`env.OTHER.fetch(...)`: relayed by the front to the target script as a `Fetch`."""
 
@@ -412,6 +426,7 @@ class ServiceFetch(Message):
 
 
 @message("service_rpc")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceRpc(Message):
     """`await env.OTHER.method(...)`: relayed by the front to the target script as an `Rpc`."""
 
@@ -425,6 +440,7 @@ class ServiceRpc(Message):
 
 
 @message("object_call")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ObjectRelay(Message):
     """A durable-object call for an object another isolate owns: relayed as an `ObjectCall`."""
 
