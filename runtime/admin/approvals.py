@@ -29,6 +29,7 @@ Exact semantics:
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import threading
 import time
@@ -205,7 +206,7 @@ class ApprovalStore:
         assert row is not None
         return row
 
-    def record_response(self, aid: str, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    def record_response(self, aid: str, status: int, headers: builtins.list[tuple[str, str]], body: bytes) -> None:
         with self._lock:
             cur = self._conn.execute(
                 "UPDATE approvals SET response_status = ?, response_headers = ?, response_body = ?"

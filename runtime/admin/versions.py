@@ -39,6 +39,7 @@ version that was current (see `runtime.admin.app`).
 
 from __future__ import annotations
 
+import builtins
 import errno
 import gzip
 import hashlib
@@ -465,7 +466,7 @@ class VersionStore:
             return None
         return state
 
-    def write_active(self, started_from: str, history: list[str]) -> None:
+    def write_active(self, started_from: str, history: builtins.list[str]) -> None:
         """Record the activated versions (the current one last) and the snapshot of the app dir
         the server started from; written atomically."""
         final = self._active

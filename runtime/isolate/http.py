@@ -5,8 +5,9 @@ Both travel between processes as plain msgpack maps (`to_wire` / `from_wire`); b
 
 from __future__ import annotations
 
+import builtins
 import json as _json
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -71,7 +72,7 @@ class Headers:
     def keys(self) -> list[str]:
         return list(dict.fromkeys(k for k, _ in self._items))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
     def __len__(self) -> int:
@@ -134,7 +135,7 @@ class Request:
         except JSONTooDeep as e:
             raise RequestJSONTooDeep(e.limit) from None
 
-    def body_bytes(self) -> bytes:
+    def body_bytes(self) -> builtins.bytes:
         return self._body
 
     def to_wire(self) -> dict[str, Any]:
@@ -184,7 +185,7 @@ class Response:
         self.headers = Headers(headers)
         self.stream: AsyncIterable[bytes | str] | None = None
         if body is not None and hasattr(body, "__aiter__"):
-            self.stream = body  # type: ignore[assignment]
+            self.stream = body
             self._body = b""
         else:
             self._body = _body_bytes(body)
