@@ -498,7 +498,9 @@ def _open_existing(path: str | Path) -> sqlite3.Connection:
 
 
 def _row_entry(row: tuple[Any, ...]) -> AuditEntry:
-    return AuditEntry(*row[:9], json.loads(row[9]), row[10], row[11])  # type: ignore[arg-type]
+    seq, ts, kind, request_id, tenant, subject, script, risk, classification, data, prev_hash, hash_ = row
+    return AuditEntry(seq, ts, kind, request_id, tenant, subject, script, risk, classification,
+                      json.loads(data), prev_hash, hash_)
 
 
 def verify(path: str | Path) -> VerifyResult:
@@ -588,7 +590,8 @@ def query(
     `since` is a datetime (naive means UTC), an ISO 8601 string or epoch seconds; `kind` ending
     in ``*`` matches by prefix ("tool.*").
     """
-    where, params = [], []
+    where: list[str] = []
+    params: list[str | int] = []
     if request_id is not None:
         where.append("request_id = ?")
         params.append(request_id)

@@ -326,7 +326,8 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
         for j, r in enumerate(s.route_configs()):
             if r.auth in ("required", "optional") and cfg.auth is None:
                 problems.append(f"{where}.routes[{j}].auth: {r.auth!r} needs an [auth] section")
-            for method in r.methods or [None]:
+            methods: list[str] | list[None] = r.methods or [None]
+            for method in methods:
                 key = f"{method or '*'} {_route_key(r)}"
                 if key in seen_routes:
                     problems.append(
@@ -334,7 +335,7 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
                         f" (already served by {seen_routes[key]})"
                     )
                 seen_routes[key] = f"scripts[{i}] ({s.name})"
-        problems += [f"{where}.{key}: {problem}" for key, problem in env_name_problems(s)]
+        problems += [f"{where}.{key}: {problem}" for key, problem in env_name_problems(s, f"{p}scripts[{i}].")]
         for kind in KINDS:
             if kind.check is not None:
                 problems += [f"{where}.{key}: {problem}" for key, problem in kind.check(s, cfg)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Mapping
 from typing import Any
 
 from runtime.front.identity import AuthError
@@ -96,7 +97,7 @@ def is_loopback_host(host: str) -> bool:
     return address.is_loopback
 
 
-def is_loopback_client(scope: dict[str, Any]) -> bool:
+def is_loopback_client(scope: Mapping[str, Any]) -> bool:
     """Whether the ASGI connection comes from a loopback address. Only the socket peer counts,
     never a header; an unknown peer (None, a test client's name) is not loopback."""
     client = scope.get("client")
@@ -106,7 +107,7 @@ def is_loopback_client(scope: dict[str, Any]) -> bool:
     return isinstance(host, str) and host != "localhost" and is_loopback_host(host)
 
 
-def authorize(verifier: Any, dev: bool, scope: dict[str, Any], authorization: str | None) -> AdminCaller:
+def authorize(verifier: Any, dev: bool, scope: Mapping[str, Any], authorization: str | None) -> AdminCaller:
     """The admin caller of a request; raises `AccessDenied` when it may not call the admin plane."""
     if verifier is None:
         if not dev:

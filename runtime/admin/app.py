@@ -480,7 +480,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
               decided_by=by, reason=body.reason)
         if msg is not None:
             await _run_approved(aid, row, msg)
-            row = approvals.get(aid)
+            return JSONResponse(approvals.get(aid))  # the row as the replay left it
         return JSONResponse(row)
 
     async def _run_approved(aid: str, row: dict[str, Any], msg: dict[str, Any]) -> None:

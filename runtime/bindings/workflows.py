@@ -21,6 +21,7 @@ from objects.workflows import (
     WorkflowHooks,
     make_workflow_binding,
 )
+from objects.workflows.binding import validate_id
 from runtime.bindings import BindingHost, BindingKind, IsolateAPI
 from runtime.bindings.durable_objects import namespace_secret, object_transport
 from runtime.errors import LoadError
@@ -100,7 +101,7 @@ def _build(host: BindingHost) -> dict[str, Any]:
                             " is not defined or does not subclass WorkflowEntrypoint")
         hooks = WorkflowHooks(
             audit=host.audit or WorkflowHooks().audit,
-            is_killed=(lambda name=b.class_name, kills=host.kills: kills.check("workflow", name))
+            is_killed=functools.partial(host.kills.check, "workflow", b.class_name)
             if host.kills else WorkflowHooks().is_killed,
             run_step=functools.partial(_metered_step, host.script.limits.cpu_ms),
             run_body=functools.partial(_metered_body, host.script.limits.cpu_ms),
@@ -141,7 +142,7 @@ async def _serve_admin(isolate: IsolateAPI, msg: WorkflowAdmin) -> Any:
         elif action == "create":
             result = {"id": (await binding.create(id=msg.instance, params=args[0] if args else None)).id}
         elif action in _INSTANCE_ACTIONS:
-            instance = await binding.get(msg.instance)
+            instance = await binding.get(validate_id(msg.instance))
             result = await getattr(instance, action)(*args)
             if action != "status":
                 result = {"ok": True, "status": (await instance.status()).get("status")}

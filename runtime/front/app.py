@@ -15,7 +15,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable, MutableMapping
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -504,7 +504,7 @@ class Front:
         start: dict[str, Any] = {}
         parts: list[bytes] = []
 
-        async def collect(message: dict[str, Any]) -> None:
+        async def collect(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 start.update(message)
             else:
@@ -549,7 +549,7 @@ class _StreamCut(Exception):
     """A streamed reply ended early: its handler raised or hit a limit, or its isolate died."""
 
 
-async def _chunks(proc: IsolateProcess, mid: int) -> AsyncIterator[bytes]:
+async def _chunks(proc: IsolateProcess, mid: int) -> AsyncGenerator[bytes, None]:
     """The chunks of streamed reply `mid`, in order; `_StreamCut` when it was cut short. The
     stream is released when this ends or is closed (use it under `aclosing`)."""
     assert proc.channel is not None

@@ -14,9 +14,10 @@ lost with it (as are the requests they describe).
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -67,7 +68,8 @@ def main() -> None:
     state_dir, options = Path(sys.argv[1]), AuditOptions.model_validate_json(sys.argv[2])
     log = AuditLog(state_dir, options)
     unpacker = msgpack.Unpacker(raw=False)
-    stdin = sys.stdin.buffer
+    # typeshed types it BinaryIO; a process's stdin buffer is a BufferedReader, which has read1.
+    stdin = cast(io.BufferedReader, sys.stdin.buffer)
     try:
         while True:
             data = stdin.read1(65536)

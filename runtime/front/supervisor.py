@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runtime import protocol
 from runtime.config import ScriptConfig
@@ -70,12 +70,27 @@ class IsolateDied(Exception):
         return "crashed" if (self.exit_code or 0) < 0 else "exited"
 
 
+class ChildProcess(Protocol):
+    """What the supervisor needs of an isolate's process: an asyncio subprocess, or the
+    ForkedProcess a zygote hands back."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+
 class IsolateProcess:
     def __init__(self, pool: IsolatePool, index: int, generation: int):
         self.pool = pool
         self.index = index
         self.note_path = str(pool.run_dir / f"{pool.script.name}-{index}-{generation}-{os.getpid()}.note")
-        self.proc: asyncio.subprocess.Process | None = None  # or a zygote's ForkedProcess
+        self.proc: ChildProcess | None = None
         self.channel: Channel | None = None
         self.in_flight = 0
         self.died: asyncio.Future[IsolateDied] = asyncio.get_running_loop().create_future()
@@ -91,7 +106,7 @@ class IsolateProcess:
             zygote = getattr(self.pool.router, "zygote", None)
             if zygote is not None and zygote.alive:
                 try:
-                    self.proc = await zygote.spawn(child.fileno(), self.note_path)  # type: ignore[assignment]
+                    self.proc = await zygote.spawn(child.fileno(), self.note_path)
                 except (ConnectionError, TimeoutError) as e:
                     log("zygote_unavailable", error=str(e))
             if self.proc is None:

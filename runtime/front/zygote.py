@@ -165,7 +165,8 @@ def _serve(ctrl: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     ctrl.sendmsg([msgpack.packb({"pid": os.getpid()})])
     while True:
-        readable, _, _ = select.select([ctrl, wake_r], [], [], 1.0)
+        watched: list[socket.socket | int] = [ctrl, wake_r]
+        readable, _, _ = select.select(watched, [], [], 1.0)
         if wake_r in readable:
             while True:
                 try:
