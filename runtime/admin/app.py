@@ -26,7 +26,7 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -456,7 +456,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
     async def get_approval(request: Request, subject: str | None) -> JSONResponse:
         return JSONResponse(visible_approval(request))
 
-    async def decide(request: Request, subject: str | None, status: str) -> JSONResponse:
+    async def decide(request: Request, subject: str | None, status: Literal["approved", "rejected"]) -> JSONResponse:
         aid = request.path_params["id"]
         visible_approval(request)  # a row's tenant never changes: checking before deciding is enough
         body = await parse_body(request, DecisionRequest)
@@ -470,7 +470,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
             except KeyError:
                 return _err(404, "not_found", "no such approval")
         try:
-            row = approvals.decide(aid, status, by, body.reason)  # type: ignore[arg-type]
+            row = approvals.decide(aid, status, by, body.reason)
         except KeyError:
             return _err(404, "not_found", "no such approval")
         except AlreadyDecided as e:
