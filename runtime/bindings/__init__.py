@@ -146,14 +146,15 @@ def kind_fields() -> dict[str, tuple[Any, Any]]:
     return {key: spec for kind in KINDS for key, spec in kind.fields.items()}
 
 
-def env_name_problems(script: ScriptConfig) -> list[tuple[str, str]]:
-    """(key path, problem) for every env name defined twice in `script`, by any kinds."""
+def env_name_problems(script: ScriptConfig, where: str = "") -> list[tuple[str, str]]:
+    """(key path, problem) for every env name defined twice in `script`, by any kinds; the
+    problem names the other definition's key path, prefixed with `where` (the script's own)."""
     defined: dict[str, str] = {}
     problems = []
     for kind in KINDS:
         for path, name in kind.env_names(script):
             if name in defined:
-                problems.append((path, f"binding name {name!r} is used twice (also defined by {defined[name]})"))
+                problems.append((path, f"binding name {name!r} is used twice (also defined by {where}{defined[name]})"))
             defined.setdefault(name, path)
     return problems
 
