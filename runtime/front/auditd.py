@@ -1,7 +1,8 @@
 """The front's audit writer: a child process that redacts, hash-chains and persists entries.
 
-The front appends on every request (start and end); redaction, canonical JSON, hashing and the
-SQLite commit cost tens of microseconds per entry, which would halve the front's throughput and
+The front appends one `request` entry when each request ends (unless `[audit] requests = false`),
+plus refusals, isolate events and the entries isolates send; redaction, canonical JSON, hashing and
+the SQLite commit cost tens of microseconds per entry, which would halve the front's throughput and
 contend for its GIL. So the front only packs `(kind, fields)` with msgpack and writes it to this
 process's stdin (a non-blocking pipe write); the process feeds each entry to `AuditLog.audit`.
 

@@ -10,8 +10,12 @@ Order, and what each step may answer instead of the handler:
    body nested deeper than MAX_JSON_DEPTH                -> 400 {"error": "json_too_deep", "limit"}
    action block                                        -> 403 {"error": "blocked_by_policy"}
    action approve                                      -> 202 {"error": "approval_required"}
-Each refusal is audited (with request id, tenant, subject, script, risk); the JWT itself is never
-logged or audited. Every request is audited at start and at end.
+Refusals by the kill switch, identity and risk rules are audited (`request.killed`,
+`auth.failure`, `request.blocked`, `request.held`, `request.hold_refused`, with request id, script
+and, where known, tenant, subject and risk); the JWT itself is never logged or audited. A request
+that reaches an isolate gets one `request` entry, written by the front (app.py handle_http) when it
+ends: method, path, status, `started` (its start time), cpu_ms, wall_ms, error, and the fields
+above. `[audit] requests = false` turns that entry off; refusals are audited regardless.
 """
 
 from __future__ import annotations
