@@ -7,6 +7,7 @@ slot, like Workers' cron triggers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ class CronScheduler:
     def __init__(self, front: Any):
         self.front = front
         self.task: asyncio.Task[None] | None = None
+        self._firing: set[asyncio.Future[Any]] = set()
 
     def start(self) -> None:
         self.task = asyncio.ensure_future(self._run())
@@ -61,6 +63,14 @@ class CronScheduler:
                 nxt = entries[0]
                 entries[0] = (nxt[3].get_next(float), script, expr, nxt[3])
             try:
-                asyncio.ensure_future(self.front.fire_scheduled(script, expr, when * 1000))
+                task = asyncio.ensure_future(self.front.fire_scheduled(script, expr, when * 1000))
             except Exception as e:  # never let one trigger stop the others
                 log("cron_error", script=script, cron=expr, error=str(e))
+                continue
+            self._firing.add(task)  # held until done (the loop keeps only weak references)
+            task.add_done_callback(functools.partial(self._fired, script, expr))
+
+    def _fired(self, script: str, expr: str, task: asyncio.Future[Any]) -> None:
+        self._firing.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log("cron_error", script=script, cron=expr, error=f"{type(e).__name__}: {e}")

@@ -44,7 +44,9 @@ class Router:
                 routes.append(Route(script.name, i, rc, regex, has_host, spec))
         self.routes = sorted(routes, key=lambda r: (-r.specificity, r.config.methods is None))
         self._exact: dict[str, list[Route]] = {}
-        for r in self.routes:  # fast path for plain paths like "/hello"
+        # Fast path for plain paths like "/hello"; only without host patterns, any of which could
+        # be more specific than a plain path.
+        for r in self.routes if not any(r.has_host for r in self.routes) else ():
             p = r.config.pattern
             if not r.has_host and "*" not in p and "{" not in p:
                 self._exact.setdefault(p, []).append(r)

@@ -85,7 +85,6 @@ def test_host_pattern_with_more_literal_characters_beats_path_pattern():
     assert hit(r, "/api/users/1", host="other.com") == ("/api/users/*", {})
 
 
-@pytest.mark.xfail(strict=True, reason="the exact-path fast path is tried before more specific host patterns")
 def test_more_specific_host_pattern_beats_exact_path():
     r = router(("app", ["/hello", "example.com/hello"]))
     assert hit(r, "/hello", host="example.com") == ("example.com/hello", {})
