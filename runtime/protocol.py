@@ -162,7 +162,8 @@ class _Wire:
         return cls(**kwargs)
 
     def encode(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        checks = self._checks or self._compile()
+        return {name: getattr(self, name) for name, _, _ in checks}
 
 
 class Message(_Wire):
@@ -172,7 +173,8 @@ class Message(_Wire):
     op: ClassVar[str]
 
     def encode(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        checks = self._checks or self._compile()
+        out = {name: getattr(self, name) for name, _, _ in checks}
         out["op"] = self.op
         return out
 

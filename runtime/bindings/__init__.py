@@ -13,7 +13,7 @@ A kind declares, in one place:
 - `relays`: front-side handlers of protocol messages its isolate objects send (calls the front
   forwards to another isolate), given a `RelayPort`.
 
-Adding a binding kind is one new module and one line in `KINDS`. A kind may also live outside
+Adding a binding kind is one new module and one line in `_load_kinds`. A kind may also live outside
 this package: `EDGEWORKS_BINDINGS=package.module[,...]` (read when this package is imported, in
 the front and in every isolate) appends each module's `KIND`.
 """

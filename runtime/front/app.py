@@ -4,7 +4,7 @@ structured JSON errors. It also relays the calls isolates make to each other (se
 durable-object calls) and fires cron triggers.
 
 The hot path is plain ASGI (no request objects); the admin plane under `/__edgeworks/` is a
-Starlette app (see `admin.py`).
+Starlette app (see `runtime/admin/app.py`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Started by the supervisor as `python -m runtime.isolate.main FD NOTE_PATH` with 
 The first message is `Init` (script config, app root, state dir, pool slot, secrets); the isolate
 imports the script, builds `env`, and answers `Ready` or `InitFailed`. Then it serves, concurrently,
 the messages of `runtime.protocol` in its dispatch table: the core ones (`fetch`, `scheduled`,
-`activate`: whether its version serves, see `IsolatePool.set_active`; `ping`, `cancel`,
-`shutdown`) and the ops the binding kinds declare (`rpc` of service bindings, `object` of durable
+`activate`: whether its version serves, see `IsolatePool.set_active`; `ping`,
+`shutdown`; `cancel` stops a running request) and the ops the binding kinds declare (`rpc` of service bindings, `object` of durable
 objects, `workflow` admin actions...). Every request runs under its own `RequestScope` and CPU
 `Meter`; see `meter.py` for what happens at a limit.
 """
