@@ -2,8 +2,6 @@
 
 from typing import Any
 
-import pytest
-
 from runtime.config import AppConfig, load_app
 from runtime.front.routing import Route, Router
 from tests.support import write_app
