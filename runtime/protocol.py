@@ -173,8 +173,7 @@ class Message(_Wire):
     op: ClassVar[str]
 
     def encode(self) -> dict[str, Any]:
-        checks = self._checks or self._compile()
-        out = {name: getattr(self, name) for name, _, _ in checks}
+        out = _Wire.encode(self)
         out["op"] = self.op
         return out
 
