@@ -377,7 +377,7 @@ def read_dev_vars(root: Path) -> dict[str, str]:
 
 def parse_dev_vars(text: str) -> dict[str, str]:
     """The KEY=value lines of a `.dev.vars` text (a deployed version's come sealed, see
-    `runtime.admin.versions.read_secrets`)."""
+    `runtime.secrets.read_secrets`)."""
     out: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):

@@ -9,10 +9,10 @@ from pathlib import Path
 import uvicorn
 import uvloop
 
-from runtime.admin.access import is_loopback_host
+from runtime.addresses import is_loopback_host
 from runtime.admin.app import build_admin
 from runtime.config import ConfigError, load_app
-from runtime.datakey import HOW_TO_SET, DataKeyError
+from runtime.datakey import HOW_TO_SET, DataKeyError, load_data_key
 from runtime.front.app import Front
 from runtime.front.httpguard import guarded_protocol
 from runtime.front.supervisor import LoadFailed
@@ -69,12 +69,14 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
         print(f"edgeworks: the app's configuration is invalid:\n  {app.source}: audit.redact_patterns[{e.index}]: {e}",
               file=sys.stderr)
         return 2
-    front = Front(app, dev=dev, state_dir=Path(state_dir).resolve() if state_dir else None)
+    state = Path(state_dir).resolve() if state_dir else app.state_dir
     try:
-        front.admin = build_admin(front)
+        data_key = load_data_key(state, dev=dev)  # seals held requests and versions' secrets
     except DataKeyError as e:
         print(f"edgeworks: the data key is unusable: {e}", file=sys.stderr)
         return 2
+    front = Front(app, dev=dev, state_dir=state, data_key=data_key)
+    front.admin = build_admin(front)
     if not front.approvals.can_hold and any(rule.action == "approve" for rule in app.risk):
         print(f"edgeworks: warning: risk rules hold requests for approval but no data key is configured: "
               f"such requests are refused (503 approvals_unavailable); {HOW_TO_SET}", file=sys.stderr)

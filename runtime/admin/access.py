@@ -19,14 +19,14 @@ a message that says how to fix it). The rules:
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
+from runtime.addresses import is_loopback_client
 from runtime.front.identity import AuthError
 
 __all__ = ["ADMIN_BODY_BYTES", "ADMIN_SCOPE", "AccessDenied", "AdminCaller", "BodyTooLarge", "authorize",
-           "is_loopback_client", "is_loopback_host", "read_admin_body"]
+           "read_admin_body"]
 
 ADMIN_SCOPE = "edgeworks:admin"
 # What an admin caller may send as a JSON body (kill, decision, event...); a deploy bundle has
@@ -82,29 +82,6 @@ class AdminCaller:
             raise AccessDenied(403, "global_admin_required",
                                f"{what} needs a global admin token (one without a tenant claim); "
                                f"this token acts only within tenant {self.tenant!r}")
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether `host` (an address, or ``localhost``) is a loopback address."""
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0].strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 (dual-stack sockets)
-    return address.is_loopback
-
-
-def is_loopback_client(scope: Mapping[str, Any]) -> bool:
-    """Whether the ASGI connection comes from a loopback address. Only the socket peer counts,
-    never a header; an unknown peer (None, a test client's name) is not loopback."""
-    client = scope.get("client")
-    if not client:
-        return False
-    host = client[0]
-    return isinstance(host, str) and host != "localhost" and is_loopback_host(host)
 
 
 def authorize(verifier: Any, dev: bool, scope: Mapping[str, Any], authorization: str | None) -> AdminCaller:

@@ -49,15 +49,17 @@ from runtime.admin.api import (
     openapi_spec,
     parse_body,
 )
-from runtime.admin.approvals import AlreadyDecided, ApprovalStore
+from runtime.admin.port import FrontPort
 from runtime.admin.probe import Unhealthy, probe
 from runtime.admin.tail import Subscriber, TailHub, TailResponse
 from runtime.admin.versions import MAX_BUNDLE_BYTES, BundleError, SecretsNeedKey, VersionStore
 from runtime.admin.workflows import Handler, workflow_endpoints
-from runtime.config import ConfigError, load_app
-from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError, load_data_key
+from runtime.approvals import AlreadyDecided
+from runtime.config import AppConfig, ConfigError, load_app
+from runtime.datakey import HOW_TO_SET, DataKeyError
 from runtime.errors import error_json
 from runtime.front.contract import Refusal
+from runtime.front.deployments import Deployment
 from runtime.front.supervisor import LoadFailed
 from runtime.logs import log
 
@@ -83,20 +85,20 @@ class _Problem(Exception):
 class _Deployer:
     """Moves traffic between versions of the store; one change at a time."""
 
-    def __init__(self, front: Any, store: VersionStore):
+    def __init__(self, front: FrontPort, store: VersionStore):
         self.front = front
+        self.deployments = front.deployments
         self.store = store
         self.lock = asyncio.Lock()
         self.aliases: dict[str, str] = {}
         self.history: list[str] = []  # activated version ids, the current one last
-        self._drains: set[asyncio.Future[Any]] = set()
         self.started_from = self._record_initial()
         self.history = self._resume() or [self.started_from]
         self.aliases["v1"] = self.history[-1]  # the name Front.start gives the version it loads
         self._save()
 
     def _record_initial(self) -> str:
-        root = Path(self.front.initial.root)
+        root = Path(self.deployments.initial.root)
         return self.store.record_dir(root, by=None, message=f"serving at startup from {root}",
                                      skip=[self.front.state_dir]).id
 
@@ -111,7 +113,7 @@ class _Deployer:
         if not history or history[-1] == self.started_from:
             return history or None
         try:
-            self.front.initial = load_app(self.store.app_dir(history[-1]))
+            self.deployments.initial = load_app(self.store.app_dir(history[-1]))
         except ConfigError as e:
             log("resume_failed", version=history[-1], error=str(e))
             return None
@@ -126,26 +128,16 @@ class _Deployer:
         self._save()
 
     def current(self) -> str | None:
-        dep = self.front.current
+        dep = self.deployments.current
         return None if dep is None else self.aliases.get(dep.version, dep.version)
 
     def split_state(self) -> dict[str, Any] | None:
-        split = self.front.split
+        split = self.deployments.split
         if split is None:
             return None
         return {"version": self.aliases.get(split[0].version, split[0].version), "percent": round(split[1] * 100, 4)}
 
-    def _drain(self, dep: Any) -> None:
-        fut = asyncio.ensure_future(asyncio.gather(*(p.stop() for p in dep.pools.values())))
-        self._drains.add(fut)
-        fut.add_done_callback(self._drains.discard)
-
-    def _clear_split(self) -> None:
-        split, self.front.split = self.front.split, None
-        if split is not None:
-            self._drain(split[0])
-
-    def _app(self, vid: str) -> Any:
+    def _app(self, vid: str) -> AppConfig:
         if self.store.get(vid) is None:
             raise _Problem(404, "unknown_version", f"no version {vid!r} in the store")
         try:
@@ -153,17 +145,17 @@ class _Deployer:
         except ConfigError as e:
             raise _Problem(422, "invalid_config", "the version's configuration is invalid", problems=e.problems) from None
 
-    async def _bring_up(self, app: Any, vid: str) -> Any:
+    async def _bring_up(self, app: AppConfig, vid: str) -> Deployment:
         """Load `app` in fresh isolates and probe it (see `probe.py`); on failure nothing of it
         keeps running and a 422 names the cause."""
         try:
-            dep = await self.front.load(app, vid)
+            dep = await self.deployments.load(app, vid)
         except LoadFailed as e:
             raise _load_problem(e) from None
         try:
             await probe(self.front, dep)
         except BaseException as e:
-            await asyncio.shield(self.front.unload(dep))
+            await asyncio.shield(self.deployments.unload(dep))
             if isinstance(e, LoadFailed):
                 raise _load_problem(e) from None
             raise
@@ -171,8 +163,8 @@ class _Deployer:
 
     async def _activate(self, vid: str) -> None:
         dep = await self._bring_up(self._app(vid), vid)
-        self.front.promote(dep)
-        self._clear_split()
+        self.deployments.promote(dep)
+        self.deployments.clear_split()
 
     async def deploy(self, bundle: bytes, by: str | None, message: str | None, max_bytes: int) -> dict[str, Any]:
         async with self.lock:
@@ -194,13 +186,13 @@ class _Deployer:
                 try:  # committed before it gets traffic: a served version is always in the store
                     meta = self.store.commit(staged, by=by, message=message)
                 except OSError as e:
-                    await self.front.unload(dep)
+                    await self.deployments.unload(dep)
                     raise _Problem(507, "storage_error", f"the version store could not record the version: {e}") from None
             except BaseException:
                 self.store.discard(staged)
                 raise
-            self.front.promote(dep)
-            self._clear_split()
+            self.deployments.promote(dep)
+            self.deployments.clear_split()
             self._activated(meta.id)
             return {"version": self.store.describe(meta), "previous": previous}
 
@@ -223,7 +215,7 @@ class _Deployer:
         async with self.lock:
             previous = self.current()
             if percent == 0:
-                self._clear_split()
+                self.deployments.clear_split()
                 return {"current": previous, "previous": previous, "split": None}
             if version == previous:
                 raise _Problem(409, "already_current", f"{version!r} is the current version")
@@ -231,13 +223,12 @@ class _Deployer:
                 await self._activate(version)
                 self._activated(version)
                 return {"current": self.current(), "previous": previous, "split": None}
-            split = self.front.split
+            split = self.deployments.split
             if split is not None and self.aliases.get(split[0].version, split[0].version) == version:
-                self.front.split = (split[0], percent / 100)
+                self.deployments.set_split(split[0], percent / 100)
             else:
                 dep = await self._bring_up(self._app(version), version)
-                self._clear_split()
-                self.front.split = (dep, percent / 100)
+                self.deployments.set_split(dep, percent / 100)
             return {"current": previous, "previous": previous, "split": self.split_state()}
 
 
@@ -254,21 +245,15 @@ def _load_problem(e: LoadFailed) -> _Problem:
 # -- the app ---------------------------------------------------------------------------------
 
 
-def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: int = TAIL_QUEUE,
-                data_key: DataKey | None = None) -> Starlette:
+def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_queue: int = TAIL_QUEUE) -> Starlette:
     """The admin app for `front`. Bundles are capped at `max_bundle_bytes` (default: the
-    environment variable EDGEWORKS_MAX_BUNDLE_BYTES, else 64 MiB). Held requests are sealed
-    with `data_key` (default: `runtime.datakey.load_data_key`, which raises DataKeyError when
-    the configured key is unusable)."""
+    environment variable EDGEWORKS_MAX_BUNDLE_BYTES, else 64 MiB). Versions' secrets are sealed
+    with the front's data key, the one that seals held requests."""
     if max_bundle_bytes is None:
         max_bundle_bytes = int(os.environ.get("EDGEWORKS_MAX_BUNDLE_BYTES") or MAX_BUNDLE_BYTES)
-    if data_key is None:  # raises DataKeyError when the configured key is unusable
-        data_key = load_data_key(front.state_dir, dev=front.dev)
-    front.data_key = data_key  # one key seals held requests and versions' secrets
-    store = VersionStore(front.state_dir, key=data_key)
+    store = VersionStore(front.state_dir, key=front.data_key)
     deployer = _Deployer(front, store)
-    approvals = ApprovalStore(front.state_dir, key=data_key)
-    front.approvals = approvals
+    approvals = front.approvals
     hub = TailHub()
     spec = openapi_spec()
 
@@ -290,7 +275,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
         async def endpoint(request: Request) -> Response:
             rid = request.headers.get("x-request-id") or uuid.uuid4().hex
             request.state.rid = rid[:128]
-            dep = front.current
+            dep = front.deployments.current
             try:
                 caller = authorize_admin(dep.contract.verifier if dep is not None else None, front.dev,
                                          request.scope, request.headers.get("authorization"))
@@ -318,12 +303,12 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
 
     async def health(request: Request, subject: str | None) -> JSONResponse:
         # open to anyone: liveness only, nothing about the processes behind it
-        if front.current is None:
+        if front.deployments.current is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def health_details(request: Request, subject: str | None) -> JSONResponse:
-        dep = front.current
+        dep = front.deployments.current
         return JSONResponse({
             "ok": dep is not None,
             "version": deployer.current() if dep else None,
@@ -335,7 +320,7 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
 
     async def scheduled(request: Request, subject: str | None) -> JSONResponse:
         script = request.query_params.get("script")
-        dep = front.current
+        dep = front.deployments.current
         if not script and dep is not None and len(dep.app.scripts) == 1:
             script = dep.app.scripts[0].name
         if not script:
@@ -485,11 +470,13 @@ def build_admin(front: Any, *, max_bundle_bytes: int | None = None, tail_queue: 
 
     async def _run_approved(aid: str, row: dict[str, Any], msg: dict[str, Any]) -> None:
         rid = row["request_id"]
-        dep = front.current
+        dep = front.deployments.current
         try:
+            if dep is None:
+                raise LookupError("the runtime is still starting")
             dep.contract.check_killed("script", row["script"], rid)
             dep.contract.check_killed("tenant", row["tenant"], rid, script=row["script"])
-            status, headers, body = await front.run_held(msg, row["script"])
+            status, headers, body, _ = await front.run_collected(msg, row["script"])
         except Refusal as r:
             status, headers, body = r.status, [("content-type", "application/json")], error_json(r.code, r.message, rid, **r.extra)
         except LookupError as e:

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
 from runtime.front.supervisor import LoadFailed
 from runtime.protocol import Fetch
+
+if TYPE_CHECKING:
+    from runtime.admin.port import FrontPort
+    from runtime.front.deployments import Deployment
 
 __all__ = ["Unhealthy", "probe"]
 
@@ -30,7 +34,7 @@ class Unhealthy(LoadFailed):
     """The version loaded but did not stay healthy; `cause` says how it failed."""
 
 
-async def _health(front: Any, dep: Any, path: str) -> tuple[int, str | None]:
+async def _health(front: FrontPort, dep: Deployment, path: str) -> tuple[int, str | None]:
     """(status, error code) of one GET of `path` on the new version."""
     found = dep.router.match("GET", "localhost", path.partition("?")[0])
     if found is None:
@@ -41,14 +45,11 @@ async def _health(front: Any, dep: Any, path: str) -> tuple[int, str | None]:
         "url": f"http://localhost{path}", "method": "GET", "body": b"", "params": params,
         "headers": [("user-agent", "edgeworks-deploy-probe"), ("x-request-id", rid)]}).encode()
 
-    async def discard(_message: dict[str, Any]) -> None:
-        pass
-
-    status, _, code = await front._dispatch(dep.pools[route.script], dep.scripts[route.script], msg, rid, discard)  # noqa: SLF001
-    return status, code
+    answer = await front.run_collected(msg, route.script, dep)
+    return answer.status, answer.error
 
 
-async def probe(front: Any, dep: Any) -> None:
+async def probe(front: FrontPort, dep: Deployment) -> None:
     options = dep.app.deploy
     loop = asyncio.get_running_loop()
     end = loop.time() + options.probe_seconds

@@ -59,9 +59,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from runtime.bundle import pack_dir
-from runtime.config import ConfigError, parse_dev_vars, read_dev_vars
-from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError
+from runtime.datakey import HOW_TO_SET, DataKey
 from runtime.logs import log
+from runtime.secrets import SEALED_SECRETS, SECRETS, secrets_context
 
 __all__ = [
     "BundleError",
@@ -70,7 +70,6 @@ __all__ = [
     "VersionMeta",
     "VersionStore",
     "pack_dir",
-    "read_secrets",
     "unpack_bundle",
 ]
 
@@ -84,8 +83,6 @@ _NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EEXIST, errno
 
 
 PENDING = ".pending"  # in an uncommitted version dir: the pid of the process deploying it
-SECRETS = ".dev.vars"  # the app's secrets (see `runtime.config.read_dev_vars`)
-SEALED_SECRETS = ".dev.vars.sealed"  # what a version dir holds instead
 
 
 def _alive(pid: str) -> bool:
@@ -268,34 +265,6 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: PurePosixPath, 
     return h.hexdigest()
 
 
-def _secrets_context(vid: str) -> str:
-    return f"version/{vid}/{SECRETS}"
-
-
-def read_secrets(root: Path, key: DataKey | None) -> dict[str, str]:
-    """The secrets of the app at `root`: a version's sealed ``.dev.vars`` opened with `key`, else
-    the clear ``.dev.vars`` of an app dir (or of a version no key has sealed yet). A problem is
-    a ConfigError naming the file."""
-    sealed = root / SEALED_SECRETS
-    if not sealed.is_file():
-        return read_dev_vars(root)
-    vid = root.parent.name  # <versions>/<id>/app
-    if key is None:
-        raise ConfigError([f"{SEALED_SECRETS}: version {vid}'s secrets are sealed and no data key is "
-                           f"configured ({HOW_TO_SET})"])
-    try:
-        data = key.open(sealed.read_bytes(), _secrets_context(vid))
-    except OSError as e:
-        raise ConfigError([f"{SEALED_SECRETS}: cannot be read: {e.strerror}"]) from None
-    except DataKeyError as e:
-        raise ConfigError([f"{SEALED_SECRETS}: {e}"]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"{SECRETS}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
-    return parse_dev_vars(text)
-
-
 def _write_new(path: Path, data: bytes) -> None:
     """Write `path` through a temp file and a rename, so it is never seen half written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -350,7 +319,7 @@ class VersionStore:
     def _write_sealed(self, app: Path, vid: str, secrets: bytes) -> None:
         """Version `vid`'s secrets, sealed, where `read_secrets` opens them."""
         assert self.key is not None
-        _write_new(app / SEALED_SECRETS, self.key.seal(secrets, _secrets_context(vid)))
+        _write_new(app / SEALED_SECRETS, self.key.seal(secrets, secrets_context(vid)))
 
     def _digest(self, data: bytes) -> str:
         assert self.key is not None

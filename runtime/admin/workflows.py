@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from runtime.admin.access import AccessDenied
 from runtime.admin.api import ACTIONS, CreateBody, DecisionBody, EventBody, parse_body
+from runtime.admin.port import FrontPort
 from runtime.protocol import WorkflowAdmin
 
 __all__ = ["Handler", "workflow_endpoints"]
@@ -45,15 +46,15 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
-def _tenant_scoped(front: Any, script: str, binding: str) -> bool | None:
+def _tenant_scoped(front: FrontPort, script: str, binding: str) -> bool | None:
     """Whether the binding is tenant-scoped; None when the script or binding is unknown."""
-    dep = front.current
+    dep = front.deployments.current
     cfg = dep.scripts.get(script) if dep is not None else None
     found = [w for w in (cfg.workflows if cfg is not None else ()) if w.binding == binding]
     return found[0].tenant_scoped if found else None
 
 
-def _tenant(front: Any, request: Request, listing: bool = False) -> str | None:
+def _tenant(front: FrontPort, request: Request, listing: bool = False) -> str | None:
     """The tenant the call acts within; raises AccessDenied (another tenant's instances are
     not found, not forbidden)."""
     caller = request.state.caller
@@ -76,7 +77,7 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
     return await parse_body(request, model, invalid_status=400)
 
 
-def workflow_endpoints(front: Any, audit: Callable[..., None]) -> dict[str, Handler]:
+def workflow_endpoints(front: FrontPort, audit: Callable[..., None]) -> dict[str, Handler]:
     """The endpoints of the workflow operations, by the names `ADMIN_ROUTES` gives them."""
     async def call(request: Request, tenant: str | None, action: str, instance: str | None = None,
                    args: list[Any] | None = None, status: str | None = None) -> JSONResponse:

@@ -11,27 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, MutableMapping
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runtime import protocol
-from runtime.admin.access import is_loopback_client
-from runtime.admin.approvals import ApprovalsUnavailable
-from runtime.admin.versions import read_secrets
+from runtime.addresses import is_loopback_client
+from runtime.approvals import ApprovalStore, ApprovalsUnavailable
 from runtime.bindings import relays
-from runtime.config import AppConfig, ConfigError, ScriptConfig
+from runtime.config import AppConfig, ScriptConfig
 from runtime.errors import error_json as _error
 from runtime.front.auditd import AuditPipe
-from runtime.front.contract import Contract, Refusal
+from runtime.front.contract import Refusal
 from runtime.front.cron import CronScheduler
-from runtime.front.identity import AuthConfigError
-from runtime.front.routing import Router
+from runtime.front.deployments import Deployment, Deployments
 from runtime.front.supervisor import (
     IsolateDied,
     IsolatePool,
@@ -45,7 +42,10 @@ from runtime.killswitch import KillSwitch
 from runtime.logs import log
 from runtime.types import Receive, Scope, Send
 
-__all__ = ["Front", "ADMIN_PREFIX"]
+if TYPE_CHECKING:
+    from runtime.datakey import DataKey
+
+__all__ = ["ADMIN_PREFIX", "Collected", "Deployment", "Front"]
 
 ADMIN_PREFIX = "/__edgeworks/"
 _RID = re.compile(r"^[A-Za-z0-9._:-]{8,128}\Z")
@@ -53,6 +53,15 @@ _URL_PATH_ESCAPES = str.maketrans({"%": "%25", "?": "%3F", "#": "%23"})
 _JSON = [(b"content-type", b"application/json")]
 # How long a call between isolates waits for the deployment or a target isolate to be ready.
 READY_WAIT_S = CALL_READY_WAIT_S
+
+
+class Collected(NamedTuple):
+    """A response collected instead of sent (see `Front.run_collected`)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    error: str | None  # the error code of a refused or failed request
 
 
 class BodyTooLarge(Exception):
@@ -72,71 +81,34 @@ class NotReady(Exception):
     retryable (503 `not_ready`)."""
 
 
-class Deployment:
-    """One loaded app version: its config, router and a pool per script."""
-
-    def __init__(self, app: AppConfig, version: str, pools: dict[str, IsolatePool], contract: Contract):
-        self.app = app
-        self.version = version
-        self.pools = pools
-        self.contract = contract
-        self.router = Router(app)
-        self.scripts: dict[str, ScriptConfig] = {s.name: s for s in app.scripts}
-
-
 class Front:
-    def __init__(self, app: AppConfig, *, dev: bool, state_dir: Path | None = None):
+    """The front process's ASGI app. `deployments` holds the loaded versions; requests a risk rule
+    holds for approval go to `approvals`, sealed with `data_key` (which also opens deployed
+    versions' secrets); None: no request can be held."""
+
+    def __init__(self, app: AppConfig, *, dev: bool, state_dir: Path | None = None,
+                 data_key: DataKey | None = None):
         self.dev = dev
         self.state_dir = state_dir or app.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.initial = app
-        self.current: Deployment | None = None
-        self._deployed = asyncio.Event()  # set once `current` is first loaded (see `_call`)
-        self.cron = CronScheduler(self)
-        self.admin: Any = None
+        self.data_key = data_key
+        self.approvals = ApprovalStore(self.state_dir, key=data_key)
+        self.kills = KillSwitch(self.state_dir)
+        self.audit_log = AuditPipe(self.state_dir, app.audit)
+        self.deployments = Deployments(app, state_dir=self.state_dir, dev=dev, kills=self.kills,
+                                       audit_log=self.audit_log, data_key=data_key, router=self)
+        self.cron = CronScheduler(self.deployments, self.fire_scheduled)
+        self.admin: Any = None  # the admin plane's ASGI app (see runtime/admin/app.py)
         self.startup_error: str | None = None
         self._stopped = False
-        self._versions = 0
-        self._lock = asyncio.Lock()
-        self._handover = asyncio.Lock()  # see `_hand_over`
-        # A gradual rollout: (other deployment, fraction of requests it gets), or None.
-        self.split: tuple[Deployment, float] | None = None
-        self.kills = KillSwitch(self.state_dir)
         self.zygote: Zygote | None = None  # forks isolates from pre-imported code
-        # Set by the admin plane: where requests a risk rule holds for approval are stored.
-        self.approvals: Any = None
-        # Set by the admin plane: the data key (None without one), which opens versions' secrets.
-        self.data_key: Any = None
-        self.audit_log = AuditPipe(self.state_dir, app.audit)
         self.relays = relays()  # what isolates may ask the front to relay, by message type
 
-    # -- lifecycle -------------------------------------------------------------------------
-    async def load(self, app: AppConfig, version: str | None = None) -> Deployment:
-        """Start fresh pools for every script of `app`; raise LoadFailed if any fails to load.
-        They fire no durable-object alarms until `promote` (see `IsolatePool.set_active`)."""
-        self._versions += 1
-        version = version or f"v{self._versions}"
-        try:
-            secrets = read_secrets(app.root, self.data_key)  # a deployed version's are sealed
-        except ConfigError as e:
-            raise LoadFailed(str(e), "config") from None
-        try:
-            contract = Contract(app, secrets, self.kills, self.audit_log)
-        except AuthConfigError as e:
-            raise LoadFailed(f"[auth]: {e}", "config") from None
-        pools: dict[str, IsolatePool] = {}
-        dep = Deployment(app, version, pools, contract)
-        for s in app.scripts:
-            pools[s.name] = IsolatePool(s, root=app.root, state_dir=self.state_dir, version=version,
-                                        dev=self.dev, secrets=secrets, router=self, active=False)
-        results = await asyncio.gather(*(p.start() for p in pools.values()), return_exceptions=True)
-        failed = [(name, r) for name, r in zip(pools, results, strict=True) if isinstance(r, BaseException)]
-        if failed:
-            await asyncio.gather(*(p.stop(1) for p in pools.values()))
-            name, err = failed[0]
-            raise LoadFailed(f"script {name!r}: {err}", getattr(err, "cause", "load_error"))
-        return dep
+    @property
+    def current(self) -> Deployment | None:
+        return self.deployments.current
 
+    # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         await self.audit_log.start()
         if os.environ.get("EDGEWORKS_ZYGOTE", "1") != "0":
@@ -146,64 +118,31 @@ class Front:
             except (OSError, TimeoutError) as e:  # spawning each isolate still works, slower
                 log("zygote_unavailable", error=str(e))
                 self.zygote = None
-        self.promote(await self.load(self.initial))
-        assert self.current is not None
-        self._deployed.set()
+        deployments = self.deployments
+        deployments.promote(await deployments.load(deployments.initial))
         self.cron.start()
-        log("started", version=self.current.version, scripts=list(self.current.pools),
-            pids={n: p.pids() for n, p in self.current.pools.items()})
+        current = deployments.current
+        assert current is not None
+        log("started", version=current.version, scripts=list(current.pools),
+            pids={n: p.pids() for n, p in current.pools.items()})
 
     async def swap(self, app: AppConfig, version: str | None = None) -> str:
-        """Load `app` in new isolates, move traffic to them, then drain the old ones.
-
-        Requests already running on the old version finish there; nothing is dropped. Raises
-        LoadFailed (old version keeps serving) when the new version does not load."""
-        async with self._lock:
-            new = await self.load(app, version)
-            self.promote(new)
-        return new.version
-
-    def promote(self, new: Deployment) -> None:
-        """Move traffic to a loaded deployment and drain the one it replaces (the admin plane
-        promotes only after `probe.probe`)."""
-        old, self.current = self.current, new
-        if old is not None:
-            log("reloaded", version=new.version)
-        asyncio.ensure_future(self._hand_over(old, new))
-
-    async def _hand_over(self, old: Deployment | None, new: Deployment) -> None:
-        """Alarms move with the traffic: the old version stops firing them before the new one
-        starts (one owner per object), then the old one drains. Hand-overs run one at a time,
-        so a version replaced before its activation ran stays inactive."""
-        async with self._handover:
-            if old is not None:
-                await asyncio.gather(*(p.set_active(False) for p in old.pools.values()))
-            if self.current is new and not self._stopped:
-                await asyncio.gather(*(p.set_active(True) for p in new.pools.values()))
-        if old is not None:
-            await self._drain(old)
-
-    async def unload(self, dep: Deployment) -> None:
-        """Stop a deployment that never got traffic (it failed its probe)."""
-        await asyncio.gather(*(p.stop(1) for p in dep.pools.values()))
-
-    async def _drain(self, dep: Deployment) -> None:
-        await asyncio.gather(*(p.stop() for p in dep.pools.values()))
+        """`Deployments.swap`: serve `app` (a dev reload)."""
+        return await self.deployments.swap(app, version)
 
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
         self.cron.stop()
-        deps = [d for d in (self.current, self.split[0] if self.split else None) if d is not None]
-        await asyncio.gather(*(p.stop(5) for d in deps for p in d.pools.values()))
+        await self.deployments.stop(5)
         if self.zygote is not None:
             await self.zygote.stop()
         await self.audit_log.close()
         self.kills.close()
 
     def pids(self) -> list[int]:
-        return [pid for p in (self.current.pools.values() if self.current else ()) for pid in p.pids()]
+        return self.deployments.pids()
 
     # -- ASGI ------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -248,10 +187,7 @@ class Front:
         rid = rid or uuid.uuid4().hex
         method = scope["method"]
         path = scope["path"]
-        dep = self.current
-        assert dep is not None
-        if self.split is not None and random.random() < self.split[1]:
-            dep = self.split[0]
+        dep = self.deployments.pick()
         found = dep.router.match(method, host, path)
         if found is None:
             allowed = dep.router.allowed_methods(host, path)
@@ -282,7 +218,7 @@ class Front:
                 return
             decision = contract.assess(method, path, tenant, body)
             risk = decision.label
-            who = {"request_id": rid, "script": route.script, "tenant": tenant, "risk": risk,
+            who: dict[str, Any] = {"request_id": rid, "script": route.script, "tenant": tenant, "risk": risk,
                    "subject": identity.subject if identity else None}
             if decision.action == "block":
                 contract.audit("request.blocked", reason=decision.reason, **who)
@@ -299,13 +235,12 @@ class Front:
                      "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
                      "body": body, "params": params}).encode()
             if decision.action == "approve":
-                held = {"risk": risk}
-                if self.approvals is not None:
-                    try:
-                        held["approval_id"] = self.approvals.hold(msg, reason=decision.reason, **who)
-                    except ApprovalsUnavailable as e:  # no data key: never hold it in clear
-                        contract.audit("request.hold_refused", reason=str(e), **who)
-                        raise Refusal(503, "approvals_unavailable", str(e), {"risk": risk}, []) from None
+                held: dict[str, Any] = {"risk": risk}
+                try:
+                    held["approval_id"] = self.approvals.hold(msg, reason=decision.reason, **who)
+                except ApprovalsUnavailable as e:  # no data key: never hold it in clear
+                    contract.audit("request.hold_refused", reason=str(e), **who)
+                    raise Refusal(503, "approvals_unavailable", str(e), {"risk": risk}, []) from None
                 contract.audit("request.held", reason=decision.reason, **who)
                 raise Refusal(202, "approval_required", decision.reason, held, [])
             status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send)
@@ -458,13 +393,10 @@ class Front:
     async def _deployment(self) -> Deployment:
         """The current deployment; a call made while the first one is still loading (an isolate
         that finished its init, a handler started by it) waits for it, boundedly."""
-        if self.current is None:
-            try:
-                await asyncio.wait_for(self._deployed.wait(), READY_WAIT_S)
-            except TimeoutError:
-                raise NotReady(f"the runtime is still starting after {READY_WAIT_S:.0f} s; retry") from None
-        assert self.current is not None
-        return self.current
+        dep = await self.deployments.ready(READY_WAIT_S)
+        if dep is None:
+            raise NotReady(f"the runtime is still starting after {READY_WAIT_S:.0f} s; retry")
+        return dep
 
     async def forward(self, script: str, msg: protocol.Message, *, slot: Callable[[int], int] | None = None) -> dict[str, Any]:
         """`RelayPort.forward` (runtime.bindings): `msg` to an isolate of `script` of the current
@@ -493,10 +425,10 @@ class Front:
         fields = {k: v for k, v in msg.items() if k != "kind"}
         self.audit_log.append(f"isolate.{msg.get('kind', 'event')}", script=pool.script.name, **fields)
 
-    async def run_held(self, msg: dict[str, Any], script: str) -> tuple[int, list[tuple[str, str]], bytes]:
-        """Run a request message held for approval on the current version and collect the
-        response (status, headers, body) instead of sending it to a client."""
-        dep = self.current
+    async def run_collected(self, msg: dict[str, Any], script: str, dep: Deployment | None = None) -> Collected:
+        """Run a request message on `dep` (default: the current version) and collect the response
+        instead of sending it to a client: a request held for approval, the deploy probe's."""
+        dep = dep or self.current
         assert dep is not None
         pool = dep.pools.get(script)
         if pool is None:
@@ -510,9 +442,9 @@ class Front:
             else:
                 parts.append(message.get("body", b""))
 
-        status, _, _ = await self._dispatch(pool, dep.scripts[script], dict(msg), msg["rid"], collect)
+        status, _, error = await self._dispatch(pool, dep.scripts[script], dict(msg), msg["rid"], collect)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
-        return status, headers, b"".join(parts)
+        return Collected(status, headers, b"".join(parts), error)
 
     # -- cron ------------------------------------------------------------------------------
     async def fire_scheduled(self, script: str, cron: str, scheduled_ms: float | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +21,12 @@ __all__ = ["CronScheduler"]
 
 
 class CronScheduler:
-    def __init__(self, front: Any):
-        self.front = front
+    """Fires each cron trigger of the current deployment (`deployments.current`, which a reload
+    replaces) through `fire(script, expression, scheduled_ms)`."""
+
+    def __init__(self, deployments: Any, fire: Callable[[str, str, float], Awaitable[Any]]):
+        self.deployments = deployments
+        self.fire = fire
         self.task: asyncio.Task[None] | None = None
         self._firing: set[asyncio.Future[Any]] = set()
 
@@ -33,7 +38,7 @@ class CronScheduler:
             self.task.cancel()
 
     def _schedule(self) -> list[tuple[float, str, str, Any]]:
-        dep = self.front.current
+        dep = self.deployments.current
         now = datetime.now(UTC)
         out = []
         for s in dep.app.scripts if dep else ():
@@ -46,8 +51,8 @@ class CronScheduler:
         dep = None
         entries: list[tuple[float, str, str, Any]] = []
         while True:
-            if self.front.current is not dep:  # a reload changes the set of triggers
-                dep = self.front.current
+            if self.deployments.current is not dep:  # a reload changes the set of triggers
+                dep = self.deployments.current
                 entries = self._schedule()
             if not entries:
                 await asyncio.sleep(1.0)
@@ -63,7 +68,7 @@ class CronScheduler:
                 nxt = entries[0]
                 entries[0] = (nxt[3].get_next(float), script, expr, nxt[3])
             try:
-                task = asyncio.ensure_future(self.front.fire_scheduled(script, expr, when * 1000))
+                task = asyncio.ensure_future(self.fire(script, expr, when * 1000))
             except Exception as e:  # never let one trigger stop the others
                 log("cron_error", script=script, cron=expr, error=str(e))
                 continue

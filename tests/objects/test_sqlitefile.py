@@ -54,7 +54,7 @@ def _open_killswitch(d: Path, me: int) -> None:
 
 
 def _open_approvals(d: Path, me: int) -> None:
-    from runtime.admin.approvals import ApprovalStore
+    from runtime.approvals import ApprovalStore
 
     ApprovalStore(d).close()
 

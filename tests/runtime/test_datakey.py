@@ -1,4 +1,4 @@
-"""The data key (``runtime.datakey``) and held requests sealed with it (``runtime.admin.approvals``):
+"""The data key (``runtime.datakey``) and held requests sealed with it (``runtime.approvals``):
 where the key comes from, what is refused, and that a copy of the state dir reveals nothing of
 a held request while the approved run still gets every header and the body."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from runtime.admin.approvals import APPROVALS_FILENAME, ApprovalStore, ApprovalsUnavailable
+from runtime.approvals import APPROVALS_FILENAME, ApprovalStore, ApprovalsUnavailable
 from runtime.datakey import ENV_KEY, ENV_KEY_FILE, DataKey, DataKeyError, load_data_key
 
 SECRETS = (b"k-3xample-Api-Key", b"Basic cHJveHk6cHc=", b"Pw!x", b"bob@example.com")

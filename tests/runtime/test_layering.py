@@ -68,3 +68,8 @@ def test_import_runtime_loads_no_submodule_and_no_pydantic():
 def test_the_handler_api_is_imported_on_first_use():
     code = "import runtime\nfrom runtime import Response\nassert Response.__module__ == 'runtime.isolate.http'"
     assert "runtime.isolate.http" in loaded_after(code, "runtime")
+
+
+def test_the_front_loads_no_admin_or_cli_module():
+    loaded = loaded_after("import runtime.front.app", "runtime")
+    assert [m for m in loaded if m.startswith(("runtime.admin", "runtime.commands", "runtime.cli"))] == []

@@ -17,8 +17,8 @@ import httpx
 import jwt
 import pytest
 
-from runtime.admin.approvals import AlreadyDecided, ApprovalStore
 from runtime.admin.versions import BundleError, VersionStore, pack_dir, unpack_bundle
+from runtime.approvals import AlreadyDecided, ApprovalStore
 from runtime.audit import query
 from runtime.datakey import DataKey
 from tests.support import Server, run_cli, wait_until, write_app

@@ -8,13 +8,8 @@ import httpx
 import jwt
 import pytest
 
-from runtime.admin.access import (
-    AccessDenied,
-    AdminCaller,
-    authorize,
-    is_loopback_client,
-    is_loopback_host,
-)
+from runtime.addresses import is_loopback_client, is_loopback_host
+from runtime.admin.access import AccessDenied, AdminCaller, authorize
 from runtime.admin.app import build_admin
 from runtime.config import load_app
 from runtime.front.app import Front

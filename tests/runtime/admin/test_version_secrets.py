@@ -9,16 +9,10 @@ import tarfile
 
 import pytest
 
-from runtime.admin.versions import (
-    SEALED_SECRETS,
-    BundleError,
-    SecretsNeedKey,
-    VersionStore,
-    pack_dir,
-    read_secrets,
-)
+from runtime.admin.versions import BundleError, SecretsNeedKey, VersionStore, pack_dir
 from runtime.config import ConfigError
 from runtime.datakey import DataKey
+from runtime.secrets import SEALED_SECRETS, read_secrets
 from tests.support import write_app
 
 SECRET = "s3cr3t-Pw!-" + "q" * 8

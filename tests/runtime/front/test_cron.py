@@ -27,7 +27,7 @@ class Clock:
 
 
 class FakeFront:
-    """What the scheduler needs of a front: `current.app.scripts` and `fire_scheduled`."""
+    """What the scheduler needs: deployments (`current.app.scripts`) and a `fire_scheduled`."""
 
     def __init__(self, scripts: dict[str, list[str]]):
         self.current: Any = deployment(scripts)
@@ -79,7 +79,7 @@ async def running(clock: Clock) -> Any:
     started: list[CronScheduler] = []
 
     def start(front: FakeFront) -> CronScheduler:
-        s = CronScheduler(front)
+        s = CronScheduler(front, front.fire_scheduled)
         s.start()
         started.append(s)
         return s
@@ -96,7 +96,7 @@ def ms(minutes: float) -> float:
 
 def test_schedule_has_one_entry_per_script_and_expression(clock: Clock):
     front = FakeFront({"a": ["* * * * *", "*/5 * * * *"], "b": ["* * * * *"]})
-    entries = CronScheduler(front)._schedule()
+    entries = CronScheduler(front, front.fire_scheduled)._schedule()
     assert sorted((script, expr, when) for when, script, expr, _ in entries) == [
         ("a", "* * * * *", T0 + 60),
         ("a", "*/5 * * * *", T0 + 300),
@@ -107,7 +107,7 @@ def test_schedule_has_one_entry_per_script_and_expression(clock: Clock):
 def test_schedule_is_empty_without_a_deployment(clock: Clock):
     front = FakeFront({"a": ["* * * * *"]})
     front.current = None
-    assert CronScheduler(front)._schedule() == []
+    assert CronScheduler(front, front.fire_scheduled)._schedule() == []
 
 
 async def test_nothing_fires_before_the_first_slot(clock: Clock, running: Any):
@@ -238,7 +238,7 @@ async def test_fire_scheduled_raising_before_it_returns_is_logged_and_the_loop_g
 
 async def test_stop_cancels_the_task(clock: Clock):
     front = FakeFront({"a": ["* * * * *"]})
-    scheduler = CronScheduler(front)
+    scheduler = CronScheduler(front, front.fire_scheduled)
     scheduler.start()
     await settle()
     task = scheduler.task
@@ -253,4 +253,5 @@ async def test_stop_cancels_the_task(clock: Clock):
 
 
 def test_stop_before_start_is_harmless():
-    CronScheduler(FakeFront({"a": ["* * * * *"]})).stop()
+    front = FakeFront({"a": ["* * * * *"]})
+    CronScheduler(front, front.fire_scheduled).stop()

@@ -71,8 +71,9 @@ async def wired(tmp_path):
 def deploy(front, outcome):
     """What `Front.start` does once the first deployment is loaded."""
     target = FakeProcess(outcome)
-    front.current = Deployment(front.initial, "v1", {"app": FakePool(target)}, contract=None)
-    front._deployed.set()
+    deployments = front.deployments
+    deployments.current = Deployment(deployments.initial, "v1", {"app": FakePool(target)}, contract=None)
+    deployments._deployed.set()
     return target
 
 
