@@ -37,6 +37,7 @@ from typing import Any
 import msgpack
 
 from runtime.logs import log
+from runtime.protocol import error_reply
 
 __all__ = ["CALL_READY_WAIT_S", "Channel", "ChannelClosed", "MAX_MESSAGE_BYTES", "open_channel"]
 
@@ -152,17 +153,16 @@ class Channel(asyncio.Protocol):
             return
         self._serving.discard(mid)
         if task.cancelled():
-            err = {"type": "CancelledError", "message": f"the {op} request was cancelled before it was answered",
-                   "code": "cancelled", "status": 503}
+            reply = error_reply(f"the {op} request was cancelled before it was answered",
+                                type="CancelledError", code="cancelled", status=503)
         else:
             exc = task.exception()
             what = f"{type(exc).__name__}: {exc}" if exc is not None else "its handler ended without an answer"
             log("ipc_unanswered", op=op, error=what)
-            err = {"type": type(exc).__name__ if exc is not None else "ProtocolError",
-                   "message": f"internal error serving the {op} request: {what}", "code": "internal_error",
-                   "status": 500}
+            reply = error_reply(f"internal error serving the {op} request: {what}", code="internal_error",
+                                status=500, type=type(exc).__name__ if exc is not None else "ProtocolError")
         try:
-            self.reply(mid, {"error": err})
+            self.reply(mid, reply)
         except ChannelClosed:
             pass
 

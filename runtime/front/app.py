@@ -379,7 +379,7 @@ class Front:
         try:
             reply = await relay(self, msg)
         except (IsolateDied, WallTimeExceeded, NotReady) as e:
-            reply = {"error": _call_error(e)}
+            reply = _call_error(e)
         except UnknownTarget as e:
             reply = protocol.error_reply(str(e), type="LookupError", code="not_found", status=404)
         except protocol.ProtocolError as e:
@@ -418,7 +418,7 @@ class Front:
         except UnknownTarget as e:
             return protocol.error_reply(str(e), code="no_such_script", status=404)
         except (IsolateDied, WallTimeExceeded, NotReady) as e:
-            return {"error": {**_call_error(e), "code": "unavailable"}}
+            return _call_error(e, "unavailable")
 
     def on_event(self, pool: IsolatePool, msg: dict[str, Any]) -> None:
         """An event the supervisor reports about an isolate (its death...)."""
@@ -460,21 +460,22 @@ class Front:
             reply = await (await pool.pick()).request(
                 protocol.Scheduled(rid=rid, cron=cron, time=scheduled_ms or time.time() * 1000).encode(), wall)
         except (IsolateDied, WallTimeExceeded) as e:
-            reply = {"ok": False, "error": _call_error(e)}
+            reply = {"ok": False, **_call_error(e)}
         log("scheduled", request_id=rid, script=script, cron=cron, ok=reply.get("ok"),
             cpu_ms=round(reply.get("cpu_ms", 0.0), 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
             **({"error": reply["error"]} if reply.get("error") else {}))
         return {"request_id": rid, **reply}
 
 
-def _call_error(exc: IsolateDied | WallTimeExceeded | NotReady) -> dict[str, Any]:
-    """The error answer (code and HTTP status kept at every hop) of a call the front relays."""
+def _call_error(exc: IsolateDied | WallTimeExceeded | NotReady, code: str | None = None) -> dict[str, Any]:
+    """The error reply (code and HTTP status kept at every hop) of a call the front relays;
+    `code` overrides the failure's own."""
     if isinstance(exc, IsolateDied):
-        return {"type": "IsolateDied", "message": str(exc), "code": "isolate_restarted", "status": 503}
+        return protocol.error_reply(str(exc), type="IsolateDied", code=code or "isolate_restarted", status=503)
     if isinstance(exc, WallTimeExceeded):
-        return {"type": "WallTimeExceeded", "message": "the callee exceeded its wall-time limit",
-                "code": "wall_limit", "status": 503}
-    return {"type": "NotReady", "message": str(exc), "code": "not_ready", "status": 503}
+        return protocol.error_reply("the callee exceeded its wall-time limit", type="WallTimeExceeded",
+                                    code=code or "wall_limit", status=503)
+    return protocol.error_reply(str(exc), type="NotReady", code=code or "not_ready", status=503)
 
 
 class _StreamCut(Exception):
