@@ -360,7 +360,15 @@ def load_app(root: str | Path) -> AppConfig:
     problems = _semantic_problems(cfg, source, prefix)
     if problems:
         raise ConfigError(problems)
-    return cfg
+    return _with_app_paths(cfg)
+
+
+def _with_app_paths(cfg: AppConfig) -> AppConfig:
+    """[audit] file paths relative to the app dir, like every other path in the manifest."""
+    audit = cfg.audit
+    paths = {k: str((cfg.root / Path(v).expanduser()).resolve())
+             for k in ("signing_key_file", "anchor_file") if (v := getattr(audit, k)) is not None}
+    return cfg.model_copy(update={"audit": audit.model_copy(update=paths)}) if paths else cfg
 
 
 _DEV_VAR = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")

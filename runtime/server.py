@@ -11,9 +11,11 @@ import uvloop
 
 from runtime.addresses import is_loopback_host
 from runtime.admin.app import build_admin
+from runtime.audit.anchor import AnchorError
 from runtime.config import ConfigError, load_app
 from runtime.datakey import HOW_TO_SET, DataKeyError, load_data_key
 from runtime.front.app import Front
+from runtime.front.auditd import check_anchoring
 from runtime.front.httpguard import guarded_protocol
 from runtime.front.supervisor import LoadFailed
 from runtime.logs import LOGGING_CONFIG, log, redact_text, set_level, set_redactor
@@ -74,6 +76,11 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
         data_key = load_data_key(state, dev=dev)  # seals held requests and versions' secrets
     except DataKeyError as e:
         print(f"edgeworks: the data key is unusable: {e}", file=sys.stderr)
+        return 2
+    try:
+        check_anchoring(state, app.audit)
+    except AnchorError as e:
+        print(f"edgeworks: the audit log cannot be anchored: {e}", file=sys.stderr)
         return 2
     front = Front(app, dev=dev, state_dir=state, data_key=data_key)
     front.admin = build_admin(front)

@@ -94,6 +94,13 @@ def data_key_file(parent: Path) -> Path:
     return path
 
 
+def outside_state(parent: Path) -> dict[str, str]:
+    """Environment that keeps what the runtime keeps outside its state dir (the audit signing key,
+    the anchor file) in `parent`, never in the user's home."""
+    return {"EDGEWORKS_AUDIT_SIGNING_KEY_FILE": str(parent / "audit-signing.key"),
+            "XDG_STATE_HOME": str(parent / "xdg-state"), "XDG_CONFIG_HOME": str(parent / "xdg-config")}
+
+
 class Server:
     """`edgeworks dev|serve APP` as a subprocess; use as a context manager."""
 
@@ -109,7 +116,8 @@ class Server:
         self.args = args
         # A data key outside the state dir (held requests are sealed with it), so no test
         # server writes the user's ~/.config; pass EDGEWORKS_DATA_KEY_FILE="" for none.
-        self.env = {"EDGEWORKS_DATA_KEY_FILE": str(data_key_file(app_dir.parent)), **os.environ, **(env or {})}
+        self.env = {"EDGEWORKS_DATA_KEY_FILE": str(data_key_file(app_dir.parent)), **os.environ,
+                    **outside_state(app_dir.parent), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.seen_pids: set[int] = set()
         self.admin_token = admin_token  # for /health/details (pids) when the app has [auth]

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from runtime.approvals import ApprovalStore
     from runtime.datakey import DataKey
     from runtime.front.app import Collected
-    from runtime.front.auditd import AuditPipe
+    from runtime.front.auditd import AuditJournal
     from runtime.front.deployments import Deployment, Deployments
     from runtime.killswitch import KillSwitch
 
@@ -24,7 +24,7 @@ class FrontPort(Protocol):
     state_dir: Path
     deployments: Deployments
     kills: KillSwitch
-    audit_log: AuditPipe
+    audit_log: AuditJournal
     approvals: ApprovalStore
     data_key: DataKey | None
 

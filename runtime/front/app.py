@@ -25,7 +25,7 @@ from runtime.approvals import ApprovalStore, ApprovalsUnavailable
 from runtime.bindings import relays
 from runtime.config import AppConfig, ScriptConfig
 from runtime.errors import error_json as _error
-from runtime.front.auditd import AuditPipe
+from runtime.front.auditd import AuditJournal
 from runtime.front.contract import Refusal
 from runtime.front.cron import CronScheduler
 from runtime.front.deployments import Deployment, Deployments
@@ -94,7 +94,7 @@ class Front:
         self.data_key = data_key
         self.approvals = ApprovalStore(self.state_dir, key=data_key)
         self.kills = KillSwitch(self.state_dir)
-        self.audit_log = AuditPipe(self.state_dir, app.audit)
+        self.audit_log = AuditJournal(self.state_dir, app.audit)
         self.deployments = Deployments(app, state_dir=self.state_dir, dev=dev, kills=self.kills,
                                        audit_log=self.audit_log, data_key=data_key, router=self)
         self.cron = CronScheduler(self.deployments, self.fire_scheduled)
@@ -184,6 +184,7 @@ class Front:
                 host = v.decode("latin-1")
             elif k == b"authorization":
                 authorization = v.decode("latin-1")
+        generated = rid is None
         rid = rid or uuid.uuid4().hex
         method = scope["method"]
         path = scope["path"]
@@ -202,12 +203,33 @@ class Front:
         status, cpu_ms, error_code = 500, 0.0, None
         identity = None
         risk = "low"
+        audit_log = self.audit_log
+        if audit_log.saturated:  # fail closed: nothing is served that could not be recorded
+            audit_log.refuse()
+            await self._send(send, 503, _error("audit_unavailable", "the audit log is not keeping up; retry shortly",
+                                               rid), rid, [(b"retry-after", b"1")])
+            return
+        who: dict[str, Any] = {"request_id": rid, "script": route.script, "tenant": None, "risk": risk,
+                               "subject": None}
+        recorded = False
+
+        def record(status: int, cpu_ms: float, error: str | None) -> None:
+            """The request's one entry, journaled before the last byte of its response leaves."""
+            nonlocal recorded
+            recorded = True
+            if contract.audit_requests:
+                audit_log.append_request(who, {
+                    "method": method, "path": path, "status": status, "started": round(start_ts, 3),
+                    "cpu_ms": round(cpu_ms, 3), "wall_ms": round((time.perf_counter() - t0) * 1000, 3),
+                    "error": error}, generated_id=generated)
+
         try:
             contract.check_killed("script", route.script, rid)
             contract.check_killed("route", route.config.pattern, rid, script=route.script)
             identity = contract.identify(route.config, authorization or None, rid, route.script)
             tenant = identity.tenant if identity else None
             contract.check_killed("tenant", tenant, rid, script=route.script)
+            who["tenant"], who["subject"] = tenant, identity.subject if identity else None
             try:
                 body = await self._read_body(receive, scope, script.limits.body_bytes)
             except BodyTooLarge:
@@ -217,12 +239,10 @@ class Front:
                 status, error_code = 499, "client_disconnected"
                 return
             decision = contract.assess(method, path, tenant, body)
-            risk = decision.label
-            who: dict[str, Any] = {"request_id": rid, "script": route.script, "tenant": tenant, "risk": risk,
-                   "subject": identity.subject if identity else None}
+            risk = who["risk"] = decision.label
             if decision.action == "block":
                 contract.audit("request.blocked", reason=decision.reason, **who)
-                raise Refusal(403, "blocked_by_policy", decision.reason, {"risk": risk}, [])
+                raise Refusal(403, "blocked_by_policy", decision.reason, {"risk": risk}, [], audited=True)
             qs = scope.get("query_string", b"")
             # The path the router and the risk rules matched is decoded: re-encode what would
             # change how the URL parses, or "/pay%3F" reaches the handler as "/pay" unchecked.
@@ -240,26 +260,27 @@ class Front:
                     held["approval_id"] = self.approvals.hold(msg, reason=decision.reason, **who)
                 except ApprovalsUnavailable as e:  # no data key: never hold it in clear
                     contract.audit("request.hold_refused", reason=str(e), **who)
-                    raise Refusal(503, "approvals_unavailable", str(e), {"risk": risk}, []) from None
+                    raise Refusal(503, "approvals_unavailable", str(e), {"risk": risk}, [], audited=True) from None
                 contract.audit("request.held", reason=decision.reason, **who)
-                raise Refusal(202, "approval_required", decision.reason, held, [])
-            status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send)
-            # One entry per request, written when it ends, carrying its start time: half the
-            # audit cost of separate start/end entries (see auditd.py for where the cost goes).
-            if contract.audit_requests:
-                contract.audit("request", method=method, path=path, status=status, started=round(start_ts, 3),
-                               cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3),
-                               error=error_code, **who)
+                raise Refusal(202, "approval_required", decision.reason, held, [], audited=True)
+            status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send, record)
         except Refusal as r:
             status, error_code = r.status, r.code
+            if not r.audited:  # every refusal is on the record before it is answered
+                contract.audit("request.refused", code=r.code, status=r.status, **who)
             await self._send(send, r.status, _error(r.code, r.message, rid, **r.extra), rid, r.headers)
         finally:
+            if not recorded and error_code == "stream_cut":
+                record(status, cpu_ms, error_code)
             log("request", request_id=rid, script=route.script, method=method, path=path, status=status,
                 cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3), risk=risk,
                 **({"tenant": identity.tenant} if identity and identity.tenant else {}),
                 **({"error": error_code} if error_code else {}))
 
-    async def _dispatch(self, pool: IsolatePool, script: ScriptConfig, msg: dict[str, Any], rid: str, send: Send) -> tuple[int, float, str | None]:
+    async def _dispatch(self, pool: IsolatePool, script: ScriptConfig, msg: dict[str, Any], rid: str, send: Send,
+                        record: Callable[[int, float, str | None], None] | None = None) -> tuple[int, float, str | None]:
+        """Run `msg` on an isolate of `pool` and send its response; `record(status, cpu_ms,
+        error)` runs before the response's last byte is sent; (status, cpu_ms, error code)."""
         if pool.closed and self.current is not None:
             # The version was replaced while this request was being read: the new one serves it.
             pool = self.current.pools.get(script.name, pool)
@@ -267,29 +288,39 @@ class Front:
         try:
             reply = await proc.request(msg, script.limits.wall_ms / 1000)
         except WallTimeExceeded:
+            if record is not None:
+                record(503, 0.0, "wall_limit")
             await self._send(send, 503, _error("wall_limit", f"exceeded the wall-time limit of {script.limits.wall_ms} ms", rid, limit_ms=script.limits.wall_ms), rid)
             return 503, 0.0, "wall_limit"
         except IsolateDied as died:
             code, body = self._death_error(died, script, rid)
+            if record is not None:
+                record(503, 0.0, code)
             await self._send(send, 503, body, rid)
             return 503, 0.0, code
         if "error" in reply:  # the isolate could not serve it at all (see ipc.Channel.serve)
             err = reply["error"]
             code, status = err.get("code") or "internal_error", err.get("status") or 500
+            if record is not None:
+                record(status, 0.0, code)
             await self._send(send, status, _error(code, err.get("message", ""), rid), rid)
             return status, 0.0, code
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply["headers"]]
         headers.append((b"x-request-id", rid.encode()))
-        status = reply["status"]
+        status, cpu_ms = reply["status"], reply.get("cpu_ms", 0.0)
         if not reply.get("more"):
             headers.append((b"content-length", str(len(reply["body"])).encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
+            if record is not None:
+                record(status, cpu_ms, reply.get("error_code"))
             await send({"type": "http.response.body", "body": reply["body"]})
-            return status, reply.get("cpu_ms", 0.0), reply.get("error_code")
-        cut = await self._stream(proc, msg["id"], reply, status, headers, send)
-        return status, reply.get("cpu_ms", 0.0), "stream_cut" if cut else None
+            return status, cpu_ms, reply.get("error_code")
+        done = None if record is None else (lambda: record(status, cpu_ms, None))
+        cut = await self._stream(proc, msg["id"], reply, status, headers, send, done)
+        return status, cpu_ms, "stream_cut" if cut else None
 
-    async def _stream(self, proc: IsolateProcess, mid: int, head: dict[str, Any], status: int, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
+    async def _stream(self, proc: IsolateProcess, mid: int, head: dict[str, Any], status: int,
+                      headers: list[tuple[bytes, bytes]], send: Send, done: Callable[[], None] | None) -> bool:
         """Relay a streamed body; True when it was cut short (the handler raised or hit a limit
         mid-stream, or its isolate died). Then the response is left unfinished, so the server
         closes the connection and the client sees a truncated body as an error rather than as a
@@ -303,6 +334,8 @@ class Front:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except _StreamCut:
             return True
+        if done is not None:
+            done()
         await send({"type": "http.response.body", "body": b""})
         return False
 

@@ -13,9 +13,11 @@ Order, and what each step may answer instead of the handler:
 Refusals by the kill switch, identity and risk rules are audited (`request.killed`,
 `auth.failure`, `request.blocked`, `request.held`, `request.hold_refused`, with request id, script
 and, where known, tenant, subject and risk); the JWT itself is never logged or audited. A request
-that reaches an isolate gets one `request` entry, written by the front (app.py handle_http) when it
-ends: method, path, status, `started` (its start time), cpu_ms, wall_ms, error, and the fields
-above. `[audit] requests = false` turns that entry off; refusals are audited regardless.
+that reaches an isolate gets one `request` entry, journaled by the front (app.py handle_http)
+before the last byte of its response leaves: method, path, status, `started` (its start time),
+cpu_ms, wall_ms, error, and the fields above. `[audit] requests = false` turns that entry off;
+refusals are audited regardless, before they are answered (a refusal no step above records is
+audited as `request.refused` with its code).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.config import AppConfig, RouteConfig
-from runtime.front.auditd import AuditPipe
+from runtime.front.auditd import AuditJournal
 from runtime.front.identity import AuthError, Identity, Verifier
 from runtime.killswitch import KillSwitch
 from runtime.risk import UNREADABLE_BODY, RiskDecision, RiskEngine
@@ -40,13 +42,14 @@ class Refusal(Exception):
     message: str
     extra: dict[str, Any]
     headers: list[tuple[bytes, bytes]]
+    audited: bool = False  # already on the record (else the front audits it as request.refused)
 
 
 class Contract:
     """The policy of one deployed version (identity, risk rules) over the runtime-wide kill
     switch and audit log, which outlive versions."""
 
-    def __init__(self, app: AppConfig, secrets: dict[str, str], kills: KillSwitch, audit_log: AuditPipe):
+    def __init__(self, app: AppConfig, secrets: dict[str, str], kills: KillSwitch, audit_log: AuditJournal):
         self.verifier = Verifier(app.auth, secrets, base_dir=app.root) if app.auth else None
         self.risk = RiskEngine(app.risk)
         self.kills = kills
@@ -67,7 +70,8 @@ class Contract:
         reason = self.kills.check(kind, name)
         if reason is not None:
             self.audit("request.killed", request_id=rid, target_kind=kind, target=name, reason=reason, **ctx)
-            raise Refusal(503, "killed", f"{kind} {name!r} is stopped by the kill switch", {"reason": reason, "target": f"{kind}:{name}"}, [])
+            raise Refusal(503, "killed", f"{kind} {name!r} is stopped by the kill switch",
+                          {"reason": reason, "target": f"{kind}:{name}"}, [], audited=True)
 
     def identify(self, route: RouteConfig, authorization: str | None, rid: str, script: str) -> Identity | None:
         mode = self.route_mode(route)
@@ -77,7 +81,8 @@ class Contract:
             return self.verifier.authenticate(authorization, mode, route.scopes, route.require_tenant)  # type: ignore[arg-type]
         except AuthError as e:
             self.audit("auth.failure", request_id=rid, script=script, code=e.code, status=e.status)
-            raise Refusal(e.status, e.code, e.message, {}, [(b"www-authenticate", e.www_authenticate.encode())]) from None
+            raise Refusal(e.status, e.code, e.message, {}, [(b"www-authenticate", e.www_authenticate.encode())],
+                          audited=True) from None
 
     def assess(self, method: str, path: str, tenant: str | None, body: bytes) -> RiskDecision:
         parsed: Any = None

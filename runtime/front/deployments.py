@@ -27,7 +27,7 @@ from runtime.secrets import read_secrets
 
 if TYPE_CHECKING:
     from runtime.datakey import DataKey
-    from runtime.front.auditd import AuditPipe
+    from runtime.front.auditd import AuditJournal
     from runtime.killswitch import KillSwitch
 
 __all__ = ["Deployment", "Deployments"]
@@ -56,7 +56,7 @@ class Deployments:
     opens a deployed version's sealed secrets."""
 
     def __init__(self, initial: AppConfig, *, state_dir: Path, dev: bool, kills: KillSwitch,
-                 audit_log: AuditPipe, data_key: DataKey | None, router: Any):
+                 audit_log: AuditJournal, data_key: DataKey | None, router: Any):
         self.initial = initial  # what `start` loads (the admin plane may resume another version)
         self.current: Deployment | None = None
         # A gradual rollout: (other deployment, fraction of requests it gets), or None.

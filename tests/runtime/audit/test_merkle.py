@@ -1,4 +1,4 @@
-"""The audit log's Merkle tree (``runtime.merkle``) against RFC 6962 written out naively: roots
+"""The audit log's Merkle tree (``runtime.audit.merkle``) against RFC 6962 written out naively: roots
 from the frontier and from tiles, inclusion and consistency proofs that verify and that reject
 any tampering, the CT project's published test vectors, and that tiles spare the leaf reads."""
 
@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from runtime.merkle import (
+from runtime.audit.merkle import (
     EMPTY_ROOT,
     TILE,
     Frontier,

@@ -1,4 +1,4 @@
-"""Signed audit checkpoints (``runtime.anchor``): where the signing key comes from and what is
+"""Signed audit checkpoints (``runtime.audit.anchor``): where the signing key comes from and what is
 refused, that a signature covers every field, the checkpoint wire format, and the anchor sink
 (an append-only file and a webhook) that never raises on a failed write."""
 
@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from runtime.anchor import (
+from runtime.audit.anchor import (
     ENV_SIGNING_KEY_FILE,
     AnchorError,
     AnchorSink,
@@ -35,7 +35,7 @@ from runtime.anchor import (
     read_anchor,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ROOT = bytes(range(32))
 
 
@@ -128,9 +128,10 @@ def test_a_key_of_another_algorithm_is_refused_naming_it(state, tmp_path):
 
 
 def test_processes_creating_the_key_at_once_end_with_one_key(state, tmp_path, xdg):
-    code = ("import sys; from pathlib import Path; from runtime.anchor import load_signing_key; "
+    code = ("import sys; from pathlib import Path; from runtime.audit.anchor import load_signing_key; "
             "print(load_signing_key(Path(sys.argv[1])).key_id)")
-    env = {**os.environ, **xdg, "PYTHONPATH": str(REPO)}
+    env = {**{k: v for k, v in os.environ.items() if k != "EDGEWORKS_AUDIT_SIGNING_KEY_FILE"}, **xdg,
+           "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(state)], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(4)]

@@ -1,0 +1,117 @@
+"""The audit journal: where producers put entries, in the kernel's hands before they return.
+
+A producer (the front, or an in-process `AuditLog`) appends each record (`records.py`) with one
+``write`` to its own file ``<state>/audit/journal/<ms>-<pid>-<rand>.log``, opened ``O_APPEND``.
+When `append` returns, the entry is in the page cache: it survives the producer's kill -9 and
+the writer's, not a power loss (see `store.py` for that window). The front appends a request's
+entry before the response's last byte leaves, so an answered request always has its entry.
+
+Each producer holds an exclusive ``flock`` on its file while it may still append; the kernel
+drops it when the producer closes the file or dies. The writer (`store.Store.consume`) reads
+every journal file from the offset it committed, and deletes a file once it has consumed all of
+it and its lock is free (the producer is done). A producer moves to a new file past
+``journal_max_bytes`` so consumed bytes do not pile up on disk.
+
+Nothing is buffered in memory: the journal's backlog (written, not yet consumed) is on disk,
+and producers bound it (`backlog`; the front refuses new requests past
+``[audit] max_backlog_bytes``, see `runtime/front/auditd.py`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from runtime.audit.records import RecordMaker
+from runtime.auditconfig import AuditOptions
+from runtime.redact import Redactor
+
+__all__ = ["JOURNAL_DIR", "Journal", "JournalClosed", "journal_dir"]
+
+JOURNAL_DIR = Path("audit") / "journal"
+
+
+class JournalClosed(RuntimeError):
+    """The journal was closed (or belongs to another process); nothing more can be appended."""
+
+
+def journal_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / JOURNAL_DIR
+
+
+class Journal:
+    """One producer's append-only journal files; see the module docstring."""
+
+    def __init__(self, state_dir: str | Path, options: AuditOptions | None = None, *,
+                 redactor: Redactor | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.options = options or AuditOptions()
+        self.dir = journal_dir(Path(state_dir))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.maker = RecordMaker(self.options, redactor)
+        self._clock = clock
+        self._lock = threading.Lock()  # one write and one file switch at a time
+        self._pid = os.getpid()
+        self._fd = -1
+        self.name = ""
+        self.size = 0  # bytes written to the current file
+        self.written: dict[str, int] = {}  # bytes written per file of this producer
+        self._open_next()
+
+    def _open_next(self) -> None:
+        name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{secrets.token_hex(4)}.log"
+        fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # never contended: the file is new and ours
+        old, self._fd, self.name, self.size = self._fd, fd, name, 0
+        self.written[name] = 0
+        if old >= 0:
+            os.close(old)  # releases its lock: the writer may finish and delete it
+
+    # -- appending -----------------------------------------------------------------------
+    def append(self, kind: str, *, data: Mapping[str, Any] | None = None, **fields: Any) -> None:
+        """Journal one entry. Known fields (request_id, tenant, subject, script, risk,
+        classification) become columns; any other keyword joins ``data``."""
+        columns, rest = self.maker.split(fields)
+        if data:
+            rest.update(data)
+        self.write(self.maker.make(kind, columns, rest, self._clock()))
+
+    def audit(self, kind: str, fields: Mapping[str, Any]) -> None:
+        """The hook shape lower layers take: column fields are picked out, the rest is data."""
+        columns, data = self.maker.split(fields)
+        self.write(self.maker.make(kind, columns, data, self._clock()))
+
+    def write(self, record: bytes) -> None:
+        """Append one record (made by `self.maker`)."""
+        if os.getpid() != self._pid:
+            raise JournalClosed("this journal belongs to the parent process; open one here")
+        with self._lock:
+            if self._fd < 0:
+                raise JournalClosed("the audit journal is closed")
+            n = os.write(self._fd, record)
+            if n != len(record):  # a regular file takes it whole unless the disk is full
+                raise OSError(f"short write to the audit journal ({n} of {len(record)} bytes)")
+            self.size += n
+            self.written[self.name] += n
+            if self.size >= self.options.journal_max_bytes:
+                self._open_next()
+
+    def forget(self, name: str) -> None:
+        """The writer consumed all of `name` (a file this producer no longer writes)."""
+        if name != self.name:
+            self.written.pop(name, None)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0 and os.getpid() == self._pid:
+                os.close(self._fd)
+            self._fd = -1
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0

@@ -1,0 +1,268 @@
+"""An audit entry's record: the bytes that are journaled, stored and hashed into the tree.
+
+A record is one msgpack array, written once by the producer (`RecordMaker.make`) and never
+re-encoded, so its bytes are canonical by construction: the Merkle leaf is
+``sha256(0x00 || record)`` over exactly the stored bytes, and a verifier needs no canonical
+serialiser. The array::
+
+    [ts, kind, request_id, tenant, subject, script, risk, classification, data]
+
+``ts`` is epoch seconds (a float, the time of the append); ``kind`` a non-empty string; the five
+columns strings or nil; ``classification`` one of public/internal/confidential/restricted (a
+default per kind, see `DEFAULT_CLASSIFICATIONS`); ``data`` a msgpack *bin* holding the packed map
+of every other field (kept packed so the writer never decodes it: only readers do).
+
+Redaction (`runtime.redact.Redactor`) runs in `make`, before the record exists: nothing
+unredacted reaches the journal or the log. The same walk makes ``data`` plain: bytes become
+``{"bytes": n}`` (their content is never stored), sets sorted lists, non-finite floats and other
+objects strings, lone surrogates U+FFFD.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import msgpack
+
+from runtime.auditconfig import AuditOptions, Classification
+from runtime.redact import Redactor
+
+__all__ = [
+    "CLASSIFICATIONS",
+    "COLUMNS",
+    "DEFAULT_CLASSIFICATIONS",
+    "AuditEntry",
+    "Record",
+    "RecordError",
+    "RecordMaker",
+    "canonical_json",
+    "decode_record",
+    "format_ts",
+]
+
+CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
+# Longest dotted prefix of the kind wins ("tool.call" -> "tool"); anything else is internal.
+DEFAULT_CLASSIFICATIONS: dict[str, Classification] = {
+    "request": "internal",
+    "response": "internal",
+    "auth": "confidential",
+    "tool": "confidential",
+    "ai": "confidential",
+    "workflow": "confidential",
+    "secret": "restricted",
+    "killswitch": "internal",
+    "admin": "internal",
+    "deploy": "internal",
+    "isolate": "internal",
+    "limit": "internal",
+    "audit": "internal",
+}
+COLUMNS = ("request_id", "tenant", "subject", "script", "risk")
+_COLUMN_SET = frozenset(COLUMNS)
+
+
+class RecordError(ValueError):
+    """Bytes that are not a well-formed record."""
+
+
+class Record(NamedTuple):
+    ts: float
+    kind: str
+    request_id: str | None
+    tenant: str | None
+    subject: str | None
+    script: str | None
+    risk: str | None
+    classification: str
+    data: bytes  # the packed map
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry as readers see it; `hash` is its Merkle leaf (hex)."""
+
+    seq: int
+    ts: str
+    kind: str
+    request_id: str | None
+    tenant: str | None
+    subject: str | None
+    script: str | None
+    risk: str | None
+    classification: str
+    data: dict[str, Any]
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+_ts_second: tuple[int, str] = (-1, "")
+
+
+def format_ts(epoch_s: float) -> str:
+    """UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    global _ts_second
+    second = math.floor(epoch_s)
+    cached = _ts_second  # one tuple read: safe against a concurrent update
+    if cached[0] != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached = _ts_second = (second, text)
+    micros = min(int(round((epoch_s - second) * 1_000_000)), 999_999)
+    return f"{cached[1]}.{micros:06d}Z"
+
+
+def _plain(value: Any) -> Any:
+    """The `Redactor.redact` converter for values msgpack and JSON have no plain form for;
+    bytes are summarised, never stored."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"bytes": len(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+
+
+def _utf8_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, list):
+        return [_utf8_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {_utf8(k): _utf8_tree(v) for k, v in value.items()}
+    return value
+
+
+class RecordMaker:
+    """Turns (kind, columns, data) into a record, redacting first. Thread-safe."""
+
+    def __init__(self, options: AuditOptions, redactor: Redactor | None = None) -> None:
+        self._redactor = redactor or Redactor(options.redact_patterns)
+        self._classes = {**DEFAULT_CLASSIFICATIONS, **options.classifications}
+        self._class_cache: dict[str, str] = {}
+        self._pack = msgpack.Packer(use_bin_type=True, default=str).pack
+
+    def classification_for(self, kind: str) -> str:
+        hit = self._class_cache.get(kind)
+        if hit is None:
+            parts = kind.split(".")
+            hit = "internal"
+            for n in range(len(parts), 0, -1):
+                found = self._classes.get(".".join(parts[:n]))
+                if found is not None:
+                    hit = found
+                    break
+            if len(self._class_cache) < 4096:
+                self._class_cache[kind] = hit
+        return hit
+
+    def split(self, fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(columns, data) of flat fields: known column names are columns, the rest data; a
+        ``data`` mapping among them is merged into data."""
+        columns: dict[str, Any] = {}
+        data: dict[str, Any] = {}
+        for key, value in fields.items():
+            if key in _COLUMN_SET or key == "classification":
+                columns[key] = value
+            else:
+                data[key] = value
+        nested = data.get("data")
+        if isinstance(nested, Mapping):
+            del data["data"]
+            data.update(nested)
+        return columns, data
+
+    def make(self, kind: str, columns: Mapping[str, Any], data: Mapping[str, Any], ts: float,
+             *, trusted_request_id: bool = False) -> bytes:
+        """The record of one entry. `trusted_request_id`: the request id was generated by the
+        runtime (random hex), so it is not scanned for secrets."""
+        if not isinstance(kind, str) or not kind:
+            raise ValueError("audit kind must be a non-empty string")
+        classification = columns.get("classification") or self.classification_for(kind)
+        if classification not in CLASSIFICATIONS:
+            raise ValueError(f"unknown data classification {classification!r}")
+        redact = self._redactor.redact_text
+        cols: list[str | None] = []
+        for name in COLUMNS:
+            value = columns.get(name)
+            if value is None:
+                cols.append(None)
+            elif name == "request_id" and trusted_request_id:
+                cols.append(str(value))
+            else:
+                cols.append(_utf8(redact(str(value))))
+        plain = self._redactor.redact(dict(data), _plain) if data else {}
+        try:
+            packed = self._pack(plain)
+        except UnicodeEncodeError:  # lone surrogates: stored as U+FFFD, never a stuck entry
+            packed = self._pack(_utf8_tree(plain))
+        return self._pack([ts, _utf8(kind), *cols, classification, packed])
+
+
+def decode_record(raw: bytes) -> Record:
+    """The fields of a record; `RecordError` if it is not one."""
+    try:
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types for malformed input
+        raise RecordError(f"not a msgpack record: {exc}") from None
+    if not isinstance(value, list) or len(value) != 9:
+        raise RecordError("a record is an array of 9 fields")
+    ts, kind, request_id, tenant, subject, script, risk, classification, data = value
+    cols = (request_id, tenant, subject, script, risk)
+    if not isinstance(ts, float | int) or isinstance(ts, bool) or not math.isfinite(ts):
+        raise RecordError("ts is not a number")
+    if not isinstance(kind, str) or not kind:
+        raise RecordError("kind is not a non-empty string")
+    if any(c is not None and not isinstance(c, str) for c in cols):
+        raise RecordError("a column is neither a string nor nil")
+    if classification not in CLASSIFICATIONS:
+        raise RecordError("unknown classification")
+    if not isinstance(data, bytes):
+        raise RecordError("data is not packed bytes")
+    return Record(float(ts), kind, request_id, tenant, subject, script, risk, classification, data)
+
+
+def decode_data(record: Record) -> dict[str, Any]:
+    """The data map of a record (msgpack as stored; a record is checked before it is stored)."""
+    try:
+        value = msgpack.unpackb(record.data, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise RecordError(f"data is not a packed map: {exc}") from None
+    if not isinstance(value, dict):
+        raise RecordError("data is not a map")
+    return value
+
+
+def entry_of(seq: int, raw: bytes, leaf: bytes) -> AuditEntry:
+    record = decode_record(raw)
+    return AuditEntry(seq, format_ts(record.ts), record.kind, record.request_id, record.tenant,
+                      record.subject, record.script, record.risk, record.classification,
+                      decode_data(record), leaf.hex())
