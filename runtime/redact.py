@@ -182,8 +182,13 @@ class Redactor:
                     k = str(k)
                 if self._sensitive(k):
                     out[self.redact_text(k)] = _MASK_SECRET
-                else:
-                    out[self.redact_text(k)] = self.redact(v, default)
+                    continue
+                t = type(v)  # the common scalars without a recursive call: most values are these
+                if t is str:
+                    v = self.redact_text(v)
+                elif not (v is None or t is int or t is bool or (t is float and (default is None or math.isfinite(v)))):
+                    v = self.redact(v, default)
+                out[self.redact_text(k)] = v
             return out
         if isinstance(value, list | tuple):
             return [self.redact(v, default) for v in value]

@@ -216,10 +216,10 @@ class RecordMaker:
             if value is None:
                 cols.append(None)
             elif name == "request_id" and trusted_request_id:
-                cols.append(str(value))
+                cols.append(value)
             else:
-                cols.append(_utf8(redact(str(value))))
-        plain = self._redactor.redact(dict(data), _plain) if data else {}
+                cols.append(_utf8(redact(value if type(value) is str else str(value))))
+        plain = self._redactor.redact(data, _plain) if data else {}
         try:
             packed = self._pack(plain)
         except UnicodeEncodeError:  # lone surrogates: stored as U+FFFD, never a stuck entry

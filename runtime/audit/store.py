@@ -304,7 +304,7 @@ class Store:
                 self._on_event(kind.replace(".", "_"), **fields)
             if finished:
                 done_names.append(name)
-            elif end - start >= _MAX_READ:
+            elif end - start >= _MAX_READ or len(rows) >= _MAX_BATCH:
                 step.more = True
         if not rows and not step.offsets and not done_names:
             return step
