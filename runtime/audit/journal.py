@@ -35,6 +35,7 @@ from runtime.redact import Redactor
 __all__ = ["JOURNAL_DIR", "Journal", "JournalClosed", "journal_dir"]
 
 JOURNAL_DIR = Path("audit") / "journal"
+_CLOSED, _BROKEN = -1, -2  # file descriptor states
 
 
 class JournalClosed(RuntimeError):
@@ -57,11 +58,20 @@ class Journal:
         self._clock = clock
         self._lock = threading.Lock()  # one write and one file switch at a time
         self._pid = os.getpid()
-        self._fd = -1
+        self._fd = _CLOSED
         self.name = ""
         self.size = 0  # bytes written to the current file
         self.written: dict[str, int] = {}  # bytes written per file of this producer
         self._open_next()
+
+    def _abandon(self) -> None:
+        """After a failed write: go on in a new file, so the torn bytes end a finished one (the
+        writer records them as torn) and never precede a whole record."""
+        try:
+            self._open_next()
+        except OSError:
+            os.close(self._fd)
+            self._fd = _BROKEN
 
     def _open_next(self) -> None:
         name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{secrets.token_hex(4)}.log"
@@ -91,10 +101,17 @@ class Journal:
         if os.getpid() != self._pid:
             raise JournalClosed("this journal belongs to the parent process; open one here")
         with self._lock:
-            if self._fd < 0:
+            if self._fd == _CLOSED:
                 raise JournalClosed("the audit journal is closed")
-            n = os.write(self._fd, record)
+            if self._fd == _BROKEN:
+                self._open_next()  # raises OSError while the disk still refuses
+            try:
+                n = os.write(self._fd, record)
+            except OSError:
+                self._abandon()
+                raise
             if n != len(record):  # a regular file takes it whole unless the disk is full
+                self._abandon()
                 raise OSError(f"short write to the audit journal ({n} of {len(record)} bytes)")
             self.size += n
             self.written[self.name] += n
@@ -110,8 +127,8 @@ class Journal:
         with self._lock:
             if self._fd >= 0 and os.getpid() == self._pid:
                 os.close(self._fd)
-            self._fd = -1
+            self._fd = _CLOSED
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        return self._fd == _CLOSED

@@ -41,6 +41,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -91,6 +92,7 @@ SEGMENTS_DIR = Path("audit") / "segments"
 _INSERT = "INSERT INTO entries (seq, ts, kind, request_id, tenant, record) VALUES (?,?,?,?,?,?)"
 _MAX_BATCH = 5000  # entries per transaction, so readers and the lock are never held long
 _MAX_READ = 4 << 20  # bytes read from one journal file per step
+_IGNORED = -1  # the offset of a "journal" that cannot be removed (not a file): never read again
 
 
 def segments_dir(state_dir: Path) -> Path:
@@ -283,9 +285,12 @@ class Store:
             tiles.extend(frontier.append(leaf_hash(raw)))
             rows.append((seq, ts, kind, request_id, tenant, raw))
 
+        def own(kind: str, fields: dict[str, Any]) -> None:  # an entry the writer itself records
+            ts = self._clock()
+            add(self._maker.make(kind, {}, fields, ts), ts, kind, None, None)
+
         for kind, fields in self._pending_events:
-            raw = self._maker.make(kind, {}, fields, self._clock())
-            add(raw, self._clock(), kind, None, None)
+            own(kind, fields)
         events = self._pending_events
         self._pending_events = []
         names = sorted(n for n in os.listdir(self._journals) if n.endswith(".log"))
@@ -298,10 +303,8 @@ class Store:
             if end != start:
                 step.offsets[name] = end
             if problem is not None:
-                kind, fields = problem
-                raw = self._maker.make(kind, {}, fields, self._clock())
-                add(raw, self._clock(), kind, None, None)
-                self._on_event(kind.replace(".", "_"), **fields)
+                own(*problem)
+                self._on_event(problem[0].replace(".", "_"), **problem[1])
             if finished:
                 done_names.append(name)
             elif end - start >= _MAX_READ or len(rows) >= _MAX_BATCH:
@@ -322,29 +325,44 @@ class Store:
             self._pending_events = events + self._pending_events
             raise
         step.entries = len(rows)
+        stuck = []
         for name in done_names:  # the file first: a stale offset row is harmless, a re-read file is not
-            (self._journals / name).unlink(missing_ok=True)
+            try:
+                (self._journals / name).unlink(missing_ok=True)
+            except OSError:  # e.g. a directory named like a journal: ignored from now on
+                stuck.append(name)
         if done_names:
-            conn.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in done_names])
-            step.finished = done_names
+            conn.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in done_names if n not in stuck])
+            conn.executemany("INSERT INTO journals (name, offset) VALUES (?, ?) ON CONFLICT (name)"
+                             " DO UPDATE SET offset = excluded.offset", [(n, _IGNORED) for n in stuck])
+            step.finished = [n for n in done_names if n not in stuck]
         return step
 
     def _read_journal(self, name: str, start: int, budget: int,
                       add: Callable[[bytes, float, str, Any, Any], None]) -> tuple[int, bool, tuple[str, dict[str, Any]] | None]:
         """Feed the whole records of journal `name` after `start` to `add` (at most `budget`);
         (new offset, whether the file is finished, a problem entry or None)."""
+        if start == _IGNORED:
+            return start, False, None
         path = self._journals / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return start, False, None
+        except OSError as e:  # a symlink or a special file: not a journal any producer wrote
+            return start, True, ("audit.journal_corrupt", {"journal": name, "offset": start, "skipped_bytes": 0,
+                                                           "error": f"cannot be read: {e.strerror}"})
         try:
             try:  # the producer's lock is free: it is done, and what the file holds is all of it
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 producer_done = True
             except BlockingIOError:
                 producer_done = False
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return start, True, ("audit.journal_corrupt", {"journal": name, "offset": start, "skipped_bytes": 0,
+                                                               "error": "not a regular file"})
+            size = st.st_size
             data = os.pread(fd, min(size - start, _MAX_READ), start) if size > start else b""
         finally:
             os.close(fd)
@@ -367,7 +385,8 @@ class Store:
                 taken += 1
         except Exception as exc:  # bytes that are not records: skip what was read, go on
             problem = ("audit.journal_corrupt", {"journal": name, "offset": start + pos,
-                                                 "skipped_bytes": len(data) - pos, "error": str(exc)[:200]})
+                                                 "skipped_bytes": len(data) - pos,
+                                                 "error": f"{type(exc).__name__}: {exc}"[:200]})
             pos = len(data)
         offset = start + pos
         finished = producer_done and offset >= size and taken < budget

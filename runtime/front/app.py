@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from runtime import protocol
 from runtime.addresses import is_loopback_client
 from runtime.approvals import ApprovalStore, ApprovalsUnavailable
+from runtime.audit.log import AuditUnavailable
 from runtime.bindings import relays
 from runtime.config import AppConfig, ScriptConfig
 from runtime.errors import error_json as _error
@@ -264,6 +265,9 @@ class Front:
                 contract.audit("request.held", reason=decision.reason, **who)
                 raise Refusal(202, "approval_required", decision.reason, held, [], audited=True)
             status, cpu_ms, error_code = await self._dispatch(dep.pools[route.script], script, msg, rid, send, record)
+        except AuditUnavailable as e:  # the journal refused a write: nothing is answered unrecorded
+            status, error_code = 503, "audit_unavailable"
+            await self._send(send, 503, _error("audit_unavailable", str(e), rid), rid, [(b"retry-after", b"1")])
         except Refusal as r:
             status, error_code = r.status, r.code
             if not r.audited:  # every refusal is on the record before it is answered
@@ -310,9 +314,9 @@ class Front:
         status, cpu_ms = reply["status"], reply.get("cpu_ms", 0.0)
         if not reply.get("more"):
             headers.append((b"content-length", str(len(reply["body"])).encode()))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
             if record is not None:
                 record(status, cpu_ms, reply.get("error_code"))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": reply["body"]})
             return status, cpu_ms, reply.get("error_code")
         done = None if record is None else (lambda: record(status, cpu_ms, None))
@@ -332,10 +336,10 @@ class Front:
                     await send({"type": "http.response.body", "body": head["body"], "more_body": True})
                 async for chunk in chunks:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except _StreamCut:
+            if done is not None:
+                done()  # AuditUnavailable: the stream stays unfinished, the client sees it cut
+        except (_StreamCut, AuditUnavailable):
             return True
-        if done is not None:
-            done()
         await send({"type": "http.response.body", "body": b""})
         return False
 

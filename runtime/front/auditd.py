@@ -32,6 +32,7 @@ from typing import Any
 
 from runtime.audit.anchor import AnchorError, AnchorSink, default_anchor_path, load_signing_key
 from runtime.audit.journal import Journal
+from runtime.audit.log import AuditUnavailable
 from runtime.audit.store import Store
 from runtime.audit.writer import Writer
 from runtime.auditconfig import AuditOptions
@@ -113,10 +114,14 @@ class AuditJournal:
 
     # -- appending -------------------------------------------------------------------------
     def append(self, kind: str, **fields: Any) -> None:
+        """Journal one entry; `AuditUnavailable` when the journal cannot be written (disk full)."""
         journal = self.journal
         if journal is None:
             raise RuntimeError("the audit journal is not started")
-        journal.append(kind, **fields)
+        try:
+            journal.append(kind, **fields)
+        except OSError as e:
+            raise AuditUnavailable(f"the audit journal cannot be written: {e}") from None
 
     def audit(self, kind: str, fields: dict[str, Any]) -> None:
         self.append(kind, **fields)
@@ -127,7 +132,10 @@ class AuditJournal:
         journal = self.journal
         if journal is None:
             raise RuntimeError("the audit journal is not started")
-        journal.write(journal.maker.make("request", columns, data, time.time(), trusted_request_id=generated_id))
+        try:
+            journal.write(journal.maker.make("request", columns, data, time.time(), trusted_request_id=generated_id))
+        except OSError as e:
+            raise AuditUnavailable(f"the audit journal cannot be written: {e}") from None
 
     @property
     def backlog(self) -> int:
