@@ -128,8 +128,11 @@ class Segment:
         if row is None:
             raise sqlite3.DatabaseError(f"{path.name}: the segment has no state row")
         origin, base, start, front, created, sealed, anchored, exported = row
-        return cls(path, origin, base, Frontier.from_bytes(start), Frontier.from_bytes(front), created,
-                   bool(sealed), anchored, exported)
+        try:  # a damaged state row is a log that cannot be read, like a damaged page
+            start_frontier, frontier = Frontier.from_bytes(start), Frontier.from_bytes(front)
+        except (TypeError, ValueError) as exc:
+            raise sqlite3.DatabaseError(f"{path.name}: the segment's state row is malformed: {exc}") from None
+        return cls(path, origin, base, start_frontier, frontier, created, bool(sealed), anchored, exported)
 
     @property
     def first_seq(self) -> int:
