@@ -75,8 +75,17 @@ class Journal:
 
     def _open_next(self) -> None:
         name = f"{int(time.time() * 1000):013d}-{os.getpid()}-{secrets.token_hex(4)}.log"
-        fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # never contended: the file is new and ours
+        # Locked under a name the writer ignores (not *.log), then renamed: a writer that saw the
+        # new file unlocked would take it for a finished, empty journal and delete it.
+        tmp = self.dir / f".{name}.new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # never contended: the file is new and ours
+            os.rename(tmp, self.dir / name)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
         old, self._fd, self.name, self.size = self._fd, fd, name, 0
         self.written[name] = 0
         if old >= 0:

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -33,7 +34,15 @@ from runtime.audit import (
     query,
     verify,
 )
-from runtime.audit.anchor import Signer, load_public_key, load_signing_key, public_verifier
+from runtime.audit import journal as journal_module
+from runtime.audit.anchor import (
+    AnchorSink,
+    Signer,
+    load_public_key,
+    load_signing_key,
+    public_verifier,
+    read_anchor,
+)
 from runtime.audit.journal import Journal, journal_dir
 from runtime.audit.merkle import Frontier, leaf_hash
 from runtime.audit.records import RecordMaker, entry_of
@@ -366,6 +375,35 @@ def test_the_last_good_checkpoint_is_reported(state: Path, signer: Signer):
     assert (result.ok, result.first_bad_seq, result.last_good_checkpoint) == (False, 13, 10)
 
 
+def test_a_consistent_rewrite_is_caught_by_the_anchored_head(tmp_path: Path, state: Path, signer: Signer,
+                                                              capsys: pytest.CaptureFixture[str]):
+    anchor_file = tmp_path / "anchors" / "log.jsonl"
+    sink = AnchorSink(path=anchor_file, url=None, state_dir=state)
+    with AuditLog(state, clock=FakeClock(), signer=signer, sink=sink) as log:
+        for i in range(1, 6):
+            log.append("tool.call", request_id=f"req-{i}", marker=f"MARKER-{i:04d}")
+    (anchored,) = read_anchor(anchor_file)
+    assert anchored.size == 5
+    with db(segment(state)) as conn:  # edit entry 3, then recompute everything the segment holds
+        conn.execute("UPDATE entries SET record = ? WHERE seq = 3",
+                     (conn.execute("SELECT record FROM entries WHERE seq = 3").fetchone()[0]
+                      .replace(b"MARKER-0003", b"MARKER-0009"),))
+        frontier = Frontier()
+        for (raw,) in conn.execute("SELECT record FROM entries ORDER BY seq").fetchall():
+            frontier.append(leaf_hash(raw))
+        conn.execute("UPDATE state SET frontier = ?", (frontier.to_bytes(),))
+        conn.execute("DELETE FROM checkpoints")
+    assert verify(state).ok  # consistent on its own: only a head kept elsewhere tells
+    seq, reason = broken(state, verifier=public_verifier(signer), anchor=[anchored])
+    assert seq == 5
+    assert "rewritten" in reason
+    public = tmp_path / "public.pem"
+    public.write_text(signer.public_key_pem)
+    args = ["audit", "verify", "--state-dir", str(state), "--anchor", str(anchor_file)]
+    assert main([*args, "--public-key", str(public)]) == 1
+    assert "rewritten" in capsys.readouterr().err
+
+
 # -- several processes ---------------------------------------------------------------------------
 
 _WRITER = """
@@ -426,6 +464,25 @@ def test_appends_from_several_processes_make_one_log(state: Path):
     for ns in by_worker.values():
         assert ns == list(range(n)), "every entry once, each producer's in append order"
     assert os.listdir(journal_dir(state)) == []  # every journal consumed and deleted
+
+
+def test_a_writer_never_takes_a_new_journal_for_a_finished_one(state: Path, monkeypatch: pytest.MonkeyPatch):
+    """Another process's writer may list the journal dir between a producer's creating its file
+    and locking it: it must not see the file unlocked (it would delete it as finished and empty,
+    and every entry the producer then appends would be lost)."""
+    other = Store(state)
+
+    def flock(fd: int, operation: int) -> None:
+        other.consume()  # the other writer looks at the journal dir right now
+        fcntl.flock(fd, operation)
+
+    monkeypatch.setattr(journal_module, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+    try:
+        with AuditLog(state) as log:
+            log.append("request", request_id="kept")
+    finally:
+        other.close()
+    assert [e.request_id for e in query(state)] == ["kept"]
 
 
 # -- redaction -----------------------------------------------------------------------------------
@@ -542,7 +599,7 @@ def test_classification_defaults_per_kind_and_overrides(state: Path):
 
 def test_invalid_classification_in_options_is_refused():
     with pytest.raises(ValueError):
-        AuditOptions(classifications={"tool": "top-secret"})  # type: ignore[dict-item]
+        AuditOptions(classifications={"tool": "top-secret"})
 
 
 def test_non_json_values_are_stored_plainly(state: Path):
