@@ -51,7 +51,7 @@ from typing import Any
 
 import msgpack
 
-from objects.sqlitefile import connect
+from objects.sqlitefile import LOCK_SUFFIX, connect
 from runtime.audit import legacy
 from runtime.audit.anchor import Checkpoint, Signer
 from runtime.audit.journal import journal_dir
@@ -152,6 +152,13 @@ class Step:
     finished: list[str] = field(default_factory=list)  # journal files consumed whole and deleted
     more: bool = False  # a limit stopped it: call again
     sealed: Checkpoint | None = None  # the signed head that sealed a segment this step
+
+    def add(self, other: Step) -> None:
+        """Fold a following step into this one."""
+        self.entries += other.entries
+        self.offsets.update(other.offsets)
+        self.finished.extend(other.finished)
+        self.more = self.more or other.more
 
 
 class Store:
@@ -271,6 +278,9 @@ class Store:
             step = self._consume(conn, seg)
             if not step.more:
                 step.sealed = self._maybe_rotate(conn)
+                if self._pending_events:  # retention removed segments: record that now, as
+                    # the writer may stop after this step and the events live only in memory
+                    step.add(self._consume(*self._current()))
             return step
 
     def _consume(self, conn: sqlite3.Connection, seg: Segment) -> Step:
@@ -471,7 +481,7 @@ class Store:
                 self._on_event("audit_retention_waiting", segment=path.name,
                                why="its sealing head is neither anchored nor exported yet")
                 break  # oldest first: a later segment is never removed before an earlier one
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm", LOCK_SUFFIX):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
             fields = {"segment": path.name, "first_seq": seg.first_seq, "last_seq": seg.last_seq,
                       "root": seg.frontier.root().hex(), "reason": reason}
