@@ -157,7 +157,7 @@ class Load:
 
 
 def request_entries(state: Path) -> Counter[str]:
-    return Counter(e.request_id for e in query(state, kind="request"))
+    return Counter(e.request_id for e in query(state, kind="request") if e.request_id is not None)
 
 
 def assert_all_recorded(state: Path, answered: dict[str, int]) -> None:
