@@ -55,6 +55,7 @@ from runtime.admin.tail import Subscriber, TailHub, TailResponse
 from runtime.admin.versions import MAX_BUNDLE_BYTES, BundleError, SecretsNeedKey, VersionStore
 from runtime.admin.workflows import Handler, workflow_endpoints
 from runtime.approvals import AlreadyDecided
+from runtime.audit.records import REQUEST_ID
 from runtime.config import AppConfig, ConfigError, load_app
 from runtime.datakey import HOW_TO_SET, DataKeyError
 from runtime.errors import error_json
@@ -273,8 +274,10 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
         """`fn` behind admin access control; `global_only` names what needs a global admin.
         The caller is in ``request.state.caller`` (an `AdminCaller`)."""
         async def endpoint(request: Request) -> Response:
-            rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-            request.state.rid = rid[:128]
+            # a client's id only when its entries can be found by it (see RecordMaker.accepts_request_id)
+            cand = request.headers.get("x-request-id")
+            ok = cand is not None and REQUEST_ID.match(cand) and front.audit_log.accepts_request_id(cand)
+            request.state.rid = cand if ok else uuid.uuid4().hex
             dep = front.deployments.current
             try:
                 caller = authorize_admin(dep.contract.verifier if dep is not None else None, front.dev,

@@ -180,6 +180,7 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._path: Path | None = None
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
+        self._removals: list[Path] = []  # segments retention removes once their removal is recorded
 
     # -- the writer lock and the current segment ----------------------------------------------
     @contextlib.contextmanager
@@ -278,9 +279,9 @@ class Store:
             step = self._consume(conn, seg)
             if not step.more:
                 step.sealed = self._maybe_rotate(conn)
-                if self._pending_events:  # retention removed segments: record that now, as
-                    # the writer may stop after this step and the events live only in memory
+                if self._pending_events:  # retention plans removals: record them, then delete
                     step.add(self._consume(*self._current()))
+                    self._remove_planned()
             return step
 
     def _consume(self, conn: sqlite3.Connection, seg: Segment) -> Step:
@@ -306,7 +307,9 @@ class Store:
             own(kind, fields)
         events = self._pending_events
         self._pending_events = []
-        names = sorted(n for n in os.listdir(self._journals) if n.endswith(".log"))
+        listing = os.listdir(self._journals)
+        names = sorted(n for n in listing if n.endswith(".log"))
+        self._sweep_unborn([n for n in listing if n.startswith(".") and n.endswith(".new")])
         for name in names:
             if len(rows) >= _MAX_BATCH:
                 step.more = True
@@ -350,6 +353,26 @@ class Store:
                              " DO UPDATE SET offset = excluded.offset", [(n, _IGNORED) for n in stuck])
             step.finished = [n for n in done_names if n not in stuck]
         return step
+
+    def _sweep_unborn(self, names: list[str]) -> None:
+        """Remove journal files a producer died creating (before it named them ``*.log``): empty
+        or not, nothing was appended to them once `append` returned. Only unlocked ones older
+        than a minute, so a producer creating one now is never disturbed."""
+        for name in names:
+            path = self._journals / name
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                if time.time() - os.fstat(fd).st_mtime < 60:
+                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
 
     def _read_journal(self, name: str, start: int, budget: int,
                       add: Callable[[bytes, float, str, Any, Any], None]) -> tuple[int, bool, tuple[str, dict[str, Any]] | None]:
@@ -465,6 +488,10 @@ class Store:
         return cp
 
     def _retain(self) -> None:
+        """Plan the removal of the oldest sealed segments beyond ``retain_segments`` whose
+        sealing head was anchored or exported; `consume` records each removal as an entry,
+        then deletes the files (a crash in between leaves the file, removed and recorded again
+        by the next step: a removal is never unrecorded)."""
         keep = self.options.retain_segments
         if keep is None:
             return
@@ -473,6 +500,8 @@ class Store:
         with contextlib.closing(sqlite3.connect(newest)) as c:
             head = Segment.read(newest, c)
         for path in sealed[: max(0, len(sealed) - keep)]:
+            if path in self._removals:  # planned by a step whose commit failed: still pending
+                continue
             with contextlib.closing(sqlite3.connect(path)) as c:
                 seg = Segment.read(path, c)
             reason = ("anchored" if seg.frontier.size <= head.anchored_size else
@@ -481,12 +510,17 @@ class Store:
                 self._on_event("audit_retention_waiting", segment=path.name,
                                why="its sealing head is neither anchored nor exported yet")
                 break  # oldest first: a later segment is never removed before an earlier one
-            for suffix in ("", "-wal", "-shm", LOCK_SUFFIX):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
             fields = {"segment": path.name, "first_seq": seg.first_seq, "last_seq": seg.last_seq,
                       "root": seg.frontier.root().hex(), "reason": reason}
             self._pending_events.append(("audit.segment_removed", fields))
-            self._on_event("audit_segment_removed", **fields)
+            self._removals.append(path)
+
+    def _remove_planned(self) -> None:
+        for path in self._removals:
+            for suffix in ("", "-wal", "-shm", LOCK_SUFFIX):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            self._on_event("audit_segment_removed", segment=path.name)
+        self._removals = []
 
     def close(self) -> None:
         self._close_conn()

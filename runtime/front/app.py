@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, MutableMapping
@@ -23,6 +22,7 @@ from runtime import protocol
 from runtime.addresses import is_loopback_client
 from runtime.approvals import ApprovalStore, ApprovalsUnavailable
 from runtime.audit.log import AuditUnavailable
+from runtime.audit.records import REQUEST_ID
 from runtime.bindings import relays
 from runtime.config import AppConfig, ScriptConfig
 from runtime.errors import error_json as _error
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["ADMIN_PREFIX", "Collected", "Deployment", "Front"]
 
 ADMIN_PREFIX = "/__edgeworks/"
-_RID = re.compile(r"^[A-Za-z0-9._:-]{8,128}\Z")
 _URL_PATH_ESCAPES = str.maketrans({"%": "%25", "?": "%3F", "#": "%23"})
 _JSON = [(b"content-type", b"application/json")]
 # How long a call between isolates waits for the deployment or a target isolate to be ready.
@@ -179,13 +178,12 @@ class Front:
         for k, v in scope["headers"]:
             if k == b"x-request-id":
                 cand = v.decode("latin-1")
-                if _RID.match(cand):
+                if REQUEST_ID.match(cand) and self.audit_log.accepts_request_id(cand):
                     rid = cand
             elif k == b"host":
                 host = v.decode("latin-1")
             elif k == b"authorization":
                 authorization = v.decode("latin-1")
-        generated = rid is None
         rid = rid or uuid.uuid4().hex
         method = scope["method"]
         path = scope["path"]
@@ -222,7 +220,7 @@ class Front:
                 audit_log.append_request(who, {
                     "method": method, "path": path, "status": status, "started": round(start_ts, 3),
                     "cpu_ms": round(cpu_ms, 3), "wall_ms": round((time.perf_counter() - t0) * 1000, 3),
-                    "error": error}, generated_id=generated)
+                    "error": error})
 
         try:
             contract.check_killed("script", route.script, rid)

@@ -126,14 +126,18 @@ class AuditJournal:
     def audit(self, kind: str, fields: dict[str, Any]) -> None:
         self.append(kind, **fields)
 
-    def append_request(self, columns: dict[str, Any], data: dict[str, Any], *, generated_id: bool) -> None:
-        """A request's entry. `generated_id`: the runtime made the request id (random hex), so it
-        is not scanned for secrets."""
+    def accepts_request_id(self, candidate: str) -> bool:
+        """`RecordMaker.accepts_request_id`: may a client's request id key its entries."""
+        journal = self.journal
+        return journal is not None and journal.maker.accepts_request_id(candidate)
+
+    def append_request(self, columns: dict[str, Any], data: dict[str, Any]) -> None:
+        """A request's entry (the front's hot path: no field splitting)."""
         journal = self.journal
         if journal is None:
             raise RuntimeError("the audit journal is not started")
         try:
-            journal.write(journal.maker.make("request", columns, data, time.time(), trusted_request_id=generated_id))
+            journal.write(journal.maker.make("request", columns, data, time.time()))
         except OSError as e:
             raise AuditUnavailable(f"the audit journal cannot be written: {e}") from None
 
@@ -210,11 +214,13 @@ def main() -> None:
             if readable and not os.read(stdin, 4096):
                 break  # the front closed the pipe or died: drain and stop
             try:
-                report(writer.tick())
+                step = writer.tick()
             except Exception as e:  # e.g. the disk is full: the journal keeps the entries, retry
                 log("audit_write_failed", error=f"{type(e).__name__}: {e}")
+                continue
+            report(step)
         report(writer.finish())
-    except BrokenPipeError:
+    except BrokenPipeError:  # the front is gone (its progress no longer matters): drain and stop
         writer.finish()
     finally:
         store.close()

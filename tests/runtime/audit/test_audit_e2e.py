@@ -69,9 +69,10 @@ _NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
 
 
 def request_id() -> str:
-    """A random X-Request-Id without digits. A client's request id is redacted like any other
-    text it sends, and a uuid4 hex holds a Luhn-valid run of 13-19 digits (a "card number") about
-    once in a thousand: such an entry is stored as "...[redacted:card]..." and its id not found."""
+    """A random X-Request-Id without digits. A uuid4 hex holds a Luhn-valid run of 13-19 digits
+    (a "card number") about once in a thousand, and the front replaces a client id the redactor
+    would mask with one it generates (test_a_client_request_id_is_kept_only_when_entries_can_be_found_by_it):
+    these tests look entries up by the id they sent."""
     return uuid.uuid4().hex.translate(_NO_DIGITS)
 
 
@@ -458,3 +459,20 @@ def test_export_verifies_offline_and_a_flipped_record_does_not(tmp_path: Path) -
     tampered.write_text("\n".join([*lines[:5], flipped, *lines[6:]]) + "\n")
     r = audit_cli(app, "verify-proof", tampered, "--public-key", key)
     assert r.returncode == 1 and "proof FAILED" in r.stderr
+
+
+def test_a_client_request_id_is_kept_only_when_entries_can_be_found_by_it(tmp_path: Path):
+    app = make_app(tmp_path)
+    with Server(app, "serve") as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        kept = c.get("/hello", headers={"x-request-id": "order-abc-123"})
+        card = c.get("/hello", headers={"x-request-id": "pay.4111111111111111"})
+        bad = c.get("/hello", headers={"x-request-id": "has space"})
+    assert kept.headers["x-request-id"] == "order-abc-123"
+    for response in (card, bad):  # replaced by a generated id: the one the entry is keyed by
+        assert response.status_code == 200
+        assert len(response.headers["x-request-id"]) == 32 and "4111" not in response.headers["x-request-id"]
+    state = app / ".edgeworks"
+    for response in (kept, card, bad):
+        [entry] = query(state, request_id=response.headers["x-request-id"], kind="request")
+        assert entry.data["status"] == 200
+    assert query(state, request_id="pay.4111111111111111") == []
