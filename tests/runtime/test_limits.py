@@ -151,10 +151,14 @@ def test_wall_limit_on_a_blocked_isolate_replaces_it(server):
 
 
 def test_memory_limit(server):
+    before = server.pids("hostile")
     with server.client() as c:
         r = c.get("/h/memory")
     assert r.status_code == 503
     assert r.json()["error"] == "memory_limit" and r.json()["limit_mb"] == 200
+    # the isolate asks to be recycled after a MemoryError: replaced in the background, so wait
+    # for it here (a test that runs next and compares pids must not see the swap mid-test)
+    wait_until(lambda: server.pids("hostile") and server.pids("hostile") != before, timeout=15)
     still_serving(server)
 
 
