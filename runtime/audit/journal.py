@@ -62,6 +62,7 @@ class Journal:
         self.name = ""
         self.size = 0  # bytes written to the current file
         self.written: dict[str, int] = {}  # bytes written per file of this producer
+        self.total = 0  # bytes written to all of them
         self._open_next()
 
     def _abandon(self) -> None:
@@ -123,6 +124,7 @@ class Journal:
                 self._abandon()
                 raise OSError(f"short write to the audit journal ({n} of {len(record)} bytes)")
             self.size += n
+            self.total += n
             self.written[self.name] += n
             if self.size >= self.options.journal_max_bytes:
                 self._open_next()

@@ -527,10 +527,16 @@ class Store:
 
 
 def _is_record(value: Any) -> bool:
-    return (isinstance(value, list) and len(value) == 9 and isinstance(value[0], float | int)
-            and not isinstance(value[0], bool) and isinstance(value[1], str) and bool(value[1])
-            and all(v is None or isinstance(v, str) for v in value[2:7])
-            and value[7] in CLASSIFICATIONS and isinstance(value[8], bytes))
+    """The shape `records.decode_record` checks, on the value the journal's unpacker already
+    decoded (msgpack gives exact built-in types, so `type(...) is` is enough)."""
+    if type(value) is not list or len(value) != 9:
+        return False
+    ts, kind, c1, c2, c3, c4, c5, classification, data = value
+    return ((type(ts) is float or type(ts) is int) and type(kind) is str and kind != ""
+            and (c1 is None or type(c1) is str) and (c2 is None or type(c2) is str)
+            and (c3 is None or type(c3) is str) and (c4 is None or type(c4) is str)
+            and (c5 is None or type(c5) is str) and classification in CLASSIFICATIONS
+            and type(data) is bytes)
 
 
 def _legacy_state(path: Path) -> tuple[int, dict[str, Any]]:

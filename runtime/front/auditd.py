@@ -63,7 +63,8 @@ class AuditJournal:
         self.options = options
         self.journal: Journal | None = None
         self.proc: asyncio.subprocess.Process | None = None
-        self._consumed: dict[str, int] = {}
+        self._consumed: dict[str, int] = {}  # committed offset per journal file of ours
+        self._consumed_total = 0  # their sum, plus the size of files consumed whole
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.refused = 0  # requests refused for backpressure since the last audit.backpressure entry
@@ -105,6 +106,7 @@ class AuditJournal:
             return
         for name, offset in offsets.items():
             if name in journal.written:
+                self._consumed_total += offset - self._consumed.get(name, 0)
                 self._consumed[name] = offset
         for name in finished:
             self._consumed.pop(name, None)
@@ -143,10 +145,9 @@ class AuditJournal:
 
     @property
     def backlog(self) -> int:
+        """Journal bytes written and not yet committed by the writer."""
         journal = self.journal
-        if journal is None:
-            return 0
-        return sum(n - self._consumed.get(name, 0) for name, n in list(journal.written.items()))
+        return 0 if journal is None else journal.total - self._consumed_total
 
     @property
     def saturated(self) -> bool:
