@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from runtime.ai.config import DEFAULT_LEVELS, AIConfig
 from runtime.auditconfig import AuditOptions
 from runtime.bindings import KINDS, env_name_problems, kind_fields
 from runtime.bindings.durable_objects import DurableObjectBinding
@@ -76,6 +77,7 @@ class RouteConfig(_Model):
     require_tenant: bool = False
     body_model: str | None = None  # "module:Class" inside the script's app dir
     query_model: str | None = None
+    classification: str = "internal"  # the data classification level of its requests (see [ai] levels)
 
     @field_validator("pattern")
     @classmethod
@@ -207,6 +209,7 @@ class AppConfig(_Model):
     auth: AuthConfig | None = None
     risk: list[RiskRule] = []
     audit: AuditOptions = AuditOptions()
+    ai: AIConfig | None = None
     deploy: DeployOptions = DeployOptions()
     server: ServerOptions = ServerOptions()
     scripts: Annotated[list[ScriptConfig], Field(min_length=1)]
@@ -323,7 +326,10 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
             problems.append(f"{where}.main: module file {s.main!r} not found in {cfg.root}")
         elif main.suffix != ".py":
             problems.append(f"{where}.main: expected a .py file, got {s.main!r}")
+        levels = cfg.ai.levels if cfg.ai is not None else DEFAULT_LEVELS
         for j, r in enumerate(s.route_configs()):
+            if r.classification not in levels:
+                problems.append(f"{where}.routes[{j}].classification: {r.classification!r} is not one of {levels}")
             if r.auth in ("required", "optional") and cfg.auth is None:
                 problems.append(f"{where}.routes[{j}].auth: {r.auth!r} needs an [auth] section")
             methods: list[str] | list[None] = r.methods or [None]
@@ -339,6 +345,8 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
         for kind in KINDS:
             if kind.check is not None:
                 problems += [f"{where}.{key}: {problem}" for key, problem in kind.check(s, cfg)]
+    if cfg.ai is not None:
+        problems += [f"{source}: {p}{key}: {problem}" for key, problem in cfg.ai.problems()]
     return problems
 
 

@@ -7,5 +7,5 @@ from typing import Literal, get_args
 
 __all__ = ["KILL_KINDS", "KillKind"]
 
-KillKind = Literal["script", "route", "tenant", "workflow", "tool"]
+KillKind = Literal["script", "route", "tenant", "workflow", "tool", "ai"]  # ai: a model or a provider
 KILL_KINDS: tuple[str, ...] = get_args(KillKind)

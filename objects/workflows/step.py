@@ -22,13 +22,14 @@ records its result, so either both the writes and the result commit, or neither.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgpack
 
@@ -51,6 +52,18 @@ __all__ = ["Step", "StepCall", "StepContext"]
 
 StepFn = Callable[[], Awaitable[Any]]
 
+
+
+class StepInfo(NamedTuple):
+    """The workflow step running in this context (for what it calls: AI calls are accounted to
+    the workflow class, instance and step)."""
+
+    workflow_class: str
+    instance: str
+    step: str
+
+
+CURRENT_STEP: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar("workflow_step", default=None)
 
 class _Suspend(BaseException):
     """The run must wait until ``wake_at`` (epoch seconds; None = until an event arrives)."""
@@ -346,8 +359,13 @@ class Step:
             raise failure_from_record(rec)
         elif rec["wake_at"] is not None and rec["wake_at"] > self._run.now():
             raise _Suspend(rec["wake_at"], "retry", key)
-        result = await run_attempts(self._run, "step:" + key, rec, fn, config,
-                                    transactional=options.transactional)
+        meta = self._run.meta or {}
+        token = CURRENT_STEP.set(StepInfo(self._run.definition.class_name, str(meta.get("id", "")), name))
+        try:
+            result = await run_attempts(self._run, "step:" + key, rec, fn, config,
+                                        transactional=options.transactional)
+        finally:
+            CURRENT_STEP.reset(token)
         self._run.add_compensation(key, self._run.steps["step:" + key], compensate, config)
         return result
 

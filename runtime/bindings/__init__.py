@@ -60,6 +60,9 @@ class RelayPort(Protocol):
 
     async def forward(self, script: str, msg: Message, *, slot: Callable[[int], int] | None = None) -> dict[str, Any]: ...
 
+    def service(self, name: str) -> Any:
+        """A front-wide service a kind's relays use (``"ai"``: the AI gateway)."""
+
 
 IsolateOp = Callable[["IsolateAPI", Any], Awaitable[Any]]  # (isolate, message) -> reply
 FrontRelay = Callable[["RelayPort", Any], Awaitable[dict[str, Any]]]  # (port, message) -> reply map
@@ -124,9 +127,9 @@ class Env:
 
 
 def _load_kinds() -> list[BindingKind]:
-    from runtime.bindings import durable_objects, services, tools, variables, workflows
+    from runtime.bindings import ai, durable_objects, services, tools, variables, workflows
 
-    kinds = [variables.KIND, services.KIND, workflows.KIND, durable_objects.KIND, tools.KIND]
+    kinds = [variables.KIND, services.KIND, workflows.KIND, durable_objects.KIND, tools.KIND, ai.KIND]
     for name in filter(None, (m.strip() for m in os.environ.get("EDGEWORKS_BINDINGS", "").split(","))):
         kinds.append(importlib.import_module(name).KIND)
     seen: dict[str, str] = {}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runtime import protocol
 from runtime.addresses import is_loopback_client
+from runtime.ai.gateway import Gateway
 from runtime.approvals import ApprovalStore, ApprovalsUnavailable
 from runtime.audit.log import AuditUnavailable
 from runtime.audit.records import REQUEST_ID
@@ -95,8 +96,10 @@ class Front:
         self.approvals = ApprovalStore(self.state_dir, key=data_key)
         self.kills = KillSwitch(self.state_dir)
         self.audit_log = AuditJournal(self.state_dir, app.audit)
+        self.ai = Gateway(self.state_dir, self.audit_log, self.kills)
         self.deployments = Deployments(app, state_dir=self.state_dir, dev=dev, kills=self.kills,
-                                       audit_log=self.audit_log, data_key=data_key, router=self)
+                                       audit_log=self.audit_log, data_key=data_key, router=self,
+                                       on_promote=self._promoted)
         self.cron = CronScheduler(self.deployments, self.fire_scheduled)
         self.admin: Any = None  # the admin plane's ASGI app (see runtime/admin/app.py)
         self.startup_error: str | None = None
@@ -107,6 +110,17 @@ class Front:
     @property
     def current(self) -> Deployment | None:
         return self.deployments.current
+
+    def _promoted(self, dep: Deployment) -> None:
+        """A version got the traffic: the AI gateway serves its [ai] section from now on."""
+        self.ai.configure(dep.app.ai, {s.name: s.ai for s in dep.app.scripts if s.ai is not None}, dep.secrets,
+                          dep.app.root)
+
+    def service(self, name: str) -> Any:
+        """`RelayPort.service`: the front-wide services binding kinds relay to."""
+        if name == "ai":
+            return self.ai
+        raise LookupError(f"no front service named {name!r}")
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -136,6 +150,7 @@ class Front:
         self._stopped = True
         self.cron.stop()
         await self.deployments.stop(5)
+        await self.ai.aclose()
         if self.zygote is not None:
             await self.zygote.stop()
         await self.audit_log.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,10 @@ __all__ = ["Deployment", "Deployments"]
 class Deployment:
     """One loaded app version: its config, router and a pool per script."""
 
-    def __init__(self, app: AppConfig, version: str, pools: dict[str, IsolatePool], contract: Contract):
+    def __init__(self, app: AppConfig, version: str, pools: dict[str, IsolatePool], contract: Contract,
+                 secrets: dict[str, str] | None = None):
         self.app = app
+        self.secrets = secrets or {}
         self.version = version
         self.pools = pools
         self.contract = contract
@@ -56,13 +59,14 @@ class Deployments:
     opens a deployed version's sealed secrets."""
 
     def __init__(self, initial: AppConfig, *, state_dir: Path, dev: bool, kills: KillSwitch,
-                 audit_log: AuditJournal, data_key: DataKey | None, router: Any):
+                 audit_log: AuditJournal, data_key: DataKey | None, router: Any,
+                 on_promote: Callable[[Deployment], None] | None = None):
         self.initial = initial  # what `start` loads (the admin plane may resume another version)
         self.current: Deployment | None = None
         # A gradual rollout: (other deployment, fraction of requests it gets), or None.
         self.split: tuple[Deployment, float] | None = None
         self._state_dir, self._dev, self._kills, self._audit_log = state_dir, dev, kills, audit_log
-        self._data_key, self._router = data_key, router
+        self._data_key, self._router, self._on_promote = data_key, router, on_promote
         self._versions = 0
         self._lock = asyncio.Lock()  # one `swap` at a time
         self._handover = asyncio.Lock()  # see `_hand_over`
@@ -84,7 +88,7 @@ class Deployments:
         except AuthConfigError as e:
             raise LoadFailed(f"[auth]: {e}", "config") from None
         pools: dict[str, IsolatePool] = {}
-        dep = Deployment(app, version, pools, contract)
+        dep = Deployment(app, version, pools, contract, secrets)
         for s in app.scripts:
             pools[s.name] = IsolatePool(s, root=app.root, state_dir=self._state_dir, version=version,
                                         dev=self._dev, secrets=secrets, router=self._router, active=False)
@@ -112,6 +116,8 @@ class Deployments:
         old, self.current = self.current, new
         if old is not None:
             log("reloaded", version=new.version)
+        if self._on_promote is not None:
+            self._on_promote(new)
         self._deployed.set()
         self._background_task(self._hand_over(old, new))
 

@@ -41,6 +41,9 @@ class RequestScope:
     risk: str = "low"
     subrequest_limit: int = 50
     subrequests: int = 0
+    deadline: float | None = None  # epoch seconds when the request's wall time runs out
+    route: str | None = None  # the matched route's pattern, for the request's calls (None: not a fetch)
+    level: str = "internal"  # the data classification level of the request (its route's)
 
     @property
     def tenant(self) -> str | None:

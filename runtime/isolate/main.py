@@ -270,7 +270,8 @@ class Isolate:
     def scope(self, rid: str | None, identity: dict[str, Any] | None, risk: str = "low") -> RequestScope:
         assert self.script is not None
         return RequestScope(request_id=rid or "", script=self.script.name, identity=protocol.Identity.from_wire(identity),
-                            risk=risk, subrequest_limit=self.script.limits.subrequests)
+                            risk=risk, subrequest_limit=self.script.limits.subrequests,
+                            deadline=time.time() + self.script.limits.wall_ms / 1000)
 
     async def run_limited(self, rid: str | None, coro: Any, local: bool = True) -> tuple[Any, dict[str, Any] | None, float]:
         """Run `coro` under the request's scope and CPU meter. Returns (result, error, cpu_ms);
@@ -320,6 +321,9 @@ class Isolate:
         use_scope(scope)
         req = Request.from_wire(msg.req)
         route = msg.route
+        if route is not None and 0 <= route < len(self.routes):
+            scope.route = self.routes[route].pattern
+            scope.level = self.routes[route].classification
         if route is not None and 0 <= route < len(self.models):
             try:  # the bound request.json() applies; pydantic's own (200 levels) answers less clearly
                 if self.models[route][0] is not None:

@@ -1,0 +1,134 @@
+"""The AI usage ledger: one row per model call in ``<state>/ai.sqlite``, the source of budgets,
+forecast vs actual and `edgeworks ai usage`.
+
+A row holds who called (request id, tenant, script, workflow class, instance and step), what
+(inference class, grade, model, provider), the tokens, the cost in USD, the latency, the cache
+status and the outcome. Prompts and outputs are stored only when ``[ai.persist] prompts = true``,
+redacted first (`runtime.redact`). Only the front writes it, with ``synchronous = NORMAL`` (a
+commit is an append to the WAL, no fsync: a model call takes far longer than the write).
+"""
+
+from __future__ import annotations
+
+import calendar
+import threading
+import time
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+from objects.sqlitefile import connect
+
+__all__ = ["LEDGER_FILENAME", "Call", "Ledger", "period_start", "usage_report"]
+
+LEDGER_FILENAME = "ai.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    ts REAL NOT NULL, request_id TEXT, tenant TEXT, script TEXT, inference_class TEXT, grade TEXT,
+    model TEXT, provider TEXT, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
+    cost_usd REAL NOT NULL, latency_ms REAL NOT NULL, cache TEXT NOT NULL, workflow_class TEXT,
+    instance TEXT, step TEXT, ok INTEGER NOT NULL, error TEXT, prompt TEXT, output TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_tenant_ts ON calls (tenant, ts);
+CREATE INDEX IF NOT EXISTS calls_workflow_ts ON calls (workflow_class, ts);
+CREATE INDEX IF NOT EXISTS calls_instance ON calls (instance);
+"""
+_PERIOD_S = {"hour": 3600, "day": 86400}
+
+
+@dataclass(slots=True)
+class Call:
+    ts: float
+    request_id: str | None
+    tenant: str | None
+    script: str | None
+    inference_class: str | None
+    grade: str | None
+    model: str | None
+    provider: str | None
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    latency_ms: float
+    cache: str
+    workflow_class: str | None
+    instance: str | None
+    step: str | None
+    ok: bool
+    error: str | None
+    prompt: str | None = None
+    output: str | None = None
+
+
+def period_start(period: str, now: float | None = None) -> float:
+    """The start (epoch s, UTC) of the current hour, day or calendar month."""
+    now = time.time() if now is None else now
+    if period == "month":
+        t = time.gmtime(now)
+        return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0, 0, 0, 0)))
+    size = _PERIOD_S[period]
+    return now - now % size
+
+
+class Ledger:
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / LEDGER_FILENAME
+        self._conn = connect(self.path, _SCHEMA, synchronous="NORMAL")
+        self._lock = threading.Lock()
+
+    def record(self, call: Call) -> None:
+        with self._lock:
+            self._conn.execute(f"INSERT INTO calls VALUES ({','.join('?' * 20)})", astuple(call))
+
+    def spent(self, *, since: float, tenant: str | None = None, workflow_class: str | None = None) -> float:
+        column, value = ("tenant", tenant) if tenant is not None else ("workflow_class", workflow_class)
+        with self._lock:
+            row = self._conn.execute(f"SELECT coalesce(sum(cost_usd), 0) FROM calls WHERE {column} = ? AND ts >= ?",
+                                     (value, since)).fetchone()
+        return float(row[0])
+
+    def instance_cost(self, instance: str) -> float:
+        with self._lock:
+            row = self._conn.execute("SELECT coalesce(sum(cost_usd), 0) FROM calls WHERE instance = ?",
+                                     (instance,)).fetchone()
+        return float(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+_BY = {"tenant": "tenant", "class": "inference_class", "workflow": "workflow_class", "model": "model",
+       "provider": "provider", "grade": "grade"}
+
+
+def usage_report(state_dir: Path, *, since: float | None = None, by: str = "model",
+                 forecast: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Calls, tokens, cost and cache hit rate grouped by `by` (tenant, class, workflow, model,
+    provider, grade); grouped by workflow, also the forecast per instance and the actual mean."""
+    column = _BY[by]
+    path = Path(state_dir) / LEDGER_FILENAME
+    if not path.is_file():
+        return []
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    try:
+        rows = conn.execute(
+            f"SELECT {column}, count(*), sum(tokens_in), sum(tokens_out), sum(cost_usd),"
+            " sum(cache = 'hit'), count(DISTINCT instance), sum(ok = 0)"
+            f" FROM calls WHERE ts >= ? GROUP BY {column} ORDER BY sum(cost_usd) DESC",
+            (since or 0.0,)).fetchall()
+    finally:
+        conn.close()
+    out = []
+    for key, calls, tin, tout, cost, hits, instances, failed in rows:
+        row: dict[str, Any] = {by: key, "calls": calls, "tokens_in": tin or 0, "tokens_out": tout or 0,
+                               "cost_usd": round(cost or 0.0, 6), "cache_hit_rate": round((hits or 0) / calls, 4),
+                               "failed": failed or 0}
+        if by == "workflow" and key is not None:
+            row["instances"] = instances
+            row["actual_per_instance_usd"] = round((cost or 0.0) / instances, 6) if instances else None
+            row["forecast_per_instance_usd"] = (forecast or {}).get(key)
+        out.append(row)
+    return out
