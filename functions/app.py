@@ -49,10 +49,15 @@ class AgentTask(WorkflowEntrypoint):
         task = event.payload
 
         async def plan():
-            return [{"name": s["name"], "n": s.get("n", 10), "fail": s.get("fail", False)}
-                    for s in task.get("substeps", [{"name": "default"}])]
+            # a triage-class model call at the basic grade drafts the plan; the substeps stay the
+            # ones the task names (the model's notes are kept with the run)
+            notes = await self.env.AI.route("triage", {"prompt": f"plan these substeps: {task}"}, grade="basic")
+            return {"notes": notes["response"],
+                    "substeps": [{"name": s["name"], "n": s.get("n", 10), "fail": s.get("fail", False)}
+                                 for s in task.get("substeps", [{"name": "default"}])]}
 
-        substeps = await step.do("plan", plan)
+        planned = await step.do("plan", plan)
+        substeps = planned["substeps"]
         results = {}
         for sub in substeps:
             async def execute(sub=sub):
@@ -78,7 +83,12 @@ class AgentTask(WorkflowEntrypoint):
             approval = {"approved": True, "by": "policy", "reason": "low risk"}
 
         async def publish():
-            return {"decision": "publish", "results": results, "approved_by": approval.get("by")}
+            # the decision is written by a synthesis-class call: premium (the large model) only
+            # for a high-risk task, which a human approved above
+            grade = "premium" if task.get("risk") == "high" else "standard"
+            decision = await self.env.AI.route("synthesis", {"prompt": f"decide on: {results}"}, grade=grade)
+            return {"decision": "publish", "results": results, "approved_by": approval.get("by"),
+                    "rationale": decision["response"], "model": decision["meta"]["model"]}
 
         return await step.do("publish", publish)
 
@@ -170,6 +180,12 @@ class Default(WorkerEntrypoint):
             except Exception as e:  # ToolError: capability_denied, naming the capability
                 out["denied"] = {"code": e.code, "message": e.message}
             return Response.json(out)
+
+        # GET /ai?q=...: a triage-class model call; the answer's meta says which model served it,
+        # the grade, the cost and whether the gateway's cache answered.
+        if request.path == "/ai":
+            answer = await self.env.AI.route("triage", {"prompt": request.query.get("q", "hello")})
+            return Response.json(answer)
 
         # POST /agent starts an agent workflow with the JSON body as its task; GET /agent/{id}.
         if request.path == "/agent":

@@ -78,6 +78,7 @@ class Grant(_Model):
     scope: str | None = None
     risk: Literal["low", "medium", "high"] | None = None
     route: str | None = None
+    workflow_class: str | None = None  # calls made by the steps of this workflow class
 
 
 class CacheOptions(_Model):

@@ -224,7 +224,8 @@ class Gateway:
         best = cfg.grade(cfg.default_grade)
         for g in cfg.grants:
             if ((g.tenant is None or g.tenant == req.tenant) and (g.scope is None or g.scope in req.scopes)
-                    and (g.risk is None or g.risk == req.risk) and (g.route is None or g.route == req.route)):
+                    and (g.risk is None or g.risk == req.risk) and (g.route is None or g.route == req.route)
+                    and (g.workflow_class is None or g.workflow_class == req.workflow_class)):
                 best = max(best, cfg.grade(g.grade))
         return cfg.grades[best]
 

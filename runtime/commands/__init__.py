@@ -1,6 +1,7 @@
 """CLI command modules; each has `register(subparsers)` and sets `func(args) -> exit code`."""
 
 from runtime.commands import (
+    ai,
     approvals,
     audit,
     deploy,
@@ -13,4 +14,4 @@ from runtime.commands import (
     workflows,
 )
 
-COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail]
+COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail, ai]

@@ -35,7 +35,9 @@ def test_low_risk_task_runs_plan_execute_verify_publish(example):
     with example.client() as c:
         wid = start(c, {"substeps": [{"name": "a", "n": 5}, {"name": "b", "n": 7}]})
         st = wait_until(lambda: (s := status_of(c, wid))["status"] == "complete" and s)
-    assert st["output"] == {"decision": "publish", "results": {"a": {"sum": 10}, "b": {"sum": 21}}, "approved_by": "policy"}
+    assert st["output"] == {"decision": "publish", "results": {"a": {"sum": 10}, "b": {"sum": 21}}, "approved_by": "policy",
+                            # the decision is a synthesis-class call: standard grade, the small model
+                            "rationale": "publish: every substep was verified", "model": "@cf/meta/llama-3.1-8b-instruct"}
     assert [s["name"] for s in st["steps"]] == ["plan", "execute a", "execute b", "verify", "publish"]
 
 
@@ -50,6 +52,7 @@ def test_high_risk_task_waits_for_approval_by_cli(example):
         assert out.returncode == 0, out.stderr
         st = wait_until(lambda: (s := status_of(c, wid))["status"] == "complete" and s)
     assert st["output"]["approved_by"] == "ops@example.com"
+    assert st["output"]["model"] == "@cf/meta/llama-3.3-70b-instruct-fp8-fast"  # premium, after the approval
 
 
 def test_rejection_by_http_runs_compensations(example):
