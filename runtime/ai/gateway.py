@@ -119,7 +119,11 @@ class Gateway:
         if config is not None:
             for name in sorted(config.providers, key=lambda n: config.providers[n].kind == "replay"):
                 cfg = config.providers[name]
-                self._providers[name] = build_provider(name, cfg, secrets, app_root, self._providers)
+                try:
+                    self._providers[name] = build_provider(name, cfg, secrets, app_root, self._providers)
+                except ProviderError as e:  # e.g. a secret it names is not set: the app still serves
+                    log("ai_provider_unavailable", provider=name, error=e.message)
+                    self._providers[name] = _Unavailable(name, cfg.kind, e)
                 self._semaphores[name] = asyncio.Semaphore(cfg.concurrency)
             if self._ledger is None:
                 self._ledger = Ledger(self.state_dir)
@@ -341,6 +345,21 @@ class Gateway:
                     cache, req.workflow_class, req.instance, req.step, True, None, prompt, output)
         assert self._ledger is not None
         self._ledger.record(call)
+
+
+class _Unavailable:
+    """A provider that could not be built: every call fails with the reason, so the rest of the
+    app (and every other provider) still serves and the handler sees why."""
+
+    def __init__(self, name: str, kind: str, error: ProviderError):
+        self.name, self.kind, self._error = name, kind, error
+
+    async def run(self, model: str, task: str, inputs: dict[str, Any], options: dict[str, Any], *,
+                  stream: bool, timeout_s: float) -> Answer:
+        raise ProviderError(self._error.message, retryable=False)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 def _zero() -> Any:
