@@ -9,15 +9,18 @@ resolved, checked and served in this order; each refusal is a coded error the ha
    ``ai_unknown_class``); the grade asked for (default ``[ai] default_grade``) is capped at the
    request's ceiling, the highest grade a matching ``[[ai.grants]]`` rule gives (else the
    default grade); the result's ``meta`` says ``grade``, ``ceiling`` and ``capped``.
-2. **Budget.** A ``[[ai.budgets]]`` of the tenant or the workflow class that is spent for its
+2. **Budget and the tenant's rate.** A ``[[ai.budgets]]`` of the tenant or the workflow class that is spent for its
    period refuses (402 ``ai_budget_exhausted``) or, with ``on_exhaust = "downgrade"``, serves one
    grade lower (audited ``ai.budget_downgrade``); a direct `run` has no lower grade and is refused.
+   ``[ai.limits] tenant_per_minute`` counts the tenant's calls, hits of the cache included (429
+   ``ai_rate_limited``); callers without a tenant share one count.
 3. **Each model of the chain**, in order, until one answers: kill switch kind ``ai`` on the model
    or its provider (skipped: 503 ``killed`` if none is left); classification: a request whose
    level is above the provider's ``max_level`` is never sent there (audited
-   ``ai.policy_violation``; 403 ``ai_classification_refused`` if no model may take it); rate
-   limits per tenant and per model (429 ``ai_rate_limited``); the exact-match cache (per tenant;
-   ``options["cache"] = False`` bypasses it); the provider, under its concurrency cap, with a
+   ``ai.policy_violation``; 403 ``ai_classification_refused`` if no model may take it); the
+   exact-match cache (per tenant; ``options["cache"] = False`` bypasses it); the model's calls
+   per minute (``[ai.limits] model_per_minute``, counting calls that reach the provider; a model
+   over it is skipped, 429 ``ai_rate_limited`` if no model is left); the provider, under its concurrency cap, with a
    timeout of ``min(timeout_s, the request's remaining wall time)``, retried with backoff on
    retryable errors; a provider that still fails hands over to the next model (``meta.fallbacks``).
 4. **Account.** Tokens from the provider's usage, cost from the model's price, one ledger row
@@ -75,6 +78,10 @@ class AiRequest:
     workflow_class: str | None = None
     instance: str | None = None
     step: str | None = None
+
+
+class _ModelLimited(Exception):
+    """A model is over its calls per minute; the chain goes on to the next model."""
 
 
 class _Window:
@@ -152,8 +159,11 @@ class Gateway:
         chain, meta = self._resolve(cfg, req)
         meta, chain = self._budget(cfg, req, meta, chain)
         started = self._clock()
+        lim = cfg.limits  # the tenant's limit counts calls (one per call, whatever the chain does)
+        if lim.tenant_per_minute is not None and not self._windows.take(f"t:{req.tenant}", lim.tenant_per_minute, started):
+            raise GatewayError(429, "ai_rate_limited", f"tenant {req.tenant!r} is over {lim.tenant_per_minute} AI calls a minute")
         errors: list[str] = []
-        refused_level = killed = 0
+        refused_level = killed = limited = 0
         for i, name in enumerate(chain):
             model = cfg.models[name]
             provider = cfg.providers[model.provider]
@@ -169,9 +179,12 @@ class Gateway:
                                    max_level=provider.max_level)
                 errors.append(f"{name}: provider {model.provider!r} may not receive {req.level!r} data")
                 continue
-            self._rate_limit(cfg, req, name)
             try:
                 result = await self._serve(cfg, req, name, meta)
+            except _ModelLimited as e:  # over its own limit: the next model of the chain may serve
+                limited += 1
+                errors.append(f"{name}: {e}")
+                continue
             except ProviderError as e:
                 errors.append(f"{name}: {e.message}")
                 log("ai_fallback" if i + 1 < len(chain) else "ai_failed", request_id=req.rid, model=name,
@@ -185,6 +198,8 @@ class Gateway:
         if refused_level + killed == len(chain):
             raise GatewayError(403, "ai_classification_refused",
                                f"no model may receive {req.level!r} data: {'; '.join(errors)}")
+        if limited and limited + refused_level + killed == len(chain):
+            raise GatewayError(429, "ai_rate_limited", "; ".join(errors))
         raise GatewayError(502, "ai_provider_unavailable", "every model failed: " + "; ".join(errors))
 
     def _resolve(self, cfg: AIConfig, req: AiRequest) -> tuple[list[str], dict[str, Any]]:
@@ -259,14 +274,6 @@ class Gateway:
                                f" ({spent:.4f} of {b.limit_usd} USD)")
         return meta, chain
 
-    def _rate_limit(self, cfg: AIConfig, req: AiRequest, model: str) -> None:
-        now = self._clock()
-        lim = cfg.limits
-        if lim.tenant_per_minute is not None and not self._windows.take(f"t:{req.tenant}", lim.tenant_per_minute, now):
-            raise GatewayError(429, "ai_rate_limited", f"tenant {req.tenant!r} is over {lim.tenant_per_minute} AI calls a minute")
-        if lim.model_per_minute is not None and not self._windows.take(f"m:{model}", lim.model_per_minute, now):
-            raise GatewayError(429, "ai_rate_limited", f"model {model!r} is over {lim.model_per_minute} calls a minute")
-
     async def _serve(self, cfg: AIConfig, req: AiRequest, name: str, meta: dict[str, Any]) -> dict[str, Any]:
         model = cfg.models[name]
         provider_cfg = cfg.providers[model.provider]
@@ -282,6 +289,9 @@ class Gateway:
                 self._account(cfg, req, name, meta, Answer(task=model.task, usage=_zero()), 0.0, "hit", started)
                 result["meta"] = {"cache": "hit", "cost_usd": 0.0}
                 return result
+        per_minute = cfg.limits.model_per_minute  # calls that reach the provider (not cache hits)
+        if per_minute is not None and not self._windows.take(f"m:{name}", per_minute, started):
+            raise _ModelLimited(f"model {name!r} is over {per_minute} calls a minute")
         answer = await self._attempts(req, name, model.provider, provider_cfg, model.model or name, model.task, stream)
         cost = (answer.usage.input_tokens * model.price.input + answer.usage.output_tokens * model.price.output) / 1e6
         status = "miss" if key is not None else "bypass"

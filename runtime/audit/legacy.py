@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runtime.audit.records import format_ts
+from runtime.audit.records import AuditEntry, entry_filters, format_ts
 
-__all__ = ["AUDIT_FILENAME", "GENESIS_HASH", "AuditEntry", "VerifyResult", "entry_hash", "query", "verify"]
+__all__ = ["AUDIT_FILENAME", "GENESIS_HASH", "VerifyResult", "entry_hash", "query", "verify"]
 
 AUDIT_FILENAME = "audit.sqlite"
 GENESIS_HASH = "0" * 64
@@ -37,25 +37,6 @@ _SELECT = (
     "SELECT seq, ts, kind, request_id, tenant, subject, script, risk, classification, data,"
     " prev_hash, hash FROM entries"
 )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AuditEntry:
-    seq: int
-    ts: str
-    kind: str
-    request_id: str | None
-    tenant: str | None
-    subject: str | None
-    script: str | None
-    risk: str | None
-    classification: str
-    data: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,9 +80,9 @@ def _open_existing(path: str | Path) -> sqlite3.Connection:
 
 
 def _row_entry(row: tuple[Any, ...]) -> AuditEntry:
-    seq, ts, kind, request_id, tenant, subject, script, risk, classification, data, prev_hash, hash_ = row
+    seq, ts, kind, request_id, tenant, subject, script, risk, classification, data, _prev, hash_ = row
     return AuditEntry(seq, ts, kind, request_id, tenant, subject, script, risk, classification,
-                      json.loads(data), prev_hash, hash_)
+                      json.loads(data), hash_)
 
 
 def verify(path: str | Path) -> VerifyResult:
@@ -191,26 +172,8 @@ def query(
     `since` is a datetime (naive means UTC), an ISO 8601 string or epoch seconds; `kind` ending
     in ``*`` matches by prefix ("tool.*").
     """
-    where: list[str] = []
-    params: list[str | int] = []
-    if request_id is not None:
-        where.append("request_id = ?")
-        params.append(request_id)
-    if tenant is not None:
-        where.append("tenant = ?")
-        params.append(tenant)
-    ts = _since_ts(since)
-    if ts is not None:
-        where.append("ts >= ?")
-        params.append(ts)
-    if kind is not None:
-        if kind.endswith("*"):
-            where.append("substr(kind, 1, ?) = ?")
-            params.extend([len(kind) - 1, kind[:-1]])
-        else:
-            where.append("kind = ?")
-            params.append(kind)
-    sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+    where, params = entry_filters(request_id, tenant, _since_ts(since), kind)
+    sql = _SELECT + where
     if limit is not None:
         sql = f"SELECT * FROM ({sql} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
         params.append(int(limit))

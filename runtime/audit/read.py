@@ -33,6 +33,7 @@ from runtime.audit.records import (
     RecordError,
     decode_data,
     decode_record,
+    entry_filters,
     entry_of,
     format_ts,
 )
@@ -116,26 +117,9 @@ def query(path: str | Path, *, request_id: str | None = None, tenant: str | None
     state_dir = state_dir_of(path)
     if not has_log(state_dir):
         raise FileNotFoundError(f"no audit log in {state_dir}")
-    where: list[str] = []
-    params: list[Any] = []
-    if request_id is not None:
-        where.append("request_id = ?")
-        params.append(request_id)
-    if tenant is not None:
-        where.append("tenant = ?")
-        params.append(tenant)
     ts = _since_epoch(since)
-    if ts is not None:
-        where.append("ts >= ?")
-        params.append(ts)
-    if kind is not None:
-        if kind.endswith("*"):
-            where.append("substr(kind, 1, ?) = ?")
-            params.extend([len(kind) - 1, kind[:-1]])
-        else:
-            where.append("kind = ?")
-            params.append(kind)
-    sql = "SELECT seq, record FROM entries" + (" WHERE " + " AND ".join(where) if where else "")
+    where, params = entry_filters(request_id, tenant, ts, kind)
+    sql = "SELECT seq, record FROM entries" + where
     sql += " ORDER BY seq DESC" + (" LIMIT ?" if limit is not None else "")
     out: list[AuditEntry] = []
     remaining = None if limit is None else int(limit)
@@ -149,9 +133,7 @@ def query(path: str | Path, *, request_id: str | None = None, tenant: str | None
                 remaining -= len(rows)
     old = state_dir / legacy.AUDIT_FILENAME
     if old.is_file() and (remaining is None or remaining > 0):
-        for e in legacy.query(old, request_id=request_id, tenant=tenant, since=ts, kind=kind, limit=remaining):
-            out.append(AuditEntry(e.seq, e.ts, e.kind, e.request_id, e.tenant, e.subject, e.script, e.risk,
-                                  e.classification, e.data, e.hash))
+        out.extend(legacy.query(old, request_id=request_id, tenant=tenant, since=ts, kind=kind, limit=remaining))
     out.sort(key=lambda e: e.seq)
     return out
 

@@ -44,6 +44,7 @@ __all__ = [
     "RecordMaker",
     "canonical_json",
     "decode_record",
+    "entry_filters",
     "format_ts",
 ]
 
@@ -104,6 +105,31 @@ class AuditEntry:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def entry_filters(request_id: str | None, tenant: str | None, since: Any, kind: str | None) -> tuple[str, list[Any]]:
+    """The SQL WHERE clause (empty without filters) and its parameters for a query of entries
+    by request id, tenant, time (``ts >= since``, in the column's own form) and kind (a prefix
+    when it ends in ``*``); the same for both log versions."""
+    where: list[str] = []
+    params: list[Any] = []
+    if request_id is not None:
+        where.append("request_id = ?")
+        params.append(request_id)
+    if tenant is not None:
+        where.append("tenant = ?")
+        params.append(tenant)
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    if kind is not None:
+        if kind.endswith("*"):
+            where.append("substr(kind, 1, ?) = ?")
+            params.extend([len(kind) - 1, kind[:-1]])
+        else:
+            where.append("kind = ?")
+            params.append(kind)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 def canonical_json(value: Any) -> str:

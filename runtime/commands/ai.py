@@ -52,8 +52,8 @@ def _usage(args: argparse.Namespace) -> int:
     since = datetime.fromisoformat(args.since.replace("Z", "+00:00")).timestamp() if args.since else None
     rows = usage_report(state_dir, since=since, by=args.by, forecast=forecast)
     if args.json:
-        for row in rows:
-            print(json.dumps(row, separators=(",", ":")))
+        for r in rows:
+            print(json.dumps(r, separators=(",", ":")))
         return 0
     if not rows:
         print("no AI calls" + (" since then" if since else ""))
@@ -62,10 +62,10 @@ def _usage(args: argparse.Namespace) -> int:
     if args.by == "workflow":
         columns += ["instances", "actual_per_instance_usd", "forecast_per_instance_usd"]
     table = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    widths = [max(len(c), *(len(cells[i]) for cells in table)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    for cells in table:
+        print("  ".join(v.ljust(w) for v, w in zip(cells, widths, strict=True)))
     return 0
 
 
