@@ -353,8 +353,10 @@ class Gateway:
         call = Call(self._clock(), req.rid, req.tenant, req.script, meta.get("inference_class"), meta.get("grade"),
                     name, model.provider, answer.usage.input_tokens, answer.usage.output_tokens, cost, latency,
                     cache, req.workflow_class, req.instance, req.step, True, None, prompt, output)
-        assert self._ledger is not None
-        self._ledger.record(call)
+        ledger = self._ledger
+        assert ledger is not None
+        if ledger.record(call):
+            asyncio.get_running_loop().call_later(ledger.flush_s, ledger.flush)
 
 
 class _Unavailable:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import calendar
 import threading
 import time
-from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from objects.sqlitefile import connect
 
@@ -36,8 +35,7 @@ CREATE INDEX IF NOT EXISTS calls_instance ON calls (instance);
 _PERIOD_S = {"hour": 3600, "day": 86400}
 
 
-@dataclass(slots=True)
-class Call:
+class Call(NamedTuple):
     ts: float
     request_id: str | None
     tenant: str | None
@@ -71,30 +69,56 @@ def period_start(period: str, now: float | None = None) -> float:
 
 
 class Ledger:
-    def __init__(self, state_dir: Path):
+    """Rows are written in batches: `record` buffers; the buffer is committed once it holds
+    `batch` rows, at the latest `flush_s` after the first of them (see `flush_soon`), and before
+    any read. A crash of the front loses at most those rows of the ledger; every call's
+    ``ai.call`` audit entry is journaled before its answer leaves."""
+
+    def __init__(self, state_dir: Path, *, batch: int = 256, flush_s: float = 0.1):
         self.path = Path(state_dir) / LEDGER_FILENAME
         self._conn = connect(self.path, _SCHEMA, synchronous="NORMAL")
         self._lock = threading.Lock()
+        self._pending: list[Call] = []
+        self._batch, self.flush_s = batch, flush_s
 
-    def record(self, call: Call) -> None:
+    def record(self, call: Call) -> bool:
+        """Buffer one row; True when it is the first of a new batch (flush within `flush_s`)."""
         with self._lock:
-            self._conn.execute(f"INSERT INTO calls VALUES ({','.join('?' * 20)})", astuple(call))
+            self._pending.append(call)
+            if len(self._pending) >= self._batch:
+                self._flush_locked()
+                return False
+            return len(self._pending) == 1
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._pending:
+            rows, self._pending = self._pending, []
+            self._conn.execute("BEGIN")
+            self._conn.executemany(f"INSERT INTO calls VALUES ({','.join('?' * 20)})", rows)
+            self._conn.execute("COMMIT")
 
     def spent(self, *, since: float, tenant: str | None = None, workflow_class: str | None = None) -> float:
         column, value = ("tenant", tenant) if tenant is not None else ("workflow_class", workflow_class)
         with self._lock:
+            self._flush_locked()
             row = self._conn.execute(f"SELECT coalesce(sum(cost_usd), 0) FROM calls WHERE {column} = ? AND ts >= ?",
                                      (value, since)).fetchone()
         return float(row[0])
 
     def instance_cost(self, instance: str) -> float:
         with self._lock:
+            self._flush_locked()
             row = self._conn.execute("SELECT coalesce(sum(cost_usd), 0) FROM calls WHERE instance = ?",
                                      (instance,)).fetchone()
         return float(row[0])
 
     def close(self) -> None:
         with self._lock:
+            self._flush_locked()
             self._conn.close()
 
 
