@@ -129,8 +129,10 @@ _BY = {"tenant": "tenant", "class": "inference_class", "workflow": "workflow_cla
 def usage_report(state_dir: Path, *, since: float | None = None, by: str = "model",
                  forecast: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Calls, tokens, cost and cache hit rate grouped by `by` (tenant, class, workflow, model,
-    provider, grade); grouped by workflow, also the forecast per instance and the actual mean."""
-    column = _BY[by]
+    provider, grade); grouped by workflow, also the forecast per instance and the actual mean;
+    by instance, each workflow instance's actual cost against its class's forecast. A class
+    without a declared forecast (``[ai.forecast]``) is forecast from history: the mean cost of
+    its instances that ran before, in the ledger (``learned``)."""
     path = Path(state_dir) / LEDGER_FILENAME
     if not path.is_file():
         return []
@@ -138,6 +140,9 @@ def usage_report(state_dir: Path, *, since: float | None = None, by: str = "mode
 
     conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
     try:
+        if by == "instance":
+            return _by_instance(conn, since or 0.0, forecast or {})
+        column = _BY[by]
         rows = conn.execute(
             f"SELECT {column}, count(*), sum(tokens_in), sum(tokens_out), sum(cost_usd),"
             " sum(cache = 'hit'), count(DISTINCT instance), sum(ok = 0)"
@@ -155,4 +160,23 @@ def usage_report(state_dir: Path, *, since: float | None = None, by: str = "mode
             row["actual_per_instance_usd"] = round((cost or 0.0) / instances, 6) if instances else None
             row["forecast_per_instance_usd"] = (forecast or {}).get(key)
         out.append(row)
+    return out
+
+
+def _by_instance(conn: Any, since: float, forecast: dict[str, float]) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT workflow_class, instance, min(ts), count(*), sum(cost_usd) FROM calls"
+        " WHERE instance IS NOT NULL GROUP BY workflow_class, instance ORDER BY min(ts)").fetchall()
+    out: list[dict[str, Any]] = []
+    history: dict[str, list[float]] = {}  # cost of each earlier instance, per class
+    for cls, instance, first, calls, cost in rows:
+        earlier = history.setdefault(cls, [])
+        declared = forecast.get(cls)
+        predicted = declared if declared is not None else (sum(earlier) / len(earlier) if earlier else None)
+        if first >= since:
+            out.append({"instance": instance, "workflow": cls, "calls": calls, "actual_usd": round(cost, 8),
+                        "forecast_usd": None if predicted is None else round(predicted, 8),
+                        "forecast_from": "declared" if declared is not None else "learned" if earlier else None,
+                        "over_forecast": None if predicted is None else cost > predicted})
+        earlier.append(cost)
     return out

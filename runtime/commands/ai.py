@@ -14,7 +14,7 @@ from runtime.commands.audit import DEFAULT_STATE_DIR, parse_since
 
 __all__ = ["register"]
 
-_BY = ("tenant", "class", "workflow", "model", "provider", "grade")
+_BY = ("tenant", "class", "workflow", "instance", "model", "provider", "grade")
 
 
 def register(sub: Any) -> None:
@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     u.add_argument("--state-dir", dest="state_dir", default=None, help="state directory (default: ./.edgeworks)")
     u.add_argument("--since", type=parse_since, help="ISO time or duration like 24h (default: everything)")
     u.add_argument("--by", choices=_BY, default="model")
-    u.add_argument("--app", help="the app dir, for the [ai.forecast] of workflow classes (with --by workflow)")
+    u.add_argument("--app", help="the app dir, for the [ai.forecast] of workflow classes (--by workflow|instance)")
     u.add_argument("--json", action="store_true", help="one JSON object per line")
     u.set_defaults(func=_usage)
 
@@ -59,7 +59,9 @@ def _usage(args: argparse.Namespace) -> int:
         print("no AI calls" + (" since then" if since else ""))
         return 0
     columns = [args.by, "calls", "tokens_in", "tokens_out", "cost_usd", "cache_hit_rate", "failed"]
-    if args.by == "workflow":
+    if args.by == "instance":
+        columns = ["instance", "workflow", "calls", "actual_usd", "forecast_usd", "forecast_from", "over_forecast"]
+    elif args.by == "workflow":
         columns += ["instances", "actual_per_instance_usd", "forecast_per_instance_usd"]
     table = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(cells[i]) for cells in table)) for i, c in enumerate(columns)]
