@@ -4,6 +4,7 @@ with every model over its limit is refused."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -61,5 +62,45 @@ async def test_the_tenant_limit_counts_each_call_once_whatever_the_chain_does(tm
         assert answers[2]["error"]["code"] == "ai_rate_limited" and "tenant 'acme'" in answers[2]["error"]["message"]
         assert "model 'a' is over" in (await g.call(call("other")))["error"]["message"]  # own count; models spent
         assert [k for k, _ in audit.entries].count("ai.call") == 2
+    finally:
+        await g.aclose()
+
+
+class SlowProvider:
+    """Counts how many calls it serves at once."""
+
+    name, kind = "local", "scripted"
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+    async def run(self, model: str, task: str, inputs: dict[str, Any], options: dict[str, Any], *, stream: bool,
+                  timeout_s: float) -> Any:
+        from runtime.ai.providers.base import Answer, Usage
+
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(0.02)
+        self.now -= 1
+        return Answer(task="text", usage=Usage(1, 1), text="ok")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_provider_serves_at_most_its_concurrency_at_once(tmp_path: Path):
+    cfg = AIConfig.model_validate({
+        "providers": {"local": {"kind": "scripted", "concurrency": 2}},
+        "models": {"a": {"provider": "local", "price": {"input": 1, "output": 1}}},
+        "classes": {"triage": {"standard": ["a"]}}, "cache": {"ttl_s": 0},
+    })
+    g = Gateway(tmp_path, Audit(), NoKills())
+    g.configure(cfg, {}, {}, tmp_path)
+    slow = SlowProvider()
+    g._providers["local"] = slow
+    try:
+        answers = await asyncio.gather(*(g.call(call(f"t{i}")) for i in range(8)))
+        assert all(a["response"] == "ok" for a in answers)
+        assert slow.most == 2
     finally:
         await g.aclose()
