@@ -34,7 +34,7 @@ class ScriptedAnswer(_Model):
 
 
 class ProviderConfig(_Model):
-    kind: Literal["openai", "workers-ai", "scripted", "replay"]
+    kind: Literal["openai", "workers-ai", "scripted", "replay", "llama-cpp"]
     max_level: str = "internal"  # the highest classification level it may receive
     concurrency: int = Field(8, ge=1, le=1024)
     timeout_s: float = Field(30.0, gt=0, le=600)
@@ -46,11 +46,13 @@ class ProviderConfig(_Model):
     answers: list[ScriptedAnswer] = []
     cassette: str | None = None
     record: str | None = None
+    model_path: str | None = None  # llama-cpp: the GGUF file, relative to the app dir
+    n_ctx: int = Field(2048, ge=16, le=1_048_576)  # llama-cpp: the context size in tokens
 
     @model_validator(mode="after")
     def _kind_needs(self) -> ProviderConfig:
         needs = {"openai": ["base_url"], "workers-ai": ["account_id_secret", "api_token_secret"],
-                 "replay": ["cassette"]}.get(self.kind, [])
+                 "replay": ["cassette"], "llama-cpp": ["model_path"]}.get(self.kind, [])
         missing = [n for n in needs if getattr(self, n) in (None, "")]
         if missing:
             raise ValueError(f"a {self.kind!r} provider needs {', '.join(missing)}")

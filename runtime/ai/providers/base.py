@@ -147,6 +147,18 @@ def build_provider(name: str, cfg: Any, secrets: Mapping[str, str], app_root: Pa
                 raise ProviderError(f"AI provider {name!r} records from {cfg.record!r}, which is "
                                     f"not a provider", retryable=False)
         return ReplayProvider(name, app_root / cfg.cassette, source)
+    if kind == "llama-cpp":
+        from runtime.ai.providers.llama_cpp import LlamaCppProvider, check_installed
+
+        check_installed(name)
+        if not cfg.model_path:
+            raise ProviderError(f"AI provider {name!r}: a llama-cpp provider needs model_path",
+                                retryable=False)
+        model_path = app_root / cfg.model_path
+        if not model_path.is_file():
+            raise ProviderError(f"AI provider {name!r}: the model file {model_path} does not "
+                                f"exist", retryable=False)
+        return LlamaCppProvider(name, model_path, cfg.n_ctx)
     raise ProviderError(f"AI provider {name!r}: unknown kind {kind!r}", retryable=False)
 
 
