@@ -70,7 +70,7 @@ def test_every_kind_is_supported(tmp_path: Path):
         for kind in KILL_KINDS:
             ks.kill(kind, f"{kind}-1", f"stop {kind}")
         assert {kind: ks.check(kind, f"{kind}-1") for kind in KILL_KINDS} == {
-            k: f"stop {k}" for k in ("script", "route", "tenant", "workflow", "tool")
+            k: f"stop {k}" for k in ("script", "route", "tenant", "workflow", "tool", "ai")
         }
 
 
