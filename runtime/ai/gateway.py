@@ -285,7 +285,7 @@ class Gateway:
             hit = self._cache.get(key)
             if hit is not None and hit[0] > started:
                 self._cache.move_to_end(key)
-                result = json.loads(json.dumps(hit[1]))
+                result = dict(hit[1])  # only "meta" is set on it below, never changed inside
                 self._account(cfg, req, name, meta, Answer(task=model.task, usage=_zero()), 0.0, "hit", started)
                 result["meta"] = {"cache": "hit", "cost_usd": 0.0}
                 return result

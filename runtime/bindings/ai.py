@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -133,8 +132,8 @@ async def _relay(port: RelayPort, msg: AiCall) -> dict[str, Any]:
                     subject=identity.get("subject"), scopes=list(identity.get("scopes") or []), risk=msg.risk,
                     route=msg.route, level=msg.level, deadline=msg.deadline,
                     workflow_class=workflow[0], instance=workflow[1], step=workflow[2])
-    result: dict[str, Any] = await port.service("ai").call(req)
-    return json.loads(json.dumps(result, default=str)) if "error" not in result else result
+    result: dict[str, Any] = await port.service("ai").call(req)  # plain data: msgpack carries it as is
+    return result
 
 
 # -- the kind ----------------------------------------------------------------------------------
