@@ -185,10 +185,11 @@ class Gateway:
                 limited += 1
                 errors.append(f"{name}: {e}")
                 continue
-            except ProviderError as e:
-                errors.append(f"{name}: {e.message}")
+            except Exception as e:  # ProviderError, or a provider that broke on what its server sent
+                message = e.message if isinstance(e, ProviderError) else f"provider {model.provider!r} failed: {type(e).__name__}: {e}"
+                errors.append(f"{name}: {message}")
                 log("ai_fallback" if i + 1 < len(chain) else "ai_failed", request_id=req.rid, model=name,
-                    provider=model.provider, error=e.message)
+                    provider=model.provider, error=message)
                 continue
             result["meta"] = {**meta, "model": name, "provider": model.provider, "fallbacks": i,
                               "latency_ms": round((self._clock() - started) * 1000, 3), **result.get("meta", {})}

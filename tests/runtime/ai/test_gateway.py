@@ -104,3 +104,30 @@ async def test_a_provider_serves_at_most_its_concurrency_at_once(tmp_path: Path)
         assert slow.most == 2
     finally:
         await g.aclose()
+
+
+class BrokenProvider(SlowProvider):
+    """Fails as a provider does when its server sends what it does not expect."""
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise KeyError("choices")
+
+
+async def test_a_provider_that_breaks_hands_over_to_the_next_model_and_is_named(tmp_path: Path):
+    cfg = AIConfig.model_validate({
+        "providers": {"bad": {"kind": "scripted"}, "good": {"kind": "scripted", "answers": [{"response": "ok"}]}},
+        "models": {"a": {"provider": "bad", "price": {"input": 1, "output": 1}},
+                   "b": {"provider": "good", "price": {"input": 1, "output": 1}}},
+        "classes": {"triage": {"standard": ["a", "b"]}, "only_bad": {"standard": ["a"]}},
+    })
+    g = Gateway(tmp_path, Audit(), NoKills())
+    g.configure(cfg, {}, {}, tmp_path)
+    g._providers["bad"] = BrokenProvider()
+    try:
+        answer = await g.call(call())
+        assert answer["response"] == "ok" and answer["meta"]["fallbacks"] == 1
+        failed = await g.call(AiRequest(kind="route", target="only_bad", inputs={"prompt": "hi"}, rid="r"))
+        assert failed["error"]["code"] == "ai_provider_unavailable" and failed["error"]["status"] == 502
+        assert "provider 'bad' failed: KeyError" in failed["error"]["message"]
+    finally:
+        await g.aclose()
