@@ -38,6 +38,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from runtime.keyfile import create_once
+
 __all__ = ["ENV_KEY", "ENV_KEY_FILE", "MAGIC", "DataKey", "DataKeyError", "default_dev_key_path",
            "load_data_key"]
 
@@ -146,17 +148,4 @@ def _decode(text: str, source: str) -> bytes:
 
 def _create(path: Path) -> None:
     """Write a new key to `path` unless another process just did (then its key wins)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, base64.urlsafe_b64encode(os.urandom(_KEY_BYTES)) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # never replaces a key that exists: records sealed with it stay readable
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(tmp)
+    create_once(path, base64.urlsafe_b64encode(os.urandom(_KEY_BYTES)) + b"\n")

@@ -53,6 +53,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from runtime.keyfile import create_once
+
 __all__ = ["ENV_SIGNING_KEY_FILE", "HOW_TO_SET", "MESSAGE_HEADER", "AnchorError", "AnchorSink",
            "Checkpoint", "Signer", "Verifier", "checkpoint_message", "default_anchor_path",
            "default_signing_key_path", "load_public_key", "load_signing_key", "public_verifier",
@@ -232,23 +234,8 @@ def load_signing_key(state_dir: Path, *, configured: str | None = None,
 
 def _create_key(path: Path) -> None:
     """Write a new key to `path` unless another process just did (then its key wins)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # never replaces a key that exists: its checkpoints stay verifiable
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(tmp)
+    create_once(path, Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
 def load_public_key(path: Path) -> Verifier:
