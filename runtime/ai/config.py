@@ -10,9 +10,10 @@ every call.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["DEFAULT_LEVELS", "AIBinding", "AIConfig", "Budget", "Grant", "ModelConfig", "ProviderConfig"]
 
@@ -31,6 +32,16 @@ class ScriptedAnswer(_Model):
     response: str | None = None
     embedding: list[float] | None = None
     labels: list[dict[str, str | float]] | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
 
 
 class ProviderConfig(_Model):

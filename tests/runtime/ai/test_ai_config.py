@@ -113,3 +113,18 @@ def test_every_cross_reference_problem_is_reported_in_one_pass(tmp_path):
     problems = problems_of(app)
     assert has(problems, "ai.models.small.provider") and has(problems, "ai.default_grade")
     assert has(problems, "ai.classes.triage.basic[0]"), problems
+
+
+def test_a_scripted_answer_with_a_bad_regex_is_refused_at_load(tmp_path):
+    from runtime.config import ConfigError, load_app
+    from tests.support import write_app
+
+    app = write_app(tmp_path / "app", '[[scripts]]\nname = "app"\nmain = "app.py"\n\n[ai.providers.local]\n'
+                    'kind = "scripted"\nanswers = [{ match = "(", response = "x" }]\n',
+                    {"app.py": "async def fetch(r, e, c): pass\n"})
+    try:
+        load_app(app)
+    except ConfigError as e:
+        assert any("ai.providers.local.answers[0].match" in p and "regular expression" in p for p in e.problems), e.problems
+    else:
+        raise AssertionError("loaded a manifest with a bad regex")
