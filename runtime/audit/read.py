@@ -196,7 +196,7 @@ class _Walk:
                 if cp.size != size or cp.root != root.hex() or cp.origin != self.origin:
                     raise _Broken(seq, f"checkpoint at seq {seq} signs another head")
                 if self.verifier is not None and not self.verifier.verify(cp):
-                    raise _Broken(seq, f"checkpoint at seq {seq} has a bad signature")
+                    raise _Broken(seq, _signature_problem(f"checkpoint at seq {seq}", cp, self.verifier))
             if size:
                 self.last_good = seq
         for cp in self.anchored.get(size, ()):
@@ -266,7 +266,7 @@ def _verify(state_dir: Path, segments: list[tuple[sqlite3.Connection, Segment]],
         if cp.origin != first.origin:
             continue
         if verifier is not None and not verifier.verify(cp):
-            return VerifyResult(False, None, f"an anchored checkpoint (size {cp.size}) has a bad signature",
+            return VerifyResult(False, None, _signature_problem(f"an anchored checkpoint (size {cp.size})", cp, verifier),
                                 legacy_entries)
         anchored.setdefault(cp.size, []).append(cp)
     walk = _Walk(first.origin, first.base_seq, verifier, anchored)
@@ -288,6 +288,13 @@ def _verify(state_dir: Path, segments: list[tuple[sqlite3.Connection, Segment]],
         return VerifyResult(False, b.seq, b.reason, entries, walk.last_good)
     return VerifyResult(True, None, None, entries, walk.last_good, walk.frontier.root().hex(), end,
                         walk.checked_anchor)
+
+
+def _signature_problem(what: str, cp: Checkpoint, verifier: Verifier) -> str:
+    if cp.key_id != verifier.key_id:  # a forger's key, or the wrong public key given
+        return (f"{what} is signed by key {cp.key_id}, not by the trusted key {verifier.key_id}"
+                " (--public-key, else the configured signing key)")
+    return f"{what} has a bad signature"
 
 
 def _check_migration(state_dir: Path, first: tuple[sqlite3.Connection, Segment]) -> None:

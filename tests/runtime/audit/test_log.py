@@ -349,7 +349,7 @@ def test_signed_checkpoints_verify_with_the_public_key(tmp_path: Path, state: Pa
     other = load_signing_key(state, configured=str(tmp_path / "keys" / "other.key"))
     seq, reason = broken(state, verifier=public_verifier(other))
     assert seq == 10
-    assert "bad signature" in reason
+    assert f"signed by key {signer.key_id}, not by the trusted key {other.key_id}" in reason
 
 
 def test_a_checkpoint_signed_by_another_key_fails_with_a_verifier(tmp_path: Path, state: Path, signer: Signer):
@@ -363,7 +363,18 @@ def test_a_checkpoint_signed_by_another_key_fails_with_a_verifier(tmp_path: Path
     assert verify(state).ok  # without a verifier only the signed head's fields are checked
     seq, reason = broken(state, verifier=public_verifier(signer))
     assert seq == 10
-    assert "bad signature" in reason
+    assert f"signed by key {other.key_id}, not by the trusted key {signer.key_id}" in reason
+
+
+def test_a_checkpoint_with_a_forged_signature_under_the_trusted_key_id_is_a_bad_signature(
+        state: Path, signer: Signer):
+    fill(state, 10, signer=signer)
+    with db(segment(state)) as conn:
+        signed = json.loads(conn.execute("SELECT signed FROM checkpoints").fetchone()[0])
+        signed["signature"] = base64.b64encode(bytes(64)).decode()  # the key id kept, the signature not its
+        conn.execute("UPDATE checkpoints SET signed = ?", (json.dumps(signed, sort_keys=True, separators=(",", ":")),))
+    seq, reason = broken(state, verifier=public_verifier(signer))
+    assert seq == 10 and "has a bad signature" in reason
 
 
 def test_the_last_good_checkpoint_is_reported(state: Path, signer: Signer):
