@@ -24,7 +24,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,10 @@ class Journal:
         self._fd = _CLOSED
         self.name = ""
         self.size = 0  # bytes written to the current file
-        self.written: dict[str, int] = {}  # bytes written per file of this producer
-        self.total = 0  # bytes written to all of them
+        self._mine: set[str] = set()  # this producer's journal files a writer has not finished
+        self._written = 0  # bytes written to them, all files together
+        self._consumed: dict[str, int] = {}  # committed offset per file of ours
+        self._consumed_total = 0  # committed bytes, all files together
         self._open_next()
 
     def _abandon(self) -> None:
@@ -88,7 +90,7 @@ class Journal:
             tmp.unlink(missing_ok=True)
             raise
         old, self._fd, self.name, self.size = self._fd, fd, name, 0
-        self.written[name] = 0
+        self._mine.add(name)
         if old >= 0:
             os.close(old)  # releases its lock: the writer may finish and delete it
 
@@ -120,19 +122,30 @@ class Journal:
             except OSError:
                 self._abandon()
                 raise
+            self._written += n  # torn bytes too: the writer consumes them as torn
             if n != len(record):  # a regular file takes it whole unless the disk is full
                 self._abandon()
                 raise OSError(f"short write to the audit journal ({n} of {len(record)} bytes)")
             self.size += n
-            self.total += n
-            self.written[self.name] += n
             if self.size >= self.options.journal_max_bytes:
                 self._open_next()
 
-    def forget(self, name: str) -> None:
-        """The writer consumed all of `name` (a file this producer no longer writes)."""
-        if name != self.name:
-            self.written.pop(name, None)
+    def consumed(self, offsets: Mapping[str, int], finished: Iterable[str]) -> None:
+        """A writer's step committed `offsets` of journal files (any producer's: only ours
+        count) and finished the files `finished`."""
+        with self._lock:
+            for name, offset in offsets.items():
+                if name in self._mine:
+                    self._consumed_total += offset - self._consumed.get(name, 0)
+                    self._consumed[name] = offset
+            for name in finished:
+                self._consumed.pop(name, None)
+                self._mine.discard(name)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes this producer journaled that no writer has committed yet."""
+        return self._written - self._consumed_total
 
     def close(self) -> None:
         with self._lock:

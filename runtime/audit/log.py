@@ -48,7 +48,6 @@ class AuditLog:
         self.writer = Writer(self.store, sink, anchor_interval_s=self.options.anchor_interval_s)
         self.write_errors = 0
         self.last_error: BaseException | None = None
-        self._consumed: dict[str, int] = {}
         self._step_lock = threading.Lock()  # one writer step at a time in this process
         self._progress = threading.Condition()
         self._wake = threading.Event()
@@ -87,20 +86,14 @@ class AuditLog:
     @property
     def pending(self) -> int:
         """Journal bytes this log appended that no writer has committed yet."""
-        written = dict(self.journal.written)
-        return sum(n - self._consumed.get(name, 0) for name, n in written.items())
+        return self.journal.backlog
 
     # -- writing -------------------------------------------------------------------------
     def _step(self) -> None:
         with self._step_lock:
             step = self.writer.drain()
+        self.journal.consumed(step.offsets, step.finished)
         with self._progress:
-            for name, offset in step.offsets.items():
-                if name in self.journal.written:
-                    self._consumed[name] = offset
-            for name in step.finished:
-                self._consumed.pop(name, None)
-                self.journal.forget(name)
             self._progress.notify_all()
 
     def _run(self) -> None:

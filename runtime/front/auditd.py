@@ -63,8 +63,6 @@ class AuditJournal:
         self.options = options
         self.journal: Journal | None = None
         self.proc: asyncio.subprocess.Process | None = None
-        self._consumed: dict[str, int] = {}  # committed offset per journal file of ours
-        self._consumed_total = 0  # their sum, plus the size of files consumed whole
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.refused = 0  # requests refused for backpressure since the last audit.backpressure entry
@@ -104,26 +102,16 @@ class AuditJournal:
         journal = self.journal
         if journal is None:
             return
-        for name, offset in offsets.items():
-            if name in journal.written:
-                self._consumed_total += offset - self._consumed.get(name, 0)
-                self._consumed[name] = offset
-        for name in finished:
-            self._consumed.pop(name, None)
-            journal.forget(name)
+        journal.consumed(offsets, finished)
         if self.refused and not self.saturated:
             self._note_refusals()
 
     # -- appending -------------------------------------------------------------------------
     def append(self, kind: str, **fields: Any) -> None:
         """Journal one entry; `AuditUnavailable` when the journal cannot be written (disk full)."""
-        journal = self.journal
-        if journal is None:
-            raise RuntimeError("the audit journal is not started")
-        try:
-            journal.append(kind, **fields)
-        except OSError as e:
-            raise AuditUnavailable(f"the audit journal cannot be written: {e}") from None
+        journal = self._started()
+        columns, data = journal.maker.split(fields)
+        self._write(journal, journal.maker.make(kind, columns, data, time.time()))
 
     def audit(self, kind: str, fields: dict[str, Any]) -> None:
         self.append(kind, **fields)
@@ -135,11 +123,18 @@ class AuditJournal:
 
     def append_request(self, columns: dict[str, Any], data: dict[str, Any]) -> None:
         """A request's entry (the front's hot path: no field splitting)."""
-        journal = self.journal
-        if journal is None:
+        journal = self._started()
+        self._write(journal, journal.maker.make("request", columns, data, time.time()))
+
+    def _started(self) -> Journal:
+        if self.journal is None:
             raise RuntimeError("the audit journal is not started")
+        return self.journal
+
+    @staticmethod
+    def _write(journal: Journal, record: bytes) -> None:
         try:
-            journal.write(journal.maker.make("request", columns, data, time.time()))
+            journal.write(record)
         except OSError as e:
             raise AuditUnavailable(f"the audit journal cannot be written: {e}") from None
 
@@ -147,7 +142,7 @@ class AuditJournal:
     def backlog(self) -> int:
         """Journal bytes written and not yet committed by the writer."""
         journal = self.journal
-        return 0 if journal is None else journal.total - self._consumed_total
+        return 0 if journal is None else journal.backlog
 
     @property
     def saturated(self) -> bool:
