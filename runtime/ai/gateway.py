@@ -43,7 +43,7 @@ from typing import Any
 
 from runtime.ai.config import AIBinding, AIConfig
 from runtime.ai.ledger import Call, Ledger, period_start
-from runtime.ai.providers.base import Answer, Provider, ProviderError, build_provider
+from runtime.ai.providers.base import Answer, Provider, ProviderError, Usage, build_provider
 from runtime.logs import log
 from runtime.redact import Redactor
 
@@ -114,6 +114,7 @@ class Gateway:
         self._windows = _Window()
         self._ledger: Ledger | None = None
         self._redactor = Redactor()
+        self._closing: set[asyncio.Future[None]] = set()  # providers of a replaced config, closing
 
     # -- configuration ---------------------------------------------------------------------
     def configure(self, config: AIConfig | None, bindings: dict[str, AIBinding], secrets: dict[str, str],
@@ -134,8 +135,10 @@ class Gateway:
                 self._semaphores[name] = asyncio.Semaphore(cfg.concurrency)
             if self._ledger is None:
                 self._ledger = Ledger(self.state_dir)
-        for provider in old.values():
-            asyncio.ensure_future(provider.aclose())
+        for provider in old.values():  # held until closed (a task nobody holds may be collected)
+            task = asyncio.ensure_future(provider.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(p.aclose() for p in self._providers.values()), return_exceptions=True)
@@ -287,7 +290,7 @@ class Gateway:
             if hit is not None and hit[0] > started:
                 self._cache.move_to_end(key)
                 result = dict(hit[1])  # only "meta" is set on it below, never changed inside
-                self._account(cfg, req, name, meta, Answer(task=model.task, usage=_zero()), 0.0, "hit", started)
+                self._account(cfg, req, name, meta, Answer(task=model.task, usage=Usage(0, 0)), 0.0, "hit", started)
                 result["meta"] = {"cache": "hit", "cost_usd": 0.0}
                 return result
         per_minute = cfg.limits.model_per_minute  # calls that reach the provider (not cache hits)
@@ -375,12 +378,6 @@ class _Unavailable:
         """Nothing to release."""
 
 
-def _zero() -> Any:
-    from runtime.ai.providers.base import Usage
-
-    return Usage(0, 0)
-
-
 def _shape(answer: Answer, stream: bool) -> dict[str, Any]:
     """The result in Workers AI's shapes."""
     usage = {"prompt_tokens": answer.usage.input_tokens, "completion_tokens": answer.usage.output_tokens,
@@ -394,5 +391,6 @@ def _shape(answer: Answer, stream: bool) -> dict[str, Any]:
         pieces = answer.chunks if answer.chunks is not None else [answer.text or ""]
         events = [f"data: {json.dumps({'response': p})}\n\n" for p in pieces]
         events.append(f"data: {json.dumps({'response': '', 'usage': usage})}\n\n")
-        return {"sse": "".join(events) + "data: [DONE]\n\n", "usage": usage}
+        events.append("data: [DONE]\n\n")
+        return {"sse": events, "usage": usage}  # the events of a text/event-stream body, in order
     return {"response": answer.text or "", "usage": usage}

@@ -11,6 +11,7 @@ commit is an append to the WAL, no fsync: a model call takes far longer than the
 from __future__ import annotations
 
 import calendar
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -136,8 +137,6 @@ def usage_report(state_dir: Path, *, since: float | None = None, by: str = "mode
     path = Path(state_dir) / LEDGER_FILENAME
     if not path.is_file():
         return []
-    import sqlite3
-
     conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
     try:
         if by == "instance":

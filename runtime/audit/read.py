@@ -37,7 +37,7 @@ from runtime.audit.records import (
     entry_of,
     format_ts,
 )
-from runtime.audit.store import Segment, list_segments
+from runtime.audit.store import Segment, legacy_state, list_segments
 
 __all__ = ["ProofError", "VerifyResult", "export", "has_log", "prove", "query", "state_dir_of",
            "verify", "verify_export", "verify_proof"]
@@ -298,8 +298,6 @@ def _signature_problem(what: str, cp: Checkpoint, verifier: Verifier) -> str:
 
 
 def _check_migration(state_dir: Path, first: tuple[sqlite3.Connection, Segment]) -> None:
-    from runtime.audit.store import _legacy_state
-
     conn, seg = first
     if int(seg.path.stem) != 1:
         return  # the segment that recorded the migration was removed by retention
@@ -308,7 +306,7 @@ def _check_migration(state_dir: Path, first: tuple[sqlite3.Connection, Segment])
         raise _Broken(seg.first_seq, f"a version-1 log ({legacy.AUDIT_FILENAME}) is present but the log does"
                       " not record its migration")
     recorded = decode_data(decode_record(row[0]))
-    last_seq, now = _legacy_state(state_dir / legacy.AUDIT_FILENAME)
+    last_seq, now = legacy_state(state_dir / legacy.AUDIT_FILENAME)
     if (recorded.get("legacy_last_seq"), recorded.get("legacy_last_hash")) != (last_seq, now["legacy_last_hash"]):
         raise _Broken(seg.first_seq, f"the version-1 log changed after it was migrated (it ended at seq "
                       f"{recorded.get('legacy_last_seq')}, it now ends at {last_seq})")

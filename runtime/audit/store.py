@@ -59,7 +59,7 @@ from runtime.audit.merkle import Frontier, leaf_hash
 from runtime.audit.records import CLASSIFICATIONS, RecordMaker
 from runtime.auditconfig import AuditOptions
 
-__all__ = ["SCHEMA", "Segment", "Step", "Store", "list_segments", "segments_dir"]
+__all__ = ["SCHEMA", "Segment", "Step", "Store", "legacy_state", "list_segments", "segments_dir"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -220,7 +220,7 @@ class Store:
         base, migrated = 0, None
         old = self.state_dir / legacy.AUDIT_FILENAME
         if old.is_file():
-            base, migrated = _legacy_state(old)
+            base, migrated = legacy_state(old)
         origin = f"edgeworks-audit:{uuid.uuid4()}"
         empty = Frontier().to_bytes()
         self._write_segment(1, origin, base, empty, empty, tiles=[], offsets=[], checkpoints=[])
@@ -539,7 +539,7 @@ def _is_record(value: Any) -> bool:
             and type(data) is bytes)
 
 
-def _legacy_state(path: Path) -> tuple[int, dict[str, Any]]:
+def legacy_state(path: Path) -> tuple[int, dict[str, Any]]:
     """(last seq, the ``audit.migrated`` fields) of a version-1 log, verified first."""
     result = legacy.verify(path)
     with contextlib.closing(sqlite3.connect(path)) as conn:

@@ -112,11 +112,10 @@ class AiStub:
         return {k: v for k, v in reply.items() if k != "re"}
 
 
-async def _events(sse: str) -> AsyncIterator[bytes]:
+async def _events(events: list[str]) -> AsyncIterator[bytes]:
     """A text/event-stream body, one event at a time (a `Response` body)."""
-    for event in sse.split("\n\n"):
-        if event:
-            yield (event + "\n\n").encode()
+    for event in events:
+        yield event.encode()
 
 
 # -- the front's side --------------------------------------------------------------------------
