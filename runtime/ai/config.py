@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runtime.names import BINDING_NAME
+
 __all__ = ["DEFAULT_LEVELS", "AIBinding", "AIConfig", "Budget", "Grant", "ModelConfig", "ProviderConfig"]
 
 DEFAULT_LEVELS = ["public", "internal", "confidential", "restricted"]
@@ -204,5 +206,5 @@ class AIConfig(_Model):
 class AIBinding(_Model):
     """A script's AI binding: its env name, and the models `run` may name directly."""
 
-    binding: str = "AI"
+    binding: str = Field("AI", pattern=BINDING_NAME)  # an env name, like every other binding's
     models: list[str] = []

@@ -128,3 +128,17 @@ def test_a_scripted_answer_with_a_bad_regex_is_refused_at_load(tmp_path):
         assert any("ai.providers.local.answers[0].match" in p and "regular expression" in p for p in e.problems), e.problems
     else:
         raise AssertionError("loaded a manifest with a bad regex")
+
+
+def test_the_ai_binding_name_follows_the_env_name_grammar(tmp_path):
+    from runtime.config import ConfigError, load_app
+    from tests.support import write_app
+
+    app = write_app(tmp_path / "app", '[[scripts]]\nname = "app"\nmain = "app.py"\nai = { binding = "not-a-name" }\n\n'
+                    '[ai.providers.local]\nkind = "scripted"\n', {"app.py": "async def fetch(r, e, c): pass\n"})
+    try:
+        load_app(app)
+    except ConfigError as e:
+        assert any("ai.binding" in p for p in e.problems), e.problems
+    else:
+        raise AssertionError("loaded an AI binding named 'not-a-name'")
