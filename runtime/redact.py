@@ -21,7 +21,9 @@ when a cheap substring test rules it out):
   or one of ``&;,)}]``: ``password=Pw!x;``); and the password of a URL (``scheme://user:pw@``);
 - ``email``: e-mail addresses, also percent-encoded (``bob%40example.com``);
 - ``card``: 13-19 digits, optionally grouped by single spaces or dashes, first digit 2-6
-  (the card networks' ranges, which keeps millisecond timestamps out), and Luhn-valid;
+  (the card networks' ranges, which keeps millisecond timestamps out), and Luhn-valid, not
+  glued to a letter, digit or underscore (digits inside an identifier such as a hex hash or a version
+  id ``b8b8a233b516-20261129030319`` are part of that identifier, never a card);
 - ``phone``: ``+`` and 8-15 digits with optional separators, or a national format with
   separators (``(555) 123-4567``, ``555-123-4567``, ``020 7946 0958``, ``06 12 34 56 78``).
   A run of digits without separators is never a phone number, so ids and timestamps survive;
@@ -95,7 +97,7 @@ _EMAIL = re.compile(
     r"\b[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
 )
 _DIGIT = re.compile(r"\d")
-_CARD = re.compile(r"(?<![\d+\-])[2-6]\d(?:[ -]?\d){11,17}(?![\d\-])")
+_CARD = re.compile(r"(?<![\w+\-])[2-6]\d(?:[ -]?\d){11,17}(?![\w\-])")
 _PHONE = re.compile(
     r"(?<![\w+])(?:"
     r"\+\d{1,3}(?:[ .\-]?\(\d{1,4}\))?(?:[ .\-]?\d{1,5}){2,6}"

@@ -66,6 +66,9 @@ def test_each_pattern_is_redacted_with_its_label(r: Redactor, text: str, secret:
         "note=9f86d081884c7d659a2feaa0c55ad015",  # high entropy but the name is not a key
         "uuid 123e4567-e89b-12d3-a456-426614174000",
         "Bearer realm=edgeworks",
+        # Digits glued to letters belong to an identifier (Luhn-valid runs inside ids).
+        "version b8b8a233b516-20261129030319 resumed",
+        "sha a4111111111111111b and run_4111111111111111",
     ],
 )
 def test_ordinary_values_survive(r: Redactor, text: str):
