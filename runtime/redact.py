@@ -27,7 +27,10 @@ when a cheap substring test rules it out):
 - ``phone``: ``+`` and 8-15 digits with optional separators, or a national format with
   separators (``(555) 123-4567``, ``555-123-4567``, ``020 7946 0958``, ``06 12 34 56 78``).
   A run of digits without separators is never a phone number, so ids and timestamps survive;
-- ``custom``: each of the configured extra regexes.
+- ``custom``: each of the configured extra regexes;
+- ``secret``: the values of the app's secrets this process holds (`mask_secret_values`), as
+  literal strings, found first, wherever they appear (values under `MIN_SECRET_CHARS` characters
+  are not masked by value: masking ``abc`` everywhere would mangle every log line).
 
 Dict entries whose key names a credential (parts such as ``password``, ``secret``, ``token``,
 ``authorization``, ``api_key``, ``cookie``, ``private_key``; ``tokens`` and ``token_count``
@@ -45,7 +48,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Redactor", "RedactionPatternError", "is_sensitive_key"]
+__all__ = ["MIN_SECRET_CHARS", "Redactor", "RedactionPatternError", "is_sensitive_key", "mask_secret_values"]
 
 _MASK_SECRET = "[redacted:secret]"
 
@@ -112,6 +115,37 @@ _NOT_DIGIT = re.compile(r"\D")
 _CACHED_LEN = 64
 _CACHE_SIZE = 4096
 
+MIN_SECRET_CHARS = 6  # `redact_text` leaves shorter texts alone, so a shorter value is never masked
+
+
+class _SecretValues:
+    """The secret values every `Redactor` of this process masks. Process-wide on purpose: one
+    process serves one app, and its redactors are made in many places (logs, audit records,
+    approvals, the AI gateway, workflow errors); a secret the process holds must be masked by
+    all of them. `generation` changes with the set, so redactors drop results they cached."""
+
+    def __init__(self) -> None:
+        self.values: tuple[str, ...] = ()
+        self.generation = 0
+
+    def add(self, values: Iterable[str]) -> list[str]:
+        new = {v for v in values if len(v) >= MIN_SECRET_CHARS} - set(self.values)
+        if new:
+            # Longest first: a value that contains another is masked whole.
+            self.values = tuple(sorted({*self.values, *new}, key=len, reverse=True))
+            self.generation += 1
+        return [v for v in values if len(v) < MIN_SECRET_CHARS]
+
+
+_SECRETS = _SecretValues()
+
+
+def mask_secret_values(values: Iterable[str]) -> list[str]:
+    """From now on every `Redactor` of this process replaces each of `values` wherever it appears
+    with ``[redacted:secret]``. Returns the values too short to be masked (under
+    `MIN_SECRET_CHARS` characters), so the caller can warn about them by name."""
+    return _SECRETS.add(list(values))
+
 
 class RedactionPatternError(ValueError):
     """A configured extra pattern is not a valid regular expression."""
@@ -165,6 +199,7 @@ class Redactor:
         self._extra = tuple(extra)
         self._key_cache: dict[str, bool] = {}
         self._text_cache: dict[str, str] = {}
+        self._secrets_seen = _SECRETS.generation  # the secret values its cached results masked
 
     def redact(self, value: Any, default: Callable[[Any], Any] | None = None) -> Any:
         """A redacted copy of `value`: str, dict, list and tuple recursively.
@@ -212,9 +247,12 @@ class Redactor:
 
     def redact_text(self, text: str) -> str:
         """`text` with every finding replaced by ``[redacted:<label>]``."""
-        if len(text) < 6:
+        if len(text) < MIN_SECRET_CHARS:
             return text
         if len(text) <= _CACHED_LEN:
+            if self._secrets_seen != _SECRETS.generation:
+                self._text_cache = {}
+                self._secrets_seen = _SECRETS.generation
             # Short strings (ids, tenants, paths, methods) repeat: remember their result.
             hit = self._text_cache.get(text)
             if hit is None:
@@ -227,6 +265,9 @@ class Redactor:
     def _scan(self, text: str) -> str:
         # Each pass runs only when a cheap substring test says it could match; a finding
         # replaced by an earlier pass cannot match a later one.
+        for value in _SECRETS.values:
+            if value in text:
+                text = text.replace(value, _MASK_SECRET)
         if "earer" in text or "EARER" in text:
             text = _BEARER.sub("[redacted:bearer]", text)
         if "eyJ" in text:
