@@ -2,8 +2,10 @@
 
 Each workflow instance is a durable object whose storage holds its status, params and every
 step's outcome; its alarm wakes it for sleeps, retries and event timeouts and doubles as a
-crash-recovery lease. Steps are **at-least-once**: a step interrupted by a crash runs again
-after restart; completed steps never run again (their recorded result is returned on replay).
+crash-recovery lease. The run's data in those records (params, results, events, errors) is
+sealed at rest by an injected ``RecordCodec`` (see ``sealing``). Steps are
+**at-least-once**: a step interrupted by a crash runs again after restart; completed steps
+never run again (their recorded result is returned on replay).
 A step that only writes the instance's own storage (``step.sql``) and is declared
 ``transactional=True`` is exactly-once: its writes and its result commit in one transaction.
 
@@ -40,6 +42,7 @@ from .errors import (
     WorkflowTimeoutError,
 )
 from .options import RetryPolicy, StepConfig, WorkflowLimits, parse_duration
+from .sealing import RecordCodec
 from .step import Step, StepCall, StepContext
 from .types import APPROVAL_EVENT, STATUSES, WorkflowEvent, WorkflowHooks
 
@@ -48,6 +51,7 @@ __all__ = [
     "STATUSES",
     "ApprovalRejected",
     "NonRetryableError",
+    "RecordCodec",
     "RetryPolicy",
     "Step",
     "StepCall",

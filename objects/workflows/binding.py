@@ -73,6 +73,7 @@ class WorkflowInstance:
         _unwrap(await self._stub().restart())
 
     async def send_event(self, type: str, payload: Any = None) -> None:
+        self._binding.definition.codec.check()
         payload = self._binding._params(payload, "event payload")
         _unwrap(await self._stub().send_event(type, payload))
 
@@ -128,6 +129,7 @@ class WorkflowBinding:
                 raise WorkflowError("invalid_options",
                                     f"create takes {{id, params}}, got {options!r}")
             id, params = options.get("id"), options.get("params")
+        self.definition.codec.check()  # nothing is stored that could not be sealed
         instance_id = validate_id(id) if id is not None else uuid.uuid4().hex
         params = self._params(params)
         _unwrap(await self._instance_stub(instance_id).create(instance_id, params, self._tenant()))

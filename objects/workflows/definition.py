@@ -15,6 +15,7 @@ from .entrypoint import WorkflowEntrypoint
 from .instance import WorkflowInstanceObject
 from .options import StepConfig, WorkflowLimits
 from .registry import WorkflowRegistryObject
+from .sealing import RecordCodec
 from .types import WorkflowHooks
 
 __all__ = ["WorkflowDefinition"]
@@ -31,6 +32,7 @@ class WorkflowDefinition:
         hooks: WorkflowHooks | None = None,
         limits: WorkflowLimits | None = None,
         step_defaults: StepConfig | None = None,
+        codec: RecordCodec | None = None,
     ) -> None:
         if not (isinstance(entrypoint, type) and issubclass(entrypoint, WorkflowEntrypoint)):
             raise TypeError(f"{entrypoint!r} is not a WorkflowEntrypoint subclass")
@@ -39,6 +41,7 @@ class WorkflowDefinition:
         self.hooks = hooks or WorkflowHooks()
         self.limits = limits or entrypoint.limits
         self.step_defaults = step_defaults or entrypoint.step_defaults
+        self.codec = codec or RecordCodec()  # how instance records are sealed at rest
         self.instance_class_name = f"{self.class_name}.__workflow__"
         self.registry_class_name = f"{self.class_name}.__workflows__"
         self._script: str | None = None
@@ -97,8 +100,9 @@ class WorkflowDefinition:
         return None if namespace is None else namespace.get_by_name(instance_id)
 
     async def list_instances(self, tenant: str | None, *, every_tenant: bool = False) -> list[dict[str, Any]]:
-        """The ``meta`` record of every instance (of ``tenant`` if tenant-scoped, unless
-        ``every_tenant``: the admin plane's global view), oldest first.
+        """The clear part of the ``meta`` record of every instance (of ``tenant`` if
+        tenant-scoped, unless ``every_tenant``: the admin plane's global view), oldest first:
+        id, tenant, status and times, not the sealed params, output and error.
 
         Records are read as committed, then overlaid with the live state of the instances this
         process runs: an instance that has just started running commits that status with its
@@ -106,11 +110,13 @@ class WorkflowDefinition:
         if self._transport is None:
             return []
         rows = await self._transport.scan(self.instance_class_name, "meta")
-        metas = {(meta["tenant"], meta["id"]): meta for _, meta in rows if isinstance(meta, dict)}
+        clear = self.codec.clear_part
+        metas = {(meta["tenant"], meta["id"]): clear("meta", meta)
+                 for _, meta in rows if isinstance(meta, dict)}
         for instance in list(self._live):
             meta = instance.meta
             if meta is not None and (meta["tenant"], meta["id"]) in metas:
-                metas[meta["tenant"], meta["id"]] = meta
+                metas[meta["tenant"], meta["id"]] = clear("meta", meta)
         listed = [meta for meta in metas.values()
                   if every_tenant or not self._tenant_scoped or meta.get("tenant") == tenant]
         return sorted(listed, key=lambda meta: (meta["created"], meta.get("order", 0), meta["id"]))

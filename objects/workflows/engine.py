@@ -145,7 +145,7 @@ class InstanceEngine(DurableObject):
 
     async def write(self, key: str, value: dict[str, Any], txn: Any) -> None:
         self._check_token()
-        await txn.put(key, value)
+        await txn.put(key, self._stored(key, value))
 
     async def commit(self, puts: dict[str, dict[str, Any]]) -> None:
         """Write ``puts`` atomically (one batch); refused to a superseded run.
@@ -179,7 +179,12 @@ class InstanceEngine(DurableObject):
             puts = {**puts, "meta": self.meta}
         self._meta_dirty = False
         # One put of several entries lands in one batch (one SQLite transaction).
-        await self.storage.put(puts)
+        await self.storage.put({key: self._stored(key, value) for key, value in puts.items()})
+
+    def _stored(self, key: str, value: dict[str, Any]) -> Any:
+        """The form ``value`` is written in: its run data sealed (see ``sealing``)."""
+        return self.definition.codec.seal_record(self.definition.instance_class_name,
+                                                 str(self.ctx.id), key, value)
 
     async def _save(self, puts: dict[str, dict[str, Any]]) -> None:
         await self._put(puts)
@@ -239,9 +244,17 @@ class InstanceEngine(DurableObject):
         if self.meta is not None:
             return
         items = await self.storage.list()
+        codec, class_name, object_id = (self.definition.codec, self.definition.instance_class_name,
+                                        str(self.ctx.id))
+        clear: dict[str, Any] = {}  # records an older version wrote in clear
         for key, value in dict(items).items():
             if key == "meta" or key.split(":", 1)[0] in ("step", "event", "comp"):
-                self.remember(key, value)
+                record = codec.open_record(class_name, object_id, key, value)
+                self.remember(key, record)
+                if record is value and codec.seal is not None:
+                    clear[key] = codec.seal_record(class_name, object_id, key, record)
+        if clear:
+            await self.storage.put(clear)
 
     async def _arm_lease(self) -> None:
         """Set the alarm a lease ahead; callers commit it in the same batch as the new status."""

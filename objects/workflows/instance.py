@@ -3,7 +3,8 @@
 Storage layout (KV of the object): ``meta`` (id, status, params, output/error, timestamps),
 ``step:<name>#<n>`` (one record per step call: kind, position, status, attempts, result),
 ``comp:<name>#<n>`` (one record per compensation), ``event:<seq>`` (received events, buffered
-until a ``wait_for_event`` consumes them).
+until a ``wait_for_event`` consumes them). The run's data in them (params, output, results,
+attempts, errors, event payloads) is stored sealed by the definition's codec (``sealing``).
 
 This module is the object's RPC surface (what the binding calls); every method answers
 ``{"ok": True, "value": ...}`` or ``{"ok": False, "error": {"code", "message"}}`` and never
