@@ -14,11 +14,19 @@ from .limits import LimitOverrides, Limits
 from .sandbox import Sandbox
 from .spec import Preopen, SandboxConfig, ToolSpec
 from .ticker import EpochTicker
-from .tokens import CapabilityAuthority, CapabilityToken, TokenError
+from .tokens import (
+    AuthorityKey,
+    CapabilityAuthority,
+    CapabilityToken,
+    KeySource,
+    TokenError,
+    key_id,
+)
 from .types import AuditHook, Clock
 
 __all__ = [
     "AuditHook",
+    "AuthorityKey",
     "CacheStats",
     "Capability",
     "CapabilityAuthority",
@@ -28,6 +36,7 @@ __all__ = [
     "Clock",
     "EpochTicker",
     "ErrorCode",
+    "KeySource",
     "LimitOverrides",
     "Limits",
     "Preopen",
@@ -37,5 +46,6 @@ __all__ = [
     "ToolError",
     "ToolSpec",
     "TokenError",
+    "key_id",
     "run_tool_cli",
 ]

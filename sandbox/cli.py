@@ -78,7 +78,7 @@ def run_tool_cli(
     ]
     token = authority.mint("cli", caps, request_id=request_id)
     try:
-        result = sandbox.run_sync(name, value, token=token, request_id=request_id)
+        result = sandbox.run_sync(name, value, token=token, request_id=request_id, principal="cli")
     except ToolError as e:
         return fail(e, 1)
     out.write(json.dumps(result) + "\n")

@@ -12,11 +12,11 @@ Cancellation: cancelling the awaiting task does not stop the guest; it runs on u
 hits its limits (fuel, `wall_ms`), which bound how long a pool thread stays busy.
 
 Audit: every call emits `audit("sandbox.call", fields)` exactly once, on success and on every
-error (including invalid tokens and unknown tools), with `request_id`, `tool`, `jti`,
-`issuer`, `tenant`, `caps_used`, `caps_denied`, `fuel`, `wall_ms`, `host_calls`,
+error (including invalid tokens and unknown tools), with `request_id`, `tool`, `principal`
+(who runs the tool: the caller's `principal=`), `jti`, `issuer` (the token's), `tenant`, `caps_used`, `caps_denied`, `fuel`, `wall_ms`, `host_calls`,
 `outcome` (`ok` or the error code) and `error` (message, on failure). Each denial also emits
 its own `sandbox.denied` entry when it happens (a refused token, an import or host call
-outside the grants).
+outside the grants); every entry of a call carries its `principal`.
 """
 
 from __future__ import annotations
@@ -112,20 +112,21 @@ class Sandbox:
 
     async def run(
         self, name: str, input: Any, *, token: str, request_id: str | None = None,
-        tenant: str | None = ANY_TENANT,
+        tenant: str | None = ANY_TENANT, principal: str | None = None,
     ) -> Any:
         import asyncio  # deferred: callers of run() have it loaded; the CLI path does not
 
         loop = asyncio.get_running_loop()
         call = functools.partial(self.run_sync, name, input, token=token, request_id=request_id,
-                                 tenant=tenant)
+                                 tenant=tenant, principal=principal)
         return await loop.run_in_executor(self.engine.executor, call)
 
     def run_sync(
         self, name: str, input: Any, *, token: str, request_id: str | None = None,
-        tenant: str | None = ANY_TENANT,
+        tenant: str | None = ANY_TENANT, principal: str | None = None,
     ) -> Any:
         started = time.perf_counter()
+        audit = _as_principal(self.audit, principal)
         fields: dict[str, Any] = {
             "request_id": request_id,
             "tool": name,
@@ -145,7 +146,7 @@ class Sandbox:
             try:
                 tok = self.authority.verify(token)
             except TokenError as e:
-                self.audit("sandbox.denied", {"request_id": request_id, "tool": name,
+                audit("sandbox.denied", {"request_id": request_id, "tool": name,
                                               "reason": e.reason, "capability": None})
                 raise ToolError(ErrorCode.INVALID_TOKEN, e.message, {"reason": e.reason}) from None
             request_id = request_id or tok.request_id or uuid.uuid4().hex
@@ -154,7 +155,7 @@ class Sandbox:
             )
             if tenant is not ANY_TENANT and tok.tenant != tenant:
                 fields.update(tenant=tenant, token_tenant=tok.tenant)
-                self.audit("sandbox.denied", {"request_id": request_id, "tool": name,
+                audit("sandbox.denied", {"request_id": request_id, "tool": name,
                                               "reason": "wrong_tenant", "capability": None,
                                               "tenant": tenant, "token_tenant": tok.tenant})
                 raise ToolError(
@@ -185,7 +186,7 @@ class Sandbox:
                 limits=limits,
                 config=self.config,
                 kv=self.kv,
-                audit=self.audit,
+                audit=audit,
                 clock=self.clock,
                 deadline=time.monotonic() + limits.wall_ms / 1000,
             )
@@ -228,7 +229,7 @@ class Sandbox:
                 )
             fields["fuel"] = stats.fuel_used
             fields["wall_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            self.audit("sandbox.call", fields)
+            audit("sandbox.call", fields)
 
     def prepare_all(self) -> None:
         """Compile (or load from cache) every declared tool now instead of on first call."""
@@ -346,6 +347,15 @@ def _granted_preopens(
             ctx.use(f"fs.read:{p.guest_path}")
             mounted.append(p.model_copy(update={"writable": False}) if p.writable else p)
     return tuple(mounted)
+
+
+def _as_principal(audit: AuditHook, principal: str | None) -> AuditHook:
+    """`audit` with the calling principal named in every entry of one call."""
+
+    def call(kind: str, fields: dict[str, Any]) -> None:
+        audit(kind, {**fields, "principal": principal})
+
+    return call
 
 
 def _guarded(audit: AuditHook) -> AuditHook:

@@ -11,8 +11,11 @@ was attenuated from, oldest first; empty for a minted token).
 1. `malformed`: not three base64url JSON parts, or claims of the wrong type/missing.
 2. `bad_algorithm`: header `alg` is anything but `EdDSA` (so `none` and HS256 forged with the
    public key as HMAC secret are refused before any signature check; decode pins algorithms).
-3. `bad_signature`: the signature does not verify with this state dir's key.
-4. `wrong_audience`, `unknown_issuer` (issuer not in `issuers` when that is configured),
+3. `unknown_key`: the header's `kid` names no key of the authority's `KeySource`.
+4. `bad_signature`: the signature does not verify with the key `kid` names.
+5. `wrong_key`: the key belongs to another issuer than the token's `iss` (a principal's key
+   signs only its own tokens).
+6. `wrong_audience`, `unknown_issuer` (issuer not in `issuers` when that is configured),
    `lifetime_too_long` (`exp - iat` beyond `max_ttl`), `not_yet_valid` (`nbf` in the
    future), `expired` (`exp` not after now), `widened_capabilities` (a capability outside the
    issuer's ceiling when `issuers` maps issuers to ceilings), `revoked` (its `jti` or any
@@ -22,15 +25,24 @@ Time comes from the injected `clock`; there is no leeway. A verified signature i
 exact token string (the bytes cannot change), but the time, issuer and revocation checks run on
 every `verify`.
 
-Keys and revocations are shared by every process using the same state dir: the private key is
-`<state_dir>/keys/sandbox-ed25519.pem` (created 0600 by whichever process gets there first,
-published with an atomic link so all processes read the same key); revocations live in
+Keys: a `KeySource` gives the key each issuer signs with and the public key a token's `kid`
+names. The runtime injects one key per principal (`runtime.identity.PrincipalKeys`), so each
+issuer signs with its own key; without one, `AuthorityKey` signs every issuer's tokens with the
+single key `<state_dir>/keys/sandbox-ed25519.pem` (what `edgeworks tool run` uses, issuer `cli`).
+Either way keys are created 0600 by whichever process gets there first, published with an
+atomic link so all processes read the same key. Minting for an issuer beyond its ceiling raises
+`TokenError("beyond_ceiling")` naming the capabilities its ceiling does not cover.
+
+Revocations are shared by every process using the same state dir: they live in
 `<state_dir>/sandbox/revocations.sqlite` and are read on every `verify`, so a `revoke` in
 one process takes effect at the next `verify` in every process.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import threading
 import uuid
@@ -38,7 +50,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -51,7 +63,8 @@ from ._sqlite import PerThreadConnection
 from .capabilities import CapabilityError, CapabilitySet
 from .types import Clock, system_clock
 
-__all__ = ["ANY_TENANT", "AUDIENCE", "CapabilityAuthority", "CapabilityToken", "TokenError"]
+__all__ = ["ANY_TENANT", "AUDIENCE", "AuthorityKey", "CapabilityAuthority", "CapabilityToken", "KeySource",
+           "TokenError", "key_id"]
 
 AUDIENCE = "sandbox"
 ALGORITHM = "EdDSA"
@@ -76,6 +89,41 @@ class TokenError(Exception):
         super().__init__(f"{reason}: {message}" if message else reason)
         self.reason = reason
         self.message = message or reason
+
+
+class KeySource(Protocol):
+    """Where an authority's keys come from. Called from any thread (tools run on a pool)."""
+
+    def signing_key(self, issuer: str) -> tuple[str, Ed25519PrivateKey]:
+        """(kid, private key) that `issuer` signs with; ValueError for an issuer it has none for."""
+
+    def public_key(self, kid: str | None) -> tuple[str | None, Ed25519PublicKey] | None:
+        """(the issuer the key belongs to, None when any; the public key) for the `kid` of a
+        token's header; None when no key has that id."""
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """The RFC 7638 JWK thumbprint of `public`: a key id any holder of the key can recompute."""
+    x = base64.urlsafe_b64encode(public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    jwk = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x.rstrip(b"=").decode()}, separators=(",", ":"),
+                     sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(jwk.encode()).digest()).rstrip(b"=").decode()
+
+
+class AuthorityKey:
+    """One key for every issuer, `<key_dir>/sandbox-ed25519.pem`: for callers without principal
+    keys (`edgeworks tool run`, tests). A token without `kid` is taken as signed by it."""
+
+    def __init__(self, key_dir: Path):
+        self._private = _load_or_create_key(key_dir)
+        self._public = self._private.public_key()
+        self.kid = key_id(self._public)
+
+    def signing_key(self, issuer: str) -> tuple[str, Ed25519PrivateKey]:
+        return self.kid, self._private
+
+    def public_key(self, kid: str | None) -> tuple[str | None, Ed25519PublicKey] | None:
+        return (None, self._public) if kid is None or kid == self.kid else None
 
 
 @dataclass(frozen=True)
@@ -107,7 +155,8 @@ class CapabilityAuthority:
         clock: Clock = system_clock,
         default_ttl: int = 300,
         max_ttl: int = 900,
-        issuers: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+        issuers: Iterable[str] | Mapping[str, Iterable[str] | None] | None = None,
+        keys: KeySource | None = None,
     ):
         if not 0 < default_ttl <= max_ttl:
             raise ValueError("need 0 < default_ttl <= max_ttl")
@@ -121,11 +170,10 @@ class CapabilityAuthority:
         if issuers is None:
             self._ceilings = None
         elif isinstance(issuers, Mapping):
-            self._ceilings = {k: CapabilitySet(v) for k, v in issuers.items()}
+            self._ceilings = {k: None if v is None else CapabilitySet(v) for k, v in issuers.items()}
         else:
             self._ceilings = dict.fromkeys(issuers)
-        self._private_key = _load_or_create_key(self.state_dir / "keys")
-        self._public_key: Ed25519PublicKey = self._private_key.public_key()
+        self._keys: KeySource = keys if keys is not None else AuthorityKey(self.state_dir / "keys")
         self._revocations = _RevocationStore(self.state_dir / "sandbox" / "revocations.sqlite")
         self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._verified_lock = threading.Lock()
@@ -150,6 +198,7 @@ class CapabilityAuthority:
         self._check_issuer(issuer, capset)
         now = int(self.clock())
         return self._sign(
+            issuer,
             {
                 "iss": issuer,
                 "aud": AUDIENCE,
@@ -191,6 +240,7 @@ class CapabilityAuthority:
         if exp <= now:
             raise ValueError("expires_at must be in the future")
         return self._sign(
+            parent.issuer,
             {
                 "iss": parent.issuer,
                 "aud": AUDIENCE,
@@ -270,10 +320,15 @@ class CapabilityAuthority:
             raise TokenError("malformed", str(e)) from None
         if header.get("alg") != ALGORITHM:
             raise TokenError("bad_algorithm", f"algorithm {header.get('alg')!r} is not accepted")
+        kid = header.get("kid")
+        key = self._keys.public_key(kid) if kid is None or isinstance(kid, str) else None
+        if key is None:
+            raise TokenError("unknown_key", f"no key with id {kid!r}")
+        owner, public_key = key
         try:
             claims = jwt.decode(
                 token,
-                self._public_key,
+                public_key,
                 algorithms=[ALGORITHM],
                 options={
                     "verify_aud": False,
@@ -290,6 +345,8 @@ class CapabilityAuthority:
         except jwt.PyJWTError as e:
             raise TokenError("malformed", str(e)) from None
         _check_claim_types(claims)
+        if owner is not None and claims["iss"] != owner:
+            raise TokenError("wrong_key", f"signed with the key of {owner!r}, not of its issuer {claims['iss']!r}")
         with self._verified_lock:
             self._verified[token] = claims
             if len(self._verified) > _VERIFIED_CACHE_SIZE:
@@ -298,8 +355,9 @@ class CapabilityAuthority:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _sign(self, claims: dict[str, Any]) -> str:
-        return jwt.encode(claims, self._private_key, algorithm=ALGORITHM)
+    def _sign(self, issuer: str, claims: dict[str, Any]) -> str:
+        kid, key = self._keys.signing_key(issuer)
+        return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
 
     def _parse_caps(self, caps: Any, reason: str | None = None) -> CapabilitySet:
         try:
@@ -317,8 +375,10 @@ class CapabilityAuthority:
         if issuer not in self._ceilings:
             raise ValueError(f"issuer {issuer!r} is not configured")
         ceiling = self._ceilings[issuer]
-        if ceiling is not None and ceiling.uncovered(capset):
-            raise ValueError(f"capabilities beyond issuer ceiling: {ceiling.uncovered(capset)}")
+        missing = ceiling.uncovered(capset) if ceiling is not None else []
+        if ceiling is not None and missing:
+            raise TokenError("beyond_ceiling", f"{issuer} may not grant {', '.join(missing)}: beyond its"
+                                               f" capability ceiling {ceiling.strings()}")
 
 
 def _cap_list(caps: Any) -> list[Any]:

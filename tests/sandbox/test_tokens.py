@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sandbox import CapabilityAuthority, TokenError
+from sandbox import CapabilityAuthority, TokenError, key_id
 
 
 class FakeClock:
@@ -233,3 +233,57 @@ def test_revocation_in_another_process_takes_effect_immediately(tmp_path, auth):
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
     assert reason(auth, token) == "revoked"
+
+
+class TwoIssuers:
+    """A key source with one key per issuer, as the runtime's principal keys are."""
+
+    def __init__(self, *issuers: str):
+        self.keys = {i: Ed25519PrivateKey.generate() for i in issuers}
+        self.kids = {key_id(k.public_key()): i for i, k in self.keys.items()}
+
+    def signing_key(self, issuer):
+        if issuer not in self.keys:
+            raise ValueError(f"no key for {issuer!r}")
+        return key_id(self.keys[issuer].public_key()), self.keys[issuer]
+
+    def public_key(self, kid):
+        issuer = self.kids.get(kid)
+        return None if issuer is None else (issuer, self.keys[issuer].public_key())
+
+
+def test_a_minted_token_names_its_signing_key(auth):
+    header = jwt.get_unverified_header(auth.mint("a", ["log"]))
+    assert header["kid"] == key_id(auth._keys.signing_key("a")[1].public_key())
+
+
+def test_each_issuer_signs_with_its_own_key(tmp_path, clock):
+    keys = TwoIssuers("script:app", "workflow:app/Job")
+    authority = CapabilityAuthority(tmp_path, clock=clock, keys=keys)
+    token = authority.mint("workflow:app/Job", ["log"])
+    assert jwt.get_unverified_header(token)["kid"] == key_id(keys.keys["workflow:app/Job"].public_key())
+    assert authority.verify(token).issuer == "workflow:app/Job"
+    assert authority.verify(authority.attenuate(token, [])).issuer == "workflow:app/Job"
+    assert not (tmp_path / "keys").exists()  # no authority-wide key is made when keys are given
+
+
+def test_a_token_claiming_another_issuer_than_its_key_is_refused(tmp_path, clock):
+    keys = TwoIssuers("script:app", "workflow:app/Job")
+    authority = CapabilityAuthority(tmp_path, clock=clock, keys=keys)
+    kid = key_id(keys.keys["script:app"].public_key())
+    forged = jwt.encode(claims(clock, iss="workflow:app/Job"), keys.keys["script:app"], "EdDSA", headers={"kid": kid})
+    assert reason(authority, forged) == "wrong_key"
+    unsigned_kid = jwt.encode(claims(clock), keys.keys["script:app"], "EdDSA")
+    assert reason(authority, unsigned_kid) == "unknown_key"
+    stranger = Ed25519PrivateKey.generate()
+    foreign = jwt.encode(claims(clock), stranger, "EdDSA", headers={"kid": key_id(stranger.public_key())})
+    assert reason(authority, foreign) == "unknown_key"
+
+
+def test_minting_beyond_the_issuer_ceiling_is_refused_naming_what_is_not_covered(tmp_path, clock):
+    strict = CapabilityAuthority(tmp_path, clock=clock, issuers={"script:app": ["kv.read:notes/"], "script:free": None})
+    with pytest.raises(TokenError) as info:
+        strict.mint("script:app", ["kv.read:notes/a", "kv.write:notes/", "log"])
+    assert info.value.reason == "beyond_ceiling"
+    assert "kv.write:notes/, log" in info.value.message and "kv.read:notes/a" not in info.value.message
+    assert strict.verify(strict.mint("script:free", ["kv.write:*"])).caps == ("kv.write:*",)
