@@ -29,6 +29,7 @@ from runtime.bindings import KINDS, env_name_problems, kind_fields
 from runtime.bindings.durable_objects import DurableObjectBinding
 from runtime.bindings.services import ServiceBinding
 from runtime.bindings.workflows import WorkflowBindingConfig as WorkflowBinding
+from runtime.classification import LEVEL_NAME, field_path_problem
 from runtime.names import SCRIPT_NAME
 from runtime.risk import RiskRule
 
@@ -78,6 +79,8 @@ class RouteConfig(_Model):
     body_model: str | None = None  # "module:Class" inside the script's app dir
     query_model: str | None = None
     classification: str = "internal"  # the data classification level of its requests (see [ai] levels)
+    # Body fields that raise a request's level: dotted path -> level (runtime/classification.py).
+    field_levels: dict[str, str] = {}
 
     @field_validator("pattern")
     @classmethod
@@ -330,6 +333,11 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
         for j, r in enumerate(s.route_configs()):
             if r.classification not in levels:
                 problems.append(f"{where}.routes[{j}].classification: {r.classification!r} is not one of {levels}")
+            for path, level in r.field_levels.items():
+                if (bad := field_path_problem(path)) is not None:
+                    problems.append(f"{where}.routes[{j}].field_levels: {bad}")
+                if level not in levels:
+                    problems.append(f"{where}.routes[{j}].field_levels.{path}: {level!r} is not one of {levels}")
             if r.auth in ("required", "optional") and cfg.auth is None:
                 problems.append(f"{where}.routes[{j}].auth: {r.auth!r} needs an [auth] section")
             methods: list[str] | list[None] = r.methods or [None]
@@ -347,7 +355,25 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
                 problems += [f"{where}.{key}: {problem}" for key, problem in kind.check(s, cfg)]
     if cfg.ai is not None:
         problems += [f"{source}: {p}{key}: {problem}" for key, problem in cfg.ai.problems()]
+    problems += [f"{source}: {p}{key}: {problem}" for key, problem in _classification_problems(cfg)]
     return problems
+
+
+def _classification_problems(cfg: AppConfig) -> list[tuple[str, str]]:
+    """(key path, problem) for level names the data-classification path cannot carry: a level
+    outside [ai] levels in a risk rule or a tool, or a level name that is not a short lowercase
+    name (levels are audit columns and travel on every message)."""
+    levels = cfg.ai.levels if cfg.ai is not None else DEFAULT_LEVELS
+    out = [("ai.levels", f"{name!r} is not a level name (lowercase letters, digits, '-' and '_', at most 32)")
+           for name in levels if not LEVEL_NAME.match(name)]
+    for i, rule in enumerate(cfg.risk):
+        if rule.classification is not None and rule.classification not in levels:
+            out.append((f"risk[{i}].classification", f"{rule.classification!r} is not one of {levels}"))
+    for i, s in enumerate(cfg.scripts):
+        for j, tool in enumerate(s.tools):
+            if tool.max_level is not None and tool.max_level not in levels:
+                out.append((f"scripts[{i}].tools[{j}].max_level", f"{tool.max_level!r} is not one of {levels}"))
+    return out
 
 
 def load_app(root: str | Path) -> AppConfig:

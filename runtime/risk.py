@@ -23,7 +23,9 @@ A `RiskRule` matches a request when every condition it sets holds:
 matching rules (low < medium < high) or the engine's default; the action is the strongest
 action among them (block > approve > allow; ``allow`` when nothing matches). ``rule_index``
 names the rule that decided the action (on ties, the one with the higher label, then the
-first one), or is None when no rule matched.
+first one), or is None when no rule matched. ``classifications`` lists the ``classification``
+level of every matching rule that sets one (the front raises the request's data level to the
+highest, see `runtime.classification`).
 
 `load_rules` validates a list of raw rules in one pass and raises `RiskRuleError` listing every
 problem with its rule index and field path.
@@ -40,6 +42,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "MISSING",
     "Predicate",
     "RiskDecision",
     "RiskEngine",
@@ -50,13 +53,14 @@ __all__ = [
     "UNREADABLE_BODY",
     "compile_path",
     "load_rules",
+    "lookup_field",
 ]
 
 RiskLabel = Literal["low", "medium", "high"]
 RiskAction = Literal["allow", "block", "approve"]
 _LABEL_RANK = {"low": 0, "medium": 1, "high": 2}
 _ACTION_RANK = {"allow": 0, "approve": 1, "block": 2}
-_MISSING = object()
+MISSING = object()
 
 
 class _Unreadable:
@@ -133,11 +137,11 @@ class Predicate(BaseModel):
         return self
 
     def holds(self, body: Any) -> bool:
-        actual = _lookup(body, self.field)
+        actual = lookup_field(body, self.field)
         op, want = self.op, self.value
         if op == "exists":
-            return (actual is not _MISSING) == (want is not False)
-        if actual is _MISSING:
+            return (actual is not MISSING) == (want is not False)
+        if actual is MISSING:
             return False
         if isinstance(actual, str) and op in _NUMBER_OPS and _numeric(want):
             # A route model in lax mode (and int()/float() in a handler) reads "5000" as 5000:
@@ -204,18 +208,19 @@ def _regex(pattern: str) -> re.Pattern[str]:
     return rx
 
 
-def _lookup(body: Any, dotted: str) -> Any:
+def lookup_field(body: Any, dotted: str) -> Any:
+    """The value at a dotted path of a parsed JSON body (digits index lists), or `MISSING`."""
     cur = body
     for part in dotted.split("."):
         if isinstance(cur, Mapping):
-            cur = cur.get(part, _MISSING)
+            cur = cur.get(part, MISSING)
         elif isinstance(cur, list) and part.isdigit():
             idx = int(part)
-            cur = cur[idx] if idx < len(cur) else _MISSING
+            cur = cur[idx] if idx < len(cur) else MISSING
         else:
-            return _MISSING
-        if cur is _MISSING:
-            return _MISSING
+            return MISSING
+        if cur is MISSING:
+            return MISSING
     return cur
 
 
@@ -229,6 +234,9 @@ class RiskRule(BaseModel):
     label: RiskLabel = "low"
     action: RiskAction = "allow"
     reason: str | None = None
+    # A data classification level (see runtime.classification): a request the rule matches
+    # gets at least this level, whatever its action. Checked against [ai] levels at load.
+    classification: str | None = None
 
     @field_validator("path")
     @classmethod
@@ -262,6 +270,7 @@ class RiskDecision:
     action: RiskAction
     rule_index: int | None
     reason: str
+    classifications: tuple[str, ...] = ()  # of every matching rule that sets one
 
 
 class RiskRuleError(ValueError):
@@ -308,22 +317,25 @@ class RiskEngine:
         method = method.upper()
         label: RiskLabel = self.default
         best: tuple[int, int, int] | None = None  # (action rank, label rank, -index)
+        levels: list[str] = []
         for i, rule in enumerate(self.rules):
             if not self._matches(i, rule, method, path, tenant, body):
                 continue
+            if rule.classification is not None:
+                levels.append(rule.classification)
             if _LABEL_RANK[rule.label] > _LABEL_RANK[label]:
                 label = rule.label
             key = (_ACTION_RANK[rule.action], _LABEL_RANK[rule.label], -i)
             if best is None or key > best:
                 best = key
         if best is None:
-            return RiskDecision(label, "allow", None, "no rule matched")
+            return RiskDecision(label, "allow", None, "no rule matched", tuple(levels))
         index = -best[2]
         rule = self.rules[index]
         reason = rule.reason or f"rule {index}: {rule.describe()}"
         if rule.when and body is UNREADABLE_BODY:
             reason += " (the body is not JSON, so the rule's body fields could not be checked)"
-        return RiskDecision(label, rule.action, index, reason)
+        return RiskDecision(label, rule.action, index, reason, tuple(levels))
 
     def _matches(
         self, i: int, rule: RiskRule, method: str, path: str, tenant: str | None, body: Any

@@ -39,7 +39,8 @@ class ToolSpec(BaseModel):
       convention of `sandbox.guest_python`.
 
     `capabilities` is the most this tool may use; a call gets the intersection of these and the
-    call token's capabilities.
+    call token's capabilities. `max_level` is the highest classification level of the data a
+    call may hand it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,6 +54,9 @@ class ToolSpec(BaseModel):
     capabilities: list[str] = []
     preopens: list[Preopen] = []
     description: str = ""
+    # The highest data classification level a call may hand this tool (the runtime refuses a
+    # call above it, see runtime/classification.py); None: any level.
+    max_level: str | None = None
 
     @field_validator("capabilities")
     @classmethod
