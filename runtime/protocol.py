@@ -302,6 +302,8 @@ class Init(Message):
     secrets: dict[str, str] = dataclasses.field(default_factory=dict)
     version: str | None = None
     active: bool = True
+    levels: list[str] | None = None  # the app's ordered classification levels ([ai] levels)
+    data_key: bytes | None = None  # seals workflow records (runtime.datakey); kept in memory only
 
 
 @message("fetch")
@@ -315,6 +317,7 @@ class Fetch(Message):
     identity: dict[str, Any] | None = None
     risk: str = "low"
     local: bool = True  # the client is on loopback (dev shows it exception details)
+    level: str | None = None  # the request's data classification level (None: its route's)
 
 
 @message("scheduled")
@@ -387,6 +390,7 @@ class Rpc(Message):
     args: list[Any] = dataclasses.field(default_factory=list)
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     identity: dict[str, Any] | None = None
+    level: str | None = None  # the caller's data classification level
 
 
 @message("object")
@@ -398,6 +402,7 @@ class ObjectCall(Message):
     payload: dict[str, Any]
     rid: str | None = None
     identity: dict[str, Any] | None = None
+    level: str | None = None  # the caller's data classification level: the object's code runs at it
 
 
 @message("workflow")
@@ -424,6 +429,7 @@ class ServiceFetch(Message):
     req: dict[str, Any]
     rid: str | None = None
     identity: dict[str, Any] | None = None
+    level: str | None = None
 
 
 @message("service_rpc")
@@ -438,6 +444,7 @@ class ServiceRpc(Message):
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     rid: str | None = None
     identity: dict[str, Any] | None = None
+    level: str | None = None
 
 
 @message("object_call")
@@ -449,3 +456,4 @@ class ObjectRelay(Message):
     payload: dict[str, Any]
     rid: str | None = None
     identity: dict[str, Any] | None = None
+    level: str | None = None

@@ -27,8 +27,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from runtime.classification import Levels
+
 if TYPE_CHECKING:
     from runtime.config import AppConfig, ScriptConfig
+    from runtime.datakey import DataKey
     from runtime.ipc import Channel
     from runtime.isolate.context import RequestScope
     from runtime.killswitch import KillSwitch
@@ -46,7 +49,8 @@ class IsolateAPI(Protocol):
     env: Env
     hosts: dict[str, Any]
 
-    def scope(self, rid: str | None, identity: dict[str, Any] | None, risk: str = "low") -> RequestScope: ...
+    def scope(self, rid: str | None, identity: dict[str, Any] | None, risk: str = "low",
+              level: str | None = None) -> RequestScope: ...
 
     async def run_limited(self, rid: str | None, work: Awaitable[Any],
                           local: bool = True) -> tuple[Any, dict[str, Any] | None, float]: ...
@@ -102,6 +106,8 @@ class BindingHost:
     env: Env | None = None  # the Env being built, for bindings that hand it to user classes
     hosts: dict[str, Any] = dataclasses.field(default_factory=dict)  # per-kind hosts the isolate serves
     object_classes: dict[str, Any] = dataclasses.field(default_factory=dict)  # durable-object classes, by name
+    levels: Levels = dataclasses.field(default_factory=Levels)  # the app's classification levels, in order
+    data_key: DataKey | None = None  # seals the records the runtime replays (None: serve without a key)
 
 
 class Env:

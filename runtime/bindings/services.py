@@ -91,7 +91,8 @@ class ServiceStub:
         scope.count_subrequest()
         req = coerce_request(target, init)
         reply = await relay(self._channel, ServiceFetch(script=self._service, rid=scope.request_id,
-                                                        req=req.to_wire(), identity=_identity()), self._deadline_s)
+                                                        req=req.to_wire(), identity=_identity(), level=scope.level),
+                            self._deadline_s)
         raise_remote(reply)
         return Response(reply["body"], reply["status"], reply["headers"])
 
@@ -104,7 +105,7 @@ class ServiceStub:
             scope.count_subrequest()
             reply = await relay(self._channel, ServiceRpc(
                 script=self._service, entrypoint=self._entrypoint, method=method, args=list(args),
-                kwargs=kwargs, rid=scope.request_id, identity=_identity()), self._deadline_s)
+                kwargs=kwargs, rid=scope.request_id, identity=_identity(), level=scope.level), self._deadline_s)
             raise_remote(reply)
             return reply.get("result")
 
@@ -115,12 +116,14 @@ class ServiceStub:
 
 
 async def _relay_fetch(port: RelayPort, msg: ServiceFetch) -> dict[str, Any]:
-    return await port.forward(msg.script, Fetch(rid=msg.rid or "", req=msg.req, identity=msg.identity))
+    return await port.forward(msg.script, Fetch(rid=msg.rid or "", req=msg.req, identity=msg.identity,
+                                                    level=msg.level))
 
 
 async def _relay_rpc(port: RelayPort, msg: ServiceRpc) -> dict[str, Any]:
     return await port.forward(msg.script, Rpc(rid=msg.rid, method=msg.method, entrypoint=msg.entrypoint,
-                                              args=msg.args, kwargs=msg.kwargs, identity=msg.identity))
+                                              args=msg.args, kwargs=msg.kwargs, identity=msg.identity,
+                                              level=msg.level))
 
 
 # -- the kind --------------------------------------------------------------------------------

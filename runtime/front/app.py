@@ -252,8 +252,9 @@ class Front:
             except ClientDisconnected:  # a truncated body never reaches a handler; nobody to answer
                 status, error_code = 499, "client_disconnected"
                 return
-            decision = contract.assess(method, path, tenant, body)
+            decision, level = contract.assess(route.config, method, path, tenant, body)
             risk = who["risk"] = decision.label
+            who["classification"] = level
             if decision.action == "block":
                 contract.audit("request.blocked", reason=decision.reason, **who)
                 raise Refusal(403, "blocked_by_policy", decision.reason, {"risk": risk}, [], audited=True)
@@ -263,7 +264,7 @@ class Front:
             url = f"{scope.get('scheme', 'http')}://{host or 'localhost'}{path.translate(_URL_PATH_ESCAPES)}" + (f"?{qs.decode('latin-1')}" if qs else "")
             # "local": dev shows exception details to loopback clients only (`dev --host 0.0.0.0`)
             msg = protocol.Fetch(
-                rid=rid, route=route.index, identity=identity.to_wire() if identity else None, risk=risk,
+                rid=rid, route=route.index, identity=identity.to_wire() if identity else None, risk=risk, level=level,
                 local=self.dev and is_loopback_client(scope),
                 req={"url": url, "method": method,
                      "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
@@ -291,6 +292,7 @@ class Front:
                 record(status, cpu_ms, error_code)
             log("request", request_id=rid, script=route.script, method=method, path=path, status=status,
                 cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3), risk=risk,
+                level=who.get("classification", route.config.classification),
                 **({"tenant": identity.tenant} if identity and identity.tenant else {}),
                 **({"error": error_code} if error_code else {}))
 

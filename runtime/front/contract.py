@@ -10,6 +10,9 @@ Order, and what each step may answer instead of the handler:
    body nested deeper than MAX_JSON_DEPTH                -> 400 {"error": "json_too_deep", "limit"}
    action block                                        -> 403 {"error": "blocked_by_policy"}
    action approve                                      -> 202 {"error": "approval_required"}
+5. data classification level: the route's, raised by matching risk rules and by the route's
+   `field_levels` present in the body (runtime/classification.py); sent to the isolate with the
+   request and recorded as the classification of the request's entries and log line
 Refusals by the kill switch, identity and risk rules are audited (`request.killed`,
 `auth.failure`, `request.blocked`, `request.held`, `request.hold_refused`, with request id, script
 and, where known, tenant, subject and risk); the JWT itself is never logged or audited. A request
@@ -25,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.classification import Levels, request_level
 from runtime.config import AppConfig, RouteConfig
 from runtime.front.auditd import AuditJournal
 from runtime.front.identity import AuthError, Identity, Verifier
@@ -52,6 +56,7 @@ class Contract:
     def __init__(self, app: AppConfig, secrets: dict[str, str], kills: KillSwitch, audit_log: AuditJournal):
         self.verifier = Verifier(app.auth, secrets, base_dir=app.root) if app.auth else None
         self.risk = RiskEngine(app.risk)
+        self.levels = Levels.of(app.ai.levels if app.ai is not None else None)
         self.kills = kills
         self.audit_log = audit_log
         self.audit_requests = app.audit.requests
@@ -84,9 +89,11 @@ class Contract:
             raise Refusal(e.status, e.code, e.message, {}, [(b"www-authenticate", e.www_authenticate.encode())],
                           audited=True) from None
 
-    def assess(self, method: str, path: str, tenant: str | None, body: bytes) -> RiskDecision:
+    def assess(self, route: RouteConfig, method: str, path: str, tenant: str | None,
+               body: bytes) -> tuple[RiskDecision, str]:
+        """The risk decision and the data classification level of a request."""
         parsed: Any = None
-        if self.risk.reads_body and body:
+        if (self.risk.reads_body or route.field_levels) and body:
             try:
                 parsed = parse_json(body)
             except JSONTooDeep as e:
@@ -94,4 +101,6 @@ class Contract:
                               {"limit": e.limit}, []) from None
             except ValueError:
                 parsed = UNREADABLE_BODY
-        return self.risk.evaluate(method, path, tenant, parsed)
+        decision = self.risk.evaluate(method, path, tenant, parsed)
+        level = request_level(self.levels, route.classification, decision.classifications, route.field_levels, parsed)
+        return decision, level

@@ -91,7 +91,9 @@ class Deployments:
         dep = Deployment(app, version, pools, contract, secrets)
         for s in app.scripts:
             pools[s.name] = IsolatePool(s, root=app.root, state_dir=self._state_dir, version=version,
-                                        dev=self._dev, secrets=secrets, router=self._router, active=False)
+                                        dev=self._dev, secrets=secrets, router=self._router, active=False,
+                                        levels=app.ai.levels if app.ai is not None else None,
+                                        data_key=self._data_key.export() if self._data_key else None)
         results = await asyncio.gather(*(p.start() for p in pools.values()), return_exceptions=True)
         failed = [(name, r) for name, r in zip(pools, results, strict=True) if isinstance(r, BaseException)]
         if failed:

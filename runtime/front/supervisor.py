@@ -251,8 +251,12 @@ class IsolatePool:
         secrets: dict[str, str],
         router: Any,
         active: bool = True,
+        levels: list[str] | None = None,
+        data_key: bytes | None = None,
     ):
         self.script = script
+        self.data_key = data_key  # handed to each isolate in its init message, over its own pipe
+        self.levels = levels  # the app's classification levels ([ai] levels; None: the defaults)
         self.root = root
         self.state_dir = state_dir
         self.version = version
@@ -281,6 +285,8 @@ class IsolatePool:
             secrets={k: v for k, v in self.secrets.items() if k in self.script.secrets},
             version=self.version,
             active=self.active,
+            levels=self.levels,
+            data_key=self.data_key,
         )
 
     async def _spawn(self, index: int) -> IsolateProcess:

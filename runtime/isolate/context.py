@@ -23,6 +23,7 @@ __all__ = [
     "RequestScope",
     "SubrequestLimitExceeded",
     "current",
+    "in_scope",
     "use_scope",
 ]
 
@@ -43,7 +44,7 @@ class RequestScope:
     subrequests: int = 0
     deadline: float | None = None  # epoch seconds when the request's wall time runs out
     route: str | None = None  # the matched route's pattern, for the request's calls (None: not a fetch)
-    level: str = "internal"  # the data classification level of the request (its route's)
+    level: str = "internal"  # the data classification level of the data this code handles (runtime/classification.py)
 
     @property
     def tenant(self) -> str | None:
@@ -61,6 +62,11 @@ _NO_SCOPE = RequestScope(subrequest_limit=1_000_000)
 
 def current() -> RequestScope:
     return _scope.get(_NO_SCOPE)
+
+
+def in_scope() -> bool:
+    """Whether code runs for a request, an object call or a workflow run (its level is known)."""
+    return _scope.get(None) is not None
 
 
 def use_scope(scope: RequestScope) -> contextvars.Token[RequestScope]:

@@ -34,7 +34,9 @@ from pydantic import BaseModel, ValidationError
 from objects import CodedError
 from runtime import protocol
 from runtime.bindings import BindingHost, Env, build_env, isolate_ops
+from runtime.classification import Levels
 from runtime.config import RouteConfig, ScriptConfig
+from runtime.datakey import DataKey
 from runtime.errors import LoadError, error_body
 from runtime.ipc import Channel, ChannelClosed, open_channel
 from runtime.isolate.context import (
@@ -42,6 +44,7 @@ from runtime.isolate.context import (
     RequestScope,
     SubrequestLimitExceeded,
     current,
+    in_scope,
     use_scope,
 )
 from runtime.isolate.entrypoints import ScheduledController, WorkerEntrypoint
@@ -138,6 +141,7 @@ class Isolate:
         self.watchdog: Watchdog | None = None
         self.hosts: dict[str, Any] = {}
         self.env: Env = Env({})
+        self.levels = Levels()
         # One dispatch table: the core messages, then every binding kind's ops.
         self.handlers: dict[type[protocol.Message], Callable[[Any, int | None], Awaitable[Any]]] = {
             protocol.Fetch: self.handle_fetch,
@@ -154,6 +158,7 @@ class Isolate:
     async def load(self, init: protocol.Init) -> None:
         self.script = script = ScriptConfig.model_validate(init.script)
         self.dev = init.dev
+        self.levels = Levels.of(init.levels)
         root = Path(init.root)
         limit = script.limits.memory_mb * 1024 * 1024
         self.watchdog = Watchdog(self.note_path, limit)
@@ -190,6 +195,8 @@ class Isolate:
             audit=self.audit,
             kills=KillSwitch(Path(init.state_dir)),
             hosts=self.hosts,
+            levels=self.levels,
+            data_key=DataKey(init.data_key, "the front's data key") if init.data_key else None,
         )
         try:
             self.env = await build_env(host)
@@ -218,7 +225,10 @@ class Isolate:
     def audit(self, kind: str, fields: dict[str, Any]) -> None:
         """The audit hook handed to bindings: entries travel to the front's audit writer."""
         entry = {"script": self.script.name if self.script else None, **fields}
-        entry.setdefault("request_id", current().request_id or None)
+        scope = current()
+        entry.setdefault("request_id", scope.request_id or None)
+        if in_scope():  # the level of the data the entry describes (else the kind's default)
+            entry.setdefault("classification", scope.level)
         try:
             self.channel.send(protocol.Audit(entry=kind, fields=entry).encode())
         except TypeError:  # a value msgpack cannot carry: keep the entry, as text
@@ -267,11 +277,15 @@ class Isolate:
                                                          code="unserializable", status=500))
 
     # -- the API binding ops use (runtime.bindings.IsolateAPI) -----------------------------
-    def scope(self, rid: str | None, identity: dict[str, Any] | None, risk: str = "low") -> RequestScope:
+    def scope(self, rid: str | None, identity: dict[str, Any] | None, risk: str = "low",
+              level: str | None = None) -> RequestScope:
+        """A new request scope; `level` is the caller's data classification level (the request's,
+        or the calling code's for an object or service call)."""
         assert self.script is not None
         return RequestScope(request_id=rid or "", script=self.script.name, identity=protocol.Identity.from_wire(identity),
                             risk=risk, subrequest_limit=self.script.limits.subrequests,
-                            deadline=time.time() + self.script.limits.wall_ms / 1000)
+                            deadline=time.time() + self.script.limits.wall_ms / 1000,
+                            level=level or RequestScope.level)
 
     async def run_limited(self, rid: str | None, coro: Any, local: bool = True) -> tuple[Any, dict[str, Any] | None, float]:
         """Run `coro` under the request's scope and CPU meter. Returns (result, error, cpu_ms);
@@ -301,10 +315,12 @@ class Isolate:
             if isinstance(e, CodedError) and e.code and e.status:
                 # A call the handler made failed in the runtime (its callee's isolate was killed,
                 # a limit): the answer keeps that code and status, it is not a handler bug.
-                log("error", request_id=rid, script=self.script.name, exception=f"{e.type}: {e.message}", code=e.code)
+                log("error", request_id=rid, script=self.script.name, exception=f"{e.type}: {e.message}", code=e.code,
+                    level=current().level)
                 return None, {"code": e.code, "status": e.status, "type": e.type, "message": e.message}, meter.cpu * 1000
             tb = traceback.format_exc()
-            log("error", request_id=rid, script=self.script.name, exception=f"{type(e).__name__}: {e}", traceback=tb)
+            log("error", request_id=rid, script=self.script.name, exception=f"{type(e).__name__}: {e}", traceback=tb,
+                level=current().level)
             # dev shows details, but not to a remote client (a client fetch from a non-loopback address)
             detailed = self.dev and local
             err = {"code": "exception", "status": 500, "type": type(e).__name__,
@@ -317,13 +333,14 @@ class Isolate:
     async def handle_fetch(self, msg: protocol.Fetch, mid: int | None) -> None:
         if mid is None:
             return
-        scope = self.scope(msg.rid, msg.identity, msg.risk)
+        scope = self.scope(msg.rid, msg.identity, msg.risk, msg.level)
         use_scope(scope)
         req = Request.from_wire(msg.req)
         route = msg.route
         if route is not None and 0 <= route < len(self.routes):
             scope.route = self.routes[route].pattern
-            scope.level = self.routes[route].classification
+            if msg.level is None:
+                scope.level = self.routes[route].classification
         if route is not None and 0 <= route < len(self.models):
             try:  # the bound request.json() applies; pydantic's own (200 levels) answers less clearly
                 if self.models[route][0] is not None:
@@ -393,7 +410,7 @@ class Isolate:
 
     # -- rpc / cron / lifecycle ------------------------------------------------------------
     async def handle_rpc(self, msg: protocol.Rpc, mid: int | None = None) -> Any:
-        use_scope(scope := self.scope(msg.rid, msg.identity))
+        use_scope(scope := self.scope(msg.rid, msg.identity, level=msg.level))
         name = msg.entrypoint or "Default"
         cls = getattr(self.module, name, None)
         method = msg.method
