@@ -3,7 +3,10 @@
 Events (``fetch``, ``rpc``, ``alarm``) are queued in arrival order. A dispatcher task delivers
 them one by one, each only while the input gate is open, and lets each new event run up to its
 first suspension before looking at the gate again. Each delivered event runs in its own task;
-its reply is released only after the output gate opens for it (``objects.gates``).
+its reply is released only after the output gate opens for it (``objects.gates``). That task
+runs in a copy of the context the event was submitted from, so the object's code sees its own
+caller's context variables (the runtime's request scope: request id, tenant, classification
+level), not those of whichever caller happened to start the dispatcher.
 
 Reset (failed commit, failed ``block_concurrency_while``, failed constructor): the actor is
 marked broken, both gates are broken, queued events and the replies of running events become
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -52,6 +56,7 @@ class QueuedEvent:
     retry_count: int = 0
     drop: bool = False  # alarm: give up, delete the alarm if it is still `op["time"]`
     delivered: bool = field(default=False)
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)  # the submitter's
 
 
 async def _result(value: Any) -> Any:
@@ -188,7 +193,7 @@ class ObjectActor:
                     continue
                 event.delivered = True
                 self.inflight += 1
-                self._track(asyncio.get_running_loop().create_task(self._run(event)))
+                self._track(asyncio.get_running_loop().create_task(self._run(event), context=event.context))
                 if self.queue:
                     await asyncio.sleep(0)  # let it run to its first suspension
         except DurableObjectReset as exc:

@@ -5,7 +5,8 @@ an object this process owns goes straight to the local `ObjectHost`; any other c
 another script) travels to the front, which forwards it to the owner. So does a call made while
 this process's version does not serve (under its deploy probe, in a split, draining): the owner
 is then an isolate of the serving version, one owner per object. Every call counts as a
-subrequest of the calling request and carries its request id and identity.
+subrequest of the calling request and carries its request id, identity and data classification
+level: the object's code runs at the caller's level (`current().level`), wherever it is hosted.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class ObjectTransport:
             return await self.local.handle(address, op)
         ident = scope.identity
         reply = await relay(h.channel, ObjectRelay(address=list(address), payload=op, rid=scope.request_id,
-                                                   identity=ident.to_wire() if ident else None), call_deadline(h))
+                                                   identity=ident.to_wire() if ident else None, level=scope.level),
+                            call_deadline(h))
         if "error" in reply:
             return {"error": reply["error"]}
         return reply["result"]
@@ -174,7 +176,7 @@ async def _serve_call(isolate: IsolateAPI, msg: ObjectCall) -> Any:
     host = isolate.hosts.get("durable_objects")
     if host is None:
         return error_reply("this script hosts no durable objects", type="RpcError", code="no_objects", status=404)
-    use_scope(isolate.scope(msg.rid, msg.identity))
+    use_scope(isolate.scope(msg.rid, msg.identity, level=msg.level))
     reply, err, _ = await isolate.run_limited(msg.rid, host.handle(_address(msg.address), msg.payload))
     return Result(result={"error": wire_error(err)} if err is not None else reply)
 
@@ -191,7 +193,7 @@ def _address(raw: list[Any]) -> ObjectAddress:
 async def _relay_call(port: RelayPort, msg: ObjectRelay) -> dict[str, Any]:
     address = _address(msg.address)
     return await port.forward(address.script, ObjectCall(address=msg.address, payload=msg.payload, rid=msg.rid,
-                                                          identity=msg.identity),
+                                                          identity=msg.identity, level=msg.level),
                               slot=lambda pool_size: owner_index(address.id_hex, pool_size))
 
 

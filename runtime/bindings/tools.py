@@ -8,7 +8,9 @@ attenuate) only in requests of the tenant it was minted for: a token minted in t
 and handed to tenant B's code answers `invalid_token` (reason `wrong_tenant`), audited as a
 `sandbox.denied` entry, instead of reaching A's tool KV. A tool stopped by the kill switch
 answers `capability_denied` naming the switch, before any guest code runs; every call and denial
-is audited by the sandbox through the isolate's audit hook.
+is audited by the sandbox through the isolate's audit hook. A tool that declares `max_level`
+refuses a call made at a higher data classification level (`current().level`) with
+`classification_refused`, audited as `tool.policy_violation`, before any guest code runs.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from runtime.bindings import AuditHook, BindingHost, BindingKind
+from runtime.classification import REFUSED, Levels
 from runtime.isolate.context import current
 from runtime.killswitch import KillSwitch
+from runtime.principals import current_principal
 from sandbox import CapabilityAuthority, Sandbox, SandboxConfig, TokenError, ToolError, ToolSpec
 
 if TYPE_CHECKING:
@@ -28,8 +32,11 @@ __all__ = ["KIND", "Tools"]
 
 class Tools:
     def __init__(self, sandbox: Sandbox, authority: CapabilityAuthority, script: str, kills: KillSwitch | None,
-                 audit: AuditHook | None):
+                 audit: AuditHook | None, specs: list[ToolSpec] | None = None, levels: Levels | None = None):
         self._sandbox = sandbox
+        self._script = script
+        self._max_levels = {s.name: s.max_level for s in specs or () if s.max_level is not None}
+        self._levels = levels or Levels()
         self._authority = authority
         self._issuer = f"script:{script}"
         self._kills = kills
@@ -63,6 +70,13 @@ class Tools:
                                         "capability": f"tool:{name}", "killed": True})
             raise ToolError("capability_denied", f"tool {name!r} is stopped by the kill switch: {reason}",
                             {"capability": f"tool:{name}", "killed": True})
+        max_level = self._max_levels.get(name)
+        if max_level is not None and self._levels.above(scope.level, max_level):
+            self._audit("tool.policy_violation", {"request_id": scope.request_id, "tool": name, "level": scope.level,
+                                                  "max_level": max_level, "principal": current_principal(self._script),
+                                                  "classification": scope.level})
+            raise ToolError(REFUSED, f"tool {name!r} may receive data up to {max_level!r}; this call handles"
+                            f" {scope.level!r} data", {"level": scope.level, "max_level": max_level})
         return await self._sandbox.run(name, input, token=capability, request_id=scope.request_id or None,
                                        tenant=scope.tenant)
 
@@ -74,7 +88,7 @@ def _build(host: BindingHost) -> dict[str, Any]:
     authority = CapabilityAuthority(host.state_dir)
     sandbox = Sandbox(host.state_dir, host.app_root, specs, authority, host.script.sandbox,
                       audit=host.audit, script=host.script.name)
-    return {"TOOLS": Tools(sandbox, authority, host.script.name, host.kills, host.audit)}
+    return {"TOOLS": Tools(sandbox, authority, host.script.name, host.kills, host.audit, specs, host.levels)}
 
 
 def _names(script: ScriptConfig) -> list[tuple[str, str]]:
