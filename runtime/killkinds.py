@@ -7,5 +7,6 @@ from typing import Literal, get_args
 
 __all__ = ["KILL_KINDS", "KillKind"]
 
-KillKind = Literal["script", "route", "tenant", "workflow", "tool", "ai"]  # ai: a model or a provider
+KillKind = Literal["script", "route", "tenant", "workflow", "tool", "ai", "egress"]
+# ai: a model or a provider; egress: a host pattern (runtime/egress/hosts.py) outbound calls may not reach
 KILL_KINDS: tuple[str, ...] = get_args(KillKind)

@@ -1,4 +1,5 @@
-"""The kill switch: human override that stops a script, route, tenant, workflow or tool.
+"""The kill switch: human override that stops a script, route, tenant, workflow, tool, AI model or
+provider, or outbound calls to a host pattern (kind ``egress``).
 
 State lives in ``<state_dir>/killswitch.sqlite`` (WAL), one row per killed (kind, name) with
 the reason, the actor and the time; it survives restarts. Every process of the runtime (the
@@ -80,6 +81,7 @@ class KillSwitch:
         self._lock = threading.Lock()
         self._connect()
         self._cache: dict[tuple[str, str], Kill] = {}
+        self._by_kind: dict[str, dict[str, str]] = {}  # kind -> name -> reason, from the same read
         self._version: int | None = None
         self._loaded_at = float("-inf")
         with self._lock:
@@ -100,6 +102,16 @@ class KillSwitch:
                 self._refresh(now)
         kill = self._cache.get((kind, name))
         return kill.reason if kill else None
+
+    def names(self, kind: str) -> dict[str, str]:
+        """Every killed name of `kind` with its reason, as fresh as `check` (for kinds whose
+        names are patterns, e.g. ``egress`` host patterns)."""
+        now = self._clock()
+        if not (0 <= now - self._loaded_at < self._refresh_s):
+            self._own_process()
+            with self._lock:
+                self._refresh(now)
+        return self._by_kind.get(kind, {})
 
     def list(self) -> list[Kill]:
         """Every current kill, fresh from the file, ordered by kind and name."""
@@ -131,6 +143,10 @@ class KillSwitch:
         finally:
             conn.execute("COMMIT")
         self._cache = {(r[0], r[1]): Kill(*r) for r in rows}
+        by_kind: dict[str, dict[str, str]] = {}
+        for r in rows:
+            by_kind.setdefault(r[0], {})[r[1]] = r[2]
+        self._by_kind = by_kind
         self._loaded_at = self._clock()
 
     # -- changing ------------------------------------------------------------------------
@@ -207,3 +223,7 @@ def _check_target(kind: str, name: str) -> None:
         raise ValueError(f"unknown kill kind {kind!r}; one of {', '.join(KILL_KINDS)}")
     if not isinstance(name, str) or not name:
         raise ValueError("a kill target needs a name")
+    if kind == "egress":
+        from runtime.egress.hosts import parse_host_pattern
+
+        parse_host_pattern(name)  # ValueError naming what a host pattern is
