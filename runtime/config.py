@@ -29,7 +29,10 @@ from runtime.bindings import KINDS, env_name_problems, kind_fields
 from runtime.bindings.durable_objects import DurableObjectBinding
 from runtime.bindings.services import ServiceBinding
 from runtime.bindings.workflows import WorkflowBindingConfig as WorkflowBinding
+from runtime.egress.config import EgressConfig
 from runtime.classification import LEVEL_NAME, field_path_problem
+from runtime.environments import UnknownEnvironment, attribute, overlay, split
+from runtime.identity.config import PrincipalOptions, principals_problems
 from runtime.names import SCRIPT_NAME
 from runtime.risk import RiskRule
 
@@ -213,12 +216,15 @@ class AppConfig(_Model):
     risk: list[RiskRule] = []
     audit: AuditOptions = AuditOptions()
     ai: AIConfig | None = None
+    egress: EgressConfig | None = None  # outbound rules (runtime/egress); absent: open in dev, closed in serve
+    principals: dict[str, PrincipalOptions] = {}  # [principals."<principal>"] (runtime.identity)
     deploy: DeployOptions = DeployOptions()
     server: ServerOptions = ServerOptions()
     scripts: Annotated[list[ScriptConfig], Field(min_length=1)]
     # Filled by the loader, not by the manifest.
     root: Path = Path(".")
     source: str = "edgeworks.toml"
+    environment: str | None = None  # the [env.<name>] applied (runtime/environments.py)
 
     def script(self, name: str) -> ScriptConfig:
         for s in self.scripts:
@@ -355,6 +361,10 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
                 problems += [f"{where}.{key}: {problem}" for key, problem in kind.check(s, cfg)]
     if cfg.ai is not None:
         problems += [f"{source}: {p}{key}: {problem}" for key, problem in cfg.ai.problems()]
+    if cfg.egress is not None:
+        levels = cfg.ai.levels if cfg.ai is not None else DEFAULT_LEVELS
+        problems += [f"{source}: {p}{key}: {problem}" for key, problem in cfg.egress.problems(levels)]
+    problems += [f"{source}: {p}{key}: {problem}" for key, problem in principals_problems(cfg)]
     problems += [f"{source}: {p}{key}: {problem}" for key, problem in _classification_problems(cfg)]
     return problems
 
@@ -376,25 +386,42 @@ def _classification_problems(cfg: AppConfig) -> list[tuple[str, str]]:
     return out
 
 
-def load_app(root: str | Path) -> AppConfig:
-    """Read and validate the manifest in `root`; raise ConfigError listing every problem."""
+def load_app(root: str | Path, env: str | None = None) -> AppConfig:
+    """Read and validate the manifest in `root`, with its ``[env.<env>]`` section applied when
+    `env` is given; raise ConfigError listing every problem (of the base and of every
+    environment, see `runtime.environments`)."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise ConfigError([f"{root}: not a directory"])
     source, prefix, data = _read_manifest(root)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: {prefix or '(top level)'}: expected a table"])
-    for reserved in ("root", "source"):
+    for reserved in ("root", "source", "environment"):
         if reserved in data:
             raise ConfigError([f"{source}: {reserved}: unknown key"])
     try:
+        base, envs, problems = split(data, env, source, prefix)
+    except UnknownEnvironment as e:
+        raise ConfigError([str(e)]) from None
+    cfg, base_problems = _check(base, root, source, prefix)
+    problems += base_problems
+    for name, section in envs.items():
+        merged, own = overlay(base, name, section, source, prefix)
+        env_cfg, env_problems = _check(merged, root, source, prefix)
+        problems += own + attribute(env_problems, name, section, base, set(base_problems), source, prefix)
+        if name == env:
+            cfg = env_cfg
+    if problems or cfg is None:
+        raise ConfigError(problems)
+    return _with_app_paths(cfg.model_copy(update={"environment": env}))
+
+
+def _check(data: dict[str, Any], root: Path, source: str, prefix: str) -> tuple[AppConfig | None, list[str]]:
+    try:
         cfg = AppConfig.model_validate({**data, "root": root, "source": source})
     except ValidationError as e:
-        raise ConfigError(_pydantic_problems(source, prefix, e)) from None
-    problems = _semantic_problems(cfg, source, prefix)
-    if problems:
-        raise ConfigError(problems)
-    return _with_app_paths(cfg)
+        return None, _pydantic_problems(source, prefix, e)
+    return cfg, _semantic_problems(cfg, source, prefix)
 
 
 def _with_app_paths(cfg: AppConfig) -> AppConfig:
