@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.ai.config import DEFAULT_LEVELS
+from runtime.names import LEVEL_NAME as _LEVEL_NAME
 from runtime.risk import MISSING, UNREADABLE_BODY, lookup_field
 
 __all__ = [
@@ -41,8 +42,7 @@ __all__ = [
     "request_level",
 ]
 
-# A level is stored as an audit column and sent on every message: a short lowercase name.
-LEVEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
+LEVEL_NAME = re.compile(_LEVEL_NAME)
 # A dotted path into a JSON body: non-empty segments without whitespace ("card.number", "items.0.sku").
 FIELD_PATH = re.compile(r"^[^.\s]+(?:\.[^.\s]+)*\Z")
 REFUSED = "classification_refused"  # the error code of every boundary's refusal

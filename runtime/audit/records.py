@@ -8,9 +8,11 @@ serialiser. The array::
     [ts, kind, request_id, tenant, subject, script, risk, classification, data]
 
 ``ts`` is epoch seconds (a float, the time of the append); ``kind`` a non-empty string; the five
-columns strings or nil; ``classification`` one of public/internal/confidential/restricted (a
-default per kind, see `DEFAULT_CLASSIFICATIONS`); ``data`` a msgpack *bin* holding the packed map
-of every other field (kept packed so the writer never decodes it: only readers do).
+columns strings or nil; ``classification`` the data classification level of what the entry
+describes (the request's or workflow step's level when the producer knows it, else a default per
+kind, see `DEFAULT_CLASSIFICATIONS`): a level name of `[ai] levels`, so any `CLASSIFICATION_NAME`
+(default levels public/internal/confidential/restricted); ``data`` a msgpack *bin* holding the
+packed map of every other field (kept packed so the writer never decodes it: only readers do).
 
 Redaction (`runtime.redact.Redactor`) runs in `make`, before the record exists: nothing
 unredacted reaches the journal or the log. The same walk makes ``data`` plain: bytes become
@@ -31,10 +33,12 @@ from typing import Any, NamedTuple
 import msgpack
 
 from runtime.auditconfig import AuditOptions, Classification
+from runtime.names import LEVEL_NAME
 from runtime.redact import Redactor
 
 __all__ = [
     "CLASSIFICATIONS",
+    "CLASSIFICATION_NAME",
     "COLUMNS",
     "REQUEST_ID",
     "DEFAULT_CLASSIFICATIONS",
@@ -49,6 +53,8 @@ __all__ = [
 ]
 
 CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
+# What any classification level is named like (an app may declare its own levels in [ai] levels).
+CLASSIFICATION_NAME = re.compile(LEVEL_NAME)
 # Longest dotted prefix of the kind wins ("tool.call" -> "tool"); anything else is internal.
 DEFAULT_CLASSIFICATIONS: dict[str, Classification] = {
     "request": "internal",
@@ -242,7 +248,7 @@ class RecordMaker:
         if not isinstance(kind, str) or not kind:
             raise ValueError("audit kind must be a non-empty string")
         classification = columns.get("classification") or self.classification_for(kind)
-        if classification not in CLASSIFICATIONS:
+        if not isinstance(classification, str) or not CLASSIFICATION_NAME.fullmatch(classification):
             raise ValueError(f"unknown data classification {classification!r}")
         redact = self._redactor.redact_text
         cols: list[str | None] = []
@@ -278,7 +284,7 @@ def decode_record(raw: bytes) -> Record:
         raise RecordError("kind is not a non-empty string")
     if any(c is not None and not isinstance(c, str) for c in cols):
         raise RecordError("a column is neither a string nor nil")
-    if classification not in CLASSIFICATIONS:
+    if not isinstance(classification, str) or not CLASSIFICATION_NAME.fullmatch(classification):
         raise RecordError("unknown classification")
     if not isinstance(data, bytes):
         raise RecordError("data is not packed bytes")

@@ -56,7 +56,7 @@ from runtime.audit import legacy
 from runtime.audit.anchor import Checkpoint, Signer
 from runtime.audit.journal import journal_dir
 from runtime.audit.merkle import Frontier, leaf_hash
-from runtime.audit.records import CLASSIFICATIONS, RecordMaker
+from runtime.audit.records import CLASSIFICATION_NAME, RecordMaker
 from runtime.auditconfig import AuditOptions
 
 __all__ = ["SCHEMA", "Segment", "Step", "Store", "legacy_state", "list_segments", "segments_dir"]
@@ -535,7 +535,8 @@ def _is_record(value: Any) -> bool:
     return ((type(ts) is float or type(ts) is int) and type(kind) is str and kind != ""
             and (c1 is None or type(c1) is str) and (c2 is None or type(c2) is str)
             and (c3 is None or type(c3) is str) and (c4 is None or type(c4) is str)
-            and (c5 is None or type(c5) is str) and classification in CLASSIFICATIONS
+            and (c5 is None or type(c5) is str) and type(classification) is str
+            and CLASSIFICATION_NAME.fullmatch(classification) is not None
             and type(data) is bytes)
 
 
