@@ -33,7 +33,6 @@ from runtime.egress.config import EgressConfig
 from runtime.classification import LEVEL_NAME, field_path_problem
 from runtime.environments import UnknownEnvironment, attribute, overlay, split
 from runtime.identity.config import PrincipalOptions, principals_problems
-from runtime.identity.config import PrincipalOptions, principals_problems
 from runtime.names import SCRIPT_NAME
 from runtime.risk import RiskRule
 
@@ -217,7 +216,6 @@ class AppConfig(_Model):
     risk: list[RiskRule] = []
     audit: AuditOptions = AuditOptions()
     ai: AIConfig | None = None
-    principals: dict[str, PrincipalOptions] = {}  # [principals."<principal>"] (runtime.identity)
     egress: EgressConfig | None = None  # outbound rules (runtime/egress); absent: open in dev, closed in serve
     principals: dict[str, PrincipalOptions] = {}  # [principals."<principal>"] (runtime.identity)
     deploy: DeployOptions = DeployOptions()
@@ -363,7 +361,6 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
                 problems += [f"{where}.{key}: {problem}" for key, problem in kind.check(s, cfg)]
     if cfg.ai is not None:
         problems += [f"{source}: {p}{key}: {problem}" for key, problem in cfg.ai.problems()]
-    problems += [f"{source}: {p}{key}: {problem}" for key, problem in principals_problems(cfg)]
     if cfg.egress is not None:
         levels = cfg.ai.levels if cfg.ai is not None else DEFAULT_LEVELS
         problems += [f"{source}: {p}{key}: {problem}" for key, problem in cfg.egress.problems(levels)]
