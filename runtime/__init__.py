@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from runtime.isolate.context import ExecutionContext, SubrequestLimitExceeded
     from runtime.isolate.entrypoints import ScheduledController, WorkerEntrypoint
     from runtime.isolate.http import Headers, Request, Response
-    from runtime.isolate.outbound import FetchError, fetch
+    from runtime.isolate.outbound import FetchDenied, FetchError, fetch
     from runtime.protocol import Identity
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "DurableObjectError",
     "DurableObjectState",
     "ExecutionContext",
+    "FetchDenied",
     "FetchError",
     "Headers",
     "Identity",
@@ -56,6 +57,7 @@ _SOURCES: dict[str, str] = {
     "DurableObjectError": "objects",
     "DurableObjectState": "objects",
     "ExecutionContext": "runtime.isolate.context",
+    "FetchDenied": "runtime.isolate.outbound",
     "FetchError": "runtime.isolate.outbound",
     "Headers": "runtime.isolate.http",
     "Identity": "runtime.protocol",

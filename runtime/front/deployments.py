@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.config import AppConfig, ConfigError, ScriptConfig
+from runtime.egress import EgressPolicy
 from runtime.front.contract import Contract
 from runtime.front.identity import AuthConfigError
 from runtime.front.routing import Router
@@ -93,7 +94,8 @@ class Deployments:
             pools[s.name] = IsolatePool(s, root=app.root, state_dir=self._state_dir, version=version,
                                         dev=self._dev, secrets=secrets, router=self._router, active=False,
                                         levels=app.ai.levels if app.ai is not None else None,
-                                        data_key=self._data_key.export() if self._data_key else None)
+                                        data_key=self._data_key.export() if self._data_key else None,
+                                        egress=EgressPolicy.from_app(app, dev=self._dev).to_wire())
         results = await asyncio.gather(*(p.start() for p in pools.values()), return_exceptions=True)
         failed = [(name, r) for name, r in zip(pools, results, strict=True) if isinstance(r, BaseException)]
         if failed:

@@ -37,8 +37,10 @@ from runtime.bindings import BindingHost, Env, build_env, isolate_ops
 from runtime.classification import Levels
 from runtime.config import RouteConfig, ScriptConfig
 from runtime.datakey import DataKey
+from runtime.egress import EgressClient, EgressPolicy
 from runtime.errors import LoadError, error_body
 from runtime.ipc import Channel, ChannelClosed, open_channel
+from runtime.isolate import outbound
 from runtime.isolate.context import (
     ExecutionContext,
     RequestScope,
@@ -160,6 +162,10 @@ class Isolate:
         self.dev = init.dev
         self.levels = Levels.of(init.levels)
         root = Path(init.root)
+        kills = KillSwitch(Path(init.state_dir))
+        policy = EgressPolicy.from_wire(init.egress) if init.egress is not None else EgressPolicy.build(None, dev=self.dev)
+        egress = EgressClient(policy, audit=self.audit, kills=kills)
+        outbound.use_egress(egress, script.name)
         limit = script.limits.memory_mb * 1024 * 1024
         self.watchdog = Watchdog(self.note_path, limit)
         self.watchdog.start()
@@ -193,10 +199,11 @@ class Isolate:
             dev=self.dev,
             secrets=init.secrets,
             audit=self.audit,
-            kills=KillSwitch(Path(init.state_dir)),
+            kills=kills,
             hosts=self.hosts,
             levels=self.levels,
             data_key=DataKey(init.data_key, "the front's data key") if init.data_key else None,
+            egress=egress,
         )
         try:
             self.env = await build_env(host)
