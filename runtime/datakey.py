@@ -1,5 +1,7 @@
-"""The data key: encrypts at rest the records the runtime must replay (held requests), and lives
-outside the state dir, so a copy of the state dir reveals none of them.
+"""The data key: encrypts at rest the records the runtime must replay (held requests, workflow
+instance records), and lives outside the state dir, so a copy of the state dir reveals none of
+them. The front loads it and hands it to each isolate process in its init message, over the
+isolate's private pipe (isolates seal their workflows' records with it).
 
 Where the key comes from (the first that is set):
 
@@ -61,6 +63,7 @@ class DataKey:
     def __init__(self, key: bytes, source: str):
         if len(key) != _KEY_BYTES:
             raise DataKeyError(f"{source}: expected {_KEY_BYTES} bytes, got {len(key)}")
+        self._key = key
         self._aead = AESGCM(key)
         self._id = hashlib.sha256(key).digest()[:_ID_BYTES]
         self._mac_key = hashlib.sha256(b"edgeworks digest\0" + key).digest()  # never the sealing key itself
@@ -69,6 +72,11 @@ class DataKey:
     @property
     def key_id(self) -> str:
         return self._id.hex()
+
+    def export(self) -> bytes:
+        """The key itself, for the isolate processes the front starts: it travels in their init
+        message over their private pipe and is never written anywhere."""
+        return self._key
 
     @staticmethod
     def is_sealed(blob: bytes) -> bool:

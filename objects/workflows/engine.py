@@ -251,10 +251,11 @@ class InstanceEngine(DurableObject):
             if key == "meta" or key.split(":", 1)[0] in ("step", "event", "comp"):
                 record = codec.open_record(class_name, object_id, key, value)
                 self.remember(key, record)
-                if record is value and codec.seal is not None:
-                    clear[key] = codec.seal_record(class_name, object_id, key, record)
-        if clear:
-            await self.storage.put(clear)
+                if record is value:
+                    clear[key] = record
+        if clear and codec.can_seal():
+            await self.storage.put({key: codec.seal_record(class_name, object_id, key, record)
+                                    for key, record in clear.items()})
 
     async def _arm_lease(self) -> None:
         """Set the alarm a lease ahead; callers commit it in the same batch as the new status."""

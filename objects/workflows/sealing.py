@@ -51,6 +51,16 @@ class RecordCodec:
     open: Callable[[bytes, str], bytes] | None = None
     check: Callable[[], None] = field(default=_available)
 
+    def can_seal(self) -> bool:
+        """Whether records are sealed and can be now (``check`` passes)."""
+        if self.seal is None:
+            return False
+        try:
+            self.check()
+        except Exception:
+            return False
+        return True
+
     @staticmethod
     def context(class_name: str, object_id: str, key: str) -> str:
         return f"workflow/{class_name}/{object_id}/{key}"

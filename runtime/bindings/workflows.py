@@ -1,5 +1,12 @@
 """Workflow bindings (`env.REFUND`): durable workflows whose instances are durable objects of the
-script, placed and persisted like any other object (see `objects.workflows`)."""
+script, placed and persisted like any other object (see `objects.workflows`).
+
+Instance records (params, step results, events, errors) are sealed at rest with the data key
+(`runtime.datakey`, which the front hands each isolate in its init message): a resumed run reads
+the real values, a copy of the state dir reveals none. Without a key (`serve` with none
+configured) creating an instance or sending it an event fails with 503
+``workflows_unavailable`` naming the variables to set; nothing is stored in clear.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,14 @@ import dataclasses
 import functools
 import traceback
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from objects import CodedError
 from objects.workflows import (
     STATUSES,
+    RecordCodec,
     WorkflowBinding,
     WorkflowDefinition,
     WorkflowEntrypoint,
@@ -24,6 +32,7 @@ from objects.workflows import (
 from objects.workflows.binding import validate_id
 from runtime.bindings import BindingHost, BindingKind, IsolateAPI
 from runtime.bindings.durable_objects import namespace_secret, object_transport
+from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError
 from runtime.errors import LoadError
 from runtime.isolate.context import Identity, current, use_scope
 from runtime.isolate.meter import CpuLimitExceeded, Meter, metered
@@ -35,7 +44,8 @@ from runtime.redact import Redactor
 if TYPE_CHECKING:
     from runtime.config import ScriptConfig
 
-__all__ = ["KIND", "StepCpuLimitExceeded", "WorkflowBindingConfig", "WorkflowCpuLimitExceeded"]
+__all__ = ["KIND", "StepCpuLimitExceeded", "WorkflowBindingConfig", "WorkflowCpuLimitExceeded",
+           "WorkflowsUnavailable"]
 
 
 class WorkflowBindingConfig(BaseModel):
@@ -48,6 +58,37 @@ class WorkflowBindingConfig(BaseModel):
     tenant_scoped: bool = False
 
 _redactor = Redactor()  # workflow error messages are redacted before they are stored
+
+
+class WorkflowsUnavailable(CodedError):
+    """Workflow records cannot be sealed or opened: no data key, or not the key they were sealed
+    with. Answered 503 (the operator must configure the key), never stored in clear."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(type(self).__name__, message, code="workflows_unavailable", status=503)
+
+
+def _no_key() -> NoReturn:
+    raise WorkflowsUnavailable(f"workflow records are encrypted at rest and no data key is "
+                               f"configured: {HOW_TO_SET}")
+
+
+def _refuse_seal(data: bytes, context: str) -> bytes:
+    _no_key()
+
+
+def record_codec(key: DataKey | None) -> RecordCodec:
+    """Instance records sealed with `key`; without one, every write and every sealed read refused."""
+    if key is None:
+        return RecordCodec(seal=_refuse_seal, open=_refuse_seal, check=_no_key)
+
+    def open_record(blob: bytes, context: str) -> bytes:
+        try:
+            return key.open(blob, context)
+        except DataKeyError as e:
+            raise WorkflowsUnavailable(str(e)) from None
+
+    return RecordCodec(seal=key.seal, open=open_record)
 
 
 class StepCpuLimitExceeded(Exception):
@@ -93,6 +134,7 @@ def _build(host: BindingHost) -> dict[str, Any]:
     if not host.script.workflows:
         return {}
     transport = object_transport(host)
+    codec = record_codec(host.data_key)
     entries: dict[str, Any] = {}
     for b in host.script.workflows:
         cls = getattr(host.module, b.class_name, None)
@@ -108,7 +150,7 @@ def _build(host: BindingHost) -> dict[str, Any]:
             run_as_tenant=_run_as_tenant,
             redact=_redactor.redact_text,
         )
-        definition = WorkflowDefinition(cls, class_name=b.class_name, hooks=hooks)
+        definition = WorkflowDefinition(cls, class_name=b.class_name, hooks=hooks, codec=codec)
         host.object_classes.update(definition.object_classes())
         entries[b.binding] = make_workflow_binding(
             host.script.name, b.class_name, transport, lambda: current().tenant, definition=definition,
