@@ -20,24 +20,26 @@ from runtime.front.httpguard import guarded_protocol
 from runtime.front.supervisor import LoadFailed
 from runtime.logs import LOGGING_CONFIG, log, redact_text, set_level, set_redactor
 from runtime.redact import RedactionPatternError, Redactor
+from runtime.secrets import SECRETS, SecretSources
 
 __all__ = ["run"]
 
 WATCHED_SUFFIXES = (".py", ".toml", ".dev.vars")
 
 
-async def _watch(front: Front, app_dir: Path) -> None:
+async def _watch(front: Front, app_dir: Path, env: str | None) -> None:
     from watchfiles import awatch
 
     state = str(front.state_dir)
 
     def relevant(_change: object, path: str) -> bool:
-        return path.endswith(WATCHED_SUFFIXES) and not path.startswith(state) and "__pycache__" not in path
+        watched = path.endswith(WATCHED_SUFFIXES) or Path(path).name.startswith(f"{SECRETS}.")  # .dev.vars.<env>
+        return watched and not path.startswith(state) and "__pycache__" not in path
 
     async for changes in awatch(app_dir, watch_filter=relevant, debounce=150, step=50):
         log("change_detected", files=sorted({p for _, p in changes}))
         try:
-            app = load_app(app_dir)
+            app = load_app(app_dir, env)
         except ConfigError as e:
             log("reload_failed", problems=e.problems)
             continue
@@ -53,9 +55,11 @@ def print_problems(e: ConfigError) -> None:
         print(f"  {p}", file=sys.stderr)
 
 
-def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None, quiet: bool) -> int:
+def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None, quiet: bool,
+        env: str | None = None, secrets_dir: str | None = None) -> int:
     try:
-        app = load_app(app_dir)
+        app = load_app(app_dir, env)
+        secrets = SecretSources.of_process(dev=dev, secrets_dir=secrets_dir)
     except ConfigError as e:
         print_problems(e)
         return 2
@@ -82,7 +86,14 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
     except AnchorError as e:
         print(f"edgeworks: the audit log cannot be anchored: {e}", file=sys.stderr)
         return 2
-    front = Front(app, dev=dev, state_dir=state, data_key=data_key)
+    try:
+        secrets.resolve(app, data_key)  # a missing secret stops the start here, naming where it was looked for
+    except ConfigError as e:
+        print("edgeworks: the app's secrets are incomplete:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    front = Front(app, dev=dev, state_dir=state, data_key=data_key, secrets=secrets)
     front.admin = build_admin(front)
     if not front.approvals.can_hold and any(rule.action == "approve" for rule in app.risk):
         print(f"edgeworks: warning: risk rules hold requests for approval but no data key is configured: "
@@ -99,7 +110,7 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
     server = uvicorn.Server(config)
 
     async def main() -> None:
-        watcher = asyncio.ensure_future(_watch(front, Path(app_dir).resolve())) if dev else None
+        watcher = asyncio.ensure_future(_watch(front, Path(app_dir).resolve(), env)) if dev else None
         try:
             await server.serve()
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -12,6 +13,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787)")
     p.add_argument("--state-dir", default=None, help="state directory (default: <dir>/.edgeworks)")
     p.add_argument("--quiet", action="store_true", help="do not print a log line per request")
+    p.add_argument("--env", default=os.environ.get("EDGEWORKS_ENV") or None, metavar="NAME",
+                   help="apply the manifest's [env.NAME] section (default: $EDGEWORKS_ENV)")
+    p.add_argument("--secrets-dir", default=None, metavar="DIR",
+                   help="a directory holding one file per secret (default: $EDGEWORKS_SECRETS_DIR)")
 
 
 def register(sub: Any) -> None:
@@ -28,4 +33,5 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace, *, dev: bool) -> int:
     from runtime.server import run
 
-    return run(args.dir, host=args.host, port=args.port, dev=dev, state_dir=args.state_dir, quiet=args.quiet)
+    return run(args.dir, host=args.host, port=args.port, dev=dev, state_dir=args.state_dir, quiet=args.quiet,
+               env=args.env, secrets_dir=args.secrets_dir)

@@ -46,6 +46,7 @@ from runtime.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from runtime.datakey import DataKey
+    from runtime.secrets import SecretSources
 
 __all__ = ["ADMIN_PREFIX", "Collected", "Deployment", "Front"]
 
@@ -88,7 +89,7 @@ class Front:
     versions' secrets); None: no request can be held."""
 
     def __init__(self, app: AppConfig, *, dev: bool, state_dir: Path | None = None,
-                 data_key: DataKey | None = None):
+                 data_key: DataKey | None = None, secrets: SecretSources | None = None):
         self.dev = dev
         self.state_dir = state_dir or app.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ class Front:
         self.ai = Gateway(self.state_dir, self.audit_log, self.kills)
         self.deployments = Deployments(app, state_dir=self.state_dir, dev=dev, kills=self.kills,
                                        audit_log=self.audit_log, data_key=data_key, router=self,
-                                       on_promote=self._promoted)
+                                       on_promote=self._promoted, secrets=secrets)
         self.cron = CronScheduler(self.deployments, self.fire_scheduled)
         self.admin: Any = None  # the admin plane's ASGI app (see runtime/admin/app.py)
         self.startup_error: str | None = None
@@ -137,7 +138,7 @@ class Front:
         self.cron.start()
         current = deployments.current
         assert current is not None
-        log("started", version=current.version, scripts=list(current.pools),
+        log("started", version=current.version, environment=current.app.environment, scripts=list(current.pools),
             pids={n: p.pids() for n, p in current.pools.items()})
 
     async def swap(self, app: AppConfig, version: str | None = None) -> str:

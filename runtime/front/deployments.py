@@ -24,8 +24,10 @@ from runtime.front.contract import Contract
 from runtime.front.identity import AuthConfigError
 from runtime.front.routing import Router
 from runtime.front.supervisor import IsolatePool, LoadFailed
+from runtime.identity import principal_ceilings
 from runtime.logs import log
-from runtime.secrets import read_secrets
+from runtime.redact import MIN_SECRET_CHARS, mask_secret_values
+from runtime.secrets import ResolvedSecrets, SecretSources
 
 if TYPE_CHECKING:
     from runtime.datakey import DataKey
@@ -57,17 +59,20 @@ class Deployments:
     """The current deployment, an optional split, and loading and promoting versions.
 
     `router` receives what isolates send the front (`Front.on_isolate_message`); `data_key`
-    opens a deployed version's sealed secrets."""
+    opens a deployed version's sealed secrets; `secrets` says where declared secrets are looked
+    for (default: this process's environment, see `runtime.secrets`)."""
 
     def __init__(self, initial: AppConfig, *, state_dir: Path, dev: bool, kills: KillSwitch,
                  audit_log: AuditJournal, data_key: DataKey | None, router: Any,
-                 on_promote: Callable[[Deployment], None] | None = None):
+                 on_promote: Callable[[Deployment], None] | None = None,
+                 secrets: SecretSources | None = None):
         self.initial = initial  # what `start` loads (the admin plane may resume another version)
         self.current: Deployment | None = None
         # A gradual rollout: (other deployment, fraction of requests it gets), or None.
         self.split: tuple[Deployment, float] | None = None
         self._state_dir, self._dev, self._kills, self._audit_log = state_dir, dev, kills, audit_log
         self._data_key, self._router, self._on_promote = data_key, router, on_promote
+        self._secrets = secrets or SecretSources(dev)
         self._versions = 0
         self._lock = asyncio.Lock()  # one `swap` at a time
         self._handover = asyncio.Lock()  # see `_hand_over`
@@ -81,9 +86,11 @@ class Deployments:
         self._versions += 1
         version = version or f"v{self._versions}"
         try:
-            secrets = read_secrets(app.root, self._data_key)  # a deployed version's are sealed
+            found = self._secrets.resolve(app, self._data_key)  # a deployed version's are sealed
         except ConfigError as e:
             raise LoadFailed(str(e), "config") from None
+        _note_secrets(found, version, app)
+        secrets = found.values
         try:
             contract = Contract(app, secrets, self._kills, self._audit_log)
         except AuthConfigError as e:
@@ -94,6 +101,7 @@ class Deployments:
             pools[s.name] = IsolatePool(s, root=app.root, state_dir=self._state_dir, version=version,
                                         dev=self._dev, secrets=secrets, router=self._router, active=False,
                                         levels=app.ai.levels if app.ai is not None else None,
+                                        principals=principal_ceilings(app),
                                         data_key=self._data_key.export() if self._data_key else None,
                                         egress=EgressPolicy.from_app(app, dev=self._dev).to_wire())
         results = await asyncio.gather(*(p.start() for p in pools.values()), return_exceptions=True)
@@ -182,3 +190,18 @@ class Deployments:
         fut = asyncio.ensure_future(coro)
         self._background.add(fut)
         fut.add_done_callback(self._background.discard)
+
+
+def _note_secrets(found: ResolvedSecrets, version: str, app: AppConfig) -> None:
+    """Make every log line, audit entry and error message of this process mask the secrets'
+    values, and log where each was found (names and places, never values)."""
+    short = set(mask_secret_values(found.values.values()))
+    log("secrets_loaded", version=version, environment=app.environment,
+        found=[f"{name} from {origin}" for name, origin in sorted(found.origins.items())])
+    if found.from_dev_vars:
+        log("secrets_from_dev_vars", names=found.from_dev_vars,
+            hint="serve read these from the app's .dev.vars; give production secrets through the environment, "
+                 "NAME_FILE or --secrets-dir")
+    if short:
+        log("secrets_not_masked", names=sorted(n for n, v in found.values.items() if v in short),
+            reason=f"shorter than {MIN_SECRET_CHARS} characters: log lines are not searched for such values")

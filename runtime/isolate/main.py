@@ -54,6 +54,7 @@ from runtime.isolate.http import Request, Response
 from runtime.isolate.meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered, rss_bytes
 from runtime.killswitch import KillSwitch
 from runtime.logs import log
+from runtime.redact import mask_secret_values
 from runtime.safejson import JSONTooDeep, RequestJSONTooDeep, check_depth
 
 __all__ = ["Isolate", "LoadError", "main", "run"]
@@ -169,6 +170,7 @@ class Isolate:
         limit = script.limits.memory_mb * 1024 * 1024
         self.watchdog = Watchdog(self.note_path, limit)
         self.watchdog.start()
+        mask_secret_values(init.secrets.values())  # this isolate's log lines and errors never show them
         self.module = module = _import_main(root, script.main)
         self.default = getattr(module, "Default", None)
         if self.default is not None and not (
@@ -202,6 +204,7 @@ class Isolate:
             kills=kills,
             hosts=self.hosts,
             levels=self.levels,
+            principals=init.principals,
             data_key=DataKey(init.data_key, "the front's data key") if init.data_key else None,
             egress=egress,
         )
