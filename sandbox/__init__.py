@@ -22,7 +22,7 @@ from .tokens import (
     TokenError,
     key_id,
 )
-from .types import AuditHook, Clock
+from .types import AuditHook, Clock, HttpCall, HttpFetch
 
 __all__ = [
     "AuditHook",
@@ -36,6 +36,8 @@ __all__ = [
     "Clock",
     "EpochTicker",
     "ErrorCode",
+    "HttpCall",
+    "HttpFetch",
     "KeySource",
     "LimitOverrides",
     "Limits",

@@ -28,6 +28,8 @@ class ErrorCode(StrEnum):
     BAD_OUTPUT = "bad_output"
     UNKNOWN_TOOL = "unknown_tool"
     GUEST_ERROR = "guest_error"
+    EGRESS_DENIED = "egress_denied"  # http.fetch refused by the runtime's egress policy
+    HTTP_ERROR = "http_error"
 
 
 class ToolError(Exception):

@@ -19,10 +19,13 @@ it. Every answer is `{"ok": true, "value": ...}` or
 `capability_denied`, names the capability that would be needed, is recorded in the context
 (`denied`) and audited at once as a `sandbox.denied` entry.
 
-`http.fetch` checks the URL against the grant *before* any connection is made, sends no
-proxy/environment configuration, follows no redirects (a redirect answer is returned as is),
-and caps response size and time (the smaller of the configured timeout and what is left of the
-call's wall-clock budget).
+`http.fetch` checks the URL against the grant *before* any connection is made, then hands the
+request to the injected `HttpFetch` (`Sandbox(http=...)`): in the runtime, its egress client,
+which checks the app's ``[egress]`` rules on the URL and on the address it connects to and
+answers `egress_denied` when they refuse. Without one (the sandbox on its own), httpx sends it
+directly. Either way no proxy/environment configuration is used, no redirect is followed (a
+redirect answer is returned as is), and response size and time are capped (the smaller of the
+configured timeout and what is left of the call's wall-clock budget).
 
 Host functions never raise into wasmtime (wasmtime-py hands a raised exception over through a
 process-wide slot that concurrent calls would race on). A violation that must stop the guest
@@ -45,9 +48,9 @@ from .errors import ErrorCode, ToolError
 from .kv import SandboxKV
 from .limits import Limits
 from .spec import SandboxConfig
-from .types import AuditHook, Clock
+from .types import AuditHook, Clock, HttpCall, HttpFetch
 
-__all__ = ["HOST_FUNCTIONS", "HostContext", "dispatch"]
+__all__ = ["HOST_FUNCTIONS", "HostContext", "direct_fetch", "dispatch"]
 
 # host function name -> capability kind that must be present to link/answer it
 HOST_FUNCTIONS: dict[str, str] = {
@@ -84,6 +87,7 @@ class HostContext:
     abort: ToolError | None = None
     # MicroPython guests: answers `host.call` (reserved names first, then `dispatch`)
     bridge: Callable[[str, bytes], dict[str, Any] | bytes] | None = None
+    http: HttpFetch | None = None  # sends an allowed http.fetch (None: `direct_fetch`)
 
     def allows_kind(self, kind: str) -> bool:
         return self.token_caps.has_kind(kind) and self.tool_caps.has_kind(kind)
@@ -269,35 +273,37 @@ def _http_fetch(ctx: HostContext, p: dict[str, Any]) -> dict[str, Any]:
     if remaining <= 0:
         return _error(ErrorCode.TIMEOUT, "no wall-clock budget left for http.fetch")
     timeout = min(ctx.config.http_timeout_s, remaining)
-    cap_bytes = ctx.config.http_max_response_bytes
+    call = HttpCall(method=method, url=url, headers=headers, body=content, timeout_s=timeout,
+                    max_bytes=ctx.config.http_max_response_bytes, request_id=ctx.request_id, tool=ctx.tool)
+    try:
+        return _ok((ctx.http or direct_fetch)(call))
+    except ToolError as e:
+        return _error(e.code, e.message, **e.details)
+
+
+def direct_fetch(call: HttpCall) -> dict[str, Any]:
+    """Send `call` with httpx, no redirects followed, the answer capped at `call.max_bytes`."""
     import httpx  # imported on first use: it costs ~100 ms at process start
 
+    deadline = time.monotonic() + call.timeout_s
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            with client.stream(method, url, headers=headers, content=content) as resp:
+        with httpx.Client(timeout=call.timeout_s, follow_redirects=False, trust_env=False) as client:
+            with client.stream(call.method, call.url, headers=call.headers, content=call.body) as resp:
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in resp.iter_bytes():
                     size += len(chunk)
-                    if size > cap_bytes:
-                        return _error(
-                            ErrorCode.OUTPUT_LIMIT, f"response larger than {cap_bytes} bytes"
-                        )
-                    if time.monotonic() > ctx.deadline:
-                        return _error(ErrorCode.TIMEOUT, "http.fetch ran past the call deadline")
+                    if size > call.max_bytes:
+                        raise ToolError(ErrorCode.OUTPUT_LIMIT, f"response larger than {call.max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise ToolError(ErrorCode.TIMEOUT, "http.fetch ran past the call deadline")
                     chunks.append(chunk)
-                data = b"".join(chunks)
-                return _ok(
-                    {
-                        "status": resp.status_code,
-                        "headers": dict(resp.headers),
-                        "body": data.decode("utf-8", "replace"),
-                    }
-                )
+                return {"status": resp.status_code, "headers": dict(resp.headers),
+                        "body": b"".join(chunks).decode("utf-8", "replace")}
     except httpx.TimeoutException:
-        return _error(ErrorCode.TIMEOUT, "http.fetch timed out")
+        raise ToolError(ErrorCode.TIMEOUT, "http.fetch timed out") from None
     except httpx.HTTPError as e:
-        return _error("http_error", f"{type(e).__name__}: {e}")
+        raise ToolError(ErrorCode.HTTP_ERROR, f"{type(e).__name__}: {e}") from None
 
 
 _HANDLERS = {

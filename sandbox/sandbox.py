@@ -21,6 +21,7 @@ outside the grants); every entry of a call carries its `principal`.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import os
@@ -49,7 +50,7 @@ from .limits import Limits
 from .runner import CallStats, GuestBody, MemoryProbe, execute
 from .spec import Preopen, SandboxConfig, ToolSpec, default_micropython_wasm
 from .tokens import ANY_TENANT, CapabilityAuthority, TokenError
-from .types import AuditHook, Clock, noop_audit
+from .types import AuditHook, Clock, HttpFetch, noop_audit
 
 __all__ = ["ANY_TENANT", "Sandbox"]
 
@@ -78,6 +79,7 @@ class Sandbox:
         *,
         engine: SandboxEngine | None = None,
         clock: Clock | None = None,
+        http: HttpFetch | None = None,
     ):
         self.state_dir = Path(state_dir)
         self.app_dir = Path(app_dir)
@@ -87,6 +89,7 @@ class Sandbox:
         self.script = script
         self.engine = engine or SandboxEngine.shared()
         self.clock = clock or authority.clock
+        self.http = http  # sends the http.fetch calls the capabilities allow (see host.py)
         self.tools: dict[str, ToolSpec] = {}
         problems: list[str] = []
         for i, spec in enumerate(tools):
@@ -119,7 +122,8 @@ class Sandbox:
         loop = asyncio.get_running_loop()
         call = functools.partial(self.run_sync, name, input, token=token, request_id=request_id,
                                  tenant=tenant, principal=principal)
-        return await loop.run_in_executor(self.engine.executor, call)
+        # in the caller's context: the injected `http` reads who calls and at which data level
+        return await loop.run_in_executor(self.engine.executor, contextvars.copy_context().run, call)
 
     def run_sync(
         self, name: str, input: Any, *, token: str, request_id: str | None = None,
@@ -189,6 +193,7 @@ class Sandbox:
                 audit=audit,
                 clock=self.clock,
                 deadline=time.monotonic() + limits.wall_ms / 1000,
+                http=self.http,
             )
             if prepared.refusal is not None:
                 if prepared.refusal.code == ErrorCode.CAPABILITY_DENIED:

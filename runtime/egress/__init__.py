@@ -9,7 +9,13 @@ every call. See `client` for the order of the checks, `policy` for the rules and
 
 from runtime.egress.client import ASSERTION_HEADER, EgressClient, Identity
 from runtime.egress.config import RUNTIME_PRINCIPAL, EgressConfig, EgressRule
-from runtime.egress.errors import REASONS, EgressDenied, EgressError
+from runtime.egress.errors import (
+    REASONS,
+    EgressDenied,
+    EgressError,
+    EgressTimeout,
+    ResponseTooLarge,
+)
 from runtime.egress.hosts import address_class, parse_address, parse_host_pattern
 from runtime.egress.policy import Decision, EgressPolicy
 from runtime.egress.resolver import (
@@ -31,10 +37,12 @@ __all__ = [
     "EgressDenied",
     "EgressError",
     "EgressPolicy",
+    "EgressTimeout",
     "EgressRule",
     "Identity",
     "ResolveError",
     "Resolver",
+    "ResponseTooLarge",
     "StaticResolver",
     "SystemResolver",
     "address_class",

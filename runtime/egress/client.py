@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from runtime.egress.errors import EgressDenied, EgressError
+from runtime.egress.errors import EgressDenied, EgressError, EgressTimeout, ResponseTooLarge
 from runtime.egress.hosts import HostPattern, normalize_host, parse_address, parse_host_pattern
 from runtime.egress.policy import Decision, EgressPolicy
 from runtime.egress.resolver import Resolver, SystemResolver
@@ -283,7 +283,7 @@ class _Call:
         fields.update(status=None, bytes_out=self.bytes_out, bytes_in=0, duration_ms=_ms(self.hop_started),
                       error=message)
         self.client.audit("egress.request", fields)
-        return EgressError(message)
+        return EgressTimeout(message) if isinstance(e, httpx.TimeoutException) else EgressError(message)
 
     def done(self, response: httpx.Response, body: bytes | None, hop: Hop,
              follow: bool) -> httpx.Request | None:
@@ -304,13 +304,13 @@ class _Call:
         self.method = following.method
         return following
 
-    def failed_size(self, response: httpx.Response, hop: Hop) -> EgressError:
+    def failed_size(self, response: httpx.Response, hop: Hop) -> ResponseTooLarge:
         fields = self._fields(self.target, hop.address or _peer(response))
         message = f"{self.method} {self.url_of(self.target)}: the answer exceeds the size limit"
         fields.update(status=response.status_code, bytes_out=self.bytes_out,
                       bytes_in=response.num_bytes_downloaded, duration_ms=_ms(self.hop_started), error=message)
         self.client.audit("egress.request", fields)
-        return EgressError(message)
+        return ResponseTooLarge(message)
 
     @staticmethod
     def result(response: httpx.Response, body: bytes | None) -> httpx.Response:

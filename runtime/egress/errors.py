@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["REASONS", "EgressDenied", "EgressError"]
+__all__ = ["REASONS", "EgressDenied", "EgressError", "EgressTimeout", "ResponseTooLarge"]
 
 REASONS = ("scheme", "host", "port", "address", "level", "killed", "redirect")
 
 
 class EgressError(Exception):
     """The call was allowed but failed on the way (resolution, connection, timeout, size)."""
+
+
+class EgressTimeout(EgressError):
+    """The call did not complete within its timeout."""
+
+
+class ResponseTooLarge(EgressError):
+    """The answer exceeded the caller's `max_bytes`."""
 
 
 class EgressDenied(Exception):
