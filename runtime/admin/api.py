@@ -79,6 +79,20 @@ class Liveness(BaseModel):
     status: Literal["ok", "starting"]
 
 
+class JWK(BaseModel):
+    """A principal's public key (RFC 8037 OKP)."""
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str
+    alg: Literal["EdDSA"]
+    use: Literal["sig"]
+
+
+class JWKSet(BaseModel):
+    keys: list[JWK]
+
+
 class Health(BaseModel):
     ok: bool
     version: str | None
@@ -349,6 +363,9 @@ _TENANT = Param("tenant", "the tenant (a global admin's choice; a tenant admin a
 ADMIN_ROUTES: tuple[AdminRoute, ...] = (
     AdminRoute("GET", f"{_P}/health", "health", "liveness, nothing more",
                {"200": _json(Liveness, "serving"), "503": _json(Liveness, "starting")}, open=True),
+    AdminRoute("GET", f"{_P}/.well-known/jwks.json", "jwks",
+               "the public keys of the deployment's principals, to verify their capability tokens and outbound assertions",
+               {"200": _json(JWKSet, "a JWK Set")}, open=True),
     AdminRoute("GET", f"{_P}/health/details", "health_details",
                "the current version and the isolates (pids, restarts) of each script", {"200": _json(Health, "health")},
                global_only="process details"),
@@ -408,7 +425,7 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
 
 # every model the document refers to (nested ones come along)
 _MODELS: list[type[BaseModel]] = [
-    ErrorBody, Liveness, Health, KillRequest, ReviveRequest, KillResult, KillList, ReviveResult, VersionList,
+    ErrorBody, Liveness, JWKSet, Health, KillRequest, ReviveRequest, KillResult, KillList, ReviveResult, VersionList,
     DeployResult, RollbackRequest, SplitRequest, ActivationResult, Approval, ApprovalList,
     DecisionRequest, ScheduledResult, CreateBody, EventBody, DecisionBody,
 ]
@@ -424,7 +441,7 @@ def openapi_spec() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "edgeworks admin API", "version": "1",
                  "description": "Human override, deployments and approvals of a running edgeworks server. "
-                                f"Every operation but health needs a bearer JWT with the scope {ADMIN_SCOPE}; "
+                                f"Every operation but health and the JWKS needs a bearer JWT with the scope {ADMIN_SCOPE}; "
                                 "a token with a tenant claim acts only within that tenant, one without is a global admin."},
         "components": {"schemas": defs.get("$defs", {}),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},

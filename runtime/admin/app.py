@@ -2,7 +2,9 @@
 approvals of held requests, a live log tail and the OpenAPI document describing all of it. A
 Starlette app; the request hot path never goes through it.
 
-Access: ``GET /__edgeworks/health`` is open and answers only ``{"status": "ok"}``. Every other
+Access: ``GET /__edgeworks/health`` is open and answers only ``{"status": "ok"}``;
+``GET /__edgeworks/.well-known/jwks.json`` is open too: the public keys of the principals of the
+serving versions (`runtime.identity`), for services that verify their assertions. Every other
 endpoint (``/health/details`` with the isolates' pids included) needs an admin caller, see
 `admin_access`: a bearer JWT with the scope ``edgeworks:admin`` (a tenant claim confines it to
 that tenant), or, without an ``[auth]`` section, a loopback client in ``dev`` mode (refused with
@@ -62,6 +64,7 @@ from runtime.errors import error_json
 from runtime.front.contract import Refusal
 from runtime.front.deployments import Deployment
 from runtime.front.supervisor import LoadFailed
+from runtime.identity import PrincipalKeys, deployment_principals
 from runtime.logs import log
 
 __all__ = ["ADMIN_SCOPE", "build_admin"]
@@ -310,6 +313,15 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    principal_keys = PrincipalKeys(front.state_dir)
+
+    async def jwks(request: Request, subject: str | None) -> JSONResponse:
+        # open to anyone: public keys only, for services that check the principals' assertions
+        deps = [d for d in (front.deployments.current, front.deployments.split[0] if front.deployments.split else None) if d]
+        principals = {p for d in deps for p in deployment_principals(d.app)}
+        body = await asyncio.to_thread(principal_keys.jwks, principals)  # a new principal's key is made on first use
+        return JSONResponse(body, headers={"cache-control": "public, max-age=60"})
+
     async def health_details(request: Request, subject: str | None) -> JSONResponse:
         dep = front.deployments.current
         return JSONResponse({
@@ -514,7 +526,7 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
         "health": health, "health_details": health_details, "openapi": openapi, "scheduled": scheduled,
         "kill": kill, "revive": revive, "kills": kills, "versions": versions, "deploy": deploy,
         "rollback": rollback, "split": split, "list_approvals": list_approvals, "get_approval": get_approval,
-        "approve": approve, "reject": reject, "tail": tail, **workflow_endpoints(front, audit),
+        "approve": approve, "reject": reject, "tail": tail, "jwks": jwks, **workflow_endpoints(front, audit),
     }
     return Starlette(routes=_routes(endpoints, guarded))
 

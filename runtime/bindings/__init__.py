@@ -108,6 +108,7 @@ class BindingHost:
     object_classes: dict[str, Any] = dataclasses.field(default_factory=dict)  # durable-object classes, by name
     levels: Levels = dataclasses.field(default_factory=Levels)  # the app's classification levels, in order
     data_key: DataKey | None = None  # seals the records the runtime replays (None: serve without a key)
+    principals: dict[str, list[str] | None] | None = None  # the app's principals and their ceilings (None: unchecked)
     egress: Any = None  # the isolate's EgressClient (runtime.egress): every outbound call goes through it
 
 

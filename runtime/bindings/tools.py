@@ -1,7 +1,13 @@
 """`env.TOOLS`: run the script's declared sandbox tools under a capability token.
 
-    token = env.TOOLS.mint(["log", "kv.read:notes/"])        # issuer "script:<name>", this request
+    token = env.TOOLS.mint(["log", "kv.read:notes/"])        # issuer: the running principal, this request
     result = await env.TOOLS.run("summarise", {"text": ...}, capability=token)
+
+A token is issued by the principal whose code mints it (`runtime.principals.current_principal`):
+`workflow:<script>/<Class>` inside a step of that workflow class, else `script:<script>`, and
+signed with that principal's own key (`runtime.identity`). A mint beyond the principal's ceiling
+(`[principals."<principal>"] ceiling`) raises `TokenError` `beyond_ceiling`, audited as
+`token.refused`; every mint is audited as `token.minted` (jti, capabilities, expiry).
 
 The token's tenant and request id come from the calling request, and a token is honoured (run,
 attenuate) only in requests of the tenant it was minted for: a token minted in tenant A's request
@@ -20,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from runtime.bindings import AuditHook, BindingHost, BindingKind
 from runtime.classification import REFUSED, Levels
 from runtime.egress import EgressClient, EgressDenied, EgressError, EgressTimeout, ResponseTooLarge
+from runtime.identity import PrincipalKeys
 from runtime.isolate.context import current
 from runtime.killswitch import KillSwitch
 from runtime.principals import current_principal
@@ -55,8 +62,19 @@ class Tools:
 
     def mint(self, capabilities: list[str], *, ttl: int | None = None) -> str:
         scope = current()
-        return self._authority.mint(self._issuer, capabilities, tenant=scope.tenant,
-                                    request_id=scope.request_id or None, ttl=ttl)
+        principal = current_principal(self._script)
+        fields = {"request_id": scope.request_id or None, "principal": principal, "tenant": scope.tenant,
+                  "classification": scope.level}
+        try:
+            token = self._authority.mint(principal, capabilities, tenant=scope.tenant,
+                                         request_id=scope.request_id or None, ttl=ttl)
+        except TokenError as e:
+            self._audit("token.refused", {**fields, "reason": e.reason, "error": e.message})
+            raise
+        minted = self._authority.verify(token)  # cached: the run that uses the token verifies no signature again
+        self._audit("token.minted", {**fields, "jti": minted.jti, "caps": list(minted.caps),
+                                     "expires_at": minted.expires_at})
+        return token
 
     def attenuate(self, token: str, capabilities: list[str] | None = None, expires_at: float | None = None) -> str:
         scope = current()
@@ -65,7 +83,8 @@ class Tools:
         except TokenError as e:
             if e.reason == "wrong_tenant":
                 self._audit("sandbox.denied", {"request_id": scope.request_id, "tool": None, "reason": "wrong_tenant",
-                                               "capability": None, "tenant": scope.tenant})
+                                               "capability": None, "tenant": scope.tenant,
+                                               "principal": current_principal(self._script)})
             raise
 
     def revoke(self, jti: str) -> None:
@@ -78,7 +97,8 @@ class Tools:
         reason = self._kills.check("tool", name) if self._kills is not None else None
         if reason is not None:
             self._audit("tool.denied", {"request_id": scope.request_id, "tool": name, "reason": reason,
-                                        "capability": f"tool:{name}", "killed": True})
+                                        "capability": f"tool:{name}", "killed": True,
+                                        "principal": current_principal(self._script)})
             raise ToolError("capability_denied", f"tool {name!r} is stopped by the kill switch: {reason}",
                             {"capability": f"tool:{name}", "killed": True})
         max_level = self._max_levels.get(name)
@@ -89,7 +109,7 @@ class Tools:
             raise ToolError(REFUSED, f"tool {name!r} may receive data up to {max_level!r}; this call handles"
                             f" {scope.level!r} data", {"level": scope.level, "max_level": max_level})
         return await self._sandbox.run(name, input, token=capability, request_id=scope.request_id or None,
-                                       tenant=scope.tenant)
+                                       tenant=scope.tenant, principal=current_principal(self._script))
 
 
 def egress_fetch(client: EgressClient, script: str) -> HttpFetch:
@@ -118,7 +138,8 @@ def _build(host: BindingHost) -> dict[str, Any]:
     specs = host.script.tools
     if not specs:
         return {}
-    authority = CapabilityAuthority(host.state_dir)
+    # each principal signs with its own key; the app's principals are the only issuers, each within its ceiling
+    authority = CapabilityAuthority(host.state_dir, issuers=host.principals, keys=PrincipalKeys(host.state_dir))
     sandbox = Sandbox(host.state_dir, host.app_root, specs, authority, host.script.sandbox,
                       audit=host.audit, script=host.script.name,
                       http=egress_fetch(host.egress, host.script.name) if host.egress is not None else None)

@@ -30,7 +30,7 @@ from objects.workflows import (
     make_workflow_binding,
 )
 from objects.workflows.binding import validate_id
-from runtime.bindings import BindingHost, BindingKind, IsolateAPI
+from runtime.bindings import AuditHook, BindingHost, BindingKind, IsolateAPI
 from runtime.bindings.durable_objects import namespace_secret, object_transport
 from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError
 from runtime.errors import LoadError
@@ -38,6 +38,7 @@ from runtime.isolate.context import Identity, current, use_scope
 from runtime.isolate.meter import CpuLimitExceeded, Meter, metered
 from runtime.logs import log
 from runtime.names import BINDING_NAME
+from runtime.principals import workflow_principal
 from runtime.protocol import Result, WorkflowAdmin, error_reply
 from runtime.redact import Redactor
 
@@ -130,6 +131,11 @@ def _run_as_tenant(tenant: str | None) -> None:
         use_scope(dataclasses.replace(scope, identity=identity))
 
 
+def _as_principal(audit: AuditHook, principal: str, kind: str, fields: dict[str, Any]) -> None:
+    """A workflow's audit entries name the workflow class as the principal they act as."""
+    audit(kind, {**fields, "principal": principal})
+
+
 def _build(host: BindingHost) -> dict[str, Any]:
     if not host.script.workflows:
         return {}
@@ -142,7 +148,8 @@ def _build(host: BindingHost) -> dict[str, Any]:
             raise LoadError(f"{host.script.main}: workflow class {b.class_name!r} (binding {b.binding})"
                             " is not defined or does not subclass WorkflowEntrypoint")
         hooks = WorkflowHooks(
-            audit=host.audit or WorkflowHooks().audit,
+            audit=functools.partial(_as_principal, host.audit, workflow_principal(host.script.name, b.class_name))
+            if host.audit else WorkflowHooks().audit,
             is_killed=functools.partial(host.kills.check, "workflow", b.class_name)
             if host.kills else WorkflowHooks().is_killed,
             run_step=functools.partial(_metered_step, host.script.limits.cpu_ms),
