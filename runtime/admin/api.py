@@ -96,6 +96,7 @@ class JWKSet(BaseModel):
 class Health(BaseModel):
     ok: bool
     version: str | None
+    environment: str | None = None  # the [env.<name>] the current version runs with
     scripts: dict[str, ScriptHealth]
 
 
@@ -141,6 +142,7 @@ class VersionInfo(BaseModel):
     content_hash: str
     bytes: int
     file_count: int
+    environment: str | None = None
 
 
 class SplitState(BaseModel):

@@ -93,6 +93,7 @@ class _Deployer:
         self.front = front
         self.deployments = front.deployments
         self.store = store
+        self.environment = front.deployments.initial.environment  # the server's --env: a deploy's default
         self.lock = asyncio.Lock()
         self.aliases: dict[str, str] = {}
         self.history: list[str] = []  # activated version ids, the current one last
@@ -104,7 +105,7 @@ class _Deployer:
     def _record_initial(self) -> str:
         root = Path(self.deployments.initial.root)
         return self.store.record_dir(root, by=None, message=f"serving at startup from {root}",
-                                     skip=[self.front.state_dir]).id
+                                     skip=[self.front.state_dir], environment=self.environment).id
 
     def _resume(self) -> list[str] | None:
         """`serve` restarted on an unchanged app dir comes back with the version that was
@@ -117,7 +118,7 @@ class _Deployer:
         if not history or history[-1] == self.started_from:
             return history or None
         try:
-            self.deployments.initial = load_app(self.store.app_dir(history[-1]))
+            self.deployments.initial = self._load(history[-1])
         except ConfigError as e:
             log("resume_failed", version=history[-1], error=str(e))
             return None
@@ -141,11 +142,16 @@ class _Deployer:
             return None
         return {"version": self.aliases.get(split[0].version, split[0].version), "percent": round(split[1] * 100, 4)}
 
+    def _load(self, vid: str) -> AppConfig:
+        """Version `vid`'s config, with the environment it was deployed for."""
+        meta = self.store.get(vid)
+        return load_app(self.store.app_dir(vid), meta.environment if meta is not None else None)
+
     def _app(self, vid: str) -> AppConfig:
         if self.store.get(vid) is None:
             raise _Problem(404, "unknown_version", f"no version {vid!r} in the store")
         try:
-            return load_app(self.store.app_dir(vid))
+            return self._load(vid)
         except ConfigError as e:
             raise _Problem(422, "invalid_config", "the version's configuration is invalid", problems=e.problems) from None
 
@@ -170,7 +176,10 @@ class _Deployer:
         self.deployments.promote(dep)
         self.deployments.clear_split()
 
-    async def deploy(self, bundle: bytes, by: str | None, message: str | None, max_bytes: int) -> dict[str, Any]:
+    async def deploy(self, bundle: bytes, by: str | None, message: str | None, max_bytes: int,
+                     environment: str | None = None) -> dict[str, Any]:
+        """Stage, load and promote `bundle` with `environment` (default: the server's)."""
+        environment = environment or self.environment
         async with self.lock:
             try:
                 staged = await asyncio.to_thread(self.store.stage, bundle, max_bytes=max_bytes)
@@ -182,13 +191,13 @@ class _Deployer:
                 raise _Problem(507, "storage_error", f"the version store could not take the bundle: {e}") from None
             try:
                 try:
-                    app = load_app(staged.root)
+                    app = load_app(staged.root, environment)
                 except ConfigError as e:
                     raise _Problem(422, "invalid_config", "the bundle's configuration is invalid", problems=e.problems) from None
                 previous = self.current()
                 dep = await self._bring_up(app, staged.id)
                 try:  # committed before it gets traffic: a served version is always in the store
-                    meta = self.store.commit(staged, by=by, message=message)
+                    meta = self.store.commit(staged, by=by, message=message, environment=environment)
                 except OSError as e:
                     await self.deployments.unload(dep)
                     raise _Problem(507, "storage_error", f"the version store could not record the version: {e}") from None
@@ -327,6 +336,7 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
         return JSONResponse({
             "ok": dep is not None,
             "version": deployer.current() if dep else None,
+            "environment": dep.app.environment if dep else None,
             "scripts": {n: {"pids": p.pids(), "restarts": p.restarts} for n, p in dep.pools.items()} if dep else {},
         })
 
@@ -402,16 +412,19 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
         except ClientDisconnect:  # nobody to answer, but the attempt stays on the record
             return rejected(request, subject, _Problem(400, "incomplete_bundle", f"the client went away after {size} bytes"))
         message = request.query_params.get("message") or request.headers.get("x-edgeworks-message")
+        environment = request.query_params.get("env") or None
         try:
-            result = await deployer.deploy(b"".join(chunks), subject, message, max_bundle_bytes)
+            result = await deployer.deploy(b"".join(chunks), subject, message, max_bundle_bytes, environment)
         except _Problem as p:
             return rejected(request, subject, p)
         except Exception as e:  # a bug, but still an answer the client can read, and on the record
             log("error", request_id=request.state.rid, exception=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
             return rejected(request, subject, _Problem(500, "deploy_error", f"the deploy failed: {type(e).__name__}: {e}"))
+        environment = result["version"]["environment"]
         audit("admin.deploy", request, subject, version=result["version"]["id"], previous=result["previous"],
-              message=message)
-        log("deployed", version=result["version"]["id"], previous=result["previous"], subject=subject)
+              message=message, environment=environment)
+        log("deployed", version=result["version"]["id"], previous=result["previous"], subject=subject,
+            environment=environment)
         return JSONResponse(result, status_code=201)
 
     async def rollback(request: Request, subject: str | None) -> JSONResponse:

@@ -23,6 +23,9 @@ resolved, checked and served in this order; each refusal is a coded error the ha
    over it is skipped, 429 ``ai_rate_limited`` if no model is left); the provider, under its concurrency cap, with a
    timeout of ``min(timeout_s, the request's remaining wall time)``, retried with backoff on
    retryable errors; a provider that still fails hands over to the next model (``meta.fallbacks``).
+   An HTTP provider calls out through the egress client (`runtime.egress`) as the call's principal
+   (its workflow class, else its script) at the request's level; a model whose provider the
+   egress policy refuses is skipped like a failed one (403 ``egress_denied`` if none is left).
 4. **Account.** Tokens from the provider's usage, cost from the model's price, one ledger row
    (`ledger.py`) and one ``ai.call`` audit entry: request id, identity, tenant, inference class,
    grade, model, provider, tokens, cost, latency, cache status, level, and the workflow instance
@@ -43,8 +46,18 @@ from typing import Any
 
 from runtime.ai.config import AIBinding, AIConfig
 from runtime.ai.ledger import Call, Ledger, period_start
-from runtime.ai.providers.base import Answer, Provider, ProviderError, Usage, build_provider
+from runtime.ai.providers.base import (
+    CALLER,
+    Answer,
+    Caller,
+    Provider,
+    ProviderError,
+    Usage,
+    build_provider,
+)
+from runtime.egress import RUNTIME_PRINCIPAL, EgressClient
 from runtime.logs import log
+from runtime.principals import script_principal, workflow_principal
 from runtime.redact import Redactor
 
 __all__ = ["AiRequest", "Gateway", "GatewayError"]
@@ -78,6 +91,13 @@ class AiRequest:
     workflow_class: str | None = None
     instance: str | None = None
     step: str | None = None
+
+
+def _principal(req: AiRequest) -> str:
+    """The principal a call is made for: its workflow class, else its script."""
+    if req.script is None:
+        return RUNTIME_PRINCIPAL
+    return workflow_principal(req.script, req.workflow_class) if req.workflow_class else script_principal(req.script)
 
 
 class _ModelLimited(Exception):
@@ -115,33 +135,42 @@ class Gateway:
         self._ledger: Ledger | None = None
         self._redactor = Redactor()
         self._closing: set[asyncio.Future[None]] = set()  # providers of a replaced config, closing
+        self._egress: EgressClient | None = None
 
     # -- configuration ---------------------------------------------------------------------
     def configure(self, config: AIConfig | None, bindings: dict[str, AIBinding], secrets: dict[str, str],
-                  app_root: Path) -> None:
-        """Serve `config` (a newly promoted version's); providers are rebuilt, the cache and the
-        ledger stay."""
+                  app_root: Path, egress: EgressClient | None = None) -> None:
+        """Serve `config` (a newly promoted version's); providers are rebuilt (their HTTP calls go
+        through `egress`, the version's egress client, which the gateway closes with them), the
+        cache and the ledger stay."""
         old = self._providers
+        old_egress, self._egress = self._egress, egress
         self.config, self._bindings = config, bindings
         self._providers, self._semaphores = {}, {}
         if config is not None:
             for name in sorted(config.providers, key=lambda n: config.providers[n].kind == "replay"):
                 cfg = config.providers[name]
                 try:
-                    self._providers[name] = build_provider(name, cfg, secrets, app_root, self._providers)
+                    self._providers[name] = build_provider(name, cfg, secrets, app_root, self._providers,
+                                                           egress=egress)
                 except ProviderError as e:  # e.g. a secret it names is not set: the app still serves
                     log("ai_provider_unavailable", provider=name, error=e.message)
                     self._providers[name] = _Unavailable(name, cfg.kind, e)
                 self._semaphores[name] = asyncio.Semaphore(cfg.concurrency)
             if self._ledger is None:
                 self._ledger = Ledger(self.state_dir)
-        for provider in old.values():  # held until closed (a task nobody holds may be collected)
-            task = asyncio.ensure_future(provider.aclose())
+        closing = [provider.aclose() for provider in old.values()]
+        if old_egress is not None and old_egress is not egress:
+            closing.append(old_egress.aclose())
+        for aw in closing:  # held until closed (a task nobody holds may be collected)
+            task = asyncio.ensure_future(aw)
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(p.aclose() for p in self._providers.values()), return_exceptions=True)
+        if self._egress is not None:
+            await self._egress.aclose()
         if self._ledger is not None:
             self._ledger.close()
 
@@ -166,7 +195,7 @@ class Gateway:
         if lim.tenant_per_minute is not None and not self._windows.take(f"t:{req.tenant}", lim.tenant_per_minute, started):
             raise GatewayError(429, "ai_rate_limited", f"tenant {req.tenant!r} is over {lim.tenant_per_minute} AI calls a minute")
         errors: list[str] = []
-        refused_level = killed = limited = 0
+        refused_level = killed = limited = egress_denied = 0
         for i, name in enumerate(chain):
             model = cfg.models[name]
             provider = cfg.providers[model.provider]
@@ -190,6 +219,7 @@ class Gateway:
                 continue
             except Exception as e:  # ProviderError, or a provider that broke on what its server sent
                 message = e.message if isinstance(e, ProviderError) else f"provider {model.provider!r} failed: {type(e).__name__}: {e}"
+                egress_denied += isinstance(e, ProviderError) and e.egress is not None
                 errors.append(f"{name}: {message}")
                 log("ai_fallback" if i + 1 < len(chain) else "ai_failed", request_id=req.rid, model=name,
                     provider=model.provider, error=message)
@@ -202,6 +232,9 @@ class Gateway:
         if refused_level + killed == len(chain):
             raise GatewayError(403, "ai_classification_refused",
                                f"no model may receive {req.level!r} data: {'; '.join(errors)}")
+        if egress_denied and egress_denied + refused_level + killed == len(chain):
+            raise GatewayError(403, "egress_denied", "the egress policy refused every model's provider: "
+                               + "; ".join(errors))
         if limited and limited + refused_level + killed == len(chain):
             raise GatewayError(429, "ai_rate_limited", "; ".join(errors))
         raise GatewayError(502, "ai_provider_unavailable", "every model failed: " + "; ".join(errors))
@@ -311,6 +344,7 @@ class Gateway:
     async def _attempts(self, req: AiRequest, name: str, provider_name: str, cfg: Any, model_id: str, task: str,
                         stream: bool) -> Answer:
         provider = self._providers[provider_name]
+        CALLER.set(Caller(_principal(req), req.level, req.rid))  # whom its HTTP calls are made for (egress)
         delay = 0.1
         for attempt in range(cfg.retries + 1):
             timeout = cfg.timeout_s

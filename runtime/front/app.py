@@ -26,6 +26,7 @@ from runtime.audit.log import AuditUnavailable
 from runtime.audit.records import REQUEST_ID
 from runtime.bindings import relays
 from runtime.config import AppConfig, ScriptConfig
+from runtime.egress import EgressClient, EgressPolicy
 from runtime.errors import error_json as _error
 from runtime.front.auditd import AuditJournal
 from runtime.front.contract import Refusal
@@ -113,9 +114,11 @@ class Front:
         return self.deployments.current
 
     def _promoted(self, dep: Deployment) -> None:
-        """A version got the traffic: the AI gateway serves its [ai] section from now on."""
+        """A version got the traffic: the AI gateway serves its [ai] section from now on, its
+        providers calling out under the version's [egress] rules."""
+        egress = EgressClient(EgressPolicy.from_app(dep.app, dev=self.dev), audit=self.audit_log.audit, kills=self.kills)
         self.ai.configure(dep.app.ai, {s.name: s.ai for s in dep.app.scripts if s.ai is not None}, dep.secrets,
-                          dep.app.root)
+                          dep.app.root, egress)
 
     def service(self, name: str) -> Any:
         """`RelayPort.service`: the front-wide services binding kinds relay to."""

@@ -9,16 +9,19 @@ back to another model.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
+from runtime.egress import EgressClient, EgressDenied, EgressError, EgressPolicy, EgressTimeout
 
 __all__ = [
+    "CALLER",
     "Answer",
+    "Caller",
     "Provider",
     "ProviderError",
     "Usage",
@@ -85,13 +88,30 @@ class Answer:
 class ProviderError(Exception):
     """A failed call. `retryable` tells the gateway whether another attempt may succeed (rate
     limits, server errors, unreachable or slow servers) or cannot (bad input, bad credentials,
-    an unsupported task); `status` is the HTTP status when there was one."""
+    an unsupported task); `status` is the HTTP status when there was one; `egress` the egress
+    policy's reason when it refused the call."""
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None,
+                 egress: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.status = status
+        self.egress = egress
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a provider's HTTP calls are made for: the egress principal, the level of the data
+    sent and the request id (set by the gateway around each attempt)."""
+
+    principal: str
+    level: str
+    request_id: str | None = None
+
+
+CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("edgeworks_ai_caller")
+_NO_CALLER = Caller("runtime", "internal")  # a provider called outside the gateway (tests)
 
 
 class Provider(Protocol):
@@ -111,10 +131,12 @@ class Provider(Protocol):
 
 
 def build_provider(name: str, cfg: Any, secrets: Mapping[str, str], app_root: Path,
-                   providers: Mapping[str, Provider] | None = None) -> Provider:
+                   providers: Mapping[str, Provider] | None = None, *,
+                   egress: EgressClient | None = None) -> Provider:
     """The provider `name` configured by `cfg` (a ProviderConfig). Secrets are looked up by the
     names the config gives; a replay provider in record mode needs the provider it records from
-    in `providers`, so build that one first. A problem is a ProviderError(retryable=False)."""
+    in `providers`, so build that one first; HTTP providers call out through `egress`. A
+    problem is a ProviderError(retryable=False)."""
     from runtime.ai.providers.openai import OpenAIProvider
     from runtime.ai.providers.replay import ReplayProvider
     from runtime.ai.providers.scripted import ScriptedProvider
@@ -126,14 +148,14 @@ def build_provider(name: str, cfg: Any, secrets: Mapping[str, str], app_root: Pa
             raise ProviderError(f"AI provider {name!r}: an openai provider needs base_url",
                                 retryable=False)
         api_key = _secret(name, secrets, cfg.api_key_secret) if cfg.api_key_secret else None
-        return OpenAIProvider(name, cfg.base_url, api_key)
+        return OpenAIProvider(name, cfg.base_url, api_key, egress=egress)
     if kind == "workers-ai":
         if not cfg.account_id_secret or not cfg.api_token_secret:
             raise ProviderError(f"AI provider {name!r}: a workers-ai provider needs "
                                 f"account_id_secret and api_token_secret", retryable=False)
         return WorkersAIProvider(name, cfg.base_url or DEFAULT_BASE_URL,
                                  _secret(name, secrets, cfg.account_id_secret),
-                                 _secret(name, secrets, cfg.api_token_secret))
+                                 _secret(name, secrets, cfg.api_token_secret), egress=egress)
     if kind == "scripted":
         return ScriptedProvider(name, cfg.answers)
     if kind == "replay":
@@ -275,49 +297,58 @@ def error_detail(body: bytes) -> str:
 
 
 class HTTPClient:
-    """The one httpx.AsyncClient of an HTTP provider, and the mapping of what goes wrong on the
-    wire to ProviderErrors that name the provider."""
+    """How an HTTP provider calls its server: through the egress client (policy, kill switch,
+    audit) as the `CALLER` of the attempt, and the mapping of what goes wrong on the wire to
+    ProviderErrors that name the provider. Without an egress client (a provider built on its
+    own, e.g. by a test) it uses one with dev's open policy."""
 
-    def __init__(self, provider: str, base_url: str, headers: Mapping[str, str]) -> None:
+    def __init__(self, provider: str, base_url: str, headers: Mapping[str, str],
+                 egress: EgressClient | None = None) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
-        self.client = httpx.AsyncClient(headers=dict(headers))
+        self.headers = [(k, v) for k, v in headers.items()] + [("content-type", "application/json")]
+        self._own = egress is None
+        self.egress = egress or EgressClient(EgressPolicy.build(None, dev=True), audit=None, kills=None)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._own:
+            await self.egress.aclose()
 
-    async def post_json(self, path: str, body: dict[str, Any], timeout_s: float) -> Any:
-        """POST `body` to base_url + `path` and return the decoded JSON answer."""
+    async def _post(self, path: str, body: dict[str, Any], timeout_s: float) -> tuple[int, bytes]:
+        caller = CALLER.get(_NO_CALLER)
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self.client.post(self.base_url + path, json=body,
-                                                  timeout=timeout_s)
-        except (TimeoutError, httpx.TransportError) as exc:
+                response = await self.egress.request(
+                    "POST", self.base_url + path, principal=caller.principal, level=caller.level,
+                    request_id=caller.request_id, headers=self.headers,
+                    content=json.dumps(body).encode(), timeout=timeout_s)
+        except EgressDenied as exc:
+            raise ProviderError(f"AI provider {self.provider!r} at {self.base_url}: refused by the egress policy: "
+                                f"{exc.message}", retryable=False, egress=exc.reason) from None
+        except (TimeoutError, EgressError) as exc:
             raise self._transport_error(exc, timeout_s) from None
         if response.status_code >= 400:
             raise self._status_error(response.status_code, response.content)
+        return response.status_code, response.content
+
+    async def post_json(self, path: str, body: dict[str, Any], timeout_s: float) -> Any:
+        """POST `body` to base_url + `path` and return the decoded JSON answer."""
+        status, content = await self._post(path, body, timeout_s)
         try:
-            return response.json()
+            return json.loads(content)
         except ValueError:
             raise ProviderError(f"AI provider {self.provider!r} answered with invalid JSON",
-                                retryable=False, status=response.status_code) from None
+                                retryable=False, status=status) from None
 
     async def post_events(self, path: str, body: dict[str, Any],
                           timeout_s: float) -> list[Any]:
         """POST `body` to base_url + `path` and return the JSON data of each server-sent event
         up to ``data: [DONE]``, all within `timeout_s`."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                async with self.client.stream("POST", self.base_url + path, json=body,
-                                              timeout=timeout_s) as response:
-                    if response.status_code >= 400:
-                        raise self._status_error(response.status_code, await response.aread())
-                    return [event async for event in self._events(response)]
-        except (TimeoutError, httpx.TransportError) as exc:
-            raise self._transport_error(exc, timeout_s) from None
+        _, content = await self._post(path, body, timeout_s)
+        return list(self._events(content.decode("utf-8", "replace")))
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[Any]:
-        async for line in response.aiter_lines():
+    def _events(self, text: str) -> Iterator[Any]:
+        for line in text.splitlines():
             if not line.startswith("data:"):
                 continue  # blank separators, comments, event names
             data = line[len("data:"):].strip()
@@ -337,11 +368,9 @@ class HTTPClient:
 
     def _transport_error(self, exc: Exception, timeout_s: float) -> ProviderError:
         where = f"AI provider {self.provider!r} at {self.base_url}"
-        if isinstance(exc, httpx.ConnectError):
-            return ProviderError(f"{where} is unreachable: {exc}", retryable=True)
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        if isinstance(exc, TimeoutError | EgressTimeout):
             return ProviderError(f"{where} did not answer within {timeout_s}s", retryable=True)
-        return ProviderError(f"{where} failed: {type(exc).__name__}: {exc}", retryable=True)
+        return ProviderError(f"{where} is unreachable: {exc}", retryable=True)
 
 
 def usage_from(data: Any, input_key: str, output_key: str) -> Usage | None:

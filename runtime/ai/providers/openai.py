@@ -8,7 +8,7 @@ a server that omits it leaves the usage at zero rather than guessing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.ai.providers.base import (
     Answer,
@@ -21,6 +21,9 @@ from runtime.ai.providers.base import (
     usage_from,
 )
 
+if TYPE_CHECKING:
+    from runtime.egress import EgressClient
+
 __all__ = ["OpenAIProvider"]
 
 
@@ -29,10 +32,10 @@ class OpenAIProvider:
 
     kind = "openai"
 
-    def __init__(self, name: str, base_url: str, api_key: str | None) -> None:
+    def __init__(self, name: str, base_url: str, api_key: str | None, *, egress: EgressClient | None = None) -> None:
         self.name = name
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = HTTPClient(name, base_url, headers)
+        self.http = HTTPClient(name, base_url, headers, egress)
 
     async def run(self, model: str, task: str, inputs: dict[str, Any], options: dict[str, Any],
                   *, stream: bool, timeout_s: float) -> Answer:

@@ -10,7 +10,7 @@ gateway prices like tokens. An estimate rather than zero, so a budget is never b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.ai.providers.base import (
     Answer,
@@ -27,6 +27,9 @@ from runtime.ai.providers.base import (
     word_count,
 )
 
+if TYPE_CHECKING:
+    from runtime.egress import EgressClient
+
 __all__ = ["DEFAULT_BASE_URL", "WorkersAIProvider"]
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
@@ -37,10 +40,11 @@ class WorkersAIProvider:
 
     kind = "workers-ai"
 
-    def __init__(self, name: str, base_url: str, account_id: str, api_token: str) -> None:
+    def __init__(self, name: str, base_url: str, account_id: str, api_token: str, *,
+                 egress: EgressClient | None = None) -> None:
         self.name = name
         self.account_id = account_id
-        self.http = HTTPClient(name, base_url, {"Authorization": f"Bearer {api_token}"})
+        self.http = HTTPClient(name, base_url, {"Authorization": f"Bearer {api_token}"}, egress)
 
     async def run(self, model: str, task: str, inputs: dict[str, Any], options: dict[str, Any],
                   *, stream: bool, timeout_s: float) -> Answer:
