@@ -48,7 +48,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["MIN_SECRET_CHARS", "Redactor", "RedactionPatternError", "is_sensitive_key", "mask_secret_values"]
+__all__ = ["MIN_SECRET_CHARS", "Redactor", "RedactionPatternError", "is_sensitive_key", "mask_secret_values",
+           "mask_secrets"]
 
 _MASK_SECRET = "[redacted:secret]"
 
@@ -145,6 +146,15 @@ def mask_secret_values(values: Iterable[str]) -> list[str]:
     with ``[redacted:secret]``. Returns the values too short to be masked (under
     `MIN_SECRET_CHARS` characters), so the caller can warn about them by name."""
     return _SECRETS.add(list(values))
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with only the app's secret values masked (see `mask_secret_values`): for details
+    meant for the developer, such as the traceback `dev` shows, where other findings may stay."""
+    for value in _SECRETS.values:
+        if value in text:
+            text = text.replace(value, _MASK_SECRET)
+    return text
 
 
 class RedactionPatternError(ValueError):

@@ -31,6 +31,14 @@ single ``write`` on an ``O_APPEND`` descriptor then fsynced (default
 ``~/.local/state`` when unset), and/or a webhook that receives the same JSON in a POST
 (``Content-Type: application/json``; any 2xx is success). A sink never raises on a failed
 write: it returns the problems, so the audit writer keeps going and reports them.
+
+The webhook is called through the runtime's egress client (`runtime.egress`) as principal
+``runtime``, under a policy the operator's own setting makes: it allows exactly the origin of
+``[audit] anchor_url`` (scheme, host, port), so an IP literal there (loopback or private
+included) is named explicitly, while a host name must resolve to public addresses; the kill
+switch kind ``egress`` applies. Each call is logged as an ``egress.request`` (or
+``egress.denied``) log line rather than audited: an audit entry per anchor would change the
+head it anchors, so every interval would anchor a new head.
 """
 
 from __future__ import annotations
@@ -48,12 +56,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from runtime.egress import (
+    RUNTIME_PRINCIPAL,
+    EgressClient,
+    EgressDenied,
+    EgressError,
+    EgressPolicy,
+    EgressRule,
+)
 from runtime.keyfile import create_once
+from runtime.killswitch import KillSwitch
+from runtime.logs import log
 
 __all__ = ["ENV_SIGNING_KEY_FILE", "HOW_TO_SET", "MESSAGE_HEADER", "AnchorError", "AnchorSink",
            "Checkpoint", "Signer", "Verifier", "checkpoint_message", "default_anchor_path",
@@ -300,6 +317,8 @@ class AnchorSink:
         self.path = path
         self.url = url or None
         self.timeout_s = timeout_s
+        self.state_dir = Path(state_dir)
+        self._egress: EgressClient | None = None  # made on the first post
 
     def write(self, cp: Checkpoint) -> list[str]:
         """Append to the file, then POST to the webhook; the problems, never an exception."""
@@ -317,15 +336,32 @@ class AnchorSink:
 
     def _post(self, url: str, body: str) -> str | None:
         shown = _display_url(url)
+        if self._egress is None:
+            self._egress = anchor_egress(url, self.state_dir)
         try:
-            response = httpx.post(url, content=body.encode(),
-                                  headers={"content-type": "application/json"},
-                                  timeout=self.timeout_s)
-        except httpx.HTTPError as exc:
-            return f"webhook {shown}: {type(exc).__name__}: {exc}"
+            response = self._egress.request_sync("POST", url, principal=RUNTIME_PRINCIPAL, level="public",
+                                                 headers={"content-type": "application/json"},
+                                                 content=body.encode(), timeout=self.timeout_s)
+        except EgressDenied as exc:
+            return f"webhook {shown}: refused by the egress policy: {exc.message}"
+        except EgressError as exc:
+            return f"webhook {shown}: {exc}"
         if not response.is_success:
             return f"webhook {shown}: HTTP {response.status_code}"
         return None
+
+
+def anchor_egress(url: str, state_dir: Path) -> EgressClient:
+    """The webhook's outbound path (see the module docstring): one rule, the URL's origin."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    rule = EgressRule(principals=[RUNTIME_PRINCIPAL], schemes=[scheme], hosts=[parts.hostname or ""],
+                      ports=[parts.port or (443 if scheme == "https" else 80)])
+
+    def logged(kind: str, fields: dict[str, Any]) -> None:
+        log(kind, **fields)
+
+    return EgressClient(EgressPolicy([rule], open=False), audit=logged, kills=KillSwitch(state_dir))
 
 
 def _append(path: Path, line: str) -> str | None:

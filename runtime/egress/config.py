@@ -14,16 +14,21 @@ the audit anchor webhook) or ``*``. Host patterns are described in `runtime.egre
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from runtime.egress.hosts import parse_host_pattern
-from runtime.principals import PRINCIPAL
+from runtime.names import BINDING_NAME, SCRIPT_NAME
 
 __all__ = ["RUNTIME_PRINCIPAL", "EgressConfig", "EgressRule"]
 
 RUNTIME_PRINCIPAL = "runtime"
+# runtime.principals.PRINCIPAL's grammar, built here too: that module reads the running workflow
+# step, which the audit writer (the anchor webhook's process) must not import
+_SCRIPT, _CLASS = SCRIPT_NAME.strip("^$"), BINDING_NAME.strip("^$")
+PRINCIPAL = re.compile(rf"^(?:script:{_SCRIPT}|workflow:{_SCRIPT}/{_CLASS})$")
 
 
 def _principal(value: str) -> str:
