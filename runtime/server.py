@@ -86,6 +86,10 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
     except AnchorError as e:
         print(f"edgeworks: the audit log cannot be anchored: {e}", file=sys.stderr)
         return 2
+    if dev and app.egress is None:  # once: a reload that changes [egress] takes effect without it
+        print("edgeworks: warning: no [egress] section: handler fetch, AI providers and tools' http.fetch may reach "
+              "any address, loopback and private ones included; `serve` refuses every outbound call until [egress] "
+              "rules allow it", file=sys.stderr)
     try:
         secrets.resolve(app, data_key)  # a missing secret stops the start here, naming where it was looked for
     except ConfigError as e:
