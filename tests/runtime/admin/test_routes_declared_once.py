@@ -21,6 +21,7 @@ TENANT = "tenant:query"
 # dropped (a path-level list overwrote them) although the endpoints always read them.
 OPERATIONS = {
     ("get", f"{P}/health"): ({"200", "503"}, set(), None),
+    ("get", f"{P}/.well-known/jwks.json"): ({"200"}, set(), None),
     ("get", f"{P}/health/details"): ({"200", "401", "403"}, set(), None),
     ("get", f"{P}/openapi.json"): ({"200", "401", "403"}, set(), None),
     ("post", f"{P}/scheduled"): ({"200", "400", "401", "403", "404", "500"}, {"script:query", "cron:query"}, None),
@@ -50,7 +51,7 @@ OPERATIONS = {
 }
 
 SCHEMAS = {"ActivationResult", "Approval", "ApprovalList", "CreateBody", "DecisionBody", "DecisionRequest",
-           "DeployResult", "ErrorBody", "EventBody", "Health", "KillEntry", "KillList", "KillRequest",
+           "DeployResult", "ErrorBody", "EventBody", "Health", "JWK", "JWKSet", "KillEntry", "KillList", "KillRequest",
            "KillResult", "Liveness", "RecordedResponse", "ReviveRequest", "ReviveResult", "RollbackRequest",
            "ScheduledResult", "ScriptHealth", "SplitRequest", "SplitState", "VersionInfo", "VersionList"}
 
@@ -92,7 +93,8 @@ def test_the_document_describes_what_the_hand_written_one_did():
         assert {f"{p['name']}:{p['in']}" for p in op.get("parameters", [])} == params, key
         assert all(p["required"] == (p["in"] == "path") for p in op.get("parameters", [])), key
         assert _body(op) == body, key
-        assert op.get("security") == (None if key[1] == f"{P}/health" else [{"bearer": [ADMIN_SCOPE]}]), key
+        open_route = key[1] in (f"{P}/health", f"{P}/.well-known/jwks.json")
+        assert op.get("security") == (None if open_route else [{"bearer": [ADMIN_SCOPE]}]), key
         assert op["summary"], key
     action = next(p for p in ops[("post", f"{WF}/{{id}}/{{action}}")]["parameters"] if p["name"] == "action")
     assert action["schema"]["enum"] == ["pause", "resume", "terminate", "restart", "event", "approve", "reject"]
