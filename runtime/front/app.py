@@ -40,6 +40,7 @@ from runtime.front.supervisor import (
     WallTimeExceeded,
 )
 from runtime.front.zygote import Zygote
+from runtime.identity import Assertions
 from runtime.ipc import CALL_READY_WAIT_S, ChannelClosed
 from runtime.killswitch import KillSwitch
 from runtime.logs import log
@@ -108,6 +109,7 @@ class Front:
         self._stopped = False
         self.zygote: Zygote | None = None  # forks isolates from pre-imported code
         self.relays = relays()  # what isolates may ask the front to relay, by message type
+        self.assertions = Assertions(self.state_dir)  # what outbound calls carry where a rule says assert_identity
 
     @property
     def current(self) -> Deployment | None:
@@ -116,7 +118,8 @@ class Front:
     def _promoted(self, dep: Deployment) -> None:
         """A version got the traffic: the AI gateway serves its [ai] section from now on, its
         providers calling out under the version's [egress] rules."""
-        egress = EgressClient(EgressPolicy.from_app(dep.app, dev=self.dev), audit=self.audit_log.audit, kills=self.kills)
+        egress = EgressClient(EgressPolicy.from_app(dep.app, dev=self.dev), audit=self.audit_log.audit, kills=self.kills,
+                              identity=self.assertions)
         self.ai.configure(dep.app.ai, {s.name: s.ai for s in dep.app.scripts if s.ai is not None}, dep.secrets,
                           dep.app.root, egress)
 

@@ -39,6 +39,7 @@ from runtime.config import RouteConfig, ScriptConfig
 from runtime.datakey import DataKey
 from runtime.egress import EgressClient, EgressPolicy
 from runtime.errors import LoadError, error_body
+from runtime.identity import Assertions
 from runtime.ipc import Channel, ChannelClosed, open_channel
 from runtime.isolate import outbound
 from runtime.isolate.context import (
@@ -165,7 +166,7 @@ class Isolate:
         root = Path(init.root)
         kills = KillSwitch(Path(init.state_dir))
         policy = EgressPolicy.from_wire(init.egress) if init.egress is not None else EgressPolicy.build(None, dev=self.dev)
-        egress = EgressClient(policy, audit=self.audit, kills=kills)
+        egress = EgressClient(policy, audit=self.audit, kills=kills, identity=Assertions(init.state_dir))
         outbound.use_egress(egress, script.name)
         limit = script.limits.memory_mb * 1024 * 1024
         self.watchdog = Watchdog(self.note_path, limit)

@@ -1,6 +1,8 @@
 """Service identity through a real server (`serve`, no [auth]): a workflow class mints tokens as
 itself and within its ceiling, its tool calls and steps are audited under it, the JWKS is public,
-and a loopback service verifies an outbound assertion against it."""
+and a loopback service verifies the assertions that outbound fetches carry against it."""
+
+import contextlib
 
 import http.server
 import json
@@ -18,7 +20,8 @@ MANIFEST = """
 [[scripts]]
 name = "app"
 main = "app.py"
-routes = ["/start/{id}", "/status/{id}", "/mint"]
+routes = ["/start/{id}", "/status/{id}", "/mint", "/call"]
+vars = { RECEIVER = "http://127.0.0.1:{port}" }
 
 [[scripts.workflows]]
 binding = "AGENT"
@@ -31,11 +34,17 @@ source = "result = sum(range(input['n']))"
 
 [principals."workflow:app/AgentTask"]
 ceiling = ["log"]
+
+[[egress.rules]]
+hosts = ["127.0.0.1"]
+ports = [{port}]
+schemes = ["http"]
+assert_identity = true
 """
 
 APP = '''
 import jwt
-from workers import Response, WorkflowEntrypoint
+from workers import Response, WorkflowEntrypoint, fetch as outbound
 
 
 def claims(token):
@@ -56,10 +65,16 @@ class AgentTask(WorkflowEntrypoint):
                 return {"reason": getattr(e, "reason", None), "message": str(e)}
             return {"reason": None}
 
-        return {"within": await step.do("within", within), "beyond": await step.do("beyond", beyond)}
+        async def called():
+            return await (await outbound(self.env.RECEIVER + "/hook")).json()
+
+        return {"within": await step.do("within", within), "beyond": await step.do("beyond", beyond),
+                "called": await step.do("called", called)}
 
 
 async def fetch(request, env, ctx):
+    if request.path == "/call":
+        return Response.json(await (await outbound(env.RECEIVER + "/hook")).json())
     if request.path == "/mint":  # the script has no ceiling: it mints what it asks for, as itself
         token = env.TOOLS.mint(["log", "kv.read:notes/"])
         return Response.json({"iss": claims(token)["iss"], "kid": jwt.get_unverified_header(token)["kid"]})
@@ -71,10 +86,54 @@ async def fetch(request, env, ctx):
 '''
 
 
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """A service on loopback that admits a caller by its assertion, checked against the JWKS."""
+
+    jwks: jwt.PyJWKClient
+    origin: str
+
+    def do_GET(self):
+        token = self.headers.get(ASSERTION_HEADER, "")
+        try:
+            key = self.jwks.get_signing_key_from_jwt(token)
+            claims = jwt.decode(token, key.key, algorithms=["EdDSA"], audience=self.origin,
+                                options={"require": ["exp", "iat", "iss", "sub", "aud", "jti"]})
+            status, body = 200, {"caller": claims["sub"]}
+        except jwt.PyJWTError as e:
+            status, body = 401, {"error": type(e).__name__}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def receiving(port, jwks_url):
+    """The receiving service on `port`, trusting the keys at `jwks_url` (fetched when first needed)."""
+    handler = type("R", (Receiver,), {"jwks": jwt.PyJWKClient(jwks_url), "origin": f"http://127.0.0.1:{port}"})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    app = write_app(tmp_path_factory.mktemp("identity") / "app", MANIFEST, {"app.py": APP})
-    with Server(app, "serve") as s:
+    port = free_port()
+    app = write_app(tmp_path_factory.mktemp("identity") / "app", MANIFEST.replace("{port}", str(port)),
+                    {"app.py": APP})
+    s = Server(app, "serve")
+    with receiving(port, f"{s.url}/__edgeworks/.well-known/jwks.json") as s.receiver, s:
         yield s
 
 
@@ -127,52 +186,17 @@ def test_the_script_mints_as_itself_with_its_own_key(server, finished):
     assert body["kid"] in jwks_of(server) and body["kid"] != finished["output"]["within"]["kid"]
 
 
-class Receiver(http.server.BaseHTTPRequestHandler):
-    """A service on loopback that admits a caller by its assertion, checked against the JWKS."""
-
-    jwks: jwt.PyJWKClient
-    origin: str
-
-    def do_GET(self):
-        token = self.headers.get(ASSERTION_HEADER, "")
-        try:
-            key = self.jwks.get_signing_key_from_jwt(token)
-            claims = jwt.decode(token, key.key, algorithms=["EdDSA"], audience=self.origin,
-                                options={"require": ["exp", "iat", "iss", "sub", "aud", "jti"]})
-            status, body = 200, {"caller": claims["sub"]}
-        except jwt.PyJWTError as e:
-            status, body = 401, {"error": type(e).__name__}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def test_outbound_fetches_carry_their_principals_assertion_which_the_receiver_verifies(server, finished):
+    assert finished["output"]["called"] == {"caller": "workflow:app/AgentTask"}
+    with server.client() as c:
+        assert c.get("/call").json() == {"caller": "script:app"}
 
 
-@pytest.fixture
-def receiver(server):
-    port = free_port()
-    handler = type("R", (Receiver,), {"jwks": jwt.PyJWKClient(f"{server.url}/__edgeworks/.well-known/jwks.json"),
-                                      "origin": f"http://127.0.0.1:{port}"})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
-
-
-def test_a_loopback_service_verifies_an_outbound_assertion_against_the_jwks(server, receiver):
-    assertion = Assertions(server.state_dir)("workflow:app/AgentTask", receiver)
-    ok = httpx.get(f"{receiver}/hook", headers={ASSERTION_HEADER: assertion})
-    assert ok.status_code == 200 and ok.json() == {"caller": "workflow:app/AgentTask"}
+def test_an_assertion_for_another_origin_or_none_at_all_is_refused_by_the_receiver(server):
     for_another = Assertions(server.state_dir)("workflow:app/AgentTask", "https://api.example.com")
-    assert httpx.get(f"{receiver}/hook", headers={ASSERTION_HEADER: for_another}).json()["error"] == "InvalidAudienceError"
+    answer = httpx.get(f"{server.receiver}/hook", headers={ASSERTION_HEADER: for_another})
+    assert answer.status_code == 401 and answer.json()["error"] == "InvalidAudienceError"
+    assert httpx.get(f"{server.receiver}/hook").status_code == 401
 
 
 def test_private_keys_stay_in_their_files(server, finished):
