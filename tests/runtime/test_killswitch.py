@@ -70,8 +70,18 @@ def test_every_kind_is_supported(tmp_path: Path):
         for kind in KILL_KINDS:
             ks.kill(kind, f"{kind}-1", f"stop {kind}")
         assert {kind: ks.check(kind, f"{kind}-1") for kind in KILL_KINDS} == {
-            k: f"stop {k}" for k in ("script", "route", "tenant", "workflow", "tool", "ai")
+            k: f"stop {k}" for k in ("script", "route", "tenant", "workflow", "tool", "ai", "egress")
         }
+
+
+def test_egress_kills_are_host_patterns_listed_by_kind(tmp_path: Path):
+    with KillSwitch(tmp_path) as ks:
+        ks.kill("egress", "*.example.com", "exfiltration")
+        ks.kill("tool", "sum", "broken")
+        assert ks.names("egress") == {"*.example.com": "exfiltration"}
+        assert ks.names("ai") == {}
+        with pytest.raises(ValueError, match="not a host name"):
+            ks.kill("egress", "bad host!", "typo")
 
 
 def test_another_instance_sees_a_kill_once_its_cache_is_refresh_s_old(tmp_path: Path):
