@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from runtime.bundle import pack_dir
+from runtime.bundle import pack_dir, secrets_file
 from runtime.datakey import HOW_TO_SET, DataKey
 from runtime.logs import log
 from runtime.secrets import SEALED_SECRETS, SECRETS, secrets_context
@@ -119,6 +119,7 @@ class VersionMeta(BaseModel):
     content_hash: str
     bytes: int
     files: dict[str, str]
+    environment: str | None = None  # the manifest's [env.<name>] it is loaded with
 
 
 @dataclass
@@ -387,10 +388,10 @@ class VersionStore:
         return vid
 
     def commit(self, staged: StagedVersion, *, by: str | None, message: str | None,
-               source: Literal["upload", "initial"] = "upload") -> VersionMeta:
+               source: Literal["upload", "initial"] = "upload", environment: str | None = None) -> VersionMeta:
         meta = VersionMeta(id=staged.id, created=round(self._clock(), 3), created_by=by, message=message,
                            source=source, content_hash=staged.content_hash, bytes=staged.size,
-                           files=staged.files)
+                           files=staged.files, environment=environment)
         final = self.dir / staged.id / "meta.json"
         tmp = final.with_suffix(".tmp")
         tmp.write_text(meta.model_dump_json(indent=1))
@@ -444,16 +445,19 @@ class VersionStore:
         os.replace(tmp, final)
 
     def record_dir(self, root: Path, *, by: str | None, message: str | None,
-                   source: Literal["upload", "initial"] = "initial", skip: Iterable[Path] = ()) -> VersionMeta:
-        """Snapshot an app dir into the store (the version a server starts with). An earlier
-        snapshot of the same source with the same content is reused instead of a new one."""
-        staged = self.stage(pack_dir(root, skip=skip), without_key="leave_out", max_bytes=1 << 62,
+                   source: Literal["upload", "initial"] = "initial", skip: Iterable[Path] = (),
+                   environment: str | None = None) -> VersionMeta:
+        """Snapshot an app dir into the store (the version a server starts with), to be loaded
+        with `environment`. An earlier snapshot of the same source, content and environment is
+        reused instead of a new one."""
+        bundle = pack_dir(root, skip=skip, secrets=secrets_file(root, environment))
+        staged = self.stage(bundle, without_key="leave_out", max_bytes=1 << 62,
                             max_unpacked_bytes=1 << 62, max_files=1 << 30)
         for meta in reversed(self.list()):
-            if meta.source == source and meta.content_hash == staged.content_hash:
+            if (meta.source, meta.content_hash, meta.environment) == (source, staged.content_hash, environment):
                 self.discard(staged)
                 return meta
-        return self.commit(staged, by=by, message=message, source=source)
+        return self.commit(staged, by=by, message=message, source=source, environment=environment)
 
     @staticmethod
     def describe(meta: VersionMeta) -> dict[str, object]:

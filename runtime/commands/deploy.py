@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.bundle import pack_dir
+from runtime.bundle import pack_dir, secrets_file
 
 __all__ = ["add_target", "call", "register"]
 
@@ -54,6 +54,9 @@ def register(sub: Any) -> None:
                                    "before moving traffic, and keeps the old version on any error.")
     p.add_argument("dir", nargs="?", default=".", help="app directory (holds edgeworks.toml)")
     p.add_argument("--message", "-m", default=None, help="what this version changes")
+    p.add_argument("--env", default=os.environ.get("EDGEWORKS_ENV") or None, metavar="NAME",
+                   help="load the version with the manifest's [env.NAME] section and send .dev.vars.NAME as its "
+                        "secrets when it exists (default: $EDGEWORKS_ENV, else the server's environment)")
     add_target(p)
     p.set_defaults(func=_deploy)
 
@@ -82,11 +85,11 @@ def _deploy(args: argparse.Namespace) -> int:
         print(f"edgeworks: {root} holds no edgeworks.toml or pyproject.toml", file=sys.stderr)
         return 2
     try:
-        bundle = pack_dir(root)
+        bundle = pack_dir(root, secrets=secrets_file(root, args.env))
     except OSError as e:
         print(f"edgeworks: cannot pack {root}: {e}", file=sys.stderr)
         return 2
-    params = {"message": args.message} if args.message else {}
+    params = {k: v for k, v in (("message", args.message), ("env", args.env)) if v}
     # No read timeout: the server bounds a deploy itself (start-up limit, then the probe).
     return call(args, "POST", "versions", content=bundle, params=params, timeout=httpx.Timeout(30, read=None),
                 headers={"content-type": "application/octet-stream"})

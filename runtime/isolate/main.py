@@ -55,7 +55,7 @@ from runtime.isolate.http import Request, Response
 from runtime.isolate.meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered, rss_bytes
 from runtime.killswitch import KillSwitch
 from runtime.logs import log
-from runtime.redact import mask_secret_values
+from runtime.redact import mask_secret_values, mask_secrets
 from runtime.safejson import JSONTooDeep, RequestJSONTooDeep, check_depth
 
 __all__ = ["Isolate", "LoadError", "main", "run"]
@@ -335,9 +335,9 @@ class Isolate:
             # dev shows details, but not to a remote client (a client fetch from a non-loopback address)
             detailed = self.dev and local
             err = {"code": "exception", "status": 500, "type": type(e).__name__,
-                   "message": f"{type(e).__name__}: {e}" if detailed else "the handler raised an exception"}
+                   "message": mask_secrets(f"{type(e).__name__}: {e}") if detailed else "the handler raised an exception"}
             if detailed:
-                err["traceback"] = tb
+                err["traceback"] = mask_secrets(tb)
         return None, err, meter.cpu * 1000
 
     # -- fetch -----------------------------------------------------------------------------
