@@ -3,7 +3,6 @@ itself and within its ceiling, its tool calls and steps are audited under it, th
 and a loopback service verifies the assertions that outbound fetches carry against it."""
 
 import contextlib
-
 import http.server
 import json
 import threading
