@@ -103,9 +103,12 @@ class WorkflowBinding:
         tenant_provider: Callable[[], str | None] | None = None,
         tenant_scoped: bool = False,
         secret: bytes | None = None,
+        level_provider: Callable[[], str | None] | None = None,
     ) -> None:
         self.definition = definition
         self._tenant_provider = tenant_provider or (lambda: None)
+        # The classification level of the caller's data: an instance's params are recorded at it.
+        self._level_provider = level_provider or (lambda: None)
         definition.bind(script, transport, tenant_scoped, secret)
 
     def _tenant(self) -> str | None:
@@ -132,7 +135,8 @@ class WorkflowBinding:
         self.definition.codec.check()  # nothing is stored that could not be sealed
         instance_id = validate_id(id) if id is not None else uuid.uuid4().hex
         params = self._params(params)
-        _unwrap(await self._instance_stub(instance_id).create(instance_id, params, self._tenant()))
+        _unwrap(await self._instance_stub(instance_id).create(instance_id, params, self._tenant(),
+                                                              self._level_provider()))
         return WorkflowInstance(self, instance_id)
 
     async def create_batch(self, items: list[dict[str, Any]]) -> list[WorkflowInstance]:
@@ -179,8 +183,9 @@ def make_workflow_binding(
     definition: WorkflowDefinition,
     tenant_scoped: bool = False,
     secret: bytes | None = None,
+    level_provider: Callable[[], str | None] | None = None,
 ) -> WorkflowBinding:
     """The env binding for manifest ``workflows = [{binding, class_name}]``."""
     if definition.class_name != class_name:
         raise ValueError(f"definition is for {definition.class_name!r}, not {class_name!r}")
-    return WorkflowBinding(definition, script, transport, tenant_provider, tenant_scoped, secret)
+    return WorkflowBinding(definition, script, transport, tenant_provider, tenant_scoped, secret, level_provider)

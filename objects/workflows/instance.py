@@ -50,12 +50,17 @@ class WorkflowInstanceObject(InstanceEngine):
     # its alarm to wake it: out of memory soon, or a busy class keeps every recent one resident.
     idle_timeout_s = 2.0
 
-    async def create(self, instance_id: str, params: Any, tenant: str | None) -> dict[str, Any]:
+    async def create(self, instance_id: str, params: Any, tenant: str | None,
+                     level: str | None = None) -> dict[str, Any]:
+        """`level`: the classification level of `params` (the creator's); the run starts there."""
         await self._load()
         if self.meta is not None:
             return _err("duplicate_id", f"instance {instance_id!r} already exists")
         now = self.now()
-        meta = {"id": instance_id, "tenant": tenant, "status": QUEUED, "params": params,
+        if level is not None and level not in self.hooks.levels:
+            return _err("invalid_level", f"unknown classification level {level!r} "
+                        f"(levels: {', '.join(self.hooks.levels)})")
+        meta = {"id": instance_id, "tenant": tenant, "status": QUEUED, "params": params, "level": level,
                 "created": now, "started": None, "ended": None, "output": None, "error": None,
                 "pause_reason": None, "waiting": None, "event_seq": 0, "restarts": 0,
                 "order": time.time_ns()}  # creation order for listing, also under a fake clock
@@ -229,7 +234,7 @@ class WorkflowInstanceObject(InstanceEngine):
                 "name": rec["name"], "key": key[5:], "kind": rec["kind"], "status": rec["status"],
                 "started": rec.get("started"), "ended": rec.get("ended"),
                 "wake_at": rec.get("wake_at"), "attempts": rec["attempts"],
-                "error": rec.get("error"),
+                "error": rec.get("error"), "level": rec.get("level"),
             })
         if self._current is not None and "step:" + self._current["key"][5:] not in self.steps:
             steps.append({"name": self._current["name"], "key": self._current["key"][5:],
@@ -247,5 +252,6 @@ class WorkflowInstanceObject(InstanceEngine):
             "ended": meta["ended"], "pause_reason": meta["pause_reason"],
             "waiting": meta["waiting"], "restarts": meta["restarts"],
             "recoveries": meta.get("recoveries", 0), "pruned": meta.get("pruned"), "steps": steps,
+            "level": meta.get("level"),
             "compensations": compensations, "pending_events": pending,
         }

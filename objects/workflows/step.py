@@ -17,6 +17,15 @@ function runs) runs again on the next replay. ``step.do(..., transactional=True)
 step exactly-once when its only effects are writes to the workflow's own storage through
 ``step.sql`` / ``step.storage``: the function runs inside one storage transaction which also
 records its result, so either both the writes and the result commit, or neither.
+
+Classification. Every replay starts at the level of the instance's params (``meta["level"]``)
+and the level only rises: ``step.do(..., classification=level)`` runs the step at least at
+``level``; ``step.classify(level)`` inside a step function raises that step (and so the run
+after it), outside one it raises the run from there on. Each step record keeps the level its
+step ended at, and replaying the step raises the run to it again, so a replayed run walks the
+same levels as the first. ``step.declassify(level, reason=...)`` is the one way down: it is a
+recorded entry of the run (audited once, as ``classification.declassified``, with the previous
+and new level and the reason), called from the run's own code, never from inside a step.
 """
 
 from __future__ import annotations
@@ -140,7 +149,7 @@ async def run_attempts(
     attempt = len(rec["attempts"]) + 1
     started = run.now()
     run.set_current(record_key, rec, attempt, started)
-    run.audit(f"{audit_kind}.attempt", {"step": name, "key": record_key, "attempt": attempt})
+    run.audit(f"{audit_kind}.attempt", {"step": name, "key": record_key, "attempt": attempt, **_level_of(rec)})
 
     async def call() -> Any:
         result = await run.call_user(fn, config.timeout, name)
@@ -177,7 +186,7 @@ async def run_attempts(
             await run.commit({record_key: failed})
             run.audit(f"{audit_kind}.outcome", {
                 "step": name, "key": record_key, "outcome": "failed", "attempts": attempt,
-                "error": error,
+                "error": error, **_level_of(rec),
             })
             raise StepFailedError(name, type(exc).__name__, str(exc), attempt) from exc
         wake_at = ended + config.retries.delay_after(attempt)
@@ -185,15 +194,21 @@ async def run_attempts(
         await run.commit({record_key: failed})
         run.audit(f"{audit_kind}.outcome", {
             "step": name, "key": record_key, "outcome": "retry", "attempt": attempt,
-            "retry_at": wake_at, "error": error,
+            "retry_at": wake_at, "error": error, **_level_of(rec),
         })
         kind = "retry" if record_key.startswith("step:") else "compensation retry"
         raise _Suspend(wake_at, kind, record_key.split(":", 1)[1]) from None
     run.clear_current()
     run.audit(f"{audit_kind}.outcome", {
-        "step": name, "key": record_key, "outcome": "complete", "attempts": attempt,
+        "step": name, "key": record_key, "outcome": "complete", "attempts": attempt, **_level_of(rec),
     })
     return done["result"]
+
+
+def _level_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """The classification of an entry about a step: the level of the data the step handled."""
+    level = rec.get("level")
+    return {"classification": level} if level is not None else {}
 
 
 def _completed(rec: dict[str, Any], result: Any, started: float, ended: float) -> dict[str, Any]:
@@ -232,6 +247,7 @@ class _StepOptions:
     config: StepConfig
     compensate: Callable[..., Awaitable[Any]] | None
     transactional: bool
+    classification: str | None = None
 
 
 class StepCall:
@@ -288,6 +304,13 @@ class Step:
         self._counts: dict[str, int] = {}
         self._position = 0
         self._declared: dict[str, StepCall] = {}  # decorated step functions, by function name
+        self._levels = run.hooks.levels
+        # The run's classification level: the params' at the start of every replay (None: the
+        # instance was created without one, and levels are not tracked).
+        self.level: str | None = (run.meta or {}).get("level")
+        self._running: dict[str, Any] | None = None  # the record of the step function running now
+        if self.level is not None:
+            run.hooks.run_at_level(self.level)
 
     @property
     def sql(self) -> SqlStorage:
@@ -311,6 +334,7 @@ class Step:
         transactional: bool = False,
         depends: list[StepCall] | None = None,
         concurrent: bool = False,
+        classification: str | None = None,
     ) -> Any:
         """Run ``fn`` once (durably); as a decorator when ``fn`` is omitted.
 
@@ -320,8 +344,11 @@ class Step:
         not yet), as do the steps listed in ``depends``; a parameter named ``ctx`` receives the
         ``StepContext``. ``config={"retries": ..., "timeout": ...}`` is Cloudflare's
         ``WorkflowStepConfig``. ``concurrent`` is accepted; dependencies run one after
-        another, each durably, which gives the same results.
+        another, each durably, which gives the same results. ``classification`` runs the step
+        at least at that level (and the run after it; see the module docstring).
         """
+        if classification is not None:
+            self._check_level(classification)
         if config is not None:
             if not isinstance(config, dict) or set(config) - {"retries", "timeout"}:
                 raise TypeError(f"step {name!r}: config takes the keys retries and timeout, "
@@ -329,7 +356,7 @@ class Step:
             retries = config.get("retries") if retries is None else retries
             timeout = config.get("timeout") if timeout is None else timeout
         options = _StepOptions(_merge_config(self._run.step_defaults, retries, timeout),
-                               compensate, transactional)
+                               compensate, transactional, classification)
         if fn is None:
             def decorator(func: Callable[..., Awaitable[Any]]) -> StepCall:
                 call = StepCall(self, name or func.__name__, func, options, depends or [])
@@ -353,21 +380,88 @@ class Step:
                    "attempts": [], "started": self._run.now(), "wake_at": None,
                    "compensable": compensate is not None}
         elif rec["status"] == "complete":
+            self._rise(rec.get("level"))
             self._run.add_compensation(key, rec, compensate, config)
             return rec["result"]
         elif rec["status"] == "failed":
+            self._rise(rec.get("level"))
             raise failure_from_record(rec)
         elif rec["wake_at"] is not None and rec["wake_at"] > self._run.now():
             raise _Suspend(rec["wake_at"], "retry", key)
+        if self.level is not None:  # this attempt runs at the run's level, raised as asked
+            self._rise(options.classification)
+            rec = {**rec, "level": self.level}
         meta = self._run.meta or {}
         token = CURRENT_STEP.set(StepInfo(self._run.definition.class_name, str(meta.get("id", "")), name))
+        self._running = rec
         try:
             result = await run_attempts(self._run, "step:" + key, rec, fn, config,
                                         transactional=options.transactional)
         finally:
+            self._running = None
             CURRENT_STEP.reset(token)
+            self._rise(rec.get("level"))  # what the step raised itself (step.classify) holds after it
         self._run.add_compensation(key, self._run.steps["step:" + key], compensate, config)
         return result
+
+    # -- classification ----------------------------------------------------------------------
+
+    def _check_level(self, level: Any) -> str:
+        if not isinstance(level, str) or level not in self._levels:
+            raise ValueError(f"unknown classification level {level!r} (levels: {', '.join(self._levels)})")
+        return level
+
+    def _rise(self, level: str | None) -> None:
+        """Raise the run's level to `level` (never lower it); the running task runs at the result."""
+        if level is None or self.level is None or level not in self._levels:
+            return
+        if self._levels.index(level) > self._levels.index(self.level):
+            self.level = level
+            self._run.hooks.run_at_level(level)
+
+    def classify(self, level: str) -> str:
+        """Raise the level of the data handled from here on to at least `level`; inside a step
+        function, the step's (recorded with its result); outside, the run's. Returns the level."""
+        self._check_level(level)
+        if self.level is None:
+            return level
+        running = self._running
+        if running is not None and self._run._in_user:
+            # Inside the step function: its task runs at the raised level now; the record
+            # carries it, and the run rises to it when the step is done (and on every replay).
+            if self._levels.index(level) > self._levels.index(running["level"]):
+                running["level"] = level
+                self._run.hooks.run_at_level(level)
+            return str(running["level"])
+        self._rise(level)
+        return self.level
+
+    async def declassify(self, level: str, *, reason: str, name: str = "declassify") -> None:
+        """Lower the run's level to `level` from here on: a recorded, audited decision
+        (``classification.declassified`` with the previous level, the new one and `reason`),
+        taken by the run's own code, never inside a step function."""
+        self._check_level(level)
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("step.declassify needs a reason (who decided, and why)")
+        if self._run._in_user:
+            raise RuntimeError("step.declassify is called by the run's code, not inside a step function")
+        key, position, rec = self._enter(name)
+        if rec is not None:
+            if rec.get("kind") != "declassify":
+                raise StepDivergenceError(position, key, f"{key} (declassify)")
+        else:
+            now = self._run.now()
+            previous = self.level
+            rec = {"name": name, "kind": "declassify", "pos": position, "status": "complete",
+                   "attempts": [], "started": now, "ended": now, "wake_at": None,
+                   "level": level, "previous": previous, "reason": reason}
+            await self._run.commit({"step:" + key: rec})
+            self._run.audit("classification.declassified", {
+                "step": key, "level": level, "previous": previous, "reason": reason,
+                "classification": previous or level})
+        if self.level is not None:
+            self.level = rec["level"]
+            self._run.hooks.run_at_level(self.level)
 
     def _with_context(self, fn: Callable[..., Awaitable[Any]], name: str, count: int,
                       config: StepConfig) -> StepFn:

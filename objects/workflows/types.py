@@ -11,6 +11,7 @@ from objects.clock import Clock, SystemClock
 __all__ = [
     "ACTIVE_STATUSES",
     "APPROVAL_EVENT",
+    "DEFAULT_LEVELS",
     "FINAL_STATUSES",
     "STATUSES",
     "AuditHook",
@@ -81,6 +82,14 @@ def _keep_text(text: str) -> str:
     return text
 
 
+def _stay_at_level(level: str) -> None:
+    return None
+
+
+#: The classification levels when the upper layer injects none (lowest first).
+DEFAULT_LEVELS = ("public", "internal", "confidential", "restricted")
+
+
 @dataclass
 class WorkflowHooks:
     """What an upper layer injects: clock (the host's, epoch ms), audit sink, kill switch,
@@ -97,6 +106,13 @@ class WorkflowHooks:
     called at the start of each run task with the tenant the instance was created in, so its
     code (steps, capability tokens, object ids) acts in that tenant whatever started the task:
     a request, an admin, or an alarm after a restart, which carries no tenant of its own.
+
+    ``levels`` are the data classification levels in order (lowest first). An instance records
+    the level of its params when it is created (the creator's); its run starts every replay at
+    that level and it only rises (``step.do(..., classification=)``, ``step.classify``, the
+    recorded level of each step replayed) until an explicit ``step.declassify``.
+    ``run_at_level(level)`` is called in the running task whenever the run's level changes, so
+    the code it runs (and what that code calls) handles data at that level.
     """
 
     clock: Clock = field(default_factory=SystemClock)
@@ -106,6 +122,8 @@ class WorkflowHooks:
     run_body: Callable[[Awaitable[Any]], Awaitable[Any]] = field(default=_run_directly)
     redact: Callable[[str], str] = field(default=_keep_text)
     run_as_tenant: Callable[[str | None], None] = field(default=_stay_in_scope)
+    levels: tuple[str, ...] = DEFAULT_LEVELS
+    run_at_level: Callable[[str], None] = field(default=_stay_at_level)
 
     def now(self) -> float:
         """Epoch seconds by the injected clock."""

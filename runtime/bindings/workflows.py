@@ -136,6 +136,16 @@ def _as_principal(audit: AuditHook, principal: str, kind: str, fields: dict[str,
     audit(kind, {**fields, "principal": principal})
 
 
+def _run_at_level(level: str) -> None:
+    """Workflow code runs at its run's classification level (its params', raised by its steps):
+    what it calls (tools, AI, fetch, objects) and what it audits carry that level, not the level
+    of whatever started its task. The scope is replaced, never changed in place: the task that
+    started the run may share it."""
+    scope = current()
+    if scope.level != level:
+        use_scope(dataclasses.replace(scope, level=level))
+
+
 def _build(host: BindingHost) -> dict[str, Any]:
     if not host.script.workflows:
         return {}
@@ -156,12 +166,15 @@ def _build(host: BindingHost) -> dict[str, Any]:
             run_body=functools.partial(_metered_body, host.script.limits.cpu_ms),
             run_as_tenant=_run_as_tenant,
             redact=_redactor.redact_text,
+            levels=host.levels.names,
+            run_at_level=_run_at_level,
         )
         definition = WorkflowDefinition(cls, class_name=b.class_name, hooks=hooks, codec=codec)
         host.object_classes.update(definition.object_classes())
         entries[b.binding] = make_workflow_binding(
             host.script.name, b.class_name, transport, lambda: current().tenant, definition=definition,
             tenant_scoped=b.tenant_scoped, secret=namespace_secret(host.state_dir),
+            level_provider=lambda: current().level,
         )
     return entries
 
