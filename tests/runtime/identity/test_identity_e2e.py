@@ -19,7 +19,7 @@ MANIFEST = """
 [[scripts]]
 name = "app"
 main = "app.py"
-routes = ["/start/{id}", "/status/{id}", "/mint", "/call"]
+routes = ["/start/{id}", "/status/{id}", "/mint", "/call", "/forged"]
 vars = { RECEIVER = "http://127.0.0.1:{port}" }
 
 [[scripts.workflows]]
@@ -42,6 +42,8 @@ assert_identity = true
 """
 
 APP = '''
+import json
+
 import jwt
 from workers import Response, WorkflowEntrypoint, fetch as outbound
 
@@ -74,6 +76,14 @@ class AgentTask(WorkflowEntrypoint):
 async def fetch(request, env, ctx):
     if request.path == "/call":
         return Response.json(await (await outbound(env.RECEIVER + "/hook")).json())
+    if request.path == "/forged":  # a token naming the workflow class, signed with the script's key
+        token = env.TOOLS.mint(["log"])
+        head, _, sig = token.split(".")
+        body = jwt.utils.base64url_encode(json.dumps({**claims(token), "iss": "workflow:app/AgentTask"}).encode())
+        try:
+            await env.TOOLS.run("sum", {"n": 1}, capability=f"{head}.{body.decode()}.{sig}")
+        except Exception as e:
+            return Response.json({"code": e.code, "reason": e.details.get("reason")})
     if request.path == "/mint":  # the script has no ceiling: it mints what it asks for, as itself
         token = env.TOOLS.mint(["log", "kv.read:notes/"])
         return Response.json({"iss": claims(token)["iss"], "kid": jwt.get_unverified_header(token)["kid"]})
@@ -183,6 +193,15 @@ def test_the_script_mints_as_itself_with_its_own_key(server, finished):
         body = c.get("/mint").json()
     assert body["iss"] == "script:app"
     assert body["kid"] in jwks_of(server) and body["kid"] != finished["output"]["within"]["kid"]
+
+
+def test_a_refused_token_is_audited_under_the_calling_principal(server):
+    with server.client() as c:
+        r = c.get("/forged")
+    assert r.json() == {"code": "invalid_token", "reason": "bad_signature"}
+    rid = r.headers["x-request-id"]
+    denied = wait_until(lambda: query(server.state_dir, request_id=rid, kind="sandbox.denied"), timeout=5)
+    assert denied[0].data["principal"] == "script:app" and denied[0].data["reason"] == "bad_signature"
 
 
 def test_outbound_fetches_carry_their_principals_assertion_which_the_receiver_verifies(server, finished):
