@@ -1,6 +1,6 @@
 """Capability tokens: short-lived Ed25519-signed JWTs that say what one tool call may do.
 
-Claims: `iss` (service identity of the caller, e.g. `workflow:Refund`, `script:app`, `cli`),
+Claims: `iss` (service identity of the caller, e.g. `workflow:app/Refund`, `script:app`, `cli`),
 `aud` = `sandbox`, `iat`, `nbf`, `exp`, `jti` (unique id), `tenant`, `rid` (request id),
 `caps` (capability strings, see `sandbox.capabilities`) and `chain` (jtis of the tokens this one
 was attenuated from, oldest first; empty for a minted token).
