@@ -93,6 +93,11 @@ class AiRequest:
     step: str | None = None
 
 
+def _classified(cfg: AIConfig | None, req: AiRequest) -> dict[str, str]:
+    """The classification of an entry about `req`: its data's level, when that is a level."""
+    return {"classification": req.level} if cfg is not None and req.level in cfg.levels else {}
+
+
 def _principal(req: AiRequest) -> str:
     """The principal a call is made for: its workflow class, else its script."""
     if req.script is None:
@@ -181,7 +186,8 @@ class Gateway:
             return await self._call(req)
         except GatewayError as e:
             self._audit.append("ai.refused", request_id=req.rid, tenant=req.tenant, subject=req.subject,
-                               script=req.script, code=e.code, target=req.target, call=req.kind)
+                               script=req.script, code=e.code, target=req.target, call=req.kind,
+                               principal=_principal(req), **_classified(self.config, req))
             return e.reply()
 
     async def _call(self, req: AiRequest) -> dict[str, Any]:
@@ -208,7 +214,8 @@ class Gateway:
                 refused_level += 1
                 self._audit.append("ai.policy_violation", request_id=req.rid, tenant=req.tenant, script=req.script,
                                    model=name, provider=model.provider, level=req.level,
-                                   max_level=provider.max_level)
+                                   max_level=provider.max_level, principal=_principal(req),
+                                   classification=req.level)
                 errors.append(f"{name}: provider {model.provider!r} may not receive {req.level!r} data")
                 continue
             try:
@@ -381,7 +388,7 @@ class Gateway:
                   "risk": req.risk, "inference_class": meta.get("inference_class"), "grade": meta.get("grade"),
                   "model": name, "provider": model.provider, "tokens_in": answer.usage.input_tokens,
                   "tokens_out": answer.usage.output_tokens, "cost_usd": round(cost, 8), "latency_ms": latency,
-                  "cache": cache, "level": req.level, "workflow_class": req.workflow_class,
+                  "cache": cache, "level": req.level, "classification": req.level, "workflow_class": req.workflow_class,
                   "instance": req.instance, "step": req.step}
         self._audit.append("ai.call", **fields)
         prompt = output = None
