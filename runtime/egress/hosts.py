@@ -97,6 +97,8 @@ def parse_host_pattern(text: str) -> HostPattern:
     if not isinstance(text, str) or not text.strip():
         raise ValueError("a host pattern is a non-empty string")
     value = normalize_host(text)
+    if text.strip().startswith("*.") and not value[2:]:
+        raise ValueError(f"{text!r} needs a suffix after '*.'")
     if value == "*":
         return HostPattern(text, any=True)
     if "/" in value:

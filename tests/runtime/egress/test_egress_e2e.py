@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -120,7 +120,7 @@ class Upstream(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self.paths.append(self.path)
         if self.path == "/to-evil":
-            port = self.server.server_address[1]
+            port = cast(tuple[str, int], self.server.server_address)[1]
             self._send(302, b"", (("location", f"http://evil.test:{port}/data"),))
         else:
             self._send(200, b'{"n": 1}', (("content-type", "application/json"),))
@@ -149,12 +149,15 @@ def hosts_file(parent: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, upstream: ThreadingHTTPServer) -> Iterator[Server]:
+def port(upstream: ThreadingHTTPServer) -> int:
+    return cast(tuple[str, int], upstream.server_address)[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, port: int) -> Iterator[Server]:
     parent = tmp_path_factory.mktemp("egress")
-    port = upstream.server_address[1]
     app = write_app(parent / "app", MANIFEST.format(port=port, tool=TOOL), {"app.py": APP})
     with Server(app, env={HOSTS_ENV: str(hosts_file(parent))}) as s:
-        s.upstream = f"{port}"  # type: ignore[attr-defined]
         yield s
 
 
@@ -170,8 +173,8 @@ def entries(server: Server, rid: str, kind: str) -> list[Any]:
                       timeout=5)
 
 
-def test_an_allowed_name_whose_rule_names_loopback_is_fetched_and_audited(server: Server):
-    body, rid = get(server, "/fetch", f"http://api.test:{server.upstream}/data")  # type: ignore[attr-defined]
+def test_an_allowed_name_whose_rule_names_loopback_is_fetched_and_audited(server: Server, port: int):
+    body, rid = get(server, "/fetch", f"http://api.test:{port}/data")
     assert body == {"status": 200, "body": '{"n": 1}'}
     [entry] = entries(server, rid, "egress.request")
     assert entry.data["principal"] == "script:app" and entry.request_id == rid and entry.script == "app"
@@ -180,16 +183,16 @@ def test_an_allowed_name_whose_rule_names_loopback_is_fetched_and_audited(server
     assert entry.data["duration_ms"] >= 0
 
 
-def test_a_host_no_rule_allows_is_refused_and_audited(server: Server):
-    body, rid = get(server, "/fetch", f"http://other.test:{server.upstream}/data")  # type: ignore[attr-defined]
+def test_a_host_no_rule_allows_is_refused_and_audited(server: Server, port: int):
+    body, rid = get(server, "/fetch", f"http://other.test:{port}/data")
     assert body["denied"] == "host"
     assert "script:app" in body["message"] and "other.test" in body["message"]
     [entry] = entries(server, rid, "egress.denied")
     assert entry.data["reason"] == "host" and entry.data["principal"] == "script:app"
 
 
-def test_an_allowed_name_that_resolves_to_loopback_is_refused_unless_a_rule_names_loopback(server: Server):
-    body, _ = get(server, "/fetch", f"http://named.test:{server.upstream}/data")  # type: ignore[attr-defined]
+def test_an_allowed_name_that_resolves_to_loopback_is_refused_unless_a_rule_names_loopback(server: Server, port: int):
+    body, _ = get(server, "/fetch", f"http://named.test:{port}/data")
     assert body["denied"] == "address"
     assert "127.0.0.1" in body["message"] and "loopback" in body["message"]
 
@@ -204,9 +207,9 @@ def test_a_name_that_resolves_to_the_metadata_address_is_refused_before_connecti
     assert literal["denied"] == "host"
 
 
-def test_a_redirect_to_a_refused_host_is_not_followed(server: Server):
+def test_a_redirect_to_a_refused_host_is_not_followed(server: Server, port: int):
     Upstream.paths.clear()
-    body, rid = get(server, "/fetch", f"http://api.test:{server.upstream}/to-evil")  # type: ignore[attr-defined]
+    body, rid = get(server, "/fetch", f"http://api.test:{port}/to-evil")
     assert body["denied"] == "redirect" and "evil.test" in body["message"]
     assert Upstream.paths == ["/to-evil"]  # the refused hop never reached the upstream (same address)
     denied = entries(server, rid, "egress.denied")
@@ -214,13 +217,13 @@ def test_a_redirect_to_a_refused_host_is_not_followed(server: Server):
     assert [e.data["status"] for e in entries(server, rid, "egress.request")] == [302]
 
 
-def test_data_above_a_rules_max_level_is_refused(server: Server):
-    body, _ = get(server, "/secret", f"http://api.test:{server.upstream}/data")  # type: ignore[attr-defined]
+def test_data_above_a_rules_max_level_is_refused(server: Server, port: int):
+    body, _ = get(server, "/secret", f"http://api.test:{port}/data")
     assert body["denied"] == "level" and "'confidential'" in body["message"] and "'internal'" in body["message"]
 
 
-def test_the_kill_switch_stops_a_host_pattern_within_a_second(server: Server):
-    url = f"http://api.test:{server.upstream}/data"  # type: ignore[attr-defined]
+def test_the_kill_switch_stops_a_host_pattern_within_a_second(server: Server, port: int):
+    url = f"http://api.test:{port}/data"
     with KillSwitch(server.state_dir) as ks:
         ks.kill("egress", "*.test", "suspected exfiltration", actor="test")
         try:
@@ -232,8 +235,8 @@ def test_the_kill_switch_stops_a_host_pattern_within_a_second(server: Server):
         wait_until(lambda: get(server, "/fetch", url)[0].get("status") == 200, timeout=1.5)
 
 
-def test_sandbox_http_fetch_goes_through_the_same_policy(server: Server):
-    ok, rid = get(server, "/tool", f"http://api.test:{server.upstream}/data")  # type: ignore[attr-defined]
+def test_sandbox_http_fetch_goes_through_the_same_policy(server: Server, port: int):
+    ok, rid = get(server, "/tool", f"http://api.test:{port}/data")
     assert ok == {"status": 200, "body": '{"n": 1}'}
     assert entries(server, rid, "egress.request")[0].data["principal"] == "script:app"
     refused, _ = get(server, "/tool", "http://meta.test/latest/")
@@ -259,18 +262,18 @@ routes = ["/fetch"]
 """
 
 
-def test_dev_without_an_egress_section_allows_loopback_and_warns_once(tmp_path: Path, upstream: ThreadingHTTPServer):
+def test_dev_without_an_egress_section_allows_loopback_and_warns_once(tmp_path: Path, port: int):
     app = write_app(tmp_path / "app", OPEN_MANIFEST, {"app.py": APP})
     with Server(app) as s:
-        body, rid = get(s, "/fetch", f"http://127.0.0.1:{upstream.server_address[1]}/data")
+        body, rid = get(s, "/fetch", f"http://127.0.0.1:{port}/data")
         assert body["status"] == 200
         assert entries(s, rid, "egress.request")[0].data["address"] == "127.0.0.1"
         assert s.output().count("no [egress] section") == 1
 
 
-def test_serve_without_an_egress_section_refuses_outbound_calls(tmp_path: Path, upstream: ThreadingHTTPServer):
+def test_serve_without_an_egress_section_refuses_outbound_calls(tmp_path: Path, port: int):
     app = write_app(tmp_path / "app", OPEN_MANIFEST, {"app.py": APP})
     with Server(app, "serve") as s:
-        body, _ = get(s, "/fetch", f"http://127.0.0.1:{upstream.server_address[1]}/data")
+        body, _ = get(s, "/fetch", f"http://127.0.0.1:{port}/data")
         assert body["denied"] == "host" and "no [egress] rule" in body["message"]
         assert "no [egress] section" not in s.output()
