@@ -29,11 +29,12 @@ from runtime.bindings import KINDS, env_name_problems, kind_fields
 from runtime.bindings.durable_objects import DurableObjectBinding
 from runtime.bindings.services import ServiceBinding
 from runtime.bindings.workflows import WorkflowBindingConfig as WorkflowBinding
-from runtime.egress.config import EgressConfig
 from runtime.classification import LEVEL_NAME, field_path_problem
+from runtime.egress.config import EgressConfig
 from runtime.environments import UnknownEnvironment, attribute, overlay, split
 from runtime.identity.config import PrincipalOptions, principals_problems
 from runtime.names import SCRIPT_NAME
+from runtime.redaction import RedactionConfig
 from runtime.risk import RiskRule
 
 __all__ = [
@@ -218,6 +219,7 @@ class AppConfig(_Model):
     ai: AIConfig | None = None
     egress: EgressConfig | None = None  # outbound rules (runtime/egress); absent: open in dev, closed in serve
     principals: dict[str, PrincipalOptions] = {}  # [principals."<principal>"] (runtime.identity)
+    redaction: RedactionConfig = RedactionConfig()  # per level: mask, hash or drop (runtime.redaction)
     deploy: DeployOptions = DeployOptions()
     server: ServerOptions = ServerOptions()
     scripts: Annotated[list[ScriptConfig], Field(min_length=1)]
@@ -365,6 +367,8 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
         levels = cfg.ai.levels if cfg.ai is not None else DEFAULT_LEVELS
         problems += [f"{source}: {p}{key}: {problem}" for key, problem in cfg.egress.problems(levels)]
     problems += [f"{source}: {p}{key}: {problem}" for key, problem in principals_problems(cfg)]
+    problems += [f"{source}: {p}{key}: {problem}" for key, problem in
+                 cfg.redaction.problems(cfg.ai.levels if cfg.ai is not None else DEFAULT_LEVELS)]
     problems += [f"{source}: {p}{key}: {problem}" for key, problem in _classification_problems(cfg)]
     return problems
 
@@ -375,7 +379,7 @@ def _classification_problems(cfg: AppConfig) -> list[tuple[str, str]]:
     name (levels are audit columns and travel on every message)."""
     levels = cfg.ai.levels if cfg.ai is not None else DEFAULT_LEVELS
     out = [("ai.levels", f"{name!r} is not a level name (lowercase letters, digits, '-' and '_', at most 32)")
-           for name in levels if not LEVEL_NAME.match(name)]
+           for name in levels if not LEVEL_NAME.fullmatch(name)]
     for i, rule in enumerate(cfg.risk):
         if rule.classification is not None and rule.classification not in levels:
             out.append((f"risk[{i}].classification", f"{rule.classification!r} is not one of {levels}"))

@@ -3,7 +3,9 @@
 Every record is redacted (`runtime.redact`) before anything sees it: the stderr line and the
 listeners (`edgeworks tail` subscribers) get the same redacted record, so a password in an
 exception message or an e-mail address in a URL path never reaches a terminal, a log file or a
-tail. `set_redactor` adds the app's own patterns (the manifest's ``[audit] redact_patterns``).
+tail. A record is redacted as data of its ``level`` field (the classification level of the data
+it describes; none: see `runtime.redaction`). `set_policy` installs the app's policy (its
+``[redaction]`` modes per level and its ``[audit] redact_patterns``).
 
 Records of Python's `logging` (e.g. ``log.exception`` in a library or in `objects`) take the same
 path, as ``python_log`` records, when nothing else configured logging: importing this module
@@ -21,14 +23,14 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from runtime.redact import Redactor
+from runtime.redaction import RedactionPolicy
 
 __all__ = ["LOGGING_CONFIG", "LogHandler", "add_listener", "log", "redact_text", "remove_listener",
-           "set_level", "set_redactor"]
+           "set_level", "set_policy"]
 
 _quiet_events: set[str] = set()
 _listeners: list[Callable[[dict[str, Any]], None]] = []
-_redactor = Redactor()
+_policy = RedactionPolicy()
 
 
 def set_level(quiet: set[str]) -> None:
@@ -37,9 +39,9 @@ def set_level(quiet: set[str]) -> None:
     _quiet_events.update(quiet)
 
 
-def set_redactor(redactor: Redactor) -> None:
-    global _redactor
-    _redactor = redactor
+def set_policy(policy: RedactionPolicy) -> None:
+    global _policy
+    _policy = policy
 
 
 def add_listener(fn: Callable[[dict[str, Any]], None]) -> None:
@@ -71,7 +73,8 @@ class LogHandler(logging.Handler):
 
 
 def log(event: str, **fields: Any) -> None:
-    redact = _redactor.redact_entry
+    level = fields.get("level")
+    redact = _policy.for_level(level if isinstance(level, str) else None).redact_entry
     record = {"ts": round(time.time(), 3), "event": event,
               **{key: redact(key, value, _plain) for key, value in fields.items()}}
     for fn in _listeners:
@@ -82,7 +85,7 @@ def log(event: str, **fields: Any) -> None:
 
 def redact_text(text: str) -> str:
     """`text` as a log line would carry it (for the few messages printed outside `log`)."""
-    return _redactor.redact_text(text)
+    return _policy.default.redact_text(text)
 
 
 # For uvicorn's `log_config`: its own loggers (start-up errors, exceptions it catches) go

@@ -37,19 +37,46 @@ Dict entries whose key names a credential (parts such as ``password``, ``secret`
 are counts, not credentials) are masked whole as ``[redacted:secret]`` whatever their value.
 String keys are scanned like values.
 
+Modes. What replaces a finding is the redactor's ``mode`` (the manifest's ``[redaction]``
+section sets one per classification level, see `RedactionPolicy`):
+
+- ``mask`` (the default): ``[redacted:<label>]``, as above;
+- ``hash``: ``[hash:<12 hex>]``, the start of an HMAC-SHA256 of the finding under a key the
+  runtime derives from its data key, so equal values stay linkable across lines and entries
+  while the value itself cannot be recovered or confirmed without the key;
+- ``drop``: ``[dropped]``.
+
+With ``whole_values`` (a hash or drop mode at the highest level: data whose every string may be
+personal) each string *value* is replaced whole, not only its findings; keys are still only
+scanned, and the fields named in `IDENTIFIER_FIELDS` (request ids, script names, statuses,
+levels: names the runtime chooses) are scanned, not replaced, so entries stay correlatable. The
+app's secret values (`mask_secret_values`) are masked ``[redacted:secret]`` in every mode.
+
 A `Redactor` is safe to share between threads: its only state is two bounded caches of
 results (key names, strings up to 64 characters), whose updates are atomic dict operations.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["MIN_SECRET_CHARS", "Redactor", "RedactionPatternError", "is_sensitive_key", "mask_secret_values",
-           "mask_secrets"]
+__all__ = ["IDENTIFIER_FIELDS", "MIN_SECRET_CHARS", "RedactionMode", "Redactor", "RedactionPatternError",
+           "is_sensitive_key", "mask_secret_values", "mask_secrets"]
+
+RedactionMode = Literal["mask", "hash", "drop"]
+# Fields whose values the runtime chooses (ids, names, enumerations): never replaced whole.
+IDENTIFIER_FIELDS = frozenset({
+    "ts", "event", "request_id", "level", "classification", "kind", "script", "status", "previous",
+    "outcome", "method", "risk", "route", "principal", "code", "type", "version", "binding", "workflow",
+    "step", "key", "attempt", "attempts", "action", "limit", "logger",
+})
+_Mark = Callable[[str, str], str]  # (label, finding) -> what replaces the finding
 
 _MASK_SECRET = "[redacted:secret]"
 
@@ -199,7 +226,8 @@ def _entropy(s: str) -> float:
 class Redactor:
     """Finds and masks secrets and personal data; see the module docstring for what is found."""
 
-    def __init__(self, extra_patterns: Iterable[str] = ()) -> None:
+    def __init__(self, extra_patterns: Iterable[str] = (), *, mode: RedactionMode = "mask",
+                 hash_key: bytes | None = None, whole_values: bool = False) -> None:
         extra: list[re.Pattern[str]] = []
         for i, rx in enumerate(extra_patterns):
             try:
@@ -210,6 +238,20 @@ class Redactor:
         self._key_cache: dict[str, bool] = {}
         self._text_cache: dict[str, str] = {}
         self._secrets_seen = _SECRETS.generation  # the secret values its cached results masked
+        self.mode = mode
+        self.whole_values = whole_values and mode != "mask"
+        mark = _marker(mode, hash_key)
+        self._mark = mark
+        # What replaces each finding: literal strings in mask mode (the fast path re.sub takes).
+        self._rep: dict[str, str | Callable[[re.Match[str]], str]] = {
+            label: f"[redacted:{label}]" if mode == "mask" else functools.partial(_mark_match, mark, label)
+            for label in ("bearer", "jwt", "api_key", "email", "custom")}
+        self._rep_key = functools.partial(_replace_key, mark)
+        self._rep_secret = functools.partial(_replace_secret, mark)
+        self._rep_card = functools.partial(_replace_card, mark)
+        self._rep_phone = functools.partial(_replace_phone, mark)
+        self._rep_url: str | Callable[[re.Match[str]], str] = (
+            r"\1:[redacted:secret]@" if mode == "mask" else functools.partial(_mark_url_password, mark))
 
     def redact(self, value: Any, default: Callable[[Any], Any] | None = None) -> Any:
         """A redacted copy of `value`: str, dict, list and tuple recursively.
@@ -221,6 +263,7 @@ class Redactor:
             return self.redact_text(value)
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
+            scan, whole = self.scan_text, self.whole_values
             for k, v in value.items():
                 if not isinstance(k, str):
                     if default is None:
@@ -228,14 +271,14 @@ class Redactor:
                         continue
                     k = str(k)
                 if self._sensitive(k):
-                    out[self.redact_text(k)] = _MASK_SECRET
+                    out[scan(k)] = self._secret_value(v)
                     continue
                 t = type(v)  # the common scalars without a recursive call: most values are these
                 if t is str:
-                    v = self.redact_text(v)
+                    v = scan(v) if not whole or k in IDENTIFIER_FIELDS else self.redact_text(v)
                 elif not (v is None or t is int or t is bool or (t is float and (default is None or math.isfinite(v)))):
                     v = self.redact(v, default)
-                out[self.redact_text(k)] = v
+                out[scan(k)] = v
             return out
         if isinstance(value, list | tuple):
             return [self.redact(v, default) for v in value]
@@ -250,13 +293,25 @@ class Redactor:
         if value is None or isinstance(value, bool | int | float):
             return value
         if self._sensitive(key):
-            return _MASK_SECRET
+            return self._secret_value(value)
         if isinstance(value, str):
-            return self.redact_text(value)
+            return self.scan_text(value) if not self.whole_values or key in IDENTIFIER_FIELDS else self.redact_text(value)
         return self.redact(value, default)
 
+    def _secret_value(self, value: Any) -> str:
+        """What the value of a credential-named entry becomes."""
+        if self.mode == "mask":
+            return _MASK_SECRET
+        return self._mark("secret", value if isinstance(value, str) else repr(value))
+
     def redact_text(self, text: str) -> str:
-        """`text` with every finding replaced by ``[redacted:<label>]``."""
+        """`text` as a value: whole replaced under `whole_values`, else `scan_text`."""
+        if self.whole_values and text:
+            return self._mark("value", text)
+        return self.scan_text(text)
+
+    def scan_text(self, text: str) -> str:
+        """`text` with every finding replaced (``[redacted:<label>]`` in mask mode)."""
         if len(text) < MIN_SECRET_CHARS:
             return text
         if len(text) <= _CACHED_LEN:
@@ -278,23 +333,24 @@ class Redactor:
         for value in _SECRETS.values:
             if value in text:
                 text = text.replace(value, _MASK_SECRET)
+        rep = self._rep
         if "earer" in text or "EARER" in text:
-            text = _BEARER.sub("[redacted:bearer]", text)
+            text = _BEARER.sub(rep["bearer"], text)
         if "eyJ" in text:
-            text = _JWT.sub("[redacted:jwt]", text)
-        text = _API_KEY.sub("[redacted:api_key]", text)
+            text = _JWT.sub(rep["jwt"], text)
+        text = _API_KEY.sub(rep["api_key"], text)
         if "=" in text or ":" in text:
-            text = _KEY_VALUE.sub(_replace_key, text)
-            text = _SECRET_VALUE.sub(_replace_secret, text)
+            text = _KEY_VALUE.sub(self._rep_key, text)
+            text = _SECRET_VALUE.sub(self._rep_secret, text)
             if "://" in text:
-                text = _URL_PASSWORD.sub(r"\1:[redacted:secret]@", text)
+                text = _URL_PASSWORD.sub(self._rep_url, text)
         if "@" in text or "%40" in text:
-            text = _EMAIL.sub("[redacted:email]", text)
+            text = _EMAIL.sub(rep["email"], text)
         if _DIGIT.search(text):
-            text = _CARD.sub(_replace_card, text)
-            text = _PHONE.sub(_replace_phone, text)
+            text = _CARD.sub(self._rep_card, text)
+            text = _PHONE.sub(self._rep_phone, text)
         for rx in self._extra:
-            text = rx.sub("[redacted:custom]", text)
+            text = rx.sub(rep["custom"], text)
         return text
 
     def _sensitive(self, key: str) -> bool:
@@ -306,32 +362,69 @@ class Redactor:
         return hit
 
 
-def _replace_key(m: re.Match[str]) -> str:
+def _mask(label: str, finding: str) -> str:
+    return f"[redacted:{label}]"
+
+
+def _drop(label: str, finding: str) -> str:
+    return "[dropped]"
+
+
+def _marker(mode: RedactionMode, hash_key: bytes | None) -> _Mark:
+    if mode == "mask":
+        return _mask
+    if mode == "drop":
+        return _drop
+    if mode != "hash":
+        raise ValueError(f"unknown redaction mode {mode!r}")
+    if not hash_key:
+        raise ValueError("the hash redaction mode needs a key")
+    key = hash_key
+
+    def hashed(label: str, finding: str) -> str:
+        digest = hmac.new(key, finding.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        return f"[hash:{digest[:12]}]"
+
+    return hashed
+
+
+def _mark_match(mark: _Mark, label: str, m: re.Match[str]) -> str:
+    return mark(label, m.group(0))
+
+
+def _mark_url_password(mark: _Mark, m: re.Match[str]) -> str:
+    return f"{m.group(1)}:{mark('secret', m.group(2))}@"
+
+
+_REPLACED = ("[redacted:", "[hash:", "[dropped]")  # what an earlier pass already put in
+
+
+def _replace_key(mark: _Mark, m: re.Match[str]) -> str:
     value = m.group(1)
     before = m.string[max(0, m.start() - 40) : m.start()]
     if not _KEY_NAME.search(before) or _entropy(value) < 3.0:
         return m.group(0)
     whole = m.group(0)
-    return whole[: len(whole) - len(value)] + "[redacted:key]"
+    return whole[: len(whole) - len(value)] + mark("key", value)
 
 
-def _replace_secret(m: re.Match[str]) -> str:
+def _replace_secret(mark: _Mark, m: re.Match[str]) -> str:
     group = next(g for g in (1, 2, 3) if m.group(g) is not None)
     value = m.group(group)
-    if not value or value.startswith("[redacted:"):
+    if not value or value.startswith(_REPLACED):
         return m.group(0)
     start, end = m.start(group) - m.start(), m.end(group) - m.start()
     whole = m.group(0)
-    return whole[:start] + _MASK_SECRET + whole[end:]
+    return whole[:start] + mark("secret", value) + whole[end:]
 
 
-def _replace_card(m: re.Match[str]) -> str:
+def _replace_card(mark: _Mark, m: re.Match[str]) -> str:
     digits = _NOT_DIGIT.sub("", m.group(0))
     if 13 <= len(digits) <= 19 and _luhn_ok(digits):
-        return "[redacted:card]"
+        return mark("card", digits)
     return m.group(0)
 
 
-def _replace_phone(m: re.Match[str]) -> str:
+def _replace_phone(mark: _Mark, m: re.Match[str]) -> str:
     digits = sum(ch.isdigit() for ch in m.group(0))
-    return "[redacted:phone]" if 8 <= digits <= 15 else m.group(0)
+    return mark("phone", m.group(0)) if 8 <= digits <= 15 else m.group(0)

@@ -18,8 +18,9 @@ from runtime.front.app import Front
 from runtime.front.auditd import check_anchoring
 from runtime.front.httpguard import guarded_protocol
 from runtime.front.supervisor import LoadFailed
-from runtime.logs import LOGGING_CONFIG, log, redact_text, set_level, set_redactor
-from runtime.redact import RedactionPatternError, Redactor
+from runtime.logs import LOGGING_CONFIG, log, redact_text, set_level, set_policy
+from runtime.redact import RedactionPatternError
+from runtime.redaction import policy_of
 from runtime.secrets import SECRETS, SecretSources
 
 __all__ = ["run"]
@@ -69,17 +70,20 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
         print(f"edgeworks: warning: listening on {host} without an [auth] section: "
               + ("the admin API answers loopback clients only; add [auth] to the manifest to use it from other hosts"
                  if dev else "the admin API is disabled; add [auth] to the manifest to use it"), file=sys.stderr)
+    state = Path(state_dir).resolve() if state_dir else app.state_dir
     try:
-        set_redactor(Redactor(app.audit.redact_patterns))
+        data_key = load_data_key(state, dev=dev)  # seals held requests, workflow records, versions' secrets
+    except DataKeyError as e:
+        print(f"edgeworks: the data key is unusable: {e}", file=sys.stderr)
+        return 2
+    try:
+        set_policy(policy_of(app, data_key))  # log lines redacted per level from here on
     except RedactionPatternError as e:
         print(f"edgeworks: the app's configuration is invalid:\n  {app.source}: audit.redact_patterns[{e.index}]: {e}",
               file=sys.stderr)
         return 2
-    state = Path(state_dir).resolve() if state_dir else app.state_dir
-    try:
-        data_key = load_data_key(state, dev=dev)  # seals held requests and versions' secrets
-    except DataKeyError as e:
-        print(f"edgeworks: the data key is unusable: {e}", file=sys.stderr)
+    except ValueError as e:  # the hash mode without a data key
+        print(f"edgeworks: the app's configuration is invalid:\n  {app.source}: redaction: {e}", file=sys.stderr)
         return 2
     try:
         check_anchoring(state, app.audit)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from runtime.front.auditd import AuditJournal
     from runtime.front.deployments import Deployment, Deployments
     from runtime.killswitch import KillSwitch
+    from runtime.redaction import RedactionPolicy
 
 __all__ = ["FrontPort"]
 
@@ -27,6 +28,7 @@ class FrontPort(Protocol):
     audit_log: AuditJournal
     approvals: ApprovalStore
     data_key: DataKey | None
+    redaction: RedactionPolicy  # what people are shown of data, by its level
 
     async def fire_scheduled(self, script: str, cron: str, scheduled_ms: float | None = None) -> dict[str, Any]:
         """Run `script`'s scheduled handler once on the current version."""

@@ -8,6 +8,11 @@ tenant admin always acts within its own tenant (another tenant's instances do no
 it: 404); a global admin names the tenant, and its list without ``?tenant`` shows every
 tenant's instances, each with its tenant. Instances of a binding that is not tenant-scoped are
 shared by every tenant, so only a global admin steers them.
+
+What an instance holds is shown redacted (`runtime.redaction`, as data of the instance's level;
+the highest level when the status names none): its output, its errors, each step's and
+compensation's errors and the pause reason. The records themselves stay sealed and unredacted
+in the isolate, for replay. Error messages the isolate answers with are redacted too.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from runtime.admin.access import AccessDenied
 from runtime.admin.api import ACTIONS, CreateBody, DecisionBody, EventBody, parse_body
 from runtime.admin.port import FrontPort
 from runtime.protocol import WorkflowAdmin
+from runtime.redact import Redactor
 
 __all__ = ["Handler", "workflow_endpoints"]
 
@@ -40,6 +46,25 @@ def _status_for(code: str) -> int:
     if code == "unavailable":
         return 503
     return 409  # legal request, wrong state: duplicate_id, instance_finished, not_paused, killed...
+
+
+def shown_status(status: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """An instance's status as people see it: the data it holds redacted, ids and times kept."""
+    shown = dict(status)
+    for name in ("output", "error", "pause_reason"):
+        if shown.get(name) is not None:
+            shown[name] = redactor.redact(shown[name])
+    for part in ("steps", "compensations"):
+        rows = []
+        for row in shown.get(part) or ():
+            row = {**row, "error": redactor.redact(row.get("error"))}
+            if isinstance(row.get("attempts"), list):
+                row["attempts"] = [{**a, "error": redactor.redact(a.get("error"))} if isinstance(a, dict) else a
+                                   for a in row["attempts"]]
+            rows.append(row)
+        if part in shown:
+            shown[part] = rows
+    return shown
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -91,8 +116,13 @@ def workflow_endpoints(front: FrontPort, audit: Callable[..., None]) -> dict[str
             err = reply["error"]
             code = err.get("code") or err.get("type") or "workflow_error"
             http_status = err.get("status") if isinstance(err.get("status"), int) else _status_for(code)
-            return _error(http_status, code, err.get("message", ""))
-        return JSONResponse(reply.get("result"))
+            return _error(http_status, code, front.redaction.default.redact_text(str(err.get("message", ""))))
+        result = reply.get("result")
+        if action == "status" and isinstance(result, dict):
+            level = result.get("level")
+            policy = front.redaction
+            result = shown_status(result, policy.for_level(level) if isinstance(level, str) else policy.highest)
+        return JSONResponse(result)
 
     async def list_instances(request: Request, subject: str | None) -> Response:
         return await call(request, _tenant(front, request, listing=True), "list", status=request.query_params.get("status"))

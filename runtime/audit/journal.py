@@ -26,11 +26,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.audit.records import RecordMaker
 from runtime.auditconfig import AuditOptions
 from runtime.redact import Redactor
+
+if TYPE_CHECKING:
+    from runtime.redaction import RedactionPolicy
 
 __all__ = ["JOURNAL_DIR", "Journal", "JournalClosed", "journal_dir"]
 
@@ -50,11 +53,12 @@ class Journal:
     """One producer's append-only journal files; see the module docstring."""
 
     def __init__(self, state_dir: str | Path, options: AuditOptions | None = None, *,
-                 redactor: Redactor | None = None, clock: Callable[[], float] = time.time) -> None:
+                 redactor: Redactor | None = None, clock: Callable[[], float] = time.time,
+                 policy: RedactionPolicy | None = None) -> None:
         self.options = options or AuditOptions()
         self.dir = journal_dir(Path(state_dir))
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.maker = RecordMaker(self.options, redactor)
+        self.maker = RecordMaker(self.options, redactor, policy)
         self._clock = clock
         self._lock = threading.Lock()  # one write and one file switch at a time
         self._pid = os.getpid()

@@ -28,13 +28,16 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgpack
 
 from runtime.auditconfig import AuditOptions, Classification
 from runtime.names import LEVEL_NAME
-from runtime.redact import Redactor
+from runtime.redact import IDENTIFIER_FIELDS, Redactor
+
+if TYPE_CHECKING:
+    from runtime.redaction import RedactionPolicy
 
 __all__ = [
     "CLASSIFICATIONS",
@@ -197,10 +200,13 @@ def _utf8_tree(value: Any) -> Any:
 
 
 class RecordMaker:
-    """Turns (kind, columns, data) into a record, redacting first. Thread-safe."""
+    """Turns (kind, columns, data) into a record, redacting first (with `policy`, as data of the
+    entry's classification; else with `redactor`). Thread-safe."""
 
-    def __init__(self, options: AuditOptions, redactor: Redactor | None = None) -> None:
+    def __init__(self, options: AuditOptions, redactor: Redactor | None = None,
+                 policy: RedactionPolicy | None = None) -> None:
         self._redactor = redactor or Redactor(options.redact_patterns)
+        self._policy = policy
         self._classes = {**DEFAULT_CLASSIFICATIONS, **options.classifications}
         self._class_cache: dict[str, str] = {}
         self._pack = msgpack.Packer(use_bin_type=True, default=str).pack
@@ -250,7 +256,8 @@ class RecordMaker:
         classification = columns.get("classification") or self.classification_for(kind)
         if not isinstance(classification, str) or not CLASSIFICATION_NAME.fullmatch(classification):
             raise ValueError(f"unknown data classification {classification!r}")
-        redact = self._redactor.redact_text
+        redactor = self._redactor if self._policy is None else self._policy.for_level(classification)
+        redact, scan = redactor.redact_text, redactor.scan_text
         cols: list[str | None] = []
         for name in COLUMNS:
             value = columns.get(name)
@@ -259,8 +266,9 @@ class RecordMaker:
             elif name == "request_id":
                 cols.append(_utf8(value if type(value) is str else str(value)))
             else:
-                cols.append(_utf8(redact(value if type(value) is str else str(value))))
-        plain = self._redactor.redact(data, _plain) if data else {}
+                text = value if type(value) is str else str(value)
+                cols.append(_utf8(scan(text) if name in IDENTIFIER_FIELDS else redact(text)))
+        plain = redactor.redact(data, _plain) if data else {}
         try:
             packed = self._pack(plain)
         except UnicodeEncodeError:  # lone surrogates: stored as U+FFFD, never a stuck entry

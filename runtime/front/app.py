@@ -44,6 +44,7 @@ from runtime.identity import Assertions
 from runtime.ipc import CALL_READY_WAIT_S, ChannelClosed
 from runtime.killswitch import KillSwitch
 from runtime.logs import log
+from runtime.redaction import policy_of
 from runtime.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -98,7 +99,8 @@ class Front:
         self.data_key = data_key
         self.approvals = ApprovalStore(self.state_dir, key=data_key)
         self.kills = KillSwitch(self.state_dir)
-        self.audit_log = AuditJournal(self.state_dir, app.audit)
+        self.redaction = policy_of(app, data_key)  # copies meant for people, per level (runtime.redaction)
+        self.audit_log = AuditJournal(self.state_dir, app.audit, self.redaction)
         self.ai = Gateway(self.state_dir, self.audit_log, self.kills)
         self.deployments = Deployments(app, state_dir=self.state_dir, dev=dev, kills=self.kills,
                                        audit_log=self.audit_log, data_key=data_key, router=self,

@@ -28,7 +28,7 @@ import select
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.audit.anchor import AnchorError, AnchorSink, default_anchor_path, load_signing_key
 from runtime.audit.journal import Journal
@@ -37,6 +37,9 @@ from runtime.audit.store import Store
 from runtime.audit.writer import Writer
 from runtime.auditconfig import AuditOptions
 from runtime.logs import log
+
+if TYPE_CHECKING:
+    from runtime.redaction import RedactionPolicy
 
 __all__ = ["AuditJournal", "anchor_sink", "main"]
 
@@ -58,9 +61,10 @@ def check_anchoring(state_dir: Path, options: AuditOptions) -> None:
 class AuditJournal:
     """Front side: the journal, the writer process, the backlog."""
 
-    def __init__(self, state_dir: Path, options: AuditOptions):
+    def __init__(self, state_dir: Path, options: AuditOptions, policy: RedactionPolicy | None = None):
         self.state_dir = state_dir
         self.options = options
+        self.policy = policy  # how entries are redacted, by their classification
         self.journal: Journal | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -69,7 +73,7 @@ class AuditJournal:
         self._refused_since: float | None = None
 
     async def start(self) -> None:
-        self.journal = Journal(self.state_dir, self.options)
+        self.journal = Journal(self.state_dir, self.options, policy=self.policy)
         await self._spawn()
         self._tasks.append(asyncio.ensure_future(self._supervise()))
 
