@@ -18,7 +18,7 @@ if TYPE_CHECKING:
         WorkflowError,
         WorkflowEvent,
     )
-    from runtime.isolate.context import ExecutionContext, SubrequestLimitExceeded
+    from runtime.isolate.context import ExecutionContext, SubrequestLimitExceeded, current_level
     from runtime.isolate.entrypoints import ScheduledController, WorkerEntrypoint
     from runtime.isolate.http import Headers, Request, Response
     from runtime.isolate.outbound import FetchDenied, FetchError, fetch
@@ -43,6 +43,7 @@ __all__ = [
     "ScheduledController",
     "SubrequestLimitExceeded",
     "WorkerEntrypoint",
+    "current_level",
     "fetch",
 ]
 
@@ -57,6 +58,7 @@ _SOURCES: dict[str, str] = {
     "DurableObjectError": "objects",
     "DurableObjectState": "objects",
     "ExecutionContext": "runtime.isolate.context",
+    "current_level": "runtime.isolate.context",
     "FetchDenied": "runtime.isolate.outbound",
     "FetchError": "runtime.isolate.outbound",
     "Headers": "runtime.isolate.http",

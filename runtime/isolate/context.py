@@ -23,6 +23,7 @@ __all__ = [
     "RequestScope",
     "SubrequestLimitExceeded",
     "current",
+    "current_level",
     "in_scope",
     "use_scope",
 ]
@@ -64,6 +65,12 @@ def current() -> RequestScope:
     return _scope.get(_NO_SCOPE)
 
 
+def current_level() -> str:
+    """The classification level of the data the running code handles (`from workers import
+    current_level`): the request's, the calling code's in an object, the run's in a workflow."""
+    return current().level
+
+
 def in_scope() -> bool:
     """Whether code runs for a request, an object call or a workflow run (its level is known)."""
     return _scope.get(None) is not None
@@ -95,6 +102,11 @@ class ExecutionContext:
     @property
     def risk(self) -> str:
         return self._scope.risk
+
+    @property
+    def level(self) -> str:
+        """The request's data classification level (its route's, raised at the edge)."""
+        return self._scope.level
 
     def wait_until(self, aw: Awaitable[Any]) -> None:
         """Keep the isolate working on `aw` after the response is sent (errors are logged)."""
