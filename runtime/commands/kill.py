@@ -13,7 +13,8 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("kill", help="stop a script, route, tenant, workflow class or tool",
+    p = sub.add_parser("kill", help="stop a script, route, tenant, workflow class, tool, AI model or provider, "
+                                         "or outbound calls to a host pattern (egress, e.g. '*.example.com')",
                        description="Takes effect on every isolate within a second and survives restarts.")
     p.add_argument("kind", choices=KILL_KINDS)
     p.add_argument("name")
