@@ -304,6 +304,7 @@ class Init(Message):
     active: bool = True
     levels: list[str] | None = None  # the app's ordered classification levels ([ai] levels)
     data_key: bytes | None = None  # seals workflow records (runtime.datakey); kept in memory only
+    redaction: dict[str, Any] | None = None  # {"modes": {level: mode}, "patterns": [...]} (runtime.redaction)
     principals: dict[str, list[str] | None] | None = None  # the app's principals and their ceilings (runtime.identity)
     egress: dict[str, Any] | None = None  # the app's egress policy (runtime.egress.EgressPolicy.to_wire)
 

@@ -36,7 +36,8 @@ from runtime.ai.config import DEFAULT_LEVELS
 from runtime.datakey import HOW_TO_SET, DataKey
 from runtime.redact import RedactionMode, Redactor
 
-__all__ = ["LevelRedaction", "RedactionConfig", "RedactionPolicy", "hash_key_of", "policy_of"]
+__all__ = ["LevelRedaction", "RedactionConfig", "RedactionPolicy", "hash_key_of", "policy_from_wire", "policy_of",
+           "redaction_wire"]
 
 _DEFAULT_LEVEL = "internal"
 
@@ -116,4 +117,19 @@ def policy_of(app: _App, key: DataKey | None) -> RedactionPolicy:
     """The policy of `app`'s manifest (its levels, `[redaction]` and `[audit] redact_patterns`)."""
     levels = app.ai.levels if app.ai is not None else DEFAULT_LEVELS
     return RedactionPolicy(app.redaction, levels, patterns=app.audit.redact_patterns,
+                           hash_key=hash_key_of(key) if key is not None else None)
+
+
+def redaction_wire(app: _App) -> dict[str, Any]:
+    """What an isolate needs to redact its log lines as the front does (`policy_from_wire`)."""
+    return {"modes": {level: rule.mode for level, rule in app.redaction.root.items()},
+            "patterns": list(app.audit.redact_patterns)}
+
+
+def policy_from_wire(wire: dict[str, Any] | None, levels: Sequence[str], key: DataKey | None) -> RedactionPolicy:
+    """The policy `redaction_wire` describes (the default policy for None)."""
+    if wire is None:
+        return RedactionPolicy(levels=levels)
+    config = RedactionConfig({level: LevelRedaction(mode=mode) for level, mode in wire["modes"].items()})
+    return RedactionPolicy(config, levels, patterns=wire["patterns"],
                            hash_key=hash_key_of(key) if key is not None else None)

@@ -27,6 +27,7 @@ from runtime.front.supervisor import IsolatePool, LoadFailed
 from runtime.identity import principal_ceilings
 from runtime.logs import log
 from runtime.redact import MIN_SECRET_CHARS, mask_secret_values
+from runtime.redaction import redaction_wire
 from runtime.secrets import ResolvedSecrets, SecretSources
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class Deployments:
                                         levels=app.ai.levels if app.ai is not None else None,
                                         principals=principal_ceilings(app),
                                         data_key=self._data_key.export() if self._data_key else None,
+                                        redaction=redaction_wire(app),
                                         egress=EgressPolicy.from_app(app, dev=self._dev).to_wire())
         results = await asyncio.gather(*(p.start() for p in pools.values()), return_exceptions=True)
         failed = [(name, r) for name, r in zip(pools, results, strict=True) if isinstance(r, BaseException)]

@@ -253,11 +253,13 @@ class IsolatePool:
         active: bool = True,
         levels: list[str] | None = None,
         data_key: bytes | None = None,
+        redaction: dict[str, Any] | None = None,
         principals: dict[str, list[str] | None] | None = None,
         egress: dict[str, Any] | None = None,
     ):
         self.script = script
         self.data_key = data_key  # handed to each isolate in its init message, over its own pipe
+        self.redaction = redaction  # the app's redaction per level, for the isolates' log lines
         self.principals = principals  # the app's principals and their capability ceilings
         self.levels = levels  # the app's classification levels ([ai] levels; None: the defaults)
         self.egress = egress  # the app's egress policy as plain data (runtime.egress.EgressPolicy.to_wire)
@@ -291,6 +293,7 @@ class IsolatePool:
             active=self.active,
             levels=self.levels,
             data_key=self.data_key,
+            redaction=self.redaction,
             principals=self.principals,
             egress=self.egress,
         )

@@ -54,8 +54,9 @@ from runtime.isolate.entrypoints import ScheduledController, WorkerEntrypoint
 from runtime.isolate.http import Request, Response
 from runtime.isolate.meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered, rss_bytes
 from runtime.killswitch import KillSwitch
-from runtime.logs import log
+from runtime.logs import log, set_policy
 from runtime.redact import mask_secret_values, mask_secrets
+from runtime.redaction import policy_from_wire
 from runtime.safejson import JSONTooDeep, RequestJSONTooDeep, check_depth
 
 __all__ = ["Isolate", "LoadError", "main", "run"]
@@ -172,6 +173,8 @@ class Isolate:
         self.watchdog = Watchdog(self.note_path, limit)
         self.watchdog.start()
         mask_secret_values(init.secrets.values())  # this isolate's log lines and errors never show them
+        data_key = DataKey(init.data_key, "the front's data key") if init.data_key else None
+        set_policy(policy_from_wire(init.redaction, self.levels.names, data_key))  # its log lines, per level
         self.module = module = _import_main(root, script.main)
         self.default = getattr(module, "Default", None)
         if self.default is not None and not (
@@ -206,7 +209,7 @@ class Isolate:
             hosts=self.hosts,
             levels=self.levels,
             principals=init.principals,
-            data_key=DataKey(init.data_key, "the front's data key") if init.data_key else None,
+            data_key=data_key,
             egress=egress,
         )
         try:

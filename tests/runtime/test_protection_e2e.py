@@ -7,6 +7,7 @@ without a data key refuses to start a workflow (503, naming the variables) and s
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import httpx
@@ -122,3 +123,32 @@ def test_serve_without_a_data_key_refuses_to_start_a_workflow(tmp_path):
         assert (r.status_code, r.json()["error"]) == (503, "workflows_unavailable"), r.text
         assert "EDGEWORKS_DATA_KEY_FILE" in r.json()["message"]
         assert files_holding(server.state_dir, *SECRETS) == []
+
+
+HASHED_MANIFEST = """
+[redaction.confidential]
+mode = "hash"
+
+[[scripts]]
+name = "app"
+main = "app.py"
+routes = [{ pattern = "/users/{email}", classification = "confidential" }]
+"""
+
+FAILING_APP = '''
+async def fetch(request, env, ctx):
+    raise ValueError(f"no user {request.params['email']}")
+'''
+
+
+def test_confidential_log_lines_of_the_front_and_the_isolate_hash_a_value_alike(tmp_path):
+    app = write_app(tmp_path / "app", HASHED_MANIFEST, {"app.py": FAILING_APP})
+    with Server(app) as server, server.client() as c:
+        assert c.get(f"/users/{EMAIL}").status_code == 500
+    request = [r for r in server.logs("request") if r.get("status") == 500]
+    error = [r for r in server.logs("error") if "ValueError" in r.get("exception", "")]
+    assert request and error, server.output()
+    hashed = re.fullmatch(r"/users/(\[hash:[0-9a-f]{12}\])", request[0]["path"])
+    assert hashed, request[0]
+    assert error[0]["exception"] == f"ValueError: no user {hashed.group(1)}"  # linkable across processes
+    assert EMAIL not in server.output()
