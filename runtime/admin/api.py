@@ -11,11 +11,12 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 
 from runtime.admin.access import ADMIN_SCOPE, BodyTooLarge, read_admin_body
+from runtime.egress.hosts import parse_host_pattern
 from runtime.killswitch import KillKind
 from runtime.safejson import JSONTooDeep, parse_json
 
@@ -104,6 +105,12 @@ class KillRequest(_In):
     kind: KillKind
     name: Name
     reason: Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S")]
+
+    @model_validator(mode="after")
+    def _egress_pattern(self) -> KillRequest:
+        if self.kind == "egress":
+            parse_host_pattern(self.name)  # its ValueError says what a host pattern is
+        return self
 
 
 class ReviveRequest(_In):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from runtime.audit import query
 from runtime.egress import HOSTS_ENV
 from runtime.killswitch import KillSwitch
-from tests.support import Server, wait_until, write_app
+from tests.support import Server, run_cli, wait_until, write_app
 
 APP = '''
 from workers import FetchDenied, FetchError, Response, WorkerEntrypoint, fetch
@@ -224,15 +225,18 @@ def test_data_above_a_rules_max_level_is_refused(server: Server, port: int):
 
 def test_the_kill_switch_stops_a_host_pattern_within_a_second(server: Server, port: int):
     url = f"http://api.test:{port}/data"
-    with KillSwitch(server.state_dir) as ks:
-        ks.kill("egress", "*.test", "suspected exfiltration", actor="test")
-        try:
-            body = wait_until(lambda: (b := get(server, "/fetch", url)[0]).get("denied") == "killed" and b,
-                              timeout=1.5)
-            assert "suspected exfiltration" in body["message"]
-        finally:
+    killed = run_cli("kill", "egress", "*.test", "--reason", "suspected exfiltration", "--url", server.url)
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    try:
+        started = time.monotonic()
+        body = wait_until(lambda: (b := get(server, "/fetch", url)[0]).get("denied") == "killed" and b, timeout=1.5)
+        assert time.monotonic() - started < 1.0 and "suspected exfiltration" in body["message"]
+    finally:
+        with KillSwitch(server.state_dir) as ks:
             ks.revive("egress", "*.test", actor="test")
-        wait_until(lambda: get(server, "/fetch", url)[0].get("status") == 200, timeout=1.5)
+    wait_until(lambda: get(server, "/fetch", url)[0].get("status") == 200, timeout=1.5)
+    bad = run_cli("kill", "egress", "not a host", "--reason", "typo", "--url", server.url)
+    assert bad.returncode != 0 and "not a host name" in bad.stdout + bad.stderr
 
 
 def test_sandbox_http_fetch_goes_through_the_same_policy(server: Server, port: int):
