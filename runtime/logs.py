@@ -83,9 +83,10 @@ def log(event: str, **fields: Any) -> None:
         sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
 
 
-def redact_text(text: str) -> str:
-    """`text` as a log line would carry it (for the few messages printed outside `log`)."""
-    return _policy.default.redact_text(text)
+def redact_text(text: str, level: str | None = None) -> str:
+    """`text` as a log line of data of `level` would carry it (for messages kept or printed
+    outside `log`: start-up errors, workflow error messages)."""
+    return _policy.for_level(level).redact_text(text)
 
 
 # For uvicorn's `log_config`: its own loggers (start-up errors, exceptions it catches) go

@@ -36,11 +36,10 @@ from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError
 from runtime.errors import LoadError
 from runtime.isolate.context import Identity, current, use_scope
 from runtime.isolate.meter import CpuLimitExceeded, Meter, metered
-from runtime.logs import log
+from runtime.logs import log, redact_text
 from runtime.names import BINDING_NAME
 from runtime.principals import workflow_principal
 from runtime.protocol import Result, WorkflowAdmin, error_reply
-from runtime.redact import Redactor
 
 if TYPE_CHECKING:
     from runtime.config import ScriptConfig
@@ -58,7 +57,6 @@ class WorkflowBindingConfig(BaseModel):
     class_name: Annotated[str, Field(pattern=BINDING_NAME)]
     tenant_scoped: bool = False
 
-_redactor = Redactor()  # workflow error messages are redacted before they are stored
 
 
 class WorkflowsUnavailable(CodedError):
@@ -90,6 +88,12 @@ def record_codec(key: DataKey | None) -> RecordCodec:
             raise WorkflowsUnavailable(str(e)) from None
 
     return RecordCodec(seal=key.seal, open=open_record)
+
+
+def _redact_error(text: str) -> str:
+    """Error messages are stored (sealed) and audited as people would see them: redacted as data
+    of the run's level, by the app's policy."""
+    return redact_text(text, current().level)
 
 
 class StepCpuLimitExceeded(Exception):
@@ -165,7 +169,7 @@ def _build(host: BindingHost) -> dict[str, Any]:
             run_step=functools.partial(_metered_step, host.script.limits.cpu_ms),
             run_body=functools.partial(_metered_body, host.script.limits.cpu_ms),
             run_as_tenant=_run_as_tenant,
-            redact=_redactor.redact_text,
+            redact=_redact_error,
             levels=host.levels.names,
             run_at_level=_run_at_level,
         )
