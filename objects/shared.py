@@ -128,12 +128,16 @@ class SharedDatabase:
     # -- the thread ----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         try:
-            return connect(self.path, _SCHEMA, busy_timeout_s=10,
+            conn = connect(self.path, _SCHEMA, busy_timeout_s=10,
                            synchronous="FULL" if self.durability == "full" else "NORMAL")
         except sqlite3.DatabaseError as exc:
             if str(self.path) in str(exc):
                 raise
             raise type(exc)(f"{exc}: {self.path}") from None  # name the file (every object in it)
+        # A rewritten row leaves no old bytes in its page (a workflow record written in clear by
+        # an older version, then resealed); FAST does it without extra I/O.
+        conn.execute("PRAGMA secure_delete=FAST")
+        return conn
 
     def _serve(self) -> None:
         try:
