@@ -23,11 +23,33 @@ from runtime.killswitch import KillSwitch
 from tests.support import Server, run_cli, wait_until, write_app
 
 APP = '''
-from workers import FetchDenied, FetchError, Response, WorkerEntrypoint, fetch
+from workers import FetchDenied, FetchError, Response, WorkerEntrypoint, WorkflowEntrypoint, fetch
+
+
+async def attempt(url):
+    try:
+        r = await fetch(url)
+    except FetchDenied as e:
+        return {"denied": e.reason, "message": str(e)}
+    except FetchError as e:
+        return {"error": str(e)}
+    return {"status": r.status, "body": await r.text()}
+
+
+class Fetcher(WorkflowEntrypoint):
+    async def run(self, event, step):
+        async def get():
+            return await attempt(event.payload["url"])
+        return await step.do("get", get)
 
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
+        if request.path.startswith("/wf/"):
+            wid = request.path.rsplit("/", 1)[1]
+            if request.method == "POST":
+                await self.env.FETCHER.create(id=wid, params={"url": request.query["url"]})
+            return Response.json(await (await self.env.FETCHER.get(wid)).status())
         if request.path == "/tool":
             token = self.env.TOOLS.mint(["http.fetch:*.test:*"])
             try:
@@ -40,13 +62,7 @@ class Default(WorkerEntrypoint):
             except Exception as e:
                 return Response.json({"code": getattr(e, "code", None), "message": str(e)})
             return Response.json({"response": answer["response"]})
-        try:
-            r = await fetch(request.query["url"])
-        except FetchDenied as e:
-            return Response.json({"denied": e.reason, "message": str(e)})
-        except FetchError as e:
-            return Response.json({"error": str(e)})
-        return Response.json({"status": r.status, "body": await r.text()})
+        return Response.json(await attempt(request.query["url"]))
 '''
 
 TOOL = """
@@ -61,8 +77,9 @@ MANIFEST = """
 [[scripts]]
 name = "app"
 main = "app.py"
-routes = ["/fetch", "/tool", "/ai", {{ pattern = "/secret", classification = "confidential" }}]
+routes = ["/fetch", "/tool", "/ai", "/wf/*", {{ pattern = "/secret", classification = "confidential" }}]
 ai = {{ binding = "AI", models = ["ok", "hidden"] }}
+workflows = [{{ binding = "FETCHER", class_name = "Fetcher" }}]
 
 [[scripts.tools]]
 name = "get"
@@ -97,6 +114,10 @@ max_level = "internal"
 
 [[egress.rules]]
 hosts = ["named.test", "meta.test"]  # names no address: loopback and metadata stay closed
+
+[[egress.rules]]
+principals = ["workflow:app/Fetcher"]  # the workflow class only, not the script that starts it
+hosts = ["wf.test", "127.0.0.1"]
 """
 
 CHAT = {"id": "c", "object": "chat.completion", "model": "m-ok",
@@ -145,7 +166,8 @@ def upstream() -> Iterator[ThreadingHTTPServer]:
 def hosts_file(parent: Path) -> Path:
     path = parent / "egress-hosts.json"
     path.write_text(json.dumps({"api.test": ["127.0.0.1"], "named.test": ["127.0.0.1"], "evil.test": ["127.0.0.1"],
-                                "meta.test": ["169.254.169.254"], "other.test": ["127.0.0.1"]}))
+                                "meta.test": ["169.254.169.254"], "other.test": ["127.0.0.1"],
+                                "wf.test": ["127.0.0.1"]}))
     return path
 
 
@@ -190,6 +212,19 @@ def test_a_host_no_rule_allows_is_refused_and_audited(server: Server, port: int)
     assert "script:app" in body["message"] and "other.test" in body["message"]
     [entry] = entries(server, rid, "egress.denied")
     assert entry.data["reason"] == "host" and entry.data["principal"] == "script:app"
+
+
+def test_a_workflow_class_has_its_own_rules(server: Server, port: int):
+    url = f"http://wf.test:{port}/data"
+    as_script, _ = get(server, "/fetch", url)
+    assert as_script["denied"] == "host" and "script:app" in as_script["message"]
+    with server.client() as c:
+        assert c.post("/wf/w1", params={"url": url}).status_code == 200
+        status = wait_until(lambda: (s := c.get("/wf/w1").json())["status"] == "complete" and s, timeout=15)
+    assert status["output"] == {"status": 200, "body": '{"n": 1}'}
+    found = wait_until(lambda: [e for e in query(server.state_dir / "audit.sqlite", kind="egress.request")
+                                if e.data["host"] == "wf.test"], timeout=5)
+    assert found[0].data["principal"] == "workflow:app/Fetcher"
 
 
 def test_an_allowed_name_that_resolves_to_loopback_is_refused_unless_a_rule_names_loopback(server: Server, port: int):
