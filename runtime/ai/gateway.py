@@ -229,7 +229,7 @@ class Gateway:
                 egress_denied += isinstance(e, ProviderError) and e.egress is not None
                 errors.append(f"{name}: {message}")
                 log("ai_fallback" if i + 1 < len(chain) else "ai_failed", request_id=req.rid, model=name,
-                    provider=model.provider, error=message)
+                    provider=model.provider, error=message, level=req.level)
                 continue
             result["meta"] = {**meta, "model": name, "provider": model.provider, "fallbacks": i,
                               "latency_ms": round((self._clock() - started) * 1000, 3), **result.get("meta", {})}

@@ -110,7 +110,7 @@ class ExecutionContext:
 
     def wait_until(self, aw: Awaitable[Any]) -> None:
         """Keep the isolate working on `aw` after the response is sent (errors are logged)."""
-        task = asyncio.ensure_future(_logged(aw, self._scope.request_id))
+        task = asyncio.ensure_future(_logged(aw, self._scope.request_id, self._scope.level))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -118,10 +118,10 @@ class ExecutionContext:
         """Accepted for compatibility; there is no origin to fall through to locally."""
 
 
-async def _logged(aw: Awaitable[Any], request_id: str) -> None:
+async def _logged(aw: Awaitable[Any], request_id: str, level: str) -> None:
     """A wait_until task: what it raises (sys.exit() too, which would end the isolate) is logged
     under the request id that started it."""
     try:
         await aw
     except USER_ERRORS as e:
-        log("error", request_id=request_id, exception=f"{type(e).__name__}: {e}", during="wait_until")
+        log("error", request_id=request_id, exception=f"{type(e).__name__}: {e}", during="wait_until", level=level)

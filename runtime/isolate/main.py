@@ -406,7 +406,8 @@ class Isolate:
     async def _reply_response(self, mid: int, msg: protocol.Fetch, resp: Response, cpu_ms: float) -> None:
         problem = _response_problem(resp)
         if problem is not None:
-            log("error", request_id=msg.rid, script=self.script.name if self.script else None, exception=problem)
+            log("error", request_id=msg.rid, script=self.script.name if self.script else None, exception=problem,
+                level=current().level)
             return self._reply_error(mid, msg.rid, {"code": "invalid_response", "status": 500, "message": problem}, cpu_ms)
         head = protocol.FetchReply(resp.status, resp.headers.items(), resp.body, cpu_ms=cpu_ms, more=resp.stream is not None)
         self.channel.reply(mid, head.encode())
