@@ -15,9 +15,10 @@ The front computes it (`runtime.front.contract`) and sends it with the request; 
 object calls, workflow params and steps, tool calls, AI calls, outbound fetch, audit entries and
 log lines. Inside a workflow a step may raise the instance's level; only an explicit, audited
 ``step.declassify`` lowers it. A boundary that declares a ``max_level`` (an AI provider, a tool,
-an egress rule) refuses data above it; the refusal is audited as ``<area>.policy_violation``
-(``ai.``, ``tool.``, ``egress.``) with the level, the boundary's max level, the principal and the
-request id.
+an egress rule) refuses data above it, on the record with the level, the boundary's max level,
+the principal and the request id: a policy violation is audited as ``<area>.policy_violation``
+(``ai.policy_violation``, ``tool.policy_violation``); egress records every refused hop as
+``egress.denied``, here with reason ``level``.
 """
 
 from __future__ import annotations
@@ -32,11 +33,9 @@ from runtime.names import LEVEL_NAME as _LEVEL_NAME
 from runtime.risk import MISSING, UNREADABLE_BODY, lookup_field
 
 __all__ = [
-    "DECLASSIFIED",
     "FIELD_PATH",
     "LEVEL_NAME",
     "REFUSED",
-    "ClassificationRefused",
     "Levels",
     "field_path_problem",
     "request_level",
@@ -45,18 +44,7 @@ __all__ = [
 LEVEL_NAME = re.compile(_LEVEL_NAME)
 # A dotted path into a JSON body: non-empty segments without whitespace ("card.number", "items.0.sku").
 FIELD_PATH = re.compile(r"^[^.\s]+(?:\.[^.\s]+)*\Z")
-REFUSED = "classification_refused"  # the error code of every boundary's refusal
-DECLASSIFIED = "classification.declassified"  # the audit kind of an explicit lowering
-
-
-class ClassificationRefused(Exception):
-    """Data of `level` may not cross a boundary whose highest level is `max_level`."""
-
-    code = REFUSED
-
-    def __init__(self, what: str, level: str, max_level: str):
-        super().__init__(f"{what} may receive data up to {max_level!r}; this call handles {level!r} data")
-        self.what, self.level, self.max_level = what, level, max_level
+REFUSED = "classification_refused"  # the error code of a tool's refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +62,6 @@ class Levels:
             return self.names.index(name)
         except ValueError:
             raise ValueError(f"unknown classification level {name!r} (levels: {', '.join(self.names)})") from None
-
-    def check(self, name: Any) -> str:
-        """`name` if it is a level, else ValueError naming the levels."""
-        if not isinstance(name, str):
-            raise ValueError(f"a classification level is a string, not {type(name).__name__}")
-        self.rank(name)
-        return name
 
     def highest(self, first: str, *others: str | None) -> str:
         """The highest of the levels given (None entries are skipped)."""
