@@ -99,6 +99,7 @@ class InstanceEngine(DurableObject):
         self._unsynced = False
         self._meta_dirty = False
         self._held_audits: list[tuple[str, dict[str, Any]]] = []
+        self.level: str | None = None  # the run's classification level now (kept by its `Step`)
         self.definition.track(self)
 
     # ----------------------------------------------------------------- engine interface
@@ -109,8 +110,9 @@ class InstanceEngine(DurableObject):
     def audit(self, kind: str, fields: dict[str, Any]) -> None:
         """Emit an audit entry; held back until what it reports is durable."""
         meta = self.meta or {}
+        level = self.level if self.level is not None else meta.get("level")
         entry = (kind, {"workflow": self.definition.class_name, "instance": meta.get("id"),
-                        **fields})
+                        **({"classification": level} if level is not None else {}), **fields})
         if self._unsynced:
             self._held_audits.append(entry)
         else:

@@ -305,12 +305,10 @@ class Step:
         self._position = 0
         self._declared: dict[str, StepCall] = {}  # decorated step functions, by function name
         self._levels = run.hooks.levels
+        self._running: dict[str, Any] | None = None  # the record of the step function running now
         # The run's classification level: the params' at the start of every replay (None: the
         # instance was created without one, and levels are not tracked).
-        self.level: str | None = (run.meta or {}).get("level")
-        self._running: dict[str, Any] | None = None  # the record of the step function running now
-        if self.level is not None:
-            run.hooks.run_at_level(self.level)
+        self._set_level((run.meta or {}).get("level"))
 
     @property
     def sql(self) -> SqlStorage:
@@ -406,6 +404,17 @@ class Step:
 
     # -- classification ----------------------------------------------------------------------
 
+    @property
+    def level(self) -> str | None:
+        """The run's classification level now."""
+        return self._run.level
+
+    def _set_level(self, level: str | None) -> None:
+        """The run goes on at `level`: its task runs at it and its audit entries carry it."""
+        self._run.level = level
+        if level is not None:
+            self._run.hooks.run_at_level(level)
+
     def _check_level(self, level: Any) -> str:
         if not isinstance(level, str) or level not in self._levels:
             raise ValueError(f"unknown classification level {level!r} (levels: {', '.join(self._levels)})")
@@ -416,8 +425,7 @@ class Step:
         if level is None or self.level is None or level not in self._levels:
             return
         if self._levels.index(level) > self._levels.index(self.level):
-            self.level = level
-            self._run.hooks.run_at_level(level)
+            self._set_level(level)
 
     def classify(self, level: str) -> str:
         """Raise the level of the data handled from here on to at least `level`; inside a step
@@ -460,8 +468,7 @@ class Step:
                 "step": key, "level": level, "previous": previous, "reason": reason,
                 "classification": previous or level})
         if self.level is not None:
-            self.level = rec["level"]
-            self._run.hooks.run_at_level(self.level)
+            self._set_level(rec["level"])
 
     def _with_context(self, fn: Callable[..., Awaitable[Any]], name: str, count: int,
                       config: StepConfig) -> StepFn:

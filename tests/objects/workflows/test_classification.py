@@ -62,6 +62,8 @@ async def test_steps_raise_the_level_and_a_restart_replays_it(harness):
     outcomes = {f["step"]: f.get("classification") for kind, f in harness.audits if kind == "workflow.step.outcome"}
     assert outcomes == {"start": "internal", "raised": "confidential", "classify": "restricted",
                         "after nap": "restricted", "after declassify": "public"}
+    states = {f["status"]: f.get("classification") for kind, f in harness.audits if kind == "workflow.state"}
+    assert states["queued"] == "internal" and states["complete"] == "public"  # the run's level then
 
 
 class DeclassifyInsideStep(WorkflowEntrypoint):
