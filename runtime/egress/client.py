@@ -41,7 +41,6 @@ __all__ = ["ASSERTION_HEADER", "EgressClient", "Identity"]
 
 ASSERTION_HEADER = "Edgeworks-Principal-Assertion"
 MAX_REDIRECTS = 20
-_STANDARD_LEVELS = frozenset({"public", "internal", "confidential", "restricted"})
 # the body arrives decoded and whole: these describe the wire, not what the caller gets
 _WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
@@ -253,11 +252,8 @@ class _Call:
         return Hop(self.decision)
 
     def _fields(self, target: dict[str, Any], address: str | None) -> dict[str, Any]:
-        fields: dict[str, Any] = {"principal": self.principal, "method": self.method, **target, "address": address,
-                                  "request_id": self.request_id, "level": self.level, "hop": self.hops}
-        if self.level in _STANDARD_LEVELS:
-            fields["classification"] = self.level
-        return fields
+        return {"principal": self.principal, "method": self.method, **target, "address": address,
+                "request_id": self.request_id, "level": self.level, "classification": self.level, "hop": self.hops}
 
     def _refused(self, e: EgressDenied, target: dict[str, Any], address: str | None) -> EgressDenied:
         fields = self._fields(target, address or e.address)

@@ -202,7 +202,7 @@ def test_an_allowed_name_whose_rule_names_loopback_is_fetched_and_audited(server
     [entry] = entries(server, rid, "egress.request")
     assert entry.data["principal"] == "script:app" and entry.request_id == rid and entry.script == "app"
     assert entry.data["host"] == "api.test" and entry.data["address"] == "127.0.0.1" and entry.data["status"] == 200
-    assert entry.data["method"] == "GET" and entry.data["bytes_in"] == 8 and entry.data["level"] == "internal"
+    assert entry.data["method"] == "GET" and entry.data["bytes_in"] == 8 and entry.classification == "internal"
     assert entry.data["duration_ms"] >= 0
 
 
