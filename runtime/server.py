@@ -106,6 +106,10 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
     if not front.approvals.can_hold and any(rule.action == "approve" for rule in app.risk):
         print(f"edgeworks: warning: risk rules hold requests for approval but no data key is configured: "
               f"such requests are refused (503 approvals_unavailable); {HOW_TO_SET}", file=sys.stderr)
+    if data_key is None and any(s.workflows for s in app.scripts):
+        print(f"edgeworks: warning: the app has workflows but no data key is configured: their records "
+              f"would be stored in clear, so starting an instance is refused (503 workflows_unavailable); "
+              f"{HOW_TO_SET}", file=sys.stderr)
     # proxy_headers=False: the client address is the socket peer, never an X-Forwarded-For value
     # (the admin plane's loopback rule depends on it); server_header=False: no "server: uvicorn"
     limits = app.server

@@ -123,6 +123,7 @@ def test_serve_without_a_data_key_refuses_to_start_a_workflow(tmp_path):
         assert (r.status_code, r.json()["error"]) == (503, "workflows_unavailable"), r.text
         assert "EDGEWORKS_DATA_KEY_FILE" in r.json()["message"]
         assert files_holding(server.state_dir, *SECRETS) == []
+    assert "the app has workflows but no data key is configured" in server.output()
 
 
 HASHED_MANIFEST = """
