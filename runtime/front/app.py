@@ -97,9 +97,10 @@ class Front:
         self.state_dir = state_dir or app.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_key = data_key
-        self.approvals = ApprovalStore(self.state_dir, key=data_key)
-        self.kills = KillSwitch(self.state_dir)
         self.redaction = policy_of(app, data_key)  # copies meant for people, per level (runtime.redaction)
+        # what a held request's listing columns show: redacted as unlabeled data, with the app's patterns
+        self.approvals = ApprovalStore(self.state_dir, key=data_key, redactor=self.redaction.default)
+        self.kills = KillSwitch(self.state_dir)
         self.audit_log = AuditJournal(self.state_dir, app.audit, self.redaction)
         self.ai = Gateway(self.state_dir, self.audit_log, self.kills)
         self.deployments = Deployments(app, state_dir=self.state_dir, dev=dev, kills=self.kills,
