@@ -224,6 +224,17 @@ class WorkflowInstanceObject(InstanceEngine):
                         f"it is {self.meta['status']}")
         return None
 
+    def _held_level(self) -> str | None:
+        """The highest classification level of what the instance holds (its params', every
+        step's): what a copy of its status shown to people is labelled with."""
+        levels = self.hooks.levels
+        assert self.meta is not None
+        if self.meta.get("level") is None:  # created without a level: levels are not tracked
+            return None
+        held = [lv for lv in (self.meta["level"], *(r.get("level") for r in self.steps.values()))
+                if lv in levels]
+        return max(held, key=levels.index) if held else levels[-1]  # levels renamed since: the highest
+
     def _describe(self) -> dict[str, Any]:
         assert self.meta is not None
         meta = self.meta
@@ -252,6 +263,6 @@ class WorkflowInstanceObject(InstanceEngine):
             "ended": meta["ended"], "pause_reason": meta["pause_reason"],
             "waiting": meta["waiting"], "restarts": meta["restarts"],
             "recoveries": meta.get("recoveries", 0), "pruned": meta.get("pruned"), "steps": steps,
-            "level": meta.get("level"),
+            "level": self._held_level(), "params_level": meta.get("level"),
             "compensations": compensations, "pending_events": pending,
         }

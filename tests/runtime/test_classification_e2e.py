@@ -233,7 +233,7 @@ def test_steps_raise_the_run_level_and_only_a_declassify_lowers_it(server: Serve
     assert st["status"] == "complete", st
     assert st["output"] == ["internal", "confidential", "confidential", "restricted", "restricted", "restricted",
                             "internal"]
-    assert st["level"] == "internal"  # the params' level
+    assert st["params_level"] == "internal" and st["level"] == "restricted"  # the highest it holds
     by_name = {s["name"]: s for s in st["steps"]}
     assert by_name["classify"]["level"] == "restricted"
     assert by_name["declassify"]["kind"] == "declassify" and by_name["declassify"]["level"] == "internal"
@@ -294,7 +294,7 @@ def test_without_the_restricted_field_every_hop_serves(server: Server) -> None:
     rid, st = _flow(server, "f-ok", card="", tool="echo_internal", model="guarded")
     assert st["status"] == "complete", st
     assert st["output"] == {"tool": {"card": ""}, "ai": "guarded answer", "fetch": 200}
-    assert st["level"] == "internal"
+    assert st["level"] == st["params_level"] == "internal"
     assert not [e for e in entries(server, request_id=rid) if e.kind.endswith(("policy_violation", ".denied"))]
 
 

@@ -52,7 +52,7 @@ async def test_steps_raise_the_level_and_a_restart_replays_it(harness):
     harness.advance(10)
     status = await harness.wait(instance, "complete")
     assert status["output"] == ["internal", "confidential", "restricted", "restricted", "public"]
-    assert status["level"] == "internal"
+    assert status["params_level"] == "internal" and status["level"] == "restricted"  # the highest it holds
     assert [s["level"] for s in status["steps"]] == [
         "internal", "confidential", "restricted", None, "restricted", "public", "public"]
     declassified = [f for kind, f in harness.audits if kind == "classification.declassified"]
@@ -114,4 +114,4 @@ async def test_without_a_params_level_nothing_is_tracked(harness):
     harness.advance(10)
     status = await harness.wait(instance, "complete")
     assert status["output"] == [None, None, None, None, None]
-    assert status["level"] is None
+    assert status["level"] is None and status["params_level"] is None
