@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from objects.errors import USER_ERRORS
+from runtime.classification import Levels
 from runtime.logs import log
+from runtime.principals import current_principal
 from runtime.protocol import Identity
 
 __all__ = [
@@ -81,11 +83,14 @@ def use_scope(scope: RequestScope) -> contextvars.Token[RequestScope]:
 
 
 class ExecutionContext:
-    """`ctx` of a request: `wait_until`, the request id, identity and risk label."""
+    """`ctx` of a request: `wait_until`, the request id, identity, risk label and data level."""
 
-    def __init__(self, scope: RequestScope, background: set[asyncio.Task[Any]]):
+    def __init__(self, scope: RequestScope, background: set[asyncio.Task[Any]], *, levels: Levels | None = None,
+                 audit: Callable[[str, dict[str, Any]], None] | None = None):
         self._scope = scope
         self._background = background
+        self._levels = levels or Levels()
+        self._audit = audit
 
     @property
     def request_id(self) -> str:
@@ -107,6 +112,26 @@ class ExecutionContext:
     def level(self) -> str:
         """The request's data classification level (its route's, raised at the edge)."""
         return self._scope.level
+
+    def classify(self, level: str) -> str:
+        """Raise the level of the data this request handles from here on (what it calls next
+        carries it); never lowers it. Returns the request's level."""
+        if self._levels.rank(level) > self._levels.rank(self._scope.level):
+            self._scope.level = level
+        return self._scope.level
+
+    def declassify(self, level: str, *, reason: str) -> None:
+        """Lower the request's level from here on: an explicit decision, audited as
+        `classification.declassified` (previous and new level, reason, principal)."""
+        self._levels.rank(level)
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("ctx.declassify needs a reason (who decided, and why)")
+        previous = self._scope.level
+        if self._audit is not None:
+            self._audit("classification.declassified", {
+                "request_id": self._scope.request_id or None, "level": level, "previous": previous,
+                "reason": reason, "principal": current_principal(self._scope.script), "classification": previous})
+        self._scope.level = level
 
     def wait_until(self, aw: Awaitable[Any]) -> None:
         """Keep the isolate working on `aw` after the response is sent (errors are logged)."""

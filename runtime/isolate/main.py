@@ -366,7 +366,7 @@ class Isolate:
                 body = json.dumps(error_body("validation_error", "request failed validation", scope.request_id, errors=problem)).encode()
                 self.channel.reply(mid, protocol.FetchReply(422, [["content-type", "application/json"]], body).encode())
                 return
-        ctx = ExecutionContext(scope, self.background)
+        ctx = ExecutionContext(scope, self.background, levels=self.levels, audit=self.audit)
         resp, err, cpu_ms = await self.run_limited(msg.rid, self._call_fetch(req, ctx), msg.local)
         if err is None and not isinstance(resp, Response):
             err = {"code": "exception", "status": 500, "type": "TypeError",
@@ -434,7 +434,7 @@ class Isolate:
         fn = getattr(cls, method, None)
         if method.startswith("_") or method in ("fetch", "scheduled") or not callable(fn):
             return protocol.error_reply(f"{name} has no RPC method {method!r}", type="RpcError", code="no_method", status=404)
-        inst = cls(ExecutionContext(scope, self.background), self.env)
+        inst = cls(ExecutionContext(scope, self.background, levels=self.levels, audit=self.audit), self.env)
 
         async def call() -> Any:
             out = getattr(inst, method)(*msg.args, **msg.kwargs)
@@ -447,7 +447,7 @@ class Isolate:
         scope = self.scope(msg.rid, None)
         use_scope(scope)
         controller = ScheduledController(msg.cron, msg.time)
-        ctx = ExecutionContext(scope, self.background)
+        ctx = ExecutionContext(scope, self.background, levels=self.levels, audit=self.audit)
 
         async def run() -> None:
             if self.default is not None and hasattr(self.default, "scheduled"):

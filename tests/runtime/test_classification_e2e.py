@@ -56,6 +56,7 @@ routes = [
   { pattern = "/levels/{id}" },
   { pattern = "/status/{binding}/{id}" },
   { pattern = "/ping", classification = "public" },
+  { pattern = "/lower", classification = "public", field_levels = { card = "restricted" } },
 ]
 workflows = [{ binding = "FLOW", class_name = "Flow" }, { binding = "LEVELS", class_name = "Levels" }]
 durable_objects = [{ binding = "BOX", class_name = "Box" }]
@@ -148,6 +149,12 @@ async def fetch(request, env, ctx):
     if path.startswith("/levels/"):
         await env.LEVELS.create(id=request.params["id"])
         return Response.json({"level": ctx.level}, status=201)
+    if path == "/lower":  # the handler masks the card, then says so
+        seen = [ctx.level, ctx.classify("confidential")]  # a raise below the level changes nothing
+        ctx.declassify("internal", reason="card number masked before the object call")
+        seen.append(ctx.classify("confidential"))
+        box = env.BOX.get(env.BOX.id_from_name("lower"))
+        return Response.json({"seen": seen, "object": await box.level()})
     binding = env[request.params["binding"]]
     return Response.json(await (await binding.get(request.params["id"])).status())
 
@@ -203,6 +210,17 @@ def test_a_matching_risk_rule_raises_the_request_level(server: Server) -> None:
         assert c.get("/ping").json()["level"] == "public"
 
 
+def test_a_handler_raises_its_level_and_lowers_it_only_with_an_audited_declassify(server: Server) -> None:
+    with server.client() as c:
+        r = c.post("/lower", json={"card": "4111 1111 1111 1111"})
+    assert r.json() == {"seen": ["restricted", "restricted", "confidential"], "object": "confidential"}
+    rid = r.headers["x-request-id"]
+    entry = wait_until(lambda: entries(server, request_id=rid, kind="classification.declassified"))[0]
+    assert entry.data["previous"] == "restricted" and entry.data["level"] == "internal"
+    assert entry.data["reason"] == "card number masked before the object call"
+    assert entry.data["principal"] == "script:app" and entry.classification == "restricted"
+
+
 # -- durable objects -----------------------------------------------------------------------------
 
 
@@ -237,7 +255,8 @@ def test_steps_raise_the_run_level_and_only_a_declassify_lowers_it(server: Serve
     by_name = {s["name"]: s for s in st["steps"]}
     assert by_name["classify"]["level"] == "restricted"
     assert by_name["declassify"]["kind"] == "declassify" and by_name["declassify"]["level"] == "internal"
-    declassified = wait_until(lambda: entries(server, kind="classification.declassified"))
+    declassified = wait_until(lambda: [e for e in entries(server, kind="classification.declassified")
+                                       if e.data.get("instance") == "l1"])
     assert len(declassified) == 1  # once, although the run was replayed after it
     d = declassified[0]
     assert d.data["previous"] == "restricted" and d.data["level"] == "internal"
