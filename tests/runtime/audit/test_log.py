@@ -598,14 +598,15 @@ def test_classification_defaults_per_kind_and_overrides(state: Path):
         log.append("something.else")
         log.append("request", classification="restricted")
         assert log.classification_for("tool.read") == "public"
+        log.append("request", classification="need-to-know")  # an app's own [ai] level
         with pytest.raises(ValueError, match="classification"):
-            log.append("request", classification="top-secret")
+            log.append("request", classification="Top Secret")  # not a level name
         with pytest.raises(ValueError):
             log.append("")
     assert [e.classification for e in query(state)] == [
-        "confidential", "public", "restricted", "internal", "restricted",
+        "confidential", "public", "restricted", "internal", "restricted", "need-to-know",
     ]
-    assert verify(state).entries == 5  # the refused appends left nothing behind
+    assert verify(state).entries == 6  # the refused appends left nothing behind
 
 
 def test_invalid_classification_in_options_is_refused():
