@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,12 +21,13 @@ from .errors import ErrorCode, ToolError
 from .sandbox import Sandbox
 from .spec import ToolSpec
 from .tokens import CapabilityAuthority
+from .types import HttpFetch
 
-__all__ = ["load_manifest_tools", "run_tool_cli"]
+__all__ = ["load_manifest", "load_manifest_tools", "run_tool_cli"]
 
 
-def load_manifest_tools(app_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(script name, raw tool dict) for every tool declared in the app manifest."""
+def load_manifest(app_dir: Path) -> dict[str, Any]:
+    """The app manifest as raw TOML data (empty when there is none)."""
     import tomllib
     data: dict[str, Any] = {}
     if (app_dir / "edgeworks.toml").is_file():
@@ -33,6 +35,12 @@ def load_manifest_tools(app_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     elif (app_dir / "pyproject.toml").is_file():
         data = tomllib.loads((app_dir / "pyproject.toml").read_text())
         data = data.get("tool", {}).get("edgeworks", {})
+    return data
+
+
+def load_manifest_tools(app_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(script name, raw tool dict) for every tool declared in the app manifest."""
+    data = load_manifest(app_dir)
     found = [("app", t) for t in data.get("tools", [])]
     for script in data.get("scripts", []):
         found.extend((script.get("name", "app"), t) for t in script.get("tools", []))
@@ -46,7 +54,10 @@ def run_tool_cli(
     input_json: str,
     *,
     out: TextIO | None = None,
+    http: Callable[[str], HttpFetch] | None = None,
 ) -> int:
+    """Run tool `name` once; `http(script)` gives the `HttpFetch` its http.fetch calls go
+    through (the runtime's egress path; None: sent directly)."""
     out = out or sys.stdout
     app = Path(app_dir)
 
@@ -69,7 +80,8 @@ def run_tool_cli(
     try:
         spec = ToolSpec.model_validate(raw)
         authority = CapabilityAuthority(state_dir)
-        sandbox = Sandbox(state_dir, app, [spec], authority, script=script)
+        sandbox = Sandbox(state_dir, app, [spec], authority, script=script,
+                          http=http(script) if http is not None else None)
     except ValueError as e:
         return fail(ToolError(ErrorCode.UNKNOWN_TOOL, f"tool {name!r} is misdeclared: {e}"), 2)
     request_id = f"cli-{uuid.uuid4().hex[:12]}"

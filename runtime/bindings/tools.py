@@ -25,22 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.bindings import AuditHook, BindingHost, BindingKind
 from runtime.classification import REFUSED, Levels
-from runtime.egress import EgressClient, EgressDenied, EgressError, EgressTimeout, ResponseTooLarge
+from runtime.egress.sandbox import sandbox_http
 from runtime.identity import PrincipalKeys
 from runtime.isolate.context import current
 from runtime.killswitch import KillSwitch
 from runtime.principals import current_principal
-from sandbox import (
-    CapabilityAuthority,
-    ErrorCode,
-    HttpCall,
-    HttpFetch,
-    Sandbox,
-    SandboxConfig,
-    TokenError,
-    ToolError,
-    ToolSpec,
-)
+from sandbox import CapabilityAuthority, Sandbox, SandboxConfig, TokenError, ToolError, ToolSpec
 
 if TYPE_CHECKING:
     from runtime.config import ScriptConfig
@@ -112,37 +102,17 @@ class Tools:
                                        tenant=scope.tenant, principal=current_principal(self._script))
 
 
-def egress_fetch(client: EgressClient, script: str) -> HttpFetch:
-    """The sandbox's `http.fetch`, after its own capability check, through the isolate's egress
-    client: as the calling principal, at the level of the data the calling request handles."""
-
-    def fetch(call: HttpCall) -> dict[str, Any]:
-        try:  # runs in the context of the Tools.run that started the tool (see Sandbox.run)
-            answer = client.request_sync(call.method, call.url, principal=current_principal(script),
-                                         level=current().level, request_id=call.request_id, headers=call.headers,
-                                         content=call.body, timeout=call.timeout_s, max_bytes=call.max_bytes)
-        except EgressDenied as e:
-            raise ToolError(ErrorCode.EGRESS_DENIED, e.message, {"reason": e.reason}) from None
-        except EgressTimeout as e:
-            raise ToolError(ErrorCode.TIMEOUT, f"http.fetch timed out: {e}") from None
-        except ResponseTooLarge:
-            raise ToolError(ErrorCode.OUTPUT_LIMIT, f"response larger than {call.max_bytes} bytes") from None
-        except EgressError as e:
-            raise ToolError(ErrorCode.HTTP_ERROR, str(e)) from None
-        return {"status": answer.status_code, "headers": dict(answer.headers), "body": answer.text}
-
-    return fetch
-
-
 def _build(host: BindingHost) -> dict[str, Any]:
     specs = host.script.tools
     if not specs:
         return {}
     # each principal signs with its own key; the app's principals are the only issuers, each within its ceiling
     authority = CapabilityAuthority(host.state_dir, issuers=host.principals, keys=PrincipalKeys(host.state_dir))
+    script = host.script.name
+    # http.fetch after the sandbox's own checks: the isolate's egress client, as the calling code
+    http = sandbox_http(host.egress, lambda: (current_principal(script), current().level)) if host.egress else None
     sandbox = Sandbox(host.state_dir, host.app_root, specs, authority, host.script.sandbox,
-                      audit=host.audit, script=host.script.name,
-                      http=egress_fetch(host.egress, host.script.name) if host.egress is not None else None)
+                      audit=host.audit, script=script, http=http)
     return {"TOOLS": Tools(sandbox, authority, host.script.name, host.kills, host.audit, specs, host.levels)}
 
 
