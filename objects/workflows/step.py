@@ -442,7 +442,7 @@ class Step:
                 self._run.hooks.run_at_level(level)
             return str(running["level"])
         self._rise(level)
-        return self.level
+        return self.level or level
 
     async def declassify(self, level: str, *, reason: str, name: str = "declassify") -> None:
         """Lower the run's level to `level` from here on: a recorded, audited decision
