@@ -378,11 +378,13 @@ def test_an_apps_own_levels_label_requests_and_audit(tmp_path: Path) -> None:
         from workers import Response
 
         async def fetch(request, env, ctx):
-            return Response.json({"level": ctx.level})
+            level = ctx.level
+            return Response.json({"level": level, "raised": ctx.classify("sensitive")})
     """})
     with Server(app) as s, s.client() as c:
+        assert c.post("/a", json={}).json() == {"level": "open", "raised": "sensitive"}  # the isolate knows them
         r = c.post("/a", json={"ssn": "078-05-1120"})
-        assert r.json() == {"level": "sensitive"}
+        assert r.json() == {"level": "sensitive", "raised": "sensitive"}
         rid = r.headers["x-request-id"]
         found = wait_until(lambda: [e for e in query(s.state_dir / "audit.sqlite", request_id=rid)
                                     if e.kind == "request"])
