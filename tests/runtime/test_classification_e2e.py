@@ -390,3 +390,34 @@ def test_an_apps_own_levels_label_requests_and_audit(tmp_path: Path) -> None:
                                     if e.kind == "request"])
     assert found[0].classification == "sensitive"
     assert json.dumps(found[0].data)  # the entry reads back
+
+
+def test_a_service_call_carries_the_callers_level(tmp_path: Path) -> None:
+    app = write_app(tmp_path / "svc", """
+        [[scripts]]
+        name = "front"
+        main = "front.py"
+        routes = [{ pattern = "/call", classification = "confidential" }]
+        services = [{ binding = "BACK", service = "back" }]
+
+        [[scripts]]
+        name = "back"
+        main = "back.py"
+    """, {"front.py": """
+        from workers import Response
+
+        async def fetch(request, env, ctx):
+            answer = await env.BACK.fetch("http://back/level")
+            return Response.json({"back": (await answer.json())["level"], "rpc": await env.BACK.level()})
+    """, "back.py": """
+        from workers import Response, WorkerEntrypoint, current_level
+
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                return Response.json({"level": self.ctx.level})
+
+            async def level(self):
+                return current_level()
+    """})
+    with Server(app) as s, s.client() as c:
+        assert c.get("/call").json() == {"back": "confidential", "rpc": "confidential"}
