@@ -3,7 +3,7 @@
 Every record is redacted (`runtime.redact`) before anything sees it: the stderr line and the
 listeners (`edgeworks tail` subscribers) get the same redacted record, so a password in an
 exception message or an e-mail address in a URL path never reaches a terminal, a log file or a
-tail. A record is redacted as data of its ``level`` field (the classification level of the data
+tail. A record is redacted as data of its ``classification`` field (the classification level of the data
 it describes; none: see `runtime.redaction`). `set_policy` installs the app's policy (its
 ``[redaction]`` modes per level and its ``[audit] redact_patterns``).
 
@@ -73,7 +73,7 @@ class LogHandler(logging.Handler):
 
 
 def log(event: str, **fields: Any) -> None:
-    level = fields.get("level")
+    level = fields.get("classification")
     redact = _policy.for_level(level if isinstance(level, str) else None).redact_entry
     record = {"ts": round(time.time(), 3), "event": event,
               **{key: redact(key, value, _plain) for key, value in fields.items()}}

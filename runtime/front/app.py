@@ -302,7 +302,7 @@ class Front:
                 record(status, cpu_ms, error_code)
             log("request", request_id=rid, script=route.script, method=method, path=path, status=status,
                 cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3), risk=risk,
-                level=who.get("classification", route.config.classification),
+                classification=who.get("classification", route.config.classification),
                 **({"tenant": identity.tenant} if identity and identity.tenant else {}),
                 **({"error": error_code} if error_code else {}))
 

@@ -149,4 +149,4 @@ async def _logged(aw: Awaitable[Any], request_id: str, level: str) -> None:
     try:
         await aw
     except USER_ERRORS as e:
-        log("error", request_id=request_id, exception=f"{type(e).__name__}: {e}", during="wait_until", level=level)
+        log("error", request_id=request_id, exception=f"{type(e).__name__}: {e}", during="wait_until", classification=level)

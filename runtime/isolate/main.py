@@ -330,11 +330,11 @@ class Isolate:
                 # A call the handler made failed in the runtime (its callee's isolate was killed,
                 # a limit): the answer keeps that code and status, it is not a handler bug.
                 log("error", request_id=rid, script=self.script.name, exception=f"{e.type}: {e.message}", code=e.code,
-                    level=current().level)
+                    classification=current().level)
                 return None, {"code": e.code, "status": e.status, "type": e.type, "message": e.message}, meter.cpu * 1000
             tb = traceback.format_exc()
             log("error", request_id=rid, script=self.script.name, exception=f"{type(e).__name__}: {e}", traceback=tb,
-                level=current().level)
+                classification=current().level)
             # dev shows details, but not to a remote client (a client fetch from a non-loopback address)
             detailed = self.dev and local
             err = {"code": "exception", "status": 500, "type": type(e).__name__,
@@ -407,7 +407,7 @@ class Isolate:
         problem = _response_problem(resp)
         if problem is not None:
             log("error", request_id=msg.rid, script=self.script.name if self.script else None, exception=problem,
-                level=current().level)
+                classification=current().level)
             return self._reply_error(mid, msg.rid, {"code": "invalid_response", "status": 500, "message": problem}, cpu_ms)
         head = protocol.FetchReply(resp.status, resp.headers.items(), resp.body, cpu_ms=cpu_ms, more=resp.stream is not None)
         self.channel.reply(mid, head.encode())

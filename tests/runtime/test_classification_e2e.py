@@ -195,7 +195,7 @@ def test_declared_body_fields_raise_the_request_level(server: Server, body: dict
     request = wait_until(lambda: [e for e in entries(server, request_id=rid) if e.kind == "request"])
     assert request[0].classification == level
     logged = wait_until(lambda: [x for x in server.logs("request") if x.get("request_id") == rid])
-    assert logged[0]["level"] == level
+    assert logged[0]["classification"] == level
 
 
 def test_a_body_that_is_not_json_gets_every_field_level(server: Server) -> None:

@@ -4,6 +4,7 @@ that go through it (log lines, audit records, the admin view of a workflow insta
 
 from __future__ import annotations
 
+import logging
 import re
 
 import msgpack
@@ -89,14 +90,29 @@ def test_log_lines_are_redacted_as_data_of_their_level(monkeypatch):
     seen: list[dict] = []
     logs.add_listener(seen.append)
     try:
-        logs.log("error", level="confidential", exception=f"no user {EMAIL}")
-        logs.log("error", level="restricted", exception=f"no user {EMAIL}", request_id="r-1")
+        logs.log("error", classification="confidential", exception=f"no user {EMAIL}")
+        logs.log("error", classification="restricted", exception=f"no user {EMAIL}", request_id="r-1")
         logs.log("error", exception=f"no user {EMAIL}")
     finally:
         logs.remove_listener(seen.append)
     assert HASH.fullmatch(seen[0]["exception"].removeprefix("no user "))
     assert (seen[1]["exception"], seen[1]["request_id"]) == ("[dropped]", "r-1")
     assert seen[2]["exception"] == "no user [redacted:email]"
+
+
+def test_a_python_log_lines_severity_is_not_taken_for_a_data_level(monkeypatch):
+    # python_log lines carry `level` = WARNING/ERROR (logging's severity): an unknown data level
+    # would count as the highest and drop the message.
+    monkeypatch.setattr(logs, "_policy", policy(restricted="drop"))
+    seen: list[dict] = []
+    logs.add_listener(seen.append)
+    try:
+        logs.LogHandler().emit(logging.LogRecord("edgeworks.test", logging.WARNING, __file__, 1,
+                                                 "disk nearly full on %s", ("/var",), None))
+    finally:
+        logs.remove_listener(seen.append)
+    line = next(r for r in seen if r["event"] == "python_log")
+    assert (line["level"], line["message"]) == ("WARNING", "disk nearly full on /var")
 
 
 def test_audit_records_are_redacted_as_data_of_their_classification():
