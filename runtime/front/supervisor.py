@@ -25,7 +25,24 @@ from runtime.config import ScriptConfig
 from runtime.ipc import Channel, ChannelClosed, open_channel
 from runtime.logs import log
 
-__all__ = ["IsolateDied", "IsolatePool", "IsolateProcess", "LoadFailed", "WallTimeExceeded"]
+__all__ = ["IsolateDied", "IsolatePool", "IsolateProcess", "LoadFailed", "WallTimeExceeded", "isolate_environ"]
+
+# What an isolate (and the zygote it is forked from) keeps of the front's environment: what Python,
+# the C library and TLS need to run, and the runtime's own non-secret switches. Handler code gets
+# its configuration from `env` (vars, secrets, bindings), as a Worker does; the front's variables
+# (a data key, another script's secret, a cloud credential) are not handler code's to read.
+_KEPT_VARS = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "TERM",
+    "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "COVERAGE_PROCESS_START",
+    "EDGEWORKS_BINDINGS", "EDGEWORKS_EGRESS_HOSTS",
+})
+
+
+def isolate_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment an isolate process starts with: `_KEPT_VARS`, the locale (``LC_*``) and
+    Python's own (``PYTHON*``) variables of `environ` (default: this process's)."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k in _KEPT_VARS or k.startswith(("LC_", "PYTHON"))}
 
 # How long callers (e.g. calls between isolates) wait for an isolate to become ready; each start
 # itself is bounded by its script's `startup_ms` limit (10 s by default).
@@ -112,7 +129,7 @@ class IsolateProcess:
             if self.proc is None:
                 self.proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "runtime.isolate.main", str(child.fileno()), self.note_path,
-                    pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                    pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=isolate_environ(),
                 )
         finally:
             child.close()

@@ -84,11 +84,13 @@ class Zygote:
         return self.proc is not None and self.proc.returncode is None and self.sock is not None
 
     async def start(self) -> None:
+        from runtime.front.supervisor import isolate_environ  # the front's side only
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "runtime.front.zygote", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=isolate_environ())
         finally:
             theirs.close()
         ours.setblocking(False)

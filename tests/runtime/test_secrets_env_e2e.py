@@ -249,3 +249,30 @@ def test_the_log_of_a_deploy_that_misses_a_secret_names_it(tmp_path):
         assert "secret 'DB_PASSWORD' (scripts.app.secrets) is not set; looked in:" in done.stderr, done.stderr
         with httpx.Client(base_url=s.url) as c:
             assert c.get("/s").text == "present-value-123|False"
+
+
+ENVIRON_APP = '''
+import os
+
+from workers import Response
+
+async def fetch(request, env, ctx):
+    return Response.json({"api_key": env.API_KEY, "environ": dict(os.environ)})
+'''
+
+
+def test_handler_code_reads_its_secrets_from_env_not_the_front_process_environment(tmp_path):
+    key, other = secret_value(), secret_value()
+    secret_file = tmp_path / "db-password"
+    secret_file.write_text(other)
+    app = app_dir(tmp_path / "app", app=ENVIRON_APP)
+    with Server(app, "serve", env={"API_KEY": key, "DB_PASSWORD_FILE": str(secret_file),
+                                   "AWS_SECRET_ACCESS_KEY": other}) as s:
+        with s.client() as c:
+            seen = c.get("/s").json()
+    assert seen["api_key"] == key
+    environ = seen["environ"]
+    assert "PATH" in environ
+    leaked = {k for k, v in environ.items() if key in v or other in v or k.startswith("EDGEWORKS_DATA_KEY")
+              or k in ("API_KEY", "DB_PASSWORD_FILE", "AWS_SECRET_ACCESS_KEY")}
+    assert leaked == set()
