@@ -2,15 +2,18 @@
 
 import time
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from workers import (
     DurableObject,
+    FetchDenied,
     NonRetryableError,
     Response,
     WorkerEntrypoint,
     WorkflowEntrypoint,
     WorkflowError,
+    fetch,
 )
 
 
@@ -36,6 +39,7 @@ class AgentTaskInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     substeps: list[Substep] = Field(default_factory=lambda: [Substep(name="default")], max_length=20)
     risk: Literal["low", "medium", "high"] = "low"
+    owner: str | None = Field(None, max_length=254)  # an e-mail: makes the task confidential
 
 
 class AgentTask(WorkflowEntrypoint):
@@ -186,6 +190,19 @@ class Default(WorkerEntrypoint):
         if request.path == "/ai":
             answer = await self.env.AI.route("triage", {"prompt": request.query.get("q", "hello")})
             return Response.json(answer)
+
+        # GET /outbound: fetch() this server's /hello through the egress policy ([egress] allows
+        # http://127.0.0.1 to this script), then an address no rule names (the cloud metadata
+        # address): refused before any connection, and both calls are in the audit log.
+        if request.path == "/outbound":
+            port = urlsplit(request.url).port or 80
+            hello = await fetch(f"http://127.0.0.1:{port}/hello")
+            try:
+                await fetch("http://169.254.169.254/latest/meta-data/")
+                denied = None
+            except FetchDenied as e:
+                denied = {"reason": e.reason, "message": str(e)}
+            return Response.json({"hello": {"status": hello.status, "body": await hello.text()}, "denied": denied})
 
         # POST /agent starts an agent workflow with the JSON body as its task; GET /agent/{id}.
         if request.path == "/agent":

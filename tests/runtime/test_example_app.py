@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.support import Server, copy_example
+from runtime.audit import query
+from tests.support import Server, copy_example, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,38 @@ def test_chat_and_agent_status_through_the_example(server):
         assert c.get("/chat/hall").json() == {"messages": [{"user": "ann", "text": "hi"}]}
         assert c.get("/agent/not%20an%20id").json() == {"error": "invalid_id"}
         assert c.get("/agent/no-such-instance").status_code == 404
+
+
+def test_outbound_fetch_goes_through_the_egress_policy_and_is_audited(server):
+    with server.client() as c:
+        r = c.get("/outbound")
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["hello"] == {"status": 200, "body": "hello"}
+    assert out["denied"]["reason"] == "host" and "169.254.169.254" in out["denied"]["message"]
+    rid = r.headers["x-request-id"]
+
+    def entries() -> list:
+        return [e for e in query(server.state_dir / "audit.sqlite", request_id=rid) if e.kind.startswith("egress.")]
+
+    found = wait_until(lambda: len(entries()) == 2 and entries())
+    allowed, denied = sorted(found, key=lambda e: e.kind != "egress.request")
+    assert (allowed.kind, allowed.data["principal"], allowed.data["status"]) == ("egress.request", "script:app", 200)
+    assert (denied.kind, denied.data["reason"]) == ("egress.denied", "host")
+
+
+def test_an_agent_task_naming_its_owner_is_confidential_and_its_email_is_never_shown(server):
+    email = "owner.of.task@example.com"
+    with server.client() as c:
+        r = c.post("/agent", json={"substeps": [{"name": "a", "n": 3}], "owner": email})
+        assert r.status_code == 201, r.text
+        iid = r.json()["id"]
+        wait_until(lambda: c.get(f"/agent/{iid}").json()["status"] == "complete")
+        status = c.get(f"/agent/{iid}").json()
+    assert status["params_level"] == "confidential"
+    assert email not in server.output()
+
+
+def test_the_production_environment_overrides_the_greeting(tmp_path):
+    with Server(copy_example(tmp_path), args=("--env", "production")) as s, s.client() as c:
+        assert c.get("/hello").text == "hello from production"
