@@ -47,11 +47,35 @@ def parse_address(host: str) -> IPAddress | None:
     return addr
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible addresses, ::a.b.c.d
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries and reaches through a translator or tunnel:
+    IPv4-mapped (::ffff:a.b.c.d), NAT64 (64:ff9b::a.b.c.d), 6to4 (2002:AABB:CCDD::), Teredo's
+    client, and IPv4-compatible (::a.b.c.d). A rule that does not name the IPv4 address does not
+    open it through one of these spellings."""
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if any(addr in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    if addr in _COMPATIBLE and int(addr) > 1:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
 def address_class(addr: IPAddress) -> str | None:
     """Why `addr` is special ("metadata", "loopback", "link-local", "unspecified", "multicast",
     "private"), or None for a public address."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address) and (inner := embedded_ipv4(addr)) is not None:
+        inner_class = address_class(inner)
+        if inner_class is not None or addr.ipv4_mapped is not None:
+            return inner_class
     if addr in _METADATA:
         return "metadata"
     if addr.is_loopback:

@@ -52,6 +52,10 @@ def test_bad_host_patterns_are_refused(bad: str):
     ("10.0.0.1", "private"), ("172.16.5.4", "private"), ("192.168.1.1", "private"), ("fc00::1", "private"),
     ("100.64.0.1", "private"), ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("224.0.0.1", "multicast"),
     ("ff02::1", "multicast"), ("::ffff:127.0.0.1", "loopback"), ("93.184.216.34", None), ("2606:4700::1111", None),
+    # IPv4 addresses spelled through a translator or tunnel are what they reach
+    ("64:ff9b::a9fe:a9fe", "metadata"), ("64:ff9b::7f00:1", "loopback"), ("2002:a9fe:a9fe::1", "metadata"),
+    ("2002:0a00:0001::1", "private"), ("::127.0.0.1", "loopback"), ("::ffff:169.254.169.254", "metadata"),
+    ("64:ff9b::808:808", None),
 ])
 def test_special_addresses_are_classified(address: str, kind: str | None):
     assert address_class(ipaddress.ip_address(address)) == kind
