@@ -111,7 +111,8 @@ def test_a_malformed_data_key_stops_start_up_naming_the_variable(tmp_path):
 def test_a_start_up_failure_is_reported_without_the_secret_in_its_message(tmp_path):
     # (isolates do not inherit the front's environment: the password is in the module itself)
     app = write_app(tmp_path / "app", MANIFEST, {"app.py": (
-        "raise RuntimeError('cannot connect to postgres://app:' + 's3cr!t-pw' + '@db/x')\n")})
+        "pw = 's3cr!t' + '-pw'\n"
+        "raise RuntimeError('cannot connect to postgres://app:' + pw + '@db/x')\n")})
     server = Server(app, "serve")
     with pytest.raises(RuntimeError, match="server exited with 3") as exc:
         server.start()
