@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,load,llama]'
+	$(BIN)/pip install -q -e '.[test,load,llama,otlp]'
 	touch $@
 
 .PHONY: install dev test lint bench
