@@ -21,16 +21,17 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from runtime.redaction import RedactionPolicy
 
-__all__ = ["LOGGING_CONFIG", "LogHandler", "add_listener", "log", "redact_text", "remove_listener",
-           "set_level", "set_policy"]
+__all__ = ["LOGGING_CONFIG", "LogHandler", "add_listener", "emit", "log", "record", "redact_text", "remove_listener",
+           "set_level", "set_policy", "use_stream"]
 
 _quiet_events: set[str] = set()
 _listeners: list[Callable[[dict[str, Any]], None]] = []
 _policy = RedactionPolicy()
+_stream: TextIO | None = None  # None: whatever sys.stderr is at the time (tests capture it)
 
 
 def set_level(quiet: set[str]) -> None:
@@ -42,6 +43,13 @@ def set_level(quiet: set[str]) -> None:
 def set_policy(policy: RedactionPolicy) -> None:
     global _policy
     _policy = policy
+
+
+def use_stream(stream: TextIO | None) -> None:
+    """Write lines to `stream` rather than to `sys.stderr`: an isolate replaces `sys.stderr` with
+    its handler-output capture (`runtime.isolate.console`), and its own lines must not go there."""
+    global _stream
+    _stream = stream
 
 
 def add_listener(fn: Callable[[dict[str, Any]], None]) -> None:
@@ -73,14 +81,25 @@ class LogHandler(logging.Handler):
 
 
 def log(event: str, **fields: Any) -> None:
+    emit(record(event, **fields))
+
+
+def record(event: str, **fields: Any) -> dict[str, Any]:
+    """The record `log` writes: timestamped, every field redacted as data of its
+    ``classification`` field."""
     level = fields.get("classification")
     redact = _policy.for_level(level if isinstance(level, str) else None).redact_entry
-    record = {"ts": round(time.time(), 3), "event": event,
-              **{key: redact(key, value, _plain) for key, value in fields.items()}}
+    return {"ts": round(time.time(), 3), "event": event,
+            **{key: redact(key, value, _plain) for key, value in fields.items()}}
+
+
+def emit(rec: dict[str, Any]) -> None:
+    """Write an already redacted record (from `record`, here or in an isolate) to the listeners
+    and stderr."""
     for fn in _listeners:
-        fn(record)
-    if event not in _quiet_events:
-        sys.stderr.write(json.dumps(record, separators=(",", ":")) + "\n")
+        fn(rec)
+    if rec.get("event") not in _quiet_events:
+        (_stream or sys.stderr).write(json.dumps(rec, separators=(",", ":")) + "\n")
 
 
 def redact_text(text: str, level: str | None = None) -> str:
