@@ -34,6 +34,7 @@ from runtime.egress.config import EgressConfig
 from runtime.environments import UnknownEnvironment, attribute, overlay, split
 from runtime.identity.config import PrincipalOptions, principals_problems
 from runtime.names import SCRIPT_NAME
+from runtime.observability_config import ObservabilityConfig
 from runtime.redaction import RedactionConfig
 from runtime.risk import RiskRule
 
@@ -220,6 +221,7 @@ class AppConfig(_Model):
     egress: EgressConfig | None = None  # outbound rules (runtime/egress); absent: open in dev, closed in serve
     principals: dict[str, PrincipalOptions] = {}  # [principals."<principal>"] (runtime.identity)
     redaction: RedactionConfig = RedactionConfig()  # per level: mask, hash or drop (runtime.redaction)
+    observability: ObservabilityConfig = ObservabilityConfig()  # traces (runtime.tracing), metrics
     deploy: DeployOptions = DeployOptions()
     server: ServerOptions = ServerOptions()
     scripts: Annotated[list[ScriptConfig], Field(min_length=1)]

@@ -1,0 +1,22 @@
+"""The manifest's `[observability]` section: how the runtime reports on itself (traces...).
+
+A module of its own so that what reads it (the front, the tracing setup) needs neither the rest
+of the manifest models nor the binding kinds.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ObservabilityConfig"]
+
+
+class ObservabilityConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Share of new traces recorded (parent-based: a request whose traceparent says sampled is
+    # recorded whatever this says). 0.0 turns tracing off entirely: no provider, no spans.
+    tracing_sample_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    # An OTLP/HTTP collector (e.g. "http://127.0.0.1:4318/v1/traces"); needs the `otlp` extra.
+    otlp_endpoint: str | None = Field(None, pattern=r"^https?://")
+    service_name: str = Field("edgeworks", min_length=1)
