@@ -13,7 +13,7 @@ answer on the receiving side, never a crash of the front or of an isolate.
 
 Binding kinds (runtime/bindings) add their own ops with the same decorator; the core ops are
 below: front to isolate `init fetch scheduled activate ping shutdown cancel`, isolate to front
-`audit recycle`, and the ops of the built-in bindings (`rpc object workflow` to an isolate,
+`audit stats recycle`, and the ops of the built-in bindings (`rpc object workflow` to an isolate,
 `service_fetch service_rpc object_call` relayed by the front).
 """
 
@@ -52,6 +52,7 @@ __all__ = [
     "ServiceFetch",
     "ServiceRpc",
     "Shutdown",
+    "Stats",
     "WorkflowAdmin",
     "decode",
     "error_reply",
@@ -369,6 +370,15 @@ class Audit(Message):
 
     entry: str
     fields: dict[str, Any]
+
+
+@message("stats")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Stats(Message):
+    """Counter increments the isolate made since its last report (`runtime.isolate.stats`), by
+    dotted name; the front adds them up, so its totals survive the isolate."""
+
+    counts: dict[str, Any]
 
 
 @message("recycle")

@@ -32,6 +32,7 @@ from runtime.front.auditd import AuditJournal
 from runtime.front.contract import Refusal
 from runtime.front.cron import CronScheduler
 from runtime.front.deployments import Deployment, Deployments
+from runtime.front.observe import Observers, RequestOutcome
 from runtime.front.supervisor import (
     IsolateDied,
     IsolatePool,
@@ -101,7 +102,9 @@ class Front:
         # what a held request's listing columns show: redacted as unlabeled data, with the app's patterns
         self.approvals = ApprovalStore(self.state_dir, key=data_key, redactor=self.redaction.default)
         self.kills = KillSwitch(self.state_dir)
-        self.audit_log = AuditJournal(self.state_dir, app.audit, self.redaction)
+        # request outcomes, audit entries and isolate stats, for metrics, SLO events and traces
+        self.observers = Observers()
+        self.audit_log = AuditJournal(self.state_dir, app.audit, self.redaction, observe=self.observers.audit)
         self.ai = Gateway(self.state_dir, self.audit_log, self.kills)
         self.deployments = Deployments(app, state_dir=self.state_dir, dev=dev, kills=self.kills,
                                        audit_log=self.audit_log, data_key=data_key, router=self,
@@ -214,12 +217,17 @@ class Front:
         path = scope["path"]
         dep = self.deployments.pick()
         found = dep.router.match(method, host, path)
+        observers = self.observers
         if found is None:
             allowed = dep.router.allowed_methods(host, path)
             if allowed:
                 await self._send(send, 405, _error("method_not_allowed", f"{method} is not allowed here", rid, allowed=allowed), rid)
             else:
                 await self._send(send, 404, _error("not_found", f"no route matches {path}", rid), rid)
+            if observers.wants_requests:
+                observers.request(RequestOutcome(start_ts, rid, None, dep.version, None, method, 405 if allowed else 404,
+                                                 "method_not_allowed" if allowed else "not_found",
+                                                 time.perf_counter() - t0, 0.0, None, None, None))
             return
         route, params = found
         script = dep.scripts[route.script]
@@ -228,10 +236,15 @@ class Front:
         identity = None
         risk = "low"
         audit_log = self.audit_log
+        task_class = getattr(route.config, "task_class", None) or route.script
         if audit_log.saturated:  # fail closed: nothing is served that could not be recorded
             audit_log.refuse()
             await self._send(send, 503, _error("audit_unavailable", "the audit log is not keeping up; retry shortly",
                                                rid), rid, [(b"retry-after", b"1")])
+            if observers.wants_requests:
+                observers.request(RequestOutcome(start_ts, rid, route.script, dep.version, route.config.pattern, method,
+                                                 503, "audit_unavailable", time.perf_counter() - t0, 0.0, task_class,
+                                                 None, route.config.classification))
             return
         who: dict[str, Any] = {"request_id": rid, "script": route.script, "tenant": None, "risk": risk,
                                "subject": None}
@@ -300,11 +313,15 @@ class Front:
         finally:
             if not recorded and error_code == "stream_cut":
                 record(status, cpu_ms, error_code)
+            level = who.get("classification", route.config.classification)
+            latency_s = time.perf_counter() - t0
             log("request", request_id=rid, script=route.script, method=method, path=path, status=status,
-                cpu_ms=round(cpu_ms, 3), wall_ms=round((time.perf_counter() - t0) * 1000, 3), risk=risk,
-                classification=who.get("classification", route.config.classification),
+                cpu_ms=round(cpu_ms, 3), wall_ms=round(latency_s * 1000, 3), risk=risk, classification=level,
                 **({"tenant": identity.tenant} if identity and identity.tenant else {}),
                 **({"error": error_code} if error_code else {}))
+            if observers.wants_requests:
+                observers.request(RequestOutcome(start_ts, rid, route.script, dep.version, route.config.pattern, method,
+                                                 status, error_code, latency_s, cpu_ms, task_class, who["tenant"], level))
 
     async def _dispatch(self, pool: IsolatePool, script: ScriptConfig, msg: dict[str, Any], rid: str, send: Send,
                         record: Callable[[int, float, str | None], None] | None = None) -> tuple[int, float, str | None]:
@@ -425,6 +442,9 @@ class Front:
         the isolate gets an answer even if relaying it fails)."""
         if isinstance(msg, protocol.Audit):
             self.audit_log.append(msg.entry, **msg.fields)
+            return
+        if isinstance(msg, protocol.Stats):
+            self.observers.stats(pool.script.name, msg.counts)
             return
         relay = self.relays.get(type(msg))
         if not isinstance(mid, int) or proc.channel is None:

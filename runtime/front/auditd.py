@@ -27,6 +27,7 @@ import os
 import select
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +62,10 @@ def check_anchoring(state_dir: Path, options: AuditOptions) -> None:
 class AuditJournal:
     """Front side: the journal, the writer process, the backlog."""
 
-    def __init__(self, state_dir: Path, options: AuditOptions, policy: RedactionPolicy | None = None):
+    def __init__(self, state_dir: Path, options: AuditOptions, policy: RedactionPolicy | None = None,
+                 observe: Callable[[str, dict[str, Any]], None] | None = None):
         self.state_dir = state_dir
+        self.observe = observe  # sees every entry (the per-request one excepted) before it is written
         self.options = options
         self.policy = policy  # how entries are redacted, by their classification
         self.journal: Journal | None = None
@@ -114,6 +117,8 @@ class AuditJournal:
     def append(self, kind: str, **fields: Any) -> None:
         """Journal one entry; `AuditUnavailable` when the journal cannot be written (disk full)."""
         journal = self._started()
+        if self.observe is not None:
+            self.observe(kind, fields)
         columns, data = journal.maker.split(fields)
         self._write(journal, journal.maker.make(kind, columns, data, time.time()))
 

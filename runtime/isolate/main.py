@@ -41,7 +41,7 @@ from runtime.egress import EgressClient, EgressPolicy
 from runtime.errors import LoadError, error_body
 from runtime.identity import Assertions
 from runtime.ipc import Channel, ChannelClosed, open_channel
-from runtime.isolate import outbound
+from runtime.isolate import outbound, stats
 from runtime.isolate.context import (
     ExecutionContext,
     RequestScope,
@@ -147,6 +147,7 @@ class Isolate:
         self.hosts: dict[str, Any] = {}
         self.env: Env = Env({})
         self.levels = Levels()
+        self.stats_task: asyncio.Task[None] | None = None  # sends `stats` deltas to the front
         # One dispatch table: the core messages, then every binding kind's ops.
         self.handlers: dict[type[protocol.Message], Callable[[Any, int | None], Awaitable[Any]]] = {
             protocol.Fetch: self.handle_fetch,
@@ -228,6 +229,7 @@ class Isolate:
         for h in self.hosts.values():
             if hasattr(h, "start"):
                 await h.start()
+        self.stats_task = asyncio.ensure_future(stats.flush_every(self.send_stats))
 
     async def set_active(self, active: bool) -> None:
         """Whether this isolate's version is the one serving: only then do its hosts fire
@@ -250,6 +252,13 @@ class Isolate:
             self.channel.send(protocol.Audit(entry=kind, fields=text).encode())
         except ChannelClosed:
             log("audit_lost", kind=kind, **{k: repr(v) for k, v in entry.items()})
+
+    def send_stats(self, counts: dict[str, float]) -> None:
+        """Counter deltas (`runtime.isolate.stats`) to the front; lost if it is gone."""
+        try:
+            self.channel.send(protocol.Stats(counts=counts).encode())
+        except ChannelClosed:
+            pass
 
     # -- dispatch --------------------------------------------------------------------------
     def on_message(self, raw: dict[str, Any]) -> None:
@@ -477,6 +486,8 @@ class Isolate:
         for h in self.hosts.values():
             if hasattr(h, "close"):
                 await h.close()
+        if counts := stats.take():  # before the answer: the front counts them before it lets go
+            self.send_stats(counts)
         if mid is not None:
             self.channel.reply(mid, protocol.Ok().encode())
         await asyncio.sleep(0)
