@@ -37,6 +37,7 @@ from runtime.names import SCRIPT_NAME
 from runtime.observability_config import ObservabilityConfig
 from runtime.redaction import RedactionConfig
 from runtime.risk import RiskRule
+from runtime.slo.config import TASK_CLASS, SLOConfig, slo_problems
 
 __all__ = [
     "AppConfig",
@@ -86,6 +87,8 @@ class RouteConfig(_Model):
     classification: str = "internal"  # the data classification level of its requests (see [ai] levels)
     # Body fields that raise a request's level: dotted path -> level (runtime/classification.py).
     field_levels: dict[str, str] = {}
+    # The class of task its requests are, for the SLOs (runtime/slo); default: the script's name.
+    task_class: Annotated[str, Field(pattern=TASK_CLASS)] | None = None
 
     @field_validator("pattern")
     @classmethod
@@ -224,6 +227,7 @@ class AppConfig(_Model):
     observability: ObservabilityConfig = ObservabilityConfig()  # traces (runtime.tracing), metrics
     deploy: DeployOptions = DeployOptions()
     server: ServerOptions = ServerOptions()
+    slo: list[SLOConfig] = []  # [[slo]]: objectives over recorded events (runtime.slo)
     scripts: Annotated[list[ScriptConfig], Field(min_length=1)]
     # Filled by the loader, not by the manifest.
     root: Path = Path(".")
@@ -372,6 +376,7 @@ def _semantic_problems(cfg: AppConfig, source: str, prefix: str) -> list[str]:
     problems += [f"{source}: {p}{key}: {problem}" for key, problem in
                  cfg.redaction.problems(cfg.ai.levels if cfg.ai is not None else DEFAULT_LEVELS)]
     problems += [f"{source}: {p}{key}: {problem}" for key, problem in _classification_problems(cfg)]
+    problems += [f"{source}: {p}{key}: {problem}" for key, problem in slo_problems(cfg)]
     return problems
 
 

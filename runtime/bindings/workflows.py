@@ -40,6 +40,7 @@ from runtime.logs import log, redact_text
 from runtime.names import BINDING_NAME
 from runtime.principals import workflow_principal
 from runtime.protocol import Result, WorkflowAdmin, error_reply
+from runtime.slo.config import TASK_CLASS
 
 if TYPE_CHECKING:
     from runtime.config import ScriptConfig
@@ -56,6 +57,8 @@ class WorkflowBindingConfig(BaseModel):
     binding: Annotated[str, Field(pattern=BINDING_NAME)]
     class_name: Annotated[str, Field(pattern=BINDING_NAME)]
     tenant_scoped: bool = False
+    # The class of task its instances are, for the SLOs (runtime/slo); default: the class name.
+    task_class: Annotated[str, Field(pattern=TASK_CLASS)] | None = None
 
 
 
