@@ -20,3 +20,8 @@ class ObservabilityConfig(BaseModel):
     # An OTLP/HTTP collector (e.g. "http://127.0.0.1:4318/v1/traces"); needs the `otlp` extra.
     otlp_endpoint: str | None = Field(None, pattern=r"^https?://")
     service_name: str = Field("edgeworks", min_length=1)
+    # How often the front evaluates the [[slo]] burn-rate alerts and a guarded split (runtime.slo).
+    slo_eval_interval_s: float = Field(10.0, gt=0, le=3600)
+    # The fewest tasks of a guarded split's new version (over the alert's long window) before its
+    # burn rate can roll the split back: one failed request alone is not a trend.
+    slo_guard_min_tasks: int = Field(10, ge=1, le=1_000_000)
