@@ -25,3 +25,8 @@ class ObservabilityConfig(BaseModel):
     # The fewest tasks of a guarded split's new version (over the alert's long window) before its
     # burn rate can roll the split back: one failed request alone is not a trend.
     slo_guard_min_tasks: int = Field(10, ge=1, le=1_000_000)
+    # The SLO event store (runtime/slo/store.py): how long minute and hour roll-ups are kept.
+    events_minutes_days: float = Field(2.0, gt=0, le=31)
+    events_hours_days: float = Field(90.0, gt=0, le=3660)
+    # How often the front verifies the audit chain; a break found is a consistency defect. 0: never.
+    audit_verify_interval_s: float = Field(300.0, ge=0, le=7 * 86400)
