@@ -43,9 +43,12 @@ from objects.options import ObjectHostOptions
 from objects.storage import Storage, StorageLimits
 from objects.types import AuditHook, ObjectAddress, Reply, RequestCodec
 
-__all__ = ["ObjectActor", "QueuedEvent"]
+__all__ = ["CURRENT_OBJECT", "ObjectActor", "QueuedEvent"]
 
 _NOT_RPC = frozenset({"fetch", "alarm"})
+
+# The object whose event runs in this context (e.g. so the isolate attributes what it prints).
+CURRENT_OBJECT: contextvars.ContextVar[ObjectAddress | None] = contextvars.ContextVar("current_object", default=None)
 
 
 @dataclass(eq=False)
@@ -211,6 +214,7 @@ class ObjectActor:
     async def _run(self, event: QueuedEvent) -> None:
         reply: Reply
         current_output_gate.set(self.output_gate)  # this task's context only
+        CURRENT_OBJECT.set(self.address)
         name = event.op.get("name")
         if name is not None and self.instance is not None and self.instance.ctx.id.name is None:
             self.instance.ctx.id.name = name  # constructed by an unnamed event (an alarm, say)
