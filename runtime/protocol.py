@@ -13,7 +13,7 @@ answer on the receiving side, never a crash of the front or of an isolate.
 
 Binding kinds (runtime/bindings) add their own ops with the same decorator; the core ops are
 below: front to isolate `init fetch scheduled activate ping shutdown cancel`, isolate to front
-`audit stats recycle`, and the ops of the built-in bindings (`rpc object workflow` to an isolate,
+`audit stats log recycle`, and the ops of the built-in bindings (`rpc object workflow` to an isolate,
 `service_fetch service_rpc object_call` relayed by the front).
 """
 
@@ -35,6 +35,7 @@ __all__ = [
     "Identity",
     "Init",
     "InitFailed",
+    "Log",
     "Message",
     "ObjectCall",
     "ObjectRelay",
@@ -379,6 +380,15 @@ class Stats(Message):
     dotted name; the front adds them up, so its totals survive the isolate."""
 
     counts: dict[str, Any]
+
+
+@message("log")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Log(Message):
+    """A log record the isolate built and redacted (handler output, `runtime.isolate.console`), for
+    the front to write to its stderr and its tail subscribers."""
+
+    record: dict[str, Any]
 
 
 @message("recycle")

@@ -46,6 +46,7 @@ from runtime.ipc import CALL_READY_WAIT_S, ChannelClosed
 from runtime.killswitch import KillSwitch
 from runtime.logs import log
 from runtime.redaction import policy_of
+from runtime.slo.service import SloService
 from runtime.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ class Front:
                                        audit_log=self.audit_log, data_key=data_key, router=self,
                                        on_promote=self._promoted, secrets=secrets)
         self.cron = CronScheduler(self.deployments, self.fire_scheduled)
+        # [[slo]] burn-rate alerts and guarded splits, evaluated on an interval
+        self.slo = SloService(self.state_dir, audit=self.audit_log.audit, deployments=self.deployments, kills=self.kills,
+                              dev=dev)
         self.admin: Any = None  # the admin plane's ASGI app (see runtime/admin/app.py)
         self.startup_error: str | None = None
         self._stopped = False
@@ -123,11 +127,12 @@ class Front:
 
     def _promoted(self, dep: Deployment) -> None:
         """A version got the traffic: the AI gateway serves its [ai] section from now on, its
-        providers calling out under the version's [egress] rules."""
+        providers calling out under the version's [egress] rules; the SLO loop evaluates its [[slo]]."""
         egress = EgressClient(EgressPolicy.from_app(dep.app, dev=self.dev), audit=self.audit_log.audit, kills=self.kills,
                               identity=self.assertions)
         self.ai.configure(dep.app.ai, {s.name: s.ai for s in dep.app.scripts if s.ai is not None}, dep.secrets,
                           dep.app.root, egress)
+        self.slo.configure(dep.app)
 
     def service(self, name: str) -> Any:
         """`RelayPort.service`: the front-wide services binding kinds relay to."""
@@ -148,6 +153,7 @@ class Front:
         deployments = self.deployments
         deployments.promote(await deployments.load(deployments.initial))
         self.cron.start()
+        self.slo.start()
         current = deployments.current
         assert current is not None
         log("started", version=current.version, environment=current.app.environment, scripts=list(current.pools),
@@ -162,6 +168,7 @@ class Front:
             return
         self._stopped = True
         self.cron.stop()
+        await self.slo.stop()
         await self.deployments.stop(5)
         await self.ai.aclose()
         if self.zygote is not None:

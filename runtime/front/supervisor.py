@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from runtime import protocol
 from runtime.config import ScriptConfig
 from runtime.ipc import Channel, ChannelClosed, open_channel
-from runtime.logs import log
+from runtime.logs import emit, log
 
 __all__ = ["IsolateDied", "IsolatePool", "IsolateProcess", "LoadFailed", "WallTimeExceeded", "isolate_environ"]
 
@@ -382,7 +382,9 @@ class IsolatePool:
                 if isinstance(mid, int) and proc.channel is not None and not proc.channel.closed:
                     proc.channel.reply(mid, protocol.error_reply(str(e)))
                 return
-            if isinstance(msg, protocol.Recycle):
+            if isinstance(msg, protocol.Log):  # handler output the isolate captured and redacted
+                emit(msg.record)
+            elif isinstance(msg, protocol.Recycle):
                 asyncio.ensure_future(self.recycle(proc, msg.reason))
             else:
                 self.router.on_isolate_message(self, proc, msg, raw.get("id"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from objects.errors import USER_ERRORS
@@ -48,6 +48,9 @@ class RequestScope:
     deadline: float | None = None  # epoch seconds when the request's wall time runs out
     route: str | None = None  # the matched route's pattern, for the request's calls (None: not a fetch)
     level: str = "internal"  # the data classification level of the data this code handles (runtime/classification.py)
+    # What its code printed and logged (runtime/isolate/console.py `ScopeLog`), made on its first
+    # write; not copied by `dataclasses.replace`, so a derived scope keeps its own lines and bounds.
+    output: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def tenant(self) -> str | None:
@@ -135,7 +138,7 @@ class ExecutionContext:
 
     def wait_until(self, aw: Awaitable[Any]) -> None:
         """Keep the isolate working on `aw` after the response is sent (errors are logged)."""
-        task = asyncio.ensure_future(_logged(aw, self._scope.request_id, self._scope.level))
+        task = asyncio.ensure_future(_logged(aw, self._scope))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -143,10 +146,14 @@ class ExecutionContext:
         """Accepted for compatibility; there is no origin to fall through to locally."""
 
 
-async def _logged(aw: Awaitable[Any], request_id: str, level: str) -> None:
+async def _logged(aw: Awaitable[Any], scope: RequestScope) -> None:
     """A wait_until task: what it raises (sys.exit() too, which would end the isolate) is logged
-    under the request id that started it."""
+    under the request id that started it; what it printed last without a newline is written out."""
     try:
         await aw
     except USER_ERRORS as e:
-        log("error", request_id=request_id, exception=f"{type(e).__name__}: {e}", during="wait_until", classification=level)
+        log("error", request_id=scope.request_id, exception=f"{type(e).__name__}: {e}", during="wait_until",
+            classification=scope.level)
+    finally:
+        if scope.output is not None:
+            scope.output.flush(scope)
