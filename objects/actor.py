@@ -41,7 +41,7 @@ from objects.gates import InputGate, OutputGate, current_output_gate
 from objects.ids import DurableObjectId
 from objects.options import ObjectHostOptions
 from objects.storage import Storage, StorageLimits
-from objects.types import AuditHook, ObjectAddress, Reply, RequestCodec
+from objects.types import AuditHook, CountHook, ObjectAddress, Reply, RequestCodec
 
 __all__ = ["CURRENT_OBJECT", "ObjectActor", "QueuedEvent"]
 
@@ -83,6 +83,7 @@ class ObjectActor:
         on_alarm_committed: Callable[[int | None], None],
         on_opened: Callable[[int | None], None],
         wait_before_open: Awaitable[Any] | None = None,
+        count: CountHook | None = None,
     ) -> None:
         self.address = address
         self.cls = cls
@@ -112,6 +113,7 @@ class ObjectActor:
             now_ms=now_ms,
             on_broken=self.reset,
             on_alarm_committed=on_alarm_committed,
+            on_committed=None if count is None else lambda: count("object.commit", 1.0),
         )
         self.instance: DurableObject | None = None
         self.broken: DurableObjectReset | None = None

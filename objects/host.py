@@ -48,7 +48,15 @@ from objects.ids import DurableObjectId, IdFactory
 from objects.options import ObjectHostOptions
 from objects.shared import SharedDatabase, SharedObjectDatabase, scan_key
 from objects.stub import DEFAULT_SECRET
-from objects.types import AuditHook, ObjectAddress, Op, OwnsPredicate, Reply, RequestCodec
+from objects.types import (
+    AuditHook,
+    CountHook,
+    ObjectAddress,
+    Op,
+    OwnsPredicate,
+    Reply,
+    RequestCodec,
+)
 
 __all__ = ["ObjectHost", "PassThroughCodec"]
 
@@ -63,6 +71,10 @@ class PassThroughCodec:
 
     def encode_response(self, response: Any) -> Any:
         return response
+
+
+def _no_count(name: str, n: float) -> None:
+    pass
 
 
 def _no_audit(event: str, fields: dict[str, Any]) -> None:
@@ -87,6 +99,7 @@ class ObjectHost:
         durability: Durability = "normal",
         codec: RequestCodec | None = None,
         audit: AuditHook | None = None,
+        count: CountHook | None = None,
         owns: OwnsPredicate | None = None,
         id_secret: bytes = DEFAULT_SECRET,
         active: bool = True,
@@ -109,6 +122,7 @@ class ObjectHost:
         self.clock: Clock = clock or SystemClock()
         self.codec: RequestCodec = codec or PassThroughCodec()
         self._audit: AuditHook = audit or _no_audit
+        self._count: CountHook = count or _no_count  # calls delivered and storage batches committed
         self._owns: OwnsPredicate = owns or _owns_all
         self._id_secret = id_secret  # to check a caller's name against the id (as namespaces do)
         self._index = AlarmIndex(self.root / "_alarms.sqlite", self.options.durability)
@@ -164,6 +178,7 @@ class ObjectHost:
                 now_ms=self.clock.now,
                 codec=self.codec,
                 audit=self._audit,
+                count=self._count,
                 on_reset=self._on_reset,
                 on_alarm_committed=lambda t: self._alarm_committed(class_name, id_hex, t),
                 on_opened=lambda t: self._actor_opened(class_name, id_hex, t),
@@ -189,6 +204,7 @@ class ObjectHost:
                 return error_reply(BAD_REQUEST_TYPE, f"name {name!r} is not the name of durable "
                                                      f"object {address.class_name}/{address.id_hex}")
         actor = self._actor(address.class_name, address.id_hex, address.tenant)
+        self._count("object.call", 1.0)
         event = QueuedEvent(op["kind"], op, asyncio.get_running_loop().create_future())
         if not actor.submit(event):
             self._audit("object_overloaded", {"script": self.script, "class_name": address.class_name, "id": address.id_hex})

@@ -75,6 +75,7 @@ class Storage:
         now_ms: Callable[[], int],
         on_broken: Callable[[DurableObjectReset], None],
         on_alarm_committed: Callable[[int | None], None],
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._in = input_gate
@@ -83,6 +84,7 @@ class Storage:
         self._now_ms = now_ms
         self._on_broken = on_broken
         self._on_alarm_committed = on_alarm_committed
+        self._on_committed = on_committed  # each batch made durable (counted by the runtime)
         self._cache: dict[str, bytes | None] = {}
         self._complete = False
         self._alarm: int | None = None
@@ -200,6 +202,8 @@ class Storage:
             self._fail(f"commit failed: {type(exc).__name__}: {exc}")
             return
         self._out.mark_durable(batch.epoch)
+        if self._on_committed is not None:
+            self._on_committed()
         self._trim()
         if batch.alarm_changed:
             self._on_alarm_committed(batch.alarm)

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple, Protocol
 
 __all__ = [
     "AuditHook",
+    "CountHook",
     "ObjectAddress",
     "Op",
     "OwnsPredicate",
@@ -52,6 +53,9 @@ class ScanningTransport(Protocol):
 
 AuditHook = Callable[[str, dict[str, Any]], None]
 """``audit(event, fields)``: called for alarm failures and drops, resets and evictions."""
+
+CountHook = Callable[[str, float], None]
+"""``count(name, n)``: adds to a counter of the runtime (``object.call``, ``object.commit``)."""
 
 OwnsPredicate = Callable[[str, str], bool]
 """``owns(class_name, id_hex)``: whether this host should fire that object's alarm."""

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         WorkflowError,
         WorkflowEvent,
     )
+    from runtime.isolate.console import console
     from runtime.isolate.context import ExecutionContext, SubrequestLimitExceeded, current_level
     from runtime.isolate.entrypoints import ScheduledController, WorkerEntrypoint
     from runtime.isolate.http import Headers, Request, Response
@@ -43,6 +44,7 @@ __all__ = [
     "ScheduledController",
     "SubrequestLimitExceeded",
     "WorkerEntrypoint",
+    "console",
     "current_level",
     "fetch",
 ]
@@ -58,6 +60,7 @@ _SOURCES: dict[str, str] = {
     "DurableObjectError": "objects",
     "DurableObjectState": "objects",
     "ExecutionContext": "runtime.isolate.context",
+    "console": "runtime.isolate.console",
     "current_level": "runtime.isolate.context",
     "FetchDenied": "runtime.isolate.outbound",
     "FetchError": "runtime.isolate.outbound",

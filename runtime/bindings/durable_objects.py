@@ -22,6 +22,7 @@ from objects import DurableObject, DurableObjectNamespace, ObjectAddress, Object
 from runtime.bindings import BindingHost, BindingKind, IsolateAPI, RelayPort
 from runtime.bindings.services import call_deadline, coerce_request, relay
 from runtime.errors import LoadError
+from runtime.isolate import stats
 from runtime.isolate.context import current, use_scope
 from runtime.isolate.http import Request, Response
 from runtime.names import BINDING_NAME
@@ -161,7 +162,7 @@ async def _finish(host: BindingHost) -> None:
     local = ObjectHost(
         host.script.name, dict(host.object_classes), host.env, host.state_dir,
         idle_timeout_s=host.script.object_idle_s, durability=host.script.object_durability,
-        max_queue=host.script.object_max_queue, codec=_HostCodec(), audit=host.audit,
+        max_queue=host.script.object_max_queue, codec=_HostCodec(), audit=host.audit, count=stats.bump,
         owns=lambda _cls, id_hex: owner_index(id_hex, host.pool_size) == host.pool_index,
         id_secret=namespace_secret(host.state_dir),
     )

@@ -34,6 +34,7 @@ from runtime.bindings import AuditHook, BindingHost, BindingKind, IsolateAPI
 from runtime.bindings.durable_objects import namespace_secret, object_transport
 from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError
 from runtime.errors import LoadError
+from runtime.isolate.console import flush
 from runtime.isolate.context import Identity, current, use_scope
 from runtime.isolate.meter import CpuLimitExceeded, Meter, metered
 from runtime.logs import log, redact_text
@@ -115,6 +116,8 @@ async def _metered(cpu_ms: int, work: Awaitable[Any], error: type[Exception], wh
         return await metered(work, Meter(current().request_id, cpu_ms / 1000))  # type: ignore[arg-type]
     except CpuLimitExceeded:
         raise error(f"{what} exceeded the CPU limit of {cpu_ms} ms") from None
+    finally:
+        flush(current())  # what it printed last without a newline
 
 
 def _metered_step(cpu_ms: int, step: Awaitable[Any]) -> Awaitable[Any]:

@@ -383,7 +383,8 @@ class IsolatePool:
                     proc.channel.reply(mid, protocol.error_reply(str(e)))
                 return
             if isinstance(msg, protocol.Log):  # handler output the isolate captured and redacted
-                emit(msg.record)
+                if msg.record.get("event") == "handler_log":  # never a line posing as the runtime's
+                    emit(msg.record)
             elif isinstance(msg, protocol.Recycle):
                 asyncio.ensure_future(self.recycle(proc, msg.reason))
             else:

@@ -41,7 +41,7 @@ from runtime.egress import EgressClient, EgressPolicy
 from runtime.errors import LoadError, error_body
 from runtime.identity import Assertions
 from runtime.ipc import Channel, ChannelClosed, open_channel
-from runtime.isolate import outbound, stats
+from runtime.isolate import console, outbound, stats
 from runtime.isolate.context import (
     ExecutionContext,
     RequestScope,
@@ -54,7 +54,7 @@ from runtime.isolate.entrypoints import ScheduledController, WorkerEntrypoint
 from runtime.isolate.http import Request, Response
 from runtime.isolate.meter import CpuLimitExceeded, Meter, Watchdog, cap_memory, metered, rss_bytes
 from runtime.killswitch import KillSwitch
-from runtime.logs import log, set_policy
+from runtime.logs import emit, log, set_policy, use_stream
 from runtime.redact import mask_secret_values, mask_secrets
 from runtime.redaction import policy_from_wire
 from runtime.safejson import JSONTooDeep, RequestJSONTooDeep, check_depth
@@ -176,7 +176,13 @@ class Isolate:
         mask_secret_values(init.secrets.values())  # this isolate's log lines and errors never show them
         data_key = DataKey(init.data_key, "the front's data key") if init.data_key else None
         set_policy(policy_from_wire(init.redaction, self.levels.names, data_key))  # its log lines, per level
-        self.module = module = _import_main(root, script.main)
+        # From here on what the app's code prints or logs is handler output (runtime/isolate/console.py).
+        use_stream(console.install(self.send_log, script.name))
+        console.loading(True)
+        try:
+            self.module = module = _import_main(root, script.main)
+        finally:
+            console.loading(False)
         self.default = getattr(module, "Default", None)
         if self.default is not None and not (
             isinstance(self.default, type) and issubclass(self.default, WorkerEntrypoint)
@@ -260,6 +266,13 @@ class Isolate:
         except ChannelClosed:
             pass
 
+    def send_log(self, record: dict[str, Any]) -> None:
+        """A handler log record to the front (its stderr and tail); written here if it is gone."""
+        try:
+            self.channel.send(protocol.Log(record=record).encode())
+        except ChannelClosed:
+            emit(record)
+
     # -- dispatch --------------------------------------------------------------------------
     def on_message(self, raw: dict[str, Any]) -> None:
         """Decode a message of the front and run its handler; a message that does not decode
@@ -316,6 +329,7 @@ class Isolate:
         assert self.script is not None
         rid = rid or ""
         meter = Meter(rid, self.script.limits.cpu_ms / 1000)
+        scope = current()
         try:
             result = await metered(coro, meter)
             return result, None, meter.cpu * 1000
@@ -350,6 +364,8 @@ class Isolate:
                    "message": mask_secrets(f"{type(e).__name__}: {e}") if detailed else "the handler raised an exception"}
             if detailed:
                 err["traceback"] = mask_secrets(tb)
+        finally:
+            console.flush(scope)  # its last partial lines
         return None, err, meter.cpu * 1000
 
     # -- fetch -----------------------------------------------------------------------------
