@@ -45,6 +45,7 @@ __all__ = [
     "Param",
     "ReviveRequest",
     "ReviveResult",
+    "SloReport",
     "RollbackRequest",
     "SplitRequest",
     "SplitState",
@@ -175,12 +176,50 @@ class RollbackRequest(_In):
 class SplitRequest(_In):
     version: Name
     percent: Annotated[float, Field(ge=0, le=100)]
+    # roll back when an objective burns over its fastest alert's factor on this version's events
+    guard: bool = False
 
 
 class ActivationResult(BaseModel):
     current: str | None
     previous: str | None
     split: SplitState | None
+    guarded: bool = False
+
+
+class SloAlert(BaseModel):
+    window: str
+    long: str
+    short: str
+    burn: float
+    burn_long: float | str  # "inf" when nothing bad is allowed
+    burn_short: float | str
+    firing: bool
+
+
+class SloObjective(BaseModel):
+    name: str
+    family: str
+    task_class: str | None
+    workflow_class: str | None
+    unit: str
+    value: float | None
+    objective: float
+    bad: float
+    total: float
+    window: str
+    since: str
+    budget_left: float | str
+    alerts: list[SloAlert]
+    firing: list[str]
+    detail: dict[str, Any]
+
+
+class SloReport(BaseModel):
+    now: float
+    version: str | None
+    objectives: list[SloObjective]
+    guarded_split: str | None
 
 
 class RecordedResponse(BaseModel):
@@ -401,6 +440,13 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
     AdminRoute("POST", f"{_P}/split", "split", "send percent of requests to another version (0 clears, 100 promotes)",
                {"200": _json(ActivationResult, "in force")}, (400, 404, 409, 422), body=SplitRequest,
                global_only="a traffic split"),
+    AdminRoute("GET", f"{_P}/slo", "slo",
+               "every [[slo]] objective: value, error budget left, burn rate per alert window, firing alerts",
+               {"200": _json(SloReport, "the objectives")}, (400,),
+               params=(Param("since", "the value's window, a duration like 1h (default: the objective's window)",
+                             pattern=r"^[0-9]+(\.[0-9]+)?[smhdw]$"),
+                       Param("version", "only this version's events")),
+               global_only="the SLOs (every tenant's tasks)"),
     AdminRoute("GET", f"{_P}/approvals", "list_approvals", "requests held for approval (a tenant admin's: its tenant's only)",
                {"200": _json(ApprovalList, "approvals")}, (400,),
                params=(Param("status", "filter", enum=("pending", "approved", "rejected")), _TENANT)),
@@ -436,7 +482,7 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
 _MODELS: list[type[BaseModel]] = [
     ErrorBody, Liveness, JWKSet, Health, KillRequest, ReviveRequest, KillResult, KillList, ReviveResult, VersionList,
     DeployResult, RollbackRequest, SplitRequest, ActivationResult, Approval, ApprovalList,
-    DecisionRequest, ScheduledResult, CreateBody, EventBody, DecisionBody,
+    DecisionRequest, ScheduledResult, CreateBody, EventBody, DecisionBody, SloReport,
 ]
 
 

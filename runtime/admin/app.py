@@ -66,6 +66,7 @@ from runtime.front.deployments import Deployment
 from runtime.front.supervisor import LoadFailed
 from runtime.identity import PrincipalKeys, deployment_principals
 from runtime.logs import log
+from runtime.slo.config import parse_duration
 
 __all__ = ["ADMIN_SCOPE", "build_admin"]
 
@@ -443,9 +444,24 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
             result = await deployer.split(body.version, body.percent)
         except _Problem as p:
             return rejected(request, subject, p, "admin.split_rejected")
-        audit("admin.split", request, subject, version=body.version, percent=body.percent, current=result["current"])
-        log("split", version=body.version, percent=body.percent, current=result["current"], subject=subject)
-        return JSONResponse(ActivationResult.model_validate(result).model_dump())
+        split_to = front.deployments.split
+        guarded = body.guard and split_to is not None
+        front.slo.guard(split_to[0] if guarded and split_to is not None else None, subject)
+        audit("admin.split", request, subject, version=body.version, percent=body.percent, current=result["current"],
+              guard=guarded)
+        log("split", version=body.version, percent=body.percent, current=result["current"], subject=subject,
+            guard=guarded)
+        return JSONResponse(ActivationResult.model_validate({**result, "guarded": guarded}).model_dump())
+
+    # -- SLOs
+    async def slo(request: Request, subject: str | None) -> JSONResponse:
+        since_text = request.query_params.get("since")
+        try:
+            since = parse_duration(since_text) if since_text else None
+        except ValueError as e:
+            return _err(400, "bad_request", f"since: {e}")
+        report = await asyncio.to_thread(front.slo.report, since, request.query_params.get("version") or None)
+        return JSONResponse({**report, "guarded_split": front.slo.guarded()})
 
     # -- approvals
     async def list_approvals(request: Request, subject: str | None) -> JSONResponse:
@@ -539,7 +555,7 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
         "health": health, "health_details": health_details, "openapi": openapi, "scheduled": scheduled,
         "kill": kill, "revive": revive, "kills": kills, "versions": versions, "deploy": deploy,
         "rollback": rollback, "split": split, "list_approvals": list_approvals, "get_approval": get_approval,
-        "approve": approve, "reject": reject, "tail": tail, "jwks": jwks, **workflow_endpoints(front, audit),
+        "approve": approve, "reject": reject, "tail": tail, "jwks": jwks, "slo": slo, **workflow_endpoints(front, audit),
     }
     return Starlette(routes=_routes(endpoints, guarded))
 

@@ -1,5 +1,5 @@
 """What the admin plane uses of the front: `FrontPort`. The admin plane reads and moves the
-deployments, the kill switch, the audit log and the approvals store, and asks the front to run
+deployments, the kill switch, the audit log, the approvals store and the SLO service, and asks the front to run
 messages on isolates; it never reaches into the request path."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from runtime.front.deployments import Deployment, Deployments
     from runtime.killswitch import KillSwitch
     from runtime.redaction import RedactionPolicy
+    from runtime.slo.service import SloService
 
 __all__ = ["FrontPort"]
 
@@ -29,6 +30,7 @@ class FrontPort(Protocol):
     approvals: ApprovalStore
     data_key: DataKey | None
     redaction: RedactionPolicy  # what people are shown of data, by its level
+    slo: SloService  # the SLO report and the guard of a split
 
     async def fire_scheduled(self, script: str, cron: str, scheduled_ms: float | None = None) -> dict[str, Any]:
         """Run `script`'s scheduled handler once on the current version."""

@@ -46,6 +46,7 @@ OPERATIONS = {
     ("post", f"{WF}/{{id}}/{{action}}"): ({"200", "400", "401", "403", "404", "409"},
                                           {"script:path", "binding:path", "id:path", "action:path", TENANT},
                                           "application/json"),
+    ("get", f"{P}/slo"): ({"200", "400", "401", "403"}, {"since:query", "version:query"}, None),
     ("get", f"{P}/tail"): ({"200", "400", "401", "403"},
                            {"status:query", "script:query", "request_id:query", "limit:query"}, None),
 }
@@ -53,7 +54,7 @@ OPERATIONS = {
 SCHEMAS = {"ActivationResult", "Approval", "ApprovalList", "CreateBody", "DecisionBody", "DecisionRequest",
            "DeployResult", "ErrorBody", "EventBody", "Health", "JWK", "JWKSet", "KillEntry", "KillList", "KillRequest",
            "KillResult", "Liveness", "RecordedResponse", "ReviveRequest", "ReviveResult", "RollbackRequest",
-           "ScheduledResult", "ScriptHealth", "SplitRequest", "SplitState", "VersionInfo", "VersionList"}
+           "ScheduledResult", "ScriptHealth", "SloAlert", "SloObjective", "SloReport", "SplitRequest", "SplitState", "VersionInfo", "VersionList"}
 
 
 def _operations(spec):
