@@ -186,7 +186,7 @@ async def run_attempts(
             await run.commit({record_key: failed})
             run.audit(f"{audit_kind}.outcome", {
                 "step": name, "key": record_key, "outcome": "failed", "attempts": attempt,
-                "error": error, **_level_of(rec),
+                "duration_s": round(ended - started, 6), "error": error, **_level_of(rec),
             })
             raise StepFailedError(name, type(exc).__name__, str(exc), attempt) from exc
         wake_at = ended + config.retries.delay_after(attempt)
@@ -194,13 +194,14 @@ async def run_attempts(
         await run.commit({record_key: failed})
         run.audit(f"{audit_kind}.outcome", {
             "step": name, "key": record_key, "outcome": "retry", "attempt": attempt,
-            "retry_at": wake_at, "error": error, **_level_of(rec),
+            "duration_s": round(ended - started, 6), "retry_at": wake_at, "error": error, **_level_of(rec),
         })
         kind = "retry" if record_key.startswith("step:") else "compensation retry"
         raise _Suspend(wake_at, kind, record_key.split(":", 1)[1]) from None
     run.clear_current()
     run.audit(f"{audit_kind}.outcome", {
-        "step": name, "key": record_key, "outcome": "complete", "attempts": attempt, **_level_of(rec),
+        "step": name, "key": record_key, "outcome": "complete", "attempts": attempt,
+        "duration_s": round(done["ended"] - started, 6), **_level_of(rec),
     })
     return done["result"]
 
