@@ -8,10 +8,11 @@ from runtime.commands import (
     kill,
     load,
     serve,
+    slo,
     tail,
     tool,
     trigger,
     workflows,
 )
 
-COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail, ai]
+COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail, ai, slo]

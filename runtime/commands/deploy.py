@@ -1,4 +1,4 @@
-"""`edgeworks deploy DIR`, `versions`, `rollback [VERSION]` and `split VERSION --percent N`:
+"""`edgeworks deploy DIR`, `versions`, `rollback [VERSION]` and `split VERSION --percent N [--guard]`:
 deployments to a running server through its admin API.
 
 Every command takes the server as ``--to URL`` (``--url`` is the same option) and the admin
@@ -70,11 +70,16 @@ def register(sub: Any) -> None:
     p.set_defaults(func=lambda a: call(a, "POST", "rollback", json={"version": a.version} if a.version else {}))
 
     p = sub.add_parser("split", help="send a percentage of requests to another version",
-                       description="0 clears the split, 100 promotes VERSION to current.")
+                       description="0 clears the split, 100 promotes VERSION to current. With --guard the server "
+                                   "watches every [[slo]] objective over VERSION's own events and clears the split "
+                                   "(all traffic back to the current version) when one burns over its fastest "
+                                   "alert's factor.")
     p.add_argument("version")
     p.add_argument("--percent", type=float, required=True)
+    p.add_argument("--guard", action="store_true", help="roll the split back when VERSION burns an objective")
     add_target(p)
-    p.set_defaults(func=lambda a: call(a, "POST", "split", json={"version": a.version, "percent": a.percent}))
+    p.set_defaults(func=lambda a: call(a, "POST", "split", json={"version": a.version, "percent": a.percent,
+                                                                 **({"guard": True} if a.guard else {})}))
 
 
 def _deploy(args: argparse.Namespace) -> int:
