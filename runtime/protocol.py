@@ -426,6 +426,7 @@ class ObjectCall(Message):
     rid: str | None = None
     identity: dict[str, Any] | None = None
     level: str | None = None  # the caller's data classification level: the object's code runs at it
+    task_class: str | None = None  # the caller's task class: the object's code serves that task
 
 
 @message("workflow")
@@ -480,3 +481,4 @@ class ObjectRelay(Message):
     rid: str | None = None
     identity: dict[str, Any] | None = None
     level: str | None = None
+    task_class: str | None = None

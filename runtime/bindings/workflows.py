@@ -131,19 +131,24 @@ def _metered_body(cpu_ms: int, body: Awaitable[Any]) -> Awaitable[Any]:
     return _metered(cpu_ms, body, WorkflowCpuLimitExceeded, "workflow code outside steps")
 
 
-def _run_as_tenant(tenant: str | None) -> None:
+def _run_as_tenant(task_class: str, tenant: str | None) -> None:
     """Workflow code runs in its instance's tenant, not in the tenant (or lack of one) of what
     started its run task; without this an instance resumed by an alarm after a restart minted
-    tool tokens, and so reached tool KV, as no tenant at all."""
+    tool tokens, and so reached tool KV, as no tenant at all. It serves its workflow's task
+    class, whatever request started the task (what it calls and audits carries that class)."""
     scope = current()
-    if scope.tenant != tenant:
-        identity = Identity(subject=None, tenant=tenant, scopes=(), claims={}) if tenant else None
-        use_scope(dataclasses.replace(scope, identity=identity))
+    if scope.tenant != tenant or scope.task_class != task_class:
+        identity = scope.identity
+        if scope.tenant != tenant:
+            identity = Identity(subject=None, tenant=tenant, scopes=(), claims={}) if tenant else None
+        use_scope(dataclasses.replace(scope, identity=identity, task_class=task_class))
 
 
-def _as_principal(audit: AuditHook, principal: str, kind: str, fields: dict[str, Any]) -> None:
-    """A workflow's audit entries name the workflow class as the principal they act as."""
-    audit(kind, {**fields, "principal": principal})
+def _as_principal(audit: AuditHook, principal: str, classes: dict[str, str], kind: str,
+                  fields: dict[str, Any]) -> None:
+    """A workflow's audit entries name the workflow class as the principal they act as, and its
+    workflow and task class (`classes`)."""
+    audit(kind, {**fields, "principal": principal, **classes})
 
 
 def _run_at_level(level: str) -> None:
@@ -168,13 +173,14 @@ def _build(host: BindingHost) -> dict[str, Any]:
             raise LoadError(f"{host.script.main}: workflow class {b.class_name!r} (binding {b.binding})"
                             " is not defined or does not subclass WorkflowEntrypoint")
         hooks = WorkflowHooks(
-            audit=functools.partial(_as_principal, host.audit, workflow_principal(host.script.name, b.class_name))
+            audit=functools.partial(_as_principal, host.audit, workflow_principal(host.script.name, b.class_name),
+                                    {"workflow_class": b.class_name, "task_class": b.task_class or b.class_name})
             if host.audit else WorkflowHooks().audit,
             is_killed=functools.partial(host.kills.check, "workflow", b.class_name)
             if host.kills else WorkflowHooks().is_killed,
             run_step=functools.partial(_metered_step, host.script.limits.cpu_ms),
             run_body=functools.partial(_metered_body, host.script.limits.cpu_ms),
-            run_as_tenant=_run_as_tenant,
+            run_as_tenant=functools.partial(_run_as_tenant, b.task_class or b.class_name),
             redact=_redact_error,
             levels=host.levels.names,
             run_at_level=_run_at_level,

@@ -48,6 +48,7 @@ class RequestScope:
     deadline: float | None = None  # epoch seconds when the request's wall time runs out
     route: str | None = None  # the matched route's pattern, for the request's calls (None: not a fetch)
     level: str = "internal"  # the data classification level of the data this code handles (runtime/classification.py)
+    task_class: str | None = None  # the class of task this code serves (a route's or a workflow's; runtime/slo)
     # What its code printed and logged (runtime/isolate/console.py `ScopeLog`), made on its first
     # write; not copied by `dataclasses.replace`, so a derived scope keeps its own lines and bounds.
     output: Any = field(default=None, init=False, repr=False, compare=False)

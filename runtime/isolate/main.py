@@ -251,6 +251,8 @@ class Isolate:
         entry.setdefault("request_id", scope.request_id or None)
         if in_scope():  # the level of the data the entry describes (else the kind's default)
             entry.setdefault("classification", scope.level)
+        if scope.task_class is not None:  # the task it is part of, for the SLOs (runtime/slo)
+            entry.setdefault("task_class", scope.task_class)
         try:
             self.channel.send(protocol.Audit(entry=kind, fields=entry).encode())
         except TypeError:  # a value msgpack cannot carry: keep the entry, as text
@@ -314,14 +316,14 @@ class Isolate:
 
     # -- the API binding ops use (runtime.bindings.IsolateAPI) -----------------------------
     def scope(self, rid: str | None, identity: dict[str, Any] | None, risk: str = "low",
-              level: str | None = None) -> RequestScope:
+              level: str | None = None, task_class: str | None = None) -> RequestScope:
         """A new request scope; `level` is the caller's data classification level (the request's,
         or the calling code's for an object or service call)."""
         assert self.script is not None
         return RequestScope(request_id=rid or "", script=self.script.name, identity=protocol.Identity.from_wire(identity),
                             risk=risk, subrequest_limit=self.script.limits.subrequests,
                             deadline=time.time() + self.script.limits.wall_ms / 1000,
-                            level=level or RequestScope.level)
+                            level=level or RequestScope.level, task_class=task_class)
 
     async def run_limited(self, rid: str | None, coro: Any, local: bool = True) -> tuple[Any, dict[str, Any] | None, float]:
         """Run `coro` under the request's scope and CPU meter. Returns (result, error, cpu_ms);
@@ -378,6 +380,7 @@ class Isolate:
         route = msg.route
         if route is not None and 0 <= route < len(self.routes):
             scope.route = self.routes[route].pattern
+            scope.task_class = self.routes[route].task_class or scope.script
             if msg.level is None:
                 scope.level = self.routes[route].classification
         if route is not None and 0 <= route < len(self.models):

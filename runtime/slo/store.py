@@ -170,7 +170,8 @@ class EventStore:
     def costs(self, start: float, end: float, *, workflow_class: str | None = ANY,
               version: str | None = ANY) -> list[CostRow]:
         """The cost rows of instances completed in [start, end)."""
-        where, args = ["ts >= ?", "ts < ?"], [start, end]
+        where: list[str] = ["ts >= ?", "ts < ?"]
+        args: list[object] = [start, end]
         for column, value in (("workflow_class", workflow_class), ("version", version)):
             if value is not None:
                 where.append(f"{column} = ?")
