@@ -48,6 +48,7 @@ __all__ = [
     "SloReport",
     "RollbackRequest",
     "SplitRequest",
+    "SplitResult",
     "SplitState",
     "VersionInfo",
     "VersionList",
@@ -184,7 +185,10 @@ class ActivationResult(BaseModel):
     current: str | None
     previous: str | None
     split: SplitState | None
-    guarded: bool = False
+
+
+class SplitResult(ActivationResult):
+    guarded: bool  # the server rolls the split back when the new version burns an objective
 
 
 class SloAlert(BaseModel):
@@ -438,7 +442,7 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
                {"200": _json(ActivationResult, "serving")}, (400, 404, 409, 422), body=RollbackRequest,
                global_only="a rollback"),
     AdminRoute("POST", f"{_P}/split", "split", "send percent of requests to another version (0 clears, 100 promotes)",
-               {"200": _json(ActivationResult, "in force")}, (400, 404, 409, 422), body=SplitRequest,
+               {"200": _json(SplitResult, "in force")}, (400, 404, 409, 422), body=SplitRequest,
                global_only="a traffic split"),
     AdminRoute("GET", f"{_P}/slo", "slo",
                "every [[slo]] objective: value, error budget left, burn rate per alert window, firing alerts",
@@ -482,7 +486,7 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
 _MODELS: list[type[BaseModel]] = [
     ErrorBody, Liveness, JWKSet, Health, KillRequest, ReviveRequest, KillResult, KillList, ReviveResult, VersionList,
     DeployResult, RollbackRequest, SplitRequest, ActivationResult, Approval, ApprovalList,
-    DecisionRequest, ScheduledResult, CreateBody, EventBody, DecisionBody, SloReport,
+    DecisionRequest, ScheduledResult, CreateBody, EventBody, DecisionBody, SloReport, SplitResult,
 ]
 
 

@@ -48,6 +48,7 @@ from runtime.admin.api import (
     ReviveRequest,
     RollbackRequest,
     SplitRequest,
+    SplitResult,
     openapi_spec,
     parse_body,
 )
@@ -451,7 +452,7 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
               guard=guarded)
         log("split", version=body.version, percent=body.percent, current=result["current"], subject=subject,
             guard=guarded)
-        return JSONResponse(ActivationResult.model_validate({**result, "guarded": guarded}).model_dump())
+        return JSONResponse(SplitResult.model_validate({**result, "guarded": guarded}).model_dump())
 
     # -- SLOs
     async def slo(request: Request, subject: str | None) -> JSONResponse:

@@ -54,7 +54,7 @@ OPERATIONS = {
 SCHEMAS = {"ActivationResult", "Approval", "ApprovalList", "CreateBody", "DecisionBody", "DecisionRequest",
            "DeployResult", "ErrorBody", "EventBody", "Health", "JWK", "JWKSet", "KillEntry", "KillList", "KillRequest",
            "KillResult", "Liveness", "RecordedResponse", "ReviveRequest", "ReviveResult", "RollbackRequest",
-           "ScheduledResult", "ScriptHealth", "SloAlert", "SloObjective", "SloReport", "SplitRequest", "SplitState", "VersionInfo", "VersionList"}
+           "ScheduledResult", "ScriptHealth", "SloAlert", "SloObjective", "SloReport", "SplitRequest", "SplitResult", "SplitState", "VersionInfo", "VersionList"}
 
 
 def _operations(spec):
