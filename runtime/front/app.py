@@ -18,7 +18,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from runtime import protocol
+from runtime import protocol, tracing
 from runtime.addresses import is_loopback_client
 from runtime.ai.gateway import Gateway
 from runtime.approvals import ApprovalStore, ApprovalsUnavailable
@@ -45,6 +45,8 @@ from runtime.identity import Assertions
 from runtime.ipc import CALL_READY_WAIT_S, ChannelClosed
 from runtime.killswitch import KillSwitch
 from runtime.logs import log
+from runtime.metrics import Metrics, serve_metrics
+from runtime.observability_config import parse_listen
 from runtime.redaction import policy_of
 from runtime.slo.auditcheck import AuditCheck
 from runtime.slo.recorder import Recorder
@@ -97,7 +99,8 @@ class Front:
     versions' secrets); None: no request can be held."""
 
     def __init__(self, app: AppConfig, *, dev: bool, state_dir: Path | None = None,
-                 data_key: DataKey | None = None, secrets: SecretSources | None = None):
+                 data_key: DataKey | None = None, secrets: SecretSources | None = None,
+                 metrics_listen: str | None = None):
         self.dev = dev
         self.state_dir = state_dir or app.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +112,12 @@ class Front:
         # request outcomes, audit entries and isolate stats, for metrics, SLO events and traces
         self.observers = Observers()
         self.audit_log = AuditJournal(self.state_dir, app.audit, self.redaction, observe=self.observers.audit)
+        # Prometheus metrics (runtime.metrics), also served without auth on `metrics_listen` when set
+        self.metrics = Metrics(lambda: self.audit_log.backlog) if app.observability.metrics else None
+        if self.metrics is not None:
+            self.metrics.attach(self.observers)
+        self.metrics_listen = metrics_listen or app.observability.metrics_listen
+        self.metrics_server: asyncio.Server | None = None
         self.ai = Gateway(self.state_dir, self.audit_log, self.kills)
         self.deployments = Deployments(app, state_dir=self.state_dir, dev=dev, kills=self.kills,
                                        audit_log=self.audit_log, data_key=data_key, router=self,
@@ -131,6 +140,7 @@ class Front:
         self.zygote: Zygote | None = None  # forks isolates from pre-imported code
         self.relays = relays()  # what isolates may ask the front to relay, by message type
         self.assertions = Assertions(self.state_dir)  # what outbound calls carry where a rule says assert_identity
+        self.tracing = tracing.start_front(app.observability)  # None: off (runtime.tracing)
 
     @property
     def current(self) -> Deployment | None:
@@ -153,6 +163,12 @@ class Front:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.metrics is not None and self.metrics_listen is not None:
+            try:
+                self.metrics_server = await serve_metrics(self.metrics, *parse_listen(self.metrics_listen))
+            except (OSError, ValueError) as e:
+                raise LoadFailed(f"cannot serve metrics on {self.metrics_listen}: {e}", "config") from None
+            log("metrics_listening", address=self.metrics_listen)
         await self.audit_log.start()
         if os.environ.get("EDGEWORKS_ZYGOTE", "1") != "0":
             self.zygote = Zygote()
@@ -180,10 +196,13 @@ class Front:
         if self._stopped:
             return
         self._stopped = True
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.cron.stop()
         await self.slo.stop()
         await self.audit_check.stop()
         await self.deployments.stop(5)
+        tracing.stop()  # after the isolates: their last spans are in
         await self.events.stop()  # after the isolates' last stats
         await self.ai.aclose()
         if self.zygote is not None:
@@ -271,6 +290,8 @@ class Front:
         who: dict[str, Any] = {"request_id": rid, "script": route.script, "tenant": None, "risk": risk,
                                "subject": None}
         recorded = False
+        span = None if tracing.TRACER is None else tracing.request_span(scope, host, route.config.pattern, rid,
+                                                                          route.script, dep.version)
 
         def record(status: int, cpu_ms: float, error: str | None) -> None:
             """The request's one entry, journaled before the last byte of its response leaves."""
@@ -310,6 +331,7 @@ class Front:
             # "local": dev shows exception details to loopback clients only (`dev --host 0.0.0.0`)
             msg = protocol.Fetch(
                 rid=rid, route=route.index, identity=identity.to_wire() if identity else None, risk=risk, level=level,
+                trace=None if span is None else tracing.carrier(span.get_span_context()),
                 local=self.dev and is_loopback_client(scope),
                 req={"url": url, "method": method,
                      "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
@@ -335,6 +357,8 @@ class Front:
         finally:
             if not recorded and error_code == "stream_cut":
                 record(status, cpu_ms, error_code)
+            if span is not None:
+                tracing.end_request_span(span, status, error_code)
             level = who.get("classification", route.config.classification)
             latency_s = time.perf_counter() - t0
             log("request", request_id=rid, script=route.script, method=method, path=path, status=status,
@@ -464,6 +488,9 @@ class Front:
         the isolate gets an answer even if relaying it fails)."""
         if isinstance(msg, protocol.Audit):
             self.audit_log.append(msg.entry, **msg.fields)
+            return
+        if isinstance(msg, protocol.Spans):
+            tracing.receive(pool.script.name, proc.pid or 0, msg.spans)
             return
         if isinstance(msg, protocol.Stats):
             self.observers.stats(pool.script.name, msg.counts)
