@@ -464,6 +464,13 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
         report = await asyncio.to_thread(front.slo.report, since, request.query_params.get("version") or None)
         return JSONResponse({**report, "guarded_split": front.slo.guarded()})
 
+    # -- metrics
+    async def metrics(request: Request, subject: str | None) -> Response:
+        if front.metrics is None:
+            return _err(404, "metrics_disabled", "metrics are off ([observability] metrics = false)")
+        body, content_type = front.metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     # -- approvals
     async def list_approvals(request: Request, subject: str | None) -> JSONResponse:
         status = request.query_params.get("status")
@@ -556,7 +563,7 @@ def build_admin(front: FrontPort, *, max_bundle_bytes: int | None = None, tail_q
         "health": health, "health_details": health_details, "openapi": openapi, "scheduled": scheduled,
         "kill": kill, "revive": revive, "kills": kills, "versions": versions, "deploy": deploy,
         "rollback": rollback, "split": split, "list_approvals": list_approvals, "get_approval": get_approval,
-        "approve": approve, "reject": reject, "tail": tail, "jwks": jwks, "slo": slo, **workflow_endpoints(front, audit),
+        "approve": approve, "reject": reject, "tail": tail, "jwks": jwks, "slo": slo, "metrics": metrics, **workflow_endpoints(front, audit),
     }
     return Starlette(routes=_routes(endpoints, guarded))
 

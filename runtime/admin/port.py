@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from runtime.front.auditd import AuditJournal
     from runtime.front.deployments import Deployment, Deployments
     from runtime.killswitch import KillSwitch
+    from runtime.metrics import Metrics
     from runtime.redaction import RedactionPolicy
     from runtime.slo.service import SloService
 
@@ -31,6 +32,7 @@ class FrontPort(Protocol):
     data_key: DataKey | None
     redaction: RedactionPolicy  # what people are shown of data, by its level
     slo: SloService  # the SLO report and the guard of a split
+    metrics: Metrics | None  # None: [observability] metrics = false
 
     async def fire_scheduled(self, script: str, cron: str, scheduled_ms: float | None = None) -> dict[str, Any]:
         """Run `script`'s scheduled handler once on the current version."""

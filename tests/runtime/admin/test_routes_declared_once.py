@@ -47,6 +47,7 @@ OPERATIONS = {
                                           {"script:path", "binding:path", "id:path", "action:path", TENANT},
                                           "application/json"),
     ("get", f"{P}/slo"): ({"200", "400", "401", "403"}, {"since:query", "version:query"}, None),
+    ("get", f"{P}/metrics"): ({"200", "401", "403", "404"}, set(), None),
     ("get", f"{P}/tail"): ({"200", "400", "401", "403"},
                            {"status:query", "script:query", "request_id:query", "limit:query"}, None),
 }
