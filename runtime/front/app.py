@@ -125,7 +125,7 @@ class Front:
         self.cron = CronScheduler(self.deployments, self.fire_scheduled)
         # [[slo]] burn-rate alerts and guarded splits, evaluated on an interval
         self.slo = SloService(self.state_dir, audit=self.audit_log.audit, deployments=self.deployments, kills=self.kills,
-                              dev=dev)
+                              dev=dev, metrics=self.metrics)
         # the events the [[slo]] families are computed from, and the audit chain's own periodic check
         obs = app.observability
         self.events = Recorder(EventStore(self.state_dir, minute_days=obs.events_minutes_days,

@@ -22,7 +22,7 @@ from typing import Any
 from runtime.slo.alerts import TallySource, burn_rate, format_duration, windows_of
 from runtime.slo.families import allowed_bad_rate
 
-__all__ = ["UNITS", "format_table", "slo_report"]
+__all__ = ["UNITS", "format_table", "slo_report", "slo_value"]
 
 # family -> (unit, scale of bad/total or good/total, whether the value counts the good)
 UNITS: dict[str, tuple[str, float, bool]] = {
@@ -40,6 +40,15 @@ def _value(family: str, bad: float, total: float) -> float | None:
     _, scale, good = UNITS[family]
     share = (total - bad) / total if good else bad / total
     return share * scale
+
+
+def slo_value(family: str, bad: float, total: float) -> float | None:
+    """The value as the family's objective states it: 0.993 for 99.3 % completion, 1.5 for 1.5
+    violations per 1,000 tasks; None without events."""
+    value = _value(family, bad, total)
+    if value is None:
+        return None
+    return value / 100.0 if UNITS[family][0] == "%" else value
 
 
 def _target(objective: Any) -> float:

@@ -16,18 +16,26 @@ change of the deployments runs on the event loop, so nothing moves traffic in be
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime.egress import EgressClient
 from runtime.logs import log
-from runtime.slo.alerts import AlertEvaluator, AlertWindow, Transition, burn_rate, windows_of
+from runtime.slo.alerts import (
+    AlertEvaluator,
+    AlertWindow,
+    Transition,
+    burn_rate,
+    format_duration,
+    windows_of,
+)
 from runtime.slo.families import allowed_bad_rate, tally
 from runtime.slo.notify import Notifier, webhook_policy
-from runtime.slo.report import slo_report
+from runtime.slo.report import slo_report, slo_value
 from runtime.slo.store import EventStore
 
 if TYPE_CHECKING:
@@ -37,6 +45,13 @@ if TYPE_CHECKING:
 __all__ = ["GuardVerdict", "SloService"]
 
 AuditHook = Callable[[str, dict[str, Any]], None]
+Gauge = tuple[str, float, dict[str, float]]  # objective, value, burn rate per window
+
+
+class SloGauges(Protocol):
+    """Where each evaluation's values and burn rates go (`runtime.metrics.Metrics`)."""
+
+    def set_slo(self, name: str, value: float, burn_rates: dict[str, float]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +82,13 @@ class SloService:
     `clock` is injectable for tests."""
 
     def __init__(self, state_dir: Path, *, audit: AuditHook, deployments: Deployments, kills: KillSwitch | None,
-                 dev: bool, clock: Callable[[], float] = time.time) -> None:
+                 dev: bool, metrics: SloGauges | None = None, clock: Callable[[], float] = time.time) -> None:
         self.state_dir = Path(state_dir)
         self.audit = audit
         self.deployments = deployments
         self.kills = kills
         self.dev = dev
+        self.metrics = metrics
         self.clock = clock
         self.interval_s = 10.0
         self.min_tasks = 10
@@ -145,15 +161,36 @@ class SloService:
         """One evaluation: alerts, then the guard."""
         now = self.clock() if now is None else now
         guard = self._current_guard()
-        transitions, verdict = await asyncio.to_thread(self._evaluate, now, guard)
+        transitions, gauges, verdict = await asyncio.to_thread(self._evaluate, now, guard)
+        if self.metrics is not None:
+            for name, value, burns in gauges:
+                self.metrics.set_slo(name, value, burns)
         for transition in transitions:
             await self.notifier.notify(transition)
         if guard is not None and verdict is not None:
             self._roll_back(guard, verdict)
 
-    def _evaluate(self, now: float, guard: _Guard | None) -> tuple[list[Transition], GuardVerdict | None]:
+    def _evaluate(self, now: float, guard: _Guard | None) -> tuple[list[Transition], list[Gauge], GuardVerdict | None]:
         transitions = self.evaluator.evaluate(now) if self.objectives else []
-        return transitions, (self.judge(guard.dep, guard.since, now) if guard is not None else None)
+        gauges = self._gauges(now) if self.metrics is not None else []
+        return transitions, gauges, (self.judge(guard.dep, guard.since, now) if guard is not None else None)
+
+    def _gauges(self, now: float) -> list[Gauge]:
+        """Each objective's value over its window as its family states it (0.993 for 99.3 %
+        completion, NaN without events) and the burn rate of every alert window just evaluated."""
+        out = []
+        for objective in self.objectives:
+            counts = self._tally(objective, now - objective.window_s, now, None)
+            value = slo_value(objective.family, counts.bad, counts.total)
+            burns: dict[str, float] = {}
+            states = self.evaluator.states.get(objective.name, {})
+            for window in windows_of(objective):
+                state = states.get(window.label)
+                if state is not None:
+                    burns[format_duration(window.long_s)] = state.burn_long
+                    burns[format_duration(window.short_s)] = state.burn_short
+            out.append((objective.name, math.nan if value is None else value, burns))
+        return out
 
     # -- the guarded split ---------------------------------------------------------------------
     def guard(self, dep: Deployment | None, by: str | None) -> None:

@@ -191,3 +191,22 @@ def test_the_guard_ends_with_its_split(tmp_path: Path) -> None:
     svc.guard(new, None)  # type: ignore[arg-type]
     deployments.split = (Dep("v3", app), 0.5)  # another split replaced it
     assert svc.guarded() is None
+
+
+def test_each_evaluation_sets_the_slo_gauges(tmp_path: Path) -> None:
+    store = EventStore(tmp_path)
+    add(store, T - 1200, "task.ok", 190)
+    add(store, T - 120, "task.failed", 10)
+    gauges: list[tuple[str, float, dict[str, float]]] = []
+
+    class Metrics:
+        def set_slo(self, name: str, value: float, burn_rates: dict[str, float]) -> None:
+            gauges.append((name, value, burn_rates))
+
+    svc = SloService(tmp_path, audit=lambda kind, fields: None, deployments=FakeDeployments(),  # type: ignore[arg-type]
+                     kills=None, dev=False, metrics=Metrics(), clock=lambda: T)
+    svc.configure(app_config(None))
+    asyncio.run(_ticks(svc, [T], [T]))
+    [(name, value, burns)] = gauges
+    assert name == "api-ok" and value == pytest.approx(0.95)
+    assert burns == pytest.approx({"1h": 10 / 200 / 0.01, "5m": 10 / 10 / 0.01})
