@@ -57,12 +57,16 @@ def print_problems(e: ConfigError) -> None:
 
 
 def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None, quiet: bool,
-        env: str | None = None, secrets_dir: str | None = None) -> int:
+        env: str | None = None, secrets_dir: str | None = None, metrics_listen: str | None = None) -> int:
     try:
         app = load_app(app_dir, env)
         secrets = SecretSources.of_process(dev=dev, secrets_dir=secrets_dir)
     except ConfigError as e:
         print_problems(e)
+        return 2
+    if metrics_listen is not None and not app.observability.metrics:
+        print("edgeworks: --metrics-listen needs metrics, but the manifest says [observability] metrics = false",
+              file=sys.stderr)
         return 2
     if quiet:
         set_level({"request"})
@@ -101,7 +105,7 @@ def run(app_dir: str, *, host: str, port: int, dev: bool, state_dir: str | None,
         for p in e.problems:
             print(f"  {p}", file=sys.stderr)
         return 2
-    front = Front(app, dev=dev, state_dir=state, data_key=data_key, secrets=secrets)
+    front = Front(app, dev=dev, state_dir=state, data_key=data_key, secrets=secrets, metrics_listen=metrics_listen)
     front.admin = build_admin(front)
     if not front.approvals.can_hold and any(rule.action == "approve" for rule in app.risk):
         print(f"edgeworks: warning: risk rules hold requests for approval but no data key is configured: "

@@ -17,6 +17,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="apply the manifest's [env.NAME] section (default: $EDGEWORKS_ENV)")
     p.add_argument("--secrets-dir", default=None, metavar="DIR",
                    help="a directory holding one file per secret (default: $EDGEWORKS_SECRETS_DIR)")
+    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT", type=_listen,
+                   help="also serve GET /metrics there, without auth, for a scraper on a private network"
+                        " (default: [observability] metrics_listen)")
+
+
+def _listen(value: str) -> str:
+    from runtime.observability_config import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def register(sub: Any) -> None:
@@ -34,4 +47,4 @@ def _run(args: argparse.Namespace, *, dev: bool) -> int:
     from runtime.server import run
 
     return run(args.dir, host=args.host, port=args.port, dev=dev, state_dir=args.state_dir, quiet=args.quiet,
-               env=args.env, secrets_dir=args.secrets_dir)
+               env=args.env, secrets_dir=args.secrets_dir, metrics_listen=args.metrics_listen)

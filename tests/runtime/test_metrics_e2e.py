@@ -1,0 +1,135 @@
+"""Prometheus metrics of a real server: `/__edgeworks/metrics` (global admin scope) and the
+separate `--metrics-listen` address, parsed with prometheus_client's own parser. Counts add up
+across the two isolates of a pool, and after one isolate is killed -9 and replaced no counter
+went down while the restart (and a CPU-limit kill) are counted."""
+
+import os
+import signal
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.runtime.admin.test_admin import AUTH_SECTION, SECRET, bearer, token
+from tests.support import Server, alive, free_port, wait_until, write_app
+
+MANIFEST = AUTH_SECTION + """
+[[scripts]]
+name = "app"
+main = "app.py"
+pool_size = 2
+routes = [{ pattern = "/hit", auth = "none" }, { pattern = "/obj/{name}", auth = "none" },
+          { pattern = "/spin", auth = "none" }]
+durable_objects = [{ binding = "COUNTER", class_name = "Counter" }]
+
+[scripts.limits]
+cpu_ms = 200
+"""
+
+APP = '''
+import os
+from workers import DurableObject, Response
+
+class Counter(DurableObject):
+    async def increment(self):
+        v = (await self.ctx.storage.get("v") or 0) + 1
+        await self.ctx.storage.put("v", v)
+        return v
+
+async def fetch(request, env, ctx):
+    if request.path == "/hit":
+        return Response(str(os.getpid()))
+    if request.path == "/spin":  # swallows the CPU limit: the isolate is killed
+        while True:
+            try:
+                while True:
+                    pass
+            except BaseException:
+                pass
+    return Response.json(await env.COUNTER.get_by_name(request.params["name"]).increment())
+'''
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a scrape, keyed by (sample name, sorted labels)."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def admin_scrape(server: Server) -> Samples:
+    r = httpx.get(f"{server.url}/__edgeworks/metrics", headers=bearer(token()), timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    return parse(r.text)
+
+
+def no_counter_went_down(before: Samples, after: Samples) -> None:
+    for (name, labels), v in before.items():
+        if name.endswith(("_total", "_count", "_sum", "_bucket")) and not name.startswith("process_"):
+            assert after.get((name, labels), 0.0) >= v, (name, labels, v, after.get((name, labels)))
+
+
+def test_metrics_add_up_across_isolates_and_survive_a_killed_isolate(tmp_path):
+    app = write_app(tmp_path / "app", MANIFEST, {"app.py": APP})
+    (app / ".dev.vars").write_text(f"JWT_SECRET={SECRET}\n")
+    mport = free_port()
+    with Server(app, "serve", args=("--metrics-listen", f"127.0.0.1:{mport}"), admin_token=token()) as server, \
+            server.client() as c:
+        # only a global admin scrapes the admin plane
+        assert httpx.get(f"{server.url}/__edgeworks/metrics", timeout=5).status_code == 401
+        assert httpx.get(f"{server.url}/__edgeworks/metrics", headers=bearer(token(scope="")),
+                         timeout=5).status_code == 403
+        r = httpx.get(f"{server.url}/__edgeworks/metrics", headers=bearer(token(tenant="t1")), timeout=5)
+        assert r.status_code == 403, r.text
+
+        pids = {c.get("/hit").text for _ in range(30)}
+        assert len(pids) == 2  # both isolates served
+        for i in range(8):
+            assert c.post(f"/obj/o{i}").json() == 1
+        assert c.get("/nowhere").status_code == 404
+
+        # isolates report object calls and commits within about a second
+        first = wait_until(lambda: (s := admin_scrape(server))
+                           and value(s, "edgeworks_object_calls_total", script="app") == 8 and s, timeout=10)
+        assert value(first, "edgeworks_requests_total", script="app", route="/hit", status="200") == 30
+        assert value(first, "edgeworks_requests_total", script="app", route="/obj/{name}", status="200") == 8
+        assert value(first, "edgeworks_requests_total", script="", route="", status="404") == 1
+        assert value(first, "edgeworks_request_duration_seconds_count", script="app", route="/hit") == 30
+        assert value(first, "edgeworks_request_duration_seconds_bucket", script="app", route="/hit", le="+Inf") == 30
+        assert value(first, "edgeworks_object_commits_total", script="app") == 8
+        assert value(first, "edgeworks_isolate_restarts_total", script="app", reason="crashed") == 0
+
+        # the separate listen address: no auth, the same metrics
+        plain = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=5)
+        assert plain.status_code == 200
+        assert value(parse(plain.text), "edgeworks_requests_total", script="app", route="/hit", status="200") == 30
+        assert httpx.get(f"http://127.0.0.1:{mport}/other", timeout=5).status_code == 404
+
+        victim = server.pids("app")[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: not alive(victim))
+        wait_until(lambda: len(server.pids("app")) == 2 and victim not in server.pids("app"), timeout=15)
+        assert c.get("/spin").json()["error"] == "cpu_limit"
+        wait_until(lambda: len(server.pids("app")) == 2, timeout=15)
+        for _ in range(10):
+            assert c.get("/hit").status_code == 200
+        for i in range(8, 12):
+            assert c.post(f"/obj/o{i}").json() == 1
+
+        second = wait_until(lambda: (s := admin_scrape(server))
+                            and value(s, "edgeworks_object_calls_total", script="app") == 12 and s, timeout=10)
+        no_counter_went_down(first, second)
+        assert value(second, "edgeworks_requests_total", script="app", route="/hit", status="200") == 40
+        assert value(second, "edgeworks_requests_total", script="app", route="/spin", status="503") == 1
+        assert value(second, "edgeworks_object_commits_total", script="app") == 12
+        assert value(second, "edgeworks_isolate_restarts_total", script="app", reason="crashed") == 1
+        assert value(second, "edgeworks_isolate_restarts_total", script="app", reason="cpu_limit") == 1
+        assert value(second, "edgeworks_limit_kills_total", script="app", kind="cpu_limit") == 1
+        assert value(second, "edgeworks_limit_exceeded_total", script="app", kind="cpu_limit") == 1
+        assert value(second, "edgeworks_audit_entries_total", kind="isolate.isolate_died") == 2
+        assert ("edgeworks_audit_backlog_bytes", ()) in second
