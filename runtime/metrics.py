@@ -22,7 +22,7 @@ their number is bounded):
   ``edgeworks_limit_kills_total{script,kind}``: isolates killed at a limit;
   ``edgeworks_isolate_restarts_total{script,reason}``: isolates that died and were replaced;
 - ``edgeworks_object_calls_total{script}``, ``edgeworks_object_commits_total{script}`` (storage
-  batches made durable); ``edgeworks_isolate_counts_total{script,name}``: any other isolate stat;
+  batches made durable); ``edgeworks_isolate_counts_total{script,stat}``: any other isolate stat;
 - ``edgeworks_workflow_transitions_total{script,workflow,status}``: instances entering a status;
   ``edgeworks_workflow_step_duration_seconds{script,workflow,outcome}`` (histogram, per attempt);
 - ``edgeworks_tool_calls_total{script,tool,outcome}``, ``edgeworks_tool_denials_total{script,tool,entry}``;
@@ -149,7 +149,7 @@ class Metrics:
         self.restarts = c("edgeworks_isolate_restarts", "isolates that died and were replaced", ("script", "reason"))
         self.object_calls = c("edgeworks_object_calls", "durable-object calls delivered", ("script",))
         self.object_commits = c("edgeworks_object_commits", "durable-object storage batches made durable", ("script",))
-        self.isolate_counts = c("edgeworks_isolate_counts", "other counters isolates report, by name", ("script", "name"))
+        self.isolate_counts = c("edgeworks_isolate_counts", "other counters isolates report, by name", ("script", "stat"))
         self.workflow_transitions = c("edgeworks_workflow_transitions", "workflow instances entering a status",
                                       ("script", "workflow", "status"))
         self.step_duration = h("edgeworks_workflow_step_duration_seconds", "workflow step attempts, by outcome",
