@@ -95,6 +95,7 @@ class ObjectActor:
         self._on_reset = on_reset
         self._on_opened = on_opened
         self._wait_before_open = wait_before_open
+        self._count = count
         self.input_gate = InputGate()
         self.output_gate = OutputGate()
         self.db = db
@@ -272,7 +273,9 @@ class ObjectActor:
             )
         async with self.storage.atomic() as section:
             recorded = await self.storage.recorded_reply(key)
-            if recorded is not None:
+            if recorded is not None:  # a duplicate: its side effects happened once, its reply is replayed
+                if self._count is not None:
+                    self._count("consistency.duplicate_caught", 1.0)
                 return msgpack.unpackb(recorded, raw=False, strict_map_key=False)
             reply = {"ok": await self._invoke(op)}
             try:

@@ -25,6 +25,7 @@ __all__ = ["WorkflowBinding", "WorkflowInstance", "make_workflow_binding"]
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LIMIT_CODES = {"max_payload_bytes", "max_step_result_bytes", "max_steps"}
+_AS_PROPOSED: Any = object()  # `approve` without an amended payload
 
 
 def _unwrap(response: dict[str, Any]) -> Any:
@@ -83,9 +84,14 @@ class WorkflowInstance:
             raise WorkflowError("invalid_event", f"sendEvent takes {{type, payload}}, got {event!r}")
         await self.send_event(event["type"], event.get("payload"))
 
-    async def approve(self, by: str, reason: str | None = None) -> None:
-        """Deliver a positive human approval (event type ``"approval"``)."""
-        await self.send_event(APPROVAL_EVENT, {"approved": True, "by": by, "reason": reason})
+    async def approve(self, by: str, reason: str | None = None, payload: Any = _AS_PROPOSED) -> None:
+        """Deliver a positive human approval (event type ``"approval"``). An amended `payload`
+        is what the task goes on with: `wait_for_approval` returns it as ``["payload"]`` (and
+        the approval is audited as ``amended``)."""
+        decision: dict[str, Any] = {"approved": True, "by": by, "reason": reason}
+        if payload is not _AS_PROPOSED:
+            decision["payload"] = payload
+        await self.send_event(APPROVAL_EVENT, decision)
 
     async def reject(self, by: str, reason: str | None = None) -> None:
         """Deliver a rejection; the waiting step raises ``ApprovalRejected``."""

@@ -159,7 +159,7 @@ class WorkflowInstanceObject(InstanceEngine):
         fields: dict[str, Any] = {"type": event_type}
         if event_type == APPROVAL_EVENT and isinstance(payload, dict):
             fields.update(approved=bool(payload.get("approved")), by=payload.get("by"),
-                          reason=payload.get("reason"))
+                          reason=payload.get("reason"), amended="payload" in payload)
             self.audit("workflow.approval", fields)
         else:
             self.audit("workflow.event", fields)

@@ -147,6 +147,9 @@ async def run_attempts(
     await run.flush()  # the previous step's outcome is durable before this one starts
     name = rec["name"]
     attempt = len(rec["attempts"]) + 1
+    recorded = run.steps.get(record_key) or run.comps.get(record_key)
+    if recorded is not None and recorded["status"] == "complete":  # its result is durable: it must not run again
+        run.audit("consistency.step_rerun", {"step": name, "key": record_key, "attempt": attempt})
     started = run.now()
     run.set_current(record_key, rec, attempt, started)
     run.audit(f"{audit_kind}.attempt", {"step": name, "key": record_key, "attempt": attempt, **_level_of(rec)})
@@ -549,12 +552,20 @@ class Step:
     async def wait_for_approval(
         self, name: str, timeout: str | int | float = "24 hours"
     ) -> dict[str, Any]:
-        """Wait for a human approval (event type ``"approval"``); raises ``ApprovalRejected``."""
+        """Wait for a human approval (event type ``"approval"``); raises ``ApprovalRejected``.
+        Returns the decision: ``approved``, ``by``, ``reason`` and, when the approver amended
+        what was proposed, ``payload``: the value the task goes on with."""
         event = await self.wait_for_event(name, APPROVAL_EVENT, timeout)
         payload = event["payload"] if isinstance(event["payload"], dict) else {}
         if not payload.get("approved"):
             raise ApprovalRejected(name, payload.get("by"), payload.get("reason"))
         return payload
+
+    def _diverged(self, position: int, recorded: str, key: str) -> StepDivergenceError:
+        """A replay that calls another step than the one recorded at `position`: a consistency
+        defect, audited as such, and the instance fails."""
+        self._run.audit("consistency.divergence", {"position": position, "recorded": recorded, "called": key})
+        return StepDivergenceError(position, recorded, key)
 
     def _enter(self, name: str) -> tuple[str, int, dict[str, Any] | None]:
         if not isinstance(name, str) or not name:
@@ -566,10 +577,10 @@ class Step:
         self._position += 1
         recorded = self._run.key_at(position)
         if recorded is not None and recorded != key:
-            raise StepDivergenceError(position, recorded, key)
+            raise self._diverged(position, recorded, key)
         rec = self._run.steps.get("step:" + key)
         if rec is not None and rec["pos"] != position:
-            raise StepDivergenceError(position, "<nothing recorded>", key)
+            raise self._diverged(position, "<nothing recorded>", key)
         if rec is None and position >= self._run.limits.max_steps:
             raise WorkflowLimitError(
                 "max_steps", f"step {name!r} would be step {position + 1}, over "

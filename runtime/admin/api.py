@@ -271,6 +271,8 @@ class DecisionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     by: str | None = None
     reason: str | None = None
+    # approve only: the amended value the workflow goes on with (absent: as proposed)
+    payload: Any = None
 
 
 class CreateBody(BaseModel):

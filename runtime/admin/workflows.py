@@ -79,6 +79,16 @@ def _tenant_scoped(front: FrontPort, script: str, binding: str) -> bool | None:
     return found[0].tenant_scoped if found else None
 
 
+def _classes(front: FrontPort, script: str, binding: str) -> dict[str, str]:
+    """The workflow class and task class of a binding's instances (for the SLOs' corrections)."""
+    dep = front.deployments.current
+    cfg = dep.scripts.get(script) if dep is not None else None
+    for w in cfg.workflows if cfg is not None else ():
+        if w.binding == binding:
+            return {"workflow_class": w.class_name, "task_class": w.task_class or w.class_name}
+    return {}
+
+
 def _tenant(front: FrontPort, request: Request, listing: bool = False) -> str | None:
     """The tenant the call acts within; raises AccessDenied (another tenant's instances are
     not found, not forbidden)."""
@@ -151,10 +161,14 @@ def workflow_endpoints(front: FrontPort, audit: Callable[..., None]) -> dict[str
         elif action in ("approve", "reject"):
             d = await _body(request, DecisionBody)
             args = [d.by or subject or "admin", d.reason]
+            if "payload" in d.model_fields_set:
+                if action == "reject":
+                    return _error(400, "bad_request", "a rejection takes no payload")
+                args.append(d.payload)
         else:
             args = []
         audit(f"admin.workflow.{p['action']}", request, subject, script=p["script"], binding=p["binding"],
-              instance=p["id"], tenant=tenant, args=args)
+              instance=p["id"], tenant=tenant, args=args, **_classes(front, p["script"], p["binding"]))
         return await call(request, tenant, action, p["id"], args)
 
     return {"workflow_list": list_instances, "workflow_create": create, "workflow_status": status,

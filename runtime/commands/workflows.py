@@ -25,6 +25,18 @@ def json_value(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
 
 
+_AS_PROPOSED = object()
+
+
+def _decision(x: argparse.Namespace) -> dict[str, Any]:
+    """An approve/reject body; an amended payload only when --payload was given (null included)."""
+    body = {"by": x.by, "reason": x.reason}
+    payload = getattr(x, "payload", _AS_PROPOSED)
+    if payload is not _AS_PROPOSED:
+        body["payload"] = payload
+    return body
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("workflows", help="list, inspect and steer workflow instances",
                        description="Human override for the workflow binding BINDING of script SCRIPT.")
@@ -67,5 +79,8 @@ def register(sub: Any) -> None:
         a = action(name, f"{name} a pending approval")
         a.add_argument("--by", default=None, help="who decided (default: the token's subject)")
         a.add_argument("--reason", default=None)
+        if name == "approve":
+            a.add_argument("--payload", type=json_value, default=_AS_PROPOSED,
+                           help="JSON: an amended value for the workflow to go on with (default: as proposed)")
         a.set_defaults(func=lambda x, n=name: call(x, "POST", f"workflows/{x.script}/{x.binding}/{x.instance}/{n}", params=params(x),
-                                                   json={"by": x.by, "reason": x.reason}))
+                                                   json=_decision(x)))

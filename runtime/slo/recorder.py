@@ -21,7 +21,9 @@ What becomes an event (kinds read by `runtime.slo.families`):
 - ``defect.*``: ``consistency.step_rerun`` and ``consistency.divergence`` (audit entries of the
   workflow engine), ``consistency.duplicate_caught`` (isolate stats: a replayed answer served
   for an idempotency key), ``consistency.audit_break`` (the front's own chain verification).
-- ``transition.*``: ``object.commit`` and ``workflow.step_commit`` isolate stats.
+- ``transition.*``: committed object writes (``object.commit`` isolate stats) and workflow step
+  commits (a step's or compensation's ``outcome`` entry with outcome ``complete``: the entry
+  is emitted once the result is durable).
 - cost rows: a completed instance's actual cost (its ``ai.call`` costs, from the AI ledger) and
   its forecast (``[ai.forecast]`` of its class, else the mean of the class's earlier instances,
   as `edgeworks ai usage` forecasts).
@@ -90,7 +92,8 @@ _DEFECT = {
     "consistency.audit_break": "defect.audit_break",
     "consistency.stale_write": "defect.stale_write",
 }
-_STATS = {**_DEFECT, "object.commit": "transition.object_commit", "workflow.step_commit": "transition.step_commit"}
+_STATS = {**_DEFECT, "object.commit": "transition.object_commit"}
+_STEP_OUTCOMES = frozenset({"workflow.step.outcome", "workflow.compensation.outcome"})
 
 
 class Recorder:
@@ -314,6 +317,8 @@ def _event_kind(kind: str, fields: dict[str, Any]) -> str | None:
         return _DEFECT[kind]
     if kind == "workflow.state":
         return _FINAL.get(str(fields.get("status")))
+    if kind in _STEP_OUTCOMES:
+        return "transition.step_commit" if fields.get("outcome") == "complete" else None
     if kind == "workflow.approval":
         if not fields.get("approved"):
             return "correction.rejected"

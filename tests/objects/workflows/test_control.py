@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from objects.workflows import WorkflowEntrypoint, WorkflowError, WorkflowLimits
+from objects.workflows.step import run_attempts
 
 from ..aio import settle
 
@@ -113,6 +114,20 @@ async def test_divergence_from_the_recorded_history_fails_with_both_steps(harnes
     status = await harness.wait(instance, "errored")
     assert status["error"]["type"] == "StepDivergenceError"
     assert "expected step 'b#1', got 'c#1'" in status["error"]["message"]
+    assert ("consistency.divergence", {"workflow": "Branchy", "instance": "d", "position": 1, "recorded": "b#1",
+                                       "called": "c#1"}) in harness.audits
+
+
+async def test_a_step_whose_completion_is_recorded_run_again_is_a_consistency_defect(harness):
+    binding = await harness.start(Branchy)
+    instance = await binding.create(id="r")
+    await harness.wait(instance, "waiting")
+    engine = next(e for e in harness.definition._live if (e.meta or {}).get("id") == "r")
+    rec = engine.steps["step:a#1"]
+    assert rec["status"] == "complete"
+    await run_attempts(engine, "step:a#1", rec, _value(1), engine.step_defaults)
+    assert ("consistency.step_rerun", {"workflow": "Branchy", "instance": "r", "step": "a", "key": "step:a#1",
+                                       "attempt": 2}) in harness.audits
 
 
 class TwoSleeps(WorkflowEntrypoint):

@@ -176,7 +176,20 @@ async def test_approval_approve(harness):
     status = await harness.wait(instance, "complete")
     assert status["output"] == {"approved": True, "by": "alice", "reason": "looks fine"}
     assert ("workflow.approval", {"workflow": "Approval", "instance": "a", "type": "approval",
-                                  "approved": True, "by": "alice", "reason": "looks fine"}) \
+                                  "approved": True, "by": "alice", "reason": "looks fine", "amended": False}) \
+        in harness.audits
+
+
+async def test_approval_with_an_amended_payload_is_what_the_run_goes_on_with(harness):
+    binding = await harness.start(Approval)
+    instance = await binding.create(id="a")
+    await harness.wait(instance, "waiting")
+    await instance.approve("alice", "smaller refund", {"amount": 40})
+    status = await harness.wait(instance, "complete")
+    assert status["output"] == {"approved": True, "by": "alice", "reason": "smaller refund",
+                                "payload": {"amount": 40}}
+    assert ("workflow.approval", {"workflow": "Approval", "instance": "a", "type": "approval",
+                                  "approved": True, "by": "alice", "reason": "smaller refund", "amended": True}) \
         in harness.audits
 
 

@@ -143,7 +143,10 @@ def test_correction_counts_each_task_once(hub: tuple[Observers, Recorder], clock
 
 def test_consistency_per_million_transitions(hub: tuple[Observers, Recorder], clock: Clock, store: EventStore) -> None:
     observers, recorder = hub
-    observers.stats("api", {"object.commit": 600_000, "workflow.step_commit": 400_000, "object.call": 9})
+    observers.stats("api", {"object.commit": 999_998, "object.call": 9})
+    observers.audit("workflow.step.outcome", {"workflow": "Refund", "instance": "i1", "outcome": "complete"})
+    observers.audit("workflow.compensation.outcome", {"workflow": "Refund", "instance": "i1", "outcome": "complete"})
+    observers.audit("workflow.step.outcome", {"workflow": "Refund", "instance": "i1", "outcome": "retry"})
     observers.stats("api", {"consistency.duplicate_caught": 2})
     observers.audit("consistency.step_rerun", {"workflow": "Refund", "instance": "i1"})
     observers.audit("consistency.audit_break", {"first_bad_seq": 7, "reason": "hash mismatch"})
