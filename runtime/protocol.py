@@ -53,6 +53,7 @@ __all__ = [
     "ServiceFetch",
     "ServiceRpc",
     "Shutdown",
+    "Spans",
     "Stats",
     "WorkflowAdmin",
     "decode",
@@ -309,6 +310,7 @@ class Init(Message):
     redaction: dict[str, Any] | None = None  # {"modes": {level: mode}, "patterns": [...]} (runtime.redaction)
     principals: dict[str, list[str] | None] | None = None  # the app's principals and their ceilings (runtime.identity)
     egress: dict[str, Any] | None = None  # the app's egress policy (runtime.egress.EgressPolicy.to_wire)
+    tracing: dict[str, Any] | None = None  # sample ratio and service name (runtime.tracing); None: off
 
 
 @message("fetch")
@@ -323,6 +325,7 @@ class Fetch(Message):
     risk: str = "low"
     local: bool = True  # the client is on loopback (dev shows it exception details)
     level: str | None = None  # the request's data classification level (None: its route's)
+    trace: dict[str, str] | None = None  # W3C trace context (traceparent, tracestate) of the caller's span
 
 
 @message("scheduled")
@@ -391,6 +394,15 @@ class Log(Message):
     record: dict[str, Any]
 
 
+@message("spans")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Spans(Message):
+    """Finished trace spans of the isolate (`runtime.tracing.encode_span`), for the front's
+    exporters."""
+
+    spans: list[Any]
+
+
 @message("recycle")
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Recycle(Message):
@@ -414,6 +426,7 @@ class Rpc(Message):
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     identity: dict[str, Any] | None = None
     level: str | None = None  # the caller's data classification level
+    trace: dict[str, str] | None = None
 
 
 @message("object")
@@ -426,6 +439,7 @@ class ObjectCall(Message):
     rid: str | None = None
     identity: dict[str, Any] | None = None
     level: str | None = None  # the caller's data classification level: the object's code runs at it
+    trace: dict[str, str] | None = None
     task_class: str | None = None  # the caller's task class: the object's code serves that task
 
 
@@ -454,6 +468,7 @@ class ServiceFetch(Message):
     rid: str | None = None
     identity: dict[str, Any] | None = None
     level: str | None = None
+    trace: dict[str, str] | None = None
 
 
 @message("service_rpc")
@@ -469,6 +484,7 @@ class ServiceRpc(Message):
     rid: str | None = None
     identity: dict[str, Any] | None = None
     level: str | None = None
+    trace: dict[str, str] | None = None
 
 
 @message("object_call")
@@ -481,4 +497,5 @@ class ObjectRelay(Message):
     rid: str | None = None
     identity: dict[str, Any] | None = None
     level: str | None = None
+    trace: dict[str, str] | None = None
     task_class: str | None = None

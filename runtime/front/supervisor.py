@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime import protocol
+from runtime import protocol, tracing
 from runtime.config import ScriptConfig
 from runtime.ipc import Channel, ChannelClosed, open_channel
 from runtime.logs import emit, log
@@ -313,6 +313,7 @@ class IsolatePool:
             redaction=self.redaction,
             principals=self.principals,
             egress=self.egress,
+            tracing=tracing.isolate_settings(),
         )
 
     async def _spawn(self, index: int) -> IsolateProcess:

@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from objects import CodedError
-from runtime import protocol
+from runtime import protocol, tracing
 from runtime.bindings import BindingHost, Env, build_env, isolate_ops
 from runtime.classification import Levels
 from runtime.config import RouteConfig, ScriptConfig
@@ -176,6 +176,7 @@ class Isolate:
         mask_secret_values(init.secrets.values())  # this isolate's log lines and errors never show them
         data_key = DataKey(init.data_key, "the front's data key") if init.data_key else None
         set_policy(policy_from_wire(init.redaction, self.levels.names, data_key))  # its log lines, per level
+        tracing.start_isolate(init.tracing, self.send_spans, lambda: current().request_id)
         # From here on what the app's code prints or logs is handler output (runtime/isolate/console.py).
         use_stream(console.install(self.send_log, script.name))
         console.loading(True)
@@ -297,7 +298,10 @@ class Isolate:
             if isinstance(mid, int):
                 self.channel.reply(mid, protocol.error_reply(f"an isolate does not serve {msg.op!r} messages"))
             return
-        task = self.channel.serve(raw, self._answer(mid, handler(msg, mid)))  # answered even if the handler dies
+        work = handler(msg, mid)
+        if tracing.TRACER is not None:
+            work = self._traced(msg, work)
+        task = self.channel.serve(raw, self._answer(mid, work))  # answered even if the handler dies
         if isinstance(mid, int):
             self.tasks[mid] = task
             task.add_done_callback(lambda t: self.tasks.pop(mid, None))
@@ -507,10 +511,40 @@ class Isolate:
                 await h.close()
         if counts := stats.take():  # before the answer: the front counts them before it lets go
             self.send_stats(counts)
+        tracing.flush()
         if mid is not None:
             self.channel.reply(mid, protocol.Ok().encode())
         await asyncio.sleep(0)
         os._exit(0)
+
+    def _traced(self, msg: protocol.Message, work: Awaitable[Any]) -> Awaitable[Any]:
+        """A handler run under its span, in the trace context its message carries: fetch, RPC
+        and cron handlers get a span each; an object call runs in its caller's context (the
+        caller's span is the call's)."""
+        script = self.script.name if self.script else ""
+        if isinstance(msg, protocol.Fetch):
+            route = self.routes[msg.route].pattern if msg.route is not None and 0 <= msg.route < len(self.routes) else None
+            return tracing.traced(work, f"fetch {script}", msg.trace, {
+                tracing.REQUEST_ID: msg.rid, "edgeworks.script": script, "edgeworks.handler": "fetch",
+                **({"http.route": route} if route else {})})
+        if isinstance(msg, protocol.Rpc):
+            return tracing.traced(work, f"rpc {script} {msg.entrypoint or 'Default'}.{msg.method}", msg.trace, {
+                tracing.REQUEST_ID: msg.rid or "", "edgeworks.script": script, "edgeworks.handler": "rpc",
+                "rpc.method": msg.method})
+        if isinstance(msg, protocol.Scheduled):
+            return tracing.traced(work, f"scheduled {script}", None, {
+                tracing.REQUEST_ID: msg.rid, "edgeworks.script": script, "edgeworks.handler": "scheduled",
+                "edgeworks.cron": msg.cron})
+        if isinstance(msg, protocol.ObjectCall) and msg.trace is not None:
+            return tracing.traced(work, None, msg.trace, {})
+        return work
+
+    def send_spans(self, spans: list[Any]) -> None:
+        """Finished spans to the front's exporters (`runtime.tracing`); lost with the channel."""
+        try:
+            self.channel.send(protocol.Spans(spans=spans).encode())
+        except ChannelClosed:
+            pass
 
     def _maybe_recycle(self) -> None:
         if self.recycle and not self.channel.closed:
