@@ -27,8 +27,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from objects import CodedError
 from objects.workflows.step import CURRENT_STEP
+from runtime import tracing
 from runtime.ai.config import AIBinding
 from runtime.bindings import BindingHost, BindingKind, RelayPort
 from runtime.bindings.services import call_deadline, relay
@@ -100,7 +103,10 @@ class AiStub:
                      route=scope.route, level=scope.level, deadline=scope.deadline,
                      workflow=list(step) if step is not None else None)
         wait = self._deadline_s if scope.deadline is None else max(0.0, scope.deadline - time.time()) + 1.0
-        reply = await relay(self._channel, msg, wait)
+        if tracing.TRACER is None:
+            reply = await relay(self._channel, msg, wait)
+        else:
+            reply = await _traced_call(self._channel, msg, wait)
         err = reply.get("error")
         if err is not None:
             raise AiError(str(err.get("type", "AIError")), str(err.get("message", "")), err.get("code"), err.get("status"))
@@ -110,6 +116,45 @@ class AiStub:
         if "labels" in reply:
             return reply["labels"]
         return {k: v for k, v in reply.items() if k != "re"}
+
+
+def _operation(inputs: dict[str, Any]) -> str:
+    """The GenAI operation name a call's inputs stand for."""
+    if "messages" in inputs:
+        return "chat"
+    if "prompt" in inputs:
+        return "text_completion"
+    return "generate_content"
+
+
+async def _traced_call(channel: Channel, msg: AiCall, wait: float) -> dict[str, Any]:
+    """The call under a CLIENT span with the OpenTelemetry GenAI attributes: the operation, the
+    model asked for, and from the answer the provider, the model that answered and the tokens."""
+    operation = _operation(msg.inputs)
+    attributes: dict[str, Any] = {"gen_ai.operation.name": operation}
+    if msg.kind == "run":
+        attributes["gen_ai.request.model"] = msg.target
+    else:
+        attributes["edgeworks.ai.class"] = msg.target
+    with tracing.span(f"{operation} {msg.target}", attributes, SpanKind.CLIENT) as span:
+        reply = await relay(channel, msg, wait)
+        if span is not None:
+            meta, usage, err = reply.get("meta") or {}, reply.get("usage") or {}, reply.get("error")
+            if "data" in reply:
+                span.set_attribute("gen_ai.operation.name", "embeddings")
+                span.update_name(f"embeddings {msg.target}")
+            for key, value in (("gen_ai.provider.name", meta.get("provider")),
+                               ("gen_ai.response.model", meta.get("model")),
+                               ("gen_ai.usage.input_tokens", usage.get("prompt_tokens")),
+                               ("gen_ai.usage.output_tokens", usage.get("completion_tokens")),
+                               ("edgeworks.ai.cache", meta.get("cache")),
+                               ("edgeworks.ai.cost_usd", meta.get("cost_usd"))):
+                if value is not None:
+                    span.set_attribute(key, value)
+            if err is not None:
+                span.set_attribute("error.type", str(err.get("code") or err.get("type") or "error"))
+                span.set_status(Status(StatusCode.ERROR, str(err.get("message", ""))[:200]))
+        return reply
 
 
 async def _events(events: list[str]) -> AsyncIterator[bytes]:

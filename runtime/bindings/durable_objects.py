@@ -16,14 +16,16 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field
 
 from objects import DurableObject, DurableObjectNamespace, ObjectAddress, ObjectHost, owner_index
+from runtime import tracing
 from runtime.bindings import BindingHost, BindingKind, IsolateAPI, RelayPort
 from runtime.bindings.services import call_deadline, coerce_request, relay
 from runtime.errors import LoadError
 from runtime.isolate import stats
-from runtime.isolate.context import current, use_scope
+from runtime.isolate.context import RequestScope, current, use_scope
 from runtime.isolate.http import Request, Response
 from runtime.names import BINDING_NAME
 from runtime.protocol import ObjectCall, ObjectRelay, ProtocolError, Result, error_reply, wire_error
@@ -74,12 +76,26 @@ class ObjectTransport:
     async def __call__(self, address: ObjectAddress, op: dict[str, Any]) -> dict[str, Any]:
         scope = current()
         scope.count_subrequest()
+        if tracing.TRACER is not None:
+            return await self._traced(address, op, scope)
+        return await self._call(address, op, scope)
+
+    async def _traced(self, address: ObjectAddress, op: dict[str, Any], scope: RequestScope) -> dict[str, Any]:
+        """The call under its span (the callee's code runs in its context, wherever it is hosted)."""
+        what = str(op.get("method") or op.get("kind") or "call")
+        with tracing.span(f"object {address.class_name}.{what}", {
+                "edgeworks.object.class": address.class_name, "edgeworks.object.id": address.id_hex,
+                "edgeworks.object.script": address.script, "rpc.method": what}, SpanKind.CLIENT):
+            return await self._call(address, op, scope)
+
+    async def _call(self, address: ObjectAddress, op: dict[str, Any], scope: RequestScope) -> dict[str, Any]:
         h = self.host
         if (self.local is not None and self.local.active and address.script == h.script.name
                 and owner_index(address.id_hex, h.pool_size) == h.pool_index):
             return await self.local.handle(address, op)
         ident = scope.identity
-        reply = await relay(h.channel, ObjectRelay(address=list(address), payload=op, rid=scope.request_id,
+        reply = await relay(h.channel, ObjectRelay(address=list(address), payload=op, trace=tracing.carrier(),
+                                                   rid=scope.request_id,
                                                    identity=ident.to_wire() if ident else None, level=scope.level,
                                                    task_class=scope.task_class),
                             call_deadline(h))
@@ -194,7 +210,8 @@ def _address(raw: list[Any]) -> ObjectAddress:
 
 async def _relay_call(port: RelayPort, msg: ObjectRelay) -> dict[str, Any]:
     address = _address(msg.address)
-    return await port.forward(address.script, ObjectCall(address=msg.address, payload=msg.payload, rid=msg.rid,
+    return await port.forward(address.script, ObjectCall(address=msg.address, payload=msg.payload, trace=msg.trace,
+                                                          rid=msg.rid,
                                                           identity=msg.identity, level=msg.level,
                                                           task_class=msg.task_class),
                               slot=lambda pool_size: owner_index(address.id_hex, pool_size))

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Annotated, Any
 
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field
 
 from objects import CodedError
+from runtime import tracing
 from runtime.bindings import BindingHost, BindingKind, RelayPort
 from runtime.ipc import CALL_READY_WAIT_S, Channel
 from runtime.isolate.context import current
@@ -90,10 +92,13 @@ class ServiceStub:
         scope = current()
         scope.count_subrequest()
         req = coerce_request(target, init)
-        reply = await relay(self._channel, ServiceFetch(script=self._service, rid=scope.request_id,
-                                                        req=req.to_wire(), identity=_identity(), level=scope.level),
-                            self._deadline_s)
-        raise_remote(reply)
+        with tracing.span(f"service {self._service} fetch", {"edgeworks.service": self._service,
+                                                             "http.request.method": req.method}, SpanKind.CLIENT):
+            reply = await relay(self._channel, ServiceFetch(script=self._service, rid=scope.request_id,
+                                                            req=req.to_wire(), identity=_identity(), level=scope.level,
+                                                            trace=tracing.carrier()),
+                                self._deadline_s)
+            raise_remote(reply)
         return Response(reply["body"], reply["status"], reply["headers"])
 
     def __getattr__(self, method: str) -> Any:
@@ -103,10 +108,13 @@ class ServiceStub:
         async def call(*args: Any, **kwargs: Any) -> Any:
             scope = current()
             scope.count_subrequest()
-            reply = await relay(self._channel, ServiceRpc(
-                script=self._service, entrypoint=self._entrypoint, method=method, args=list(args),
-                kwargs=kwargs, rid=scope.request_id, identity=_identity(), level=scope.level), self._deadline_s)
-            raise_remote(reply)
+            with tracing.span(f"service {self._service} {method}", {"edgeworks.service": self._service,
+                                                                    "rpc.method": method}, SpanKind.CLIENT):
+                reply = await relay(self._channel, ServiceRpc(
+                    script=self._service, entrypoint=self._entrypoint, method=method, args=list(args),
+                    kwargs=kwargs, rid=scope.request_id, identity=_identity(), level=scope.level,
+                    trace=tracing.carrier()), self._deadline_s)
+                raise_remote(reply)
             return reply.get("result")
 
         return call
@@ -117,13 +125,13 @@ class ServiceStub:
 
 async def _relay_fetch(port: RelayPort, msg: ServiceFetch) -> dict[str, Any]:
     return await port.forward(msg.script, Fetch(rid=msg.rid or "", req=msg.req, identity=msg.identity,
-                                                    level=msg.level))
+                                                    level=msg.level, trace=msg.trace))
 
 
 async def _relay_rpc(port: RelayPort, msg: ServiceRpc) -> dict[str, Any]:
     return await port.forward(msg.script, Rpc(rid=msg.rid, method=msg.method, entrypoint=msg.entrypoint,
                                               args=msg.args, kwargs=msg.kwargs, identity=msg.identity,
-                                              level=msg.level))
+                                              level=msg.level, trace=msg.trace))
 
 
 # -- the kind --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from runtime import tracing
 from runtime.bindings import AuditHook, BindingHost, BindingKind
 from runtime.classification import REFUSED, Levels
 from runtime.egress.sandbox import sandbox_http
@@ -81,6 +82,13 @@ class Tools:
         self._authority.revoke(jti)
 
     async def run(self, name: str, input: Any = None, *, capability: str) -> Any:
+        if tracing.TRACER is None:
+            return await self._run(name, input, capability)
+        with tracing.span(f"execute_tool {name}", {"gen_ai.operation.name": "execute_tool",
+                                                   "gen_ai.tool.name": str(name), "edgeworks.script": self._script}):
+            return await self._run(name, input, capability)
+
+    async def _run(self, name: str, input: Any, capability: str) -> Any:
         scope = current()
         if not isinstance(name, str):
             raise ToolError("unknown_tool", f"a tool name is a string, not {type(name).__name__}", {"tool": None})

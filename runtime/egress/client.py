@@ -30,7 +30,9 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from runtime import tracing
 from runtime.egress.errors import EgressDenied, EgressError, EgressTimeout, ResponseTooLarge
 from runtime.egress.hosts import HostPattern, normalize_host, parse_address, parse_host_pattern
 from runtime.egress.policy import Decision, EgressPolicy
@@ -123,7 +125,24 @@ class EgressClient:
                       content: bytes | None = None, follow_redirects: bool = False, timeout: float = 30.0,
                       max_bytes: int | None = None) -> httpx.Response:
         """Send one call (and its redirects); EgressDenied when refused, EgressError when the
-        transport fails or the answer exceeds `max_bytes`."""
+        transport fails or the answer exceeds `max_bytes`. Made by traced work, the call has a
+        CLIENT span (HTTP client conventions) and carries its `traceparent`."""
+        if tracing.TRACER is None:
+            return await self._request(method, url, principal, level, request_id, headers, content,
+                                       follow_redirects, timeout, max_bytes)
+        with tracing.span(method.upper(), _http_attributes(method, url), SpanKind.CLIENT, child_only=True) as span:
+            response = await self._request(method, url, principal, level, request_id, headers, content,
+                                           follow_redirects, timeout, max_bytes)
+            if span is not None:
+                span.set_attribute("http.response.status_code", response.status_code)
+                if response.status_code >= 400:
+                    span.set_attribute("error.type", str(response.status_code))
+                    span.set_status(Status(StatusCode.ERROR))
+            return response
+
+    async def _request(self, method: str, url: str, principal: str, level: str, request_id: str | None,
+                       headers: Sequence[tuple[str, str]] | Mapping[str, str] | None, content: bytes | None,
+                       follow_redirects: bool, timeout: float, max_bytes: int | None) -> httpx.Response:
         call = _Call(self, method, url, principal, level, request_id, headers, content)
         client = self._async_client(principal, level)
         request = client.build_request(call.method, url, headers=call.headers, content=content, timeout=timeout)
@@ -225,6 +244,7 @@ class _Call:
         self.hops = 0
         self.started = time.perf_counter()
         self.url = url
+        self.trace = tracing.carrier()  # the caller's span: every hop carries it as traceparent
         self._first_check(url)
 
     def _first_check(self, url: str) -> None:
@@ -242,6 +262,8 @@ class _Call:
             except EgressDenied as e:
                 raise self._refused(e, _describe(url), None) from None
         request.headers.pop(ASSERTION_HEADER, None)
+        if self.trace is not None:
+            request.headers.update(self.trace)
         identity = self.client.identity
         if self.decision.assert_identity and identity is not None:
             assertion = identity(self.principal, _Target(url).origin)
@@ -313,6 +335,20 @@ class _Call:
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
         return httpx.Response(response.status_code, headers=headers, content=body or b"", request=response.request,
                               extensions={"http_version": response.extensions.get("http_version", b"HTTP/1.1")})
+
+
+def _http_attributes(method: str, url: str) -> dict[str, Any]:
+    """An outbound call's span attributes; the URL without its credentials and query."""
+    parts = urlsplit(url)
+    out: dict[str, Any] = {"http.request.method": method.upper(),
+                           "url.full": f"{parts.scheme}://{parts.hostname or ''}"
+                                       f"{f':{parts.port}' if parts.port else ''}{parts.path}"}
+    if parts.hostname:
+        out["server.address"] = parts.hostname
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    if port:
+        out["server.port"] = port
+    return out
 
 
 def _describe(url: str) -> dict[str, Any]:
