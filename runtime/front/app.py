@@ -141,7 +141,6 @@ class Front:
         self.relays = relays()  # what isolates may ask the front to relay, by message type
         self.assertions = Assertions(self.state_dir)  # what outbound calls carry where a rule says assert_identity
         self.tracing = tracing.start_front(app.observability)  # None: off (runtime.tracing)
-        self.tracing = tracing.start_front(app.observability)  # None: off (runtime.tracing)
 
     @property
     def current(self) -> Deployment | None:
@@ -203,7 +202,6 @@ class Front:
         await self.slo.stop()
         await self.audit_check.stop()
         await self.deployments.stop(5)
-        tracing.stop()  # after the isolates: their last spans are in
         tracing.stop()  # after the isolates: their last spans are in
         await self.events.stop()  # after the isolates' last stats
         await self.ai.aclose()
@@ -334,7 +332,6 @@ class Front:
             msg = protocol.Fetch(
                 rid=rid, route=route.index, identity=identity.to_wire() if identity else None, risk=risk, level=level,
                 trace=None if span is None else tracing.carrier(span.get_span_context()),
-                trace=None if span is None else tracing.carrier(span.get_span_context()),
                 local=self.dev and is_loopback_client(scope),
                 req={"url": url, "method": method,
                      "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],
@@ -360,8 +357,6 @@ class Front:
         finally:
             if not recorded and error_code == "stream_cut":
                 record(status, cpu_ms, error_code)
-            if span is not None:
-                tracing.end_request_span(span, status, error_code)
             if span is not None:
                 tracing.end_request_span(span, status, error_code)
             level = who.get("classification", route.config.classification)
@@ -493,9 +488,6 @@ class Front:
         the isolate gets an answer even if relaying it fails)."""
         if isinstance(msg, protocol.Audit):
             self.audit_log.append(msg.entry, **msg.fields)
-            return
-        if isinstance(msg, protocol.Spans):
-            tracing.receive(pool.script.name, proc.pid or 0, msg.spans)
             return
         if isinstance(msg, protocol.Spans):
             tracing.receive(pool.script.name, proc.pid or 0, msg.spans)
