@@ -100,6 +100,7 @@ class InstanceEngine(DurableObject):
         self._meta_dirty = False
         self._held_audits: list[tuple[str, dict[str, Any]]] = []
         self.level: str | None = None  # the run's classification level now (kept by its `Step`)
+        self.created_here = False  # whether this engine created the instance (else it resumes one)
         self.definition.track(self)
 
     # ----------------------------------------------------------------- engine interface

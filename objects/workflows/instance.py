@@ -63,7 +63,9 @@ class WorkflowInstanceObject(InstanceEngine):
         meta = {"id": instance_id, "tenant": tenant, "status": QUEUED, "params": params, "level": level,
                 "created": now, "started": None, "ended": None, "output": None, "error": None,
                 "pause_reason": None, "waiting": None, "event_seq": 0, "restarts": 0,
-                "order": time.time_ns()}  # creation order for listing, also under a fake clock
+                "order": time.time_ns(),  # creation order for listing, also under a fake clock
+                "trace": self.hooks.trace_context()}  # the creating request's trace, for the run's spans
+        self.created_here = True  # this engine's run continues the creating request's trace
         await self._arm_lease()
         await self._save({"meta": meta})
         self.audit("workflow.state", {"status": QUEUED, "previous": None})

@@ -155,7 +155,10 @@ async def run_attempts(
     run.audit(f"{audit_kind}.attempt", {"step": name, "key": record_key, "attempt": attempt, **_level_of(rec)})
 
     async def call() -> Any:
-        result = await run.call_user(fn, config.timeout, name)
+        meta = run.meta or {}
+        with run.hooks.trace_step({"workflow": run.definition.class_name, "instance": meta.get("id"), "step": name,
+                                   "attempt": attempt, "trace": meta.get("trace"), "resumed": not run.created_here}):
+            result = await run.call_user(fn, config.timeout, name)
         return normalize_value(
             f"result of step {name!r}", result,
             run.limits.max_step_result_bytes, "max_step_result_bytes",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,14 @@ def _stay_at_level(level: str) -> None:
     return None
 
 
+def _no_trace() -> Any:
+    return None
+
+
+def _untraced_step(info: dict[str, Any]) -> AbstractContextManager[Any]:
+    return nullcontext()
+
+
 #: The classification levels when the upper layer injects none (lowest first).
 DEFAULT_LEVELS = ("public", "internal", "confidential", "restricted")
 
@@ -113,6 +122,12 @@ class WorkflowHooks:
     recorded level of each step replayed) until an explicit ``step.declassify``.
     ``run_at_level(level)`` is called in the running task whenever the run's level changes, so
     the code it runs (and what that code calls) handles data at that level.
+
+    ``trace_context()`` returns what an instance records, when it is created, about the trace
+    of the code creating it (plain data, kept in its meta); ``trace_step(info)`` is a context
+    manager around each step attempt (info: workflow, instance, step, attempt, the recorded
+    ``trace``, and ``resumed``: whether this run is driven by an engine loaded back from storage
+    rather than the one that created the instance). The runtime makes trace spans there.
     """
 
     clock: Clock = field(default_factory=SystemClock)
@@ -124,6 +139,8 @@ class WorkflowHooks:
     run_as_tenant: Callable[[str | None], None] = field(default=_stay_in_scope)
     levels: tuple[str, ...] = DEFAULT_LEVELS
     run_at_level: Callable[[str], None] = field(default=_stay_at_level)
+    trace_context: Callable[[], Any] = field(default=_no_trace)
+    trace_step: Callable[[dict[str, Any]], AbstractContextManager[Any]] = field(default=_untraced_step)
 
     def now(self) -> float:
         """Epoch seconds by the injected clock."""

@@ -30,6 +30,7 @@ from objects.workflows import (
     make_workflow_binding,
 )
 from objects.workflows.binding import validate_id
+from runtime import tracing
 from runtime.bindings import AuditHook, BindingHost, BindingKind, IsolateAPI
 from runtime.bindings.durable_objects import namespace_secret, object_transport
 from runtime.datakey import HOW_TO_SET, DataKey, DataKeyError
@@ -161,6 +162,11 @@ def _run_at_level(level: str) -> None:
         use_scope(dataclasses.replace(scope, level=level))
 
 
+def _trace_record() -> Any:
+    """What an instance records of the trace creating it (`runtime.tracing.trace_record`)."""
+    return tracing.trace_record(current().request_id)
+
+
 def _build(host: BindingHost) -> dict[str, Any]:
     if not host.script.workflows:
         return {}
@@ -184,6 +190,8 @@ def _build(host: BindingHost) -> dict[str, Any]:
             redact=_redact_error,
             levels=host.levels.names,
             run_at_level=_run_at_level,
+            trace_context=_trace_record,
+            trace_step=tracing.step_span,
         )
         definition = WorkflowDefinition(cls, class_name=b.class_name, hooks=hooks, codec=codec)
         host.object_classes.update(definition.object_classes())
