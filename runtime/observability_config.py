@@ -6,6 +6,10 @@ of the manifest models nor the binding kinds.
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Annotated
+
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["ObservabilityConfig", "parse_listen"]
@@ -26,6 +30,14 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _otlp_installed(endpoint: str | None) -> str | None:
+    """An OTLP endpoint is only accepted where the exporter is installed (the `otlp` extra)."""
+    if endpoint is not None and importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        raise ValueError("sending traces to an OTLP collector needs the OTLP exporter: install edgeworks with "
+                         "its `otlp` extra (pip install 'edgeworks[otlp]'), or remove otlp_endpoint")
+    return endpoint
+
+
 class ObservabilityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -33,7 +45,7 @@ class ObservabilityConfig(BaseModel):
     # recorded whatever this says). 0.0 turns tracing off entirely: no provider, no spans.
     tracing_sample_ratio: float = Field(0.0, ge=0.0, le=1.0)
     # An OTLP/HTTP collector (e.g. "http://127.0.0.1:4318/v1/traces"); needs the `otlp` extra.
-    otlp_endpoint: str | None = Field(None, pattern=r"^https?://")
+    otlp_endpoint: Annotated[str | None, pydantic.AfterValidator(_otlp_installed)] = Field(None, pattern=r"^https?://")
     service_name: str = Field("edgeworks", min_length=1)
     # How often the front evaluates the [[slo]] burn-rate alerts and a guarded split (runtime.slo).
     slo_eval_interval_s: float = Field(10.0, gt=0, le=3600)
