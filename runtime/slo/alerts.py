@@ -9,7 +9,7 @@ no longer holds. Defaults (per objective, configurable): 1h/5m at 14.4 and 6h/30
 
 `AlertEvaluator.evaluate(now)` computes every objective's pairs and returns the transitions
 (firing or resolved), each reported exactly once: the state of every alert is kept in
-``<state>/slo/alerts.json`` (written atomically on each transition), so a front restarted while
+``<state>/slo/alerts.json`` (replaced atomically after each evaluation), so a front restarted while
 an alert fires neither reports it again nor forgets to resolve it. A window with no events burns
 at 0. The evaluator only reads the store; what a transition causes (audit entry, log line,
 webhook) is `runtime.slo.notify`'s.
@@ -187,8 +187,7 @@ class AlertEvaluator:
         names = {o.name for o in self.objectives}
         for gone in [n for n in self.states if n not in names]:  # an objective the manifest dropped
             del self.states[gone]
-        if transitions or self.path is not None:
-            self._save()
+        self._save()
         return transitions
 
     def _evaluate(self, objective: Any, now: float) -> Iterable[Transition]:
