@@ -1,0 +1,187 @@
+"""runtime.tracing in one process: off costs no spans, spans an isolate encodes reach the front's
+exporter intact (the SDK's in-memory exporter here), carriers, and the [observability] keys."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind, StatusCode
+
+from runtime import tracing
+from runtime.config import ConfigError, load_app
+from runtime.observability_config import ObservabilityConfig
+from tests.support import write_app
+
+
+@pytest.fixture(autouse=True)
+def _no_tracing_left() -> Iterator[None]:
+    yield
+    tracing.stop()
+
+
+def _front_with_memory(ratio: float = 1.0) -> tuple[tracing.FrontTracing, InMemorySpanExporter]:
+    front = tracing.start_front(ObservabilityConfig(tracing_sample_ratio=ratio, service_name="svc"))
+    assert front is not None
+    memory = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(memory)
+    front.processors.append(processor)
+    front.provider.add_span_processor(processor)
+    return front, memory
+
+
+def test_off_by_default_makes_no_tracer_and_no_spans() -> None:
+    assert tracing.start_front(ObservabilityConfig()) is None
+    assert tracing.TRACER is None
+    assert tracing.isolate_settings() is None
+    assert tracing.carrier() is None
+    with tracing.span("x", {}) as span:
+        assert span is None
+    assert tracing.step_span({"workflow": "W", "instance": "i", "step": "s", "attempt": 1}).__enter__() is None
+
+
+def test_isolate_spans_reach_the_front_exporter_intact() -> None:
+    front, memory = _front_with_memory()
+    sent: list[list[Any]] = []
+
+    async def in_isolate() -> None:
+        tracing.start_isolate(tracing.isolate_settings(), sent.append, lambda: "rid-1")
+        assert tracing.TRACER is not None
+        parent = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "v=1"}
+        link_to = tracing.context_of({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+        assert link_to is not None
+        from opentelemetry import trace
+
+        with tracing.TRACER.start_as_current_span(
+                "fetch app", context=tracing.context_of(parent), kind=SpanKind.SERVER, attributes={"a": [1, 2]},
+                links=[Link(trace.get_current_span(link_to).get_span_context(), {"why": "x"})]) as span:
+            span.add_event("tick", {"n": 1})
+            try:
+                with tracing.span("inner", {"b": "c"}):
+                    raise ValueError("boom")
+            except ValueError:
+                pass
+        assert not sent  # batched: sent within the forwarding interval, not per span
+        await asyncio.sleep(tracing._FORWARD_S * 3)
+
+    asyncio.run(in_isolate())
+    assert len(sent) == 1 and len(sent[0]) == 2
+    front.receive("app", 4242, sent[0])
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    outer, inner = spans["fetch app"], spans["inner"]
+    assert f"{outer.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert outer.parent is not None and f"{outer.parent.span_id:016x}" == "00f067aa0ba902b7" and outer.parent.is_remote
+    assert outer.context.trace_state.to_header() == "v=1"
+    outer_attrs, inner_attrs = dict(outer.attributes or {}), dict(inner.attributes or {})
+    assert outer.kind is SpanKind.SERVER and outer_attrs["a"] == (1, 2)
+    assert outer_attrs[tracing.REQUEST_ID] == "rid-1" and inner_attrs[tracing.REQUEST_ID] == "rid-1"
+    assert [e.name for e in outer.events] == ["tick"]
+    assert f"{outer.links[0].context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert inner.parent is not None and inner.parent.span_id == outer.context.span_id
+    assert inner.status.status_code is StatusCode.ERROR
+    assert outer.resource.attributes["edgeworks.process"] == "isolate:app"
+    assert outer.resource.attributes["process.pid"] == 4242 and outer.resource.attributes["service.name"] == "svc"
+
+
+def test_a_malformed_span_from_an_isolate_is_dropped() -> None:
+    front, memory = _front_with_memory()
+    front.receive("app", 1, [["only a name"], "not a list"])
+    assert memory.get_finished_spans() == ()
+
+
+def test_carrier_and_context_round_trip() -> None:
+    _front_with_memory()
+    assert tracing.TRACER is not None
+    with tracing.TRACER.start_as_current_span("s") as span:
+        found = tracing.carrier()
+    ctx = span.get_span_context()
+    assert found == {"traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"}
+    assert tracing.context_of({"traceparent": "garbage"}) is None
+    assert tracing.context_of(None) is None
+
+
+def test_ratio_zero_point_something_samples_parent_based() -> None:
+    _front_with_memory(ratio=0.000001)
+    assert tracing.TRACER is not None
+    sampled = tracing.context_of({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+    unsampled = tracing.context_of({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"})
+    assert tracing.TRACER.start_span("a", context=sampled).is_recording()
+    assert not tracing.TRACER.start_span("b", context=unsampled).is_recording()
+
+
+def test_a_resumed_step_starts_its_own_trace_linked_to_the_creating_one() -> None:
+    _, memory = _front_with_memory()
+    recorded = {"carrier": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+                "request_id": "creator"}
+    info = {"workflow": "W", "instance": "i", "step": "s", "attempt": 2, "trace": recorded}
+    with tracing.step_span({**info, "resumed": False}):
+        pass
+    with tracing.step_span({**info, "resumed": True}):
+        pass
+    first, resumed = memory.get_finished_spans()
+    assert f"{first.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736" and first.parent is not None
+    assert resumed.parent is None and resumed.context.trace_id != first.context.trace_id
+    assert [f"{lk.context.trace_id:032x}" for lk in resumed.links] == ["4bf92f3577b34da6a3ce929d0e0e4736"]
+    attributes = dict(resumed.attributes or {})
+    assert attributes[tracing.REQUEST_ID] == "creator" and attributes["edgeworks.workflow.attempt"] == 2
+
+
+def test_json_lines_exporter_writes_one_line_per_span(tmp_path: Path) -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": "x"}))
+    provider.add_span_processor(SimpleSpanProcessor(tracing.JsonLinesExporter(str(tmp_path / "s.jsonl"))))
+    with provider.get_tracer("t").start_as_current_span("a"):
+        with provider.get_tracer("t").start_as_current_span("b"):
+            pass
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    assert [line.count("\n") for line in lines] == [0, 0] and '"name": "b"' in lines[0]
+
+
+# -- [observability] keys ----------------------------------------------------------------------
+
+GOOD_MAIN = "async def fetch(request, env, ctx):\n    pass\n"
+
+
+def problems(tmp_path: Path, section: str) -> list[str]:
+    write_app(tmp_path, f"[observability]\n{section}\n[[scripts]]\nname = \"app\"\nmain = \"app.py\"\n",
+              {"app.py": GOOD_MAIN})
+    with pytest.raises(ConfigError) as e:
+        load_app(tmp_path)
+    return e.value.problems
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ("tracing_sample_ratio = 1.5", "observability.tracing_sample_ratio"),
+    ("tracing_sample_ratio = -0.1", "observability.tracing_sample_ratio"),
+    ('tracing_sample_ratio = "all"', "observability.tracing_sample_ratio"),
+    ('otlp_endpoint = "127.0.0.1:4318"', "observability.otlp_endpoint"),
+    ('service_name = ""', "observability.service_name"),
+    ("tracing = true", "observability.tracing"),
+])
+def test_bad_observability_keys_name_their_path(tmp_path: Path, section: str, key: str) -> None:
+    found = problems(tmp_path, section)
+    assert any(key in p for p in found), found
+
+
+def test_an_otlp_endpoint_without_the_exporter_names_the_key_and_the_extra(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("opentelemetry.exporter.otlp") else real(name, *a))
+    found = problems(tmp_path, 'otlp_endpoint = "http://127.0.0.1:4318/v1/traces"')
+    assert any("observability.otlp_endpoint" in p and "otlp" in p and "extra" in p for p in found), found
+
+
+def test_good_observability_keys_load(tmp_path: Path) -> None:
+    write_app(tmp_path, '[observability]\ntracing_sample_ratio = 0.25\notlp_endpoint = "http://127.0.0.1:4318/v1/traces"\n'
+              'service_name = "shop"\n[[scripts]]\nname = "app"\nmain = "app.py"\n', {"app.py": GOOD_MAIN})
+    cfg = load_app(tmp_path).observability
+    assert (cfg.tracing_sample_ratio, cfg.otlp_endpoint, cfg.service_name) == (0.25, "http://127.0.0.1:4318/v1/traces",
+                                                                                "shop")
