@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ T0 = 1_700_000_000 // 86400 * 86400  # a midnight
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EventStore:
+def store(tmp_path: Path) -> Iterator[EventStore]:
     s = EventStore(tmp_path, minute_days=1, hour_days=30)
     yield s
     s.close()
