@@ -5,9 +5,11 @@ wrk command, alternating, several rounds; prints the median req/s of each and th
 edgeworks runs twice: as configured in functions/ (every request gets an audit entry), and
 with `[audit] requests = false` (refusals, tools, workflows still audited). For the audited run
 it also prints the CPU time per request of each of its processes (front, audit writer,
-isolates), from /proc.
+isolates), from /proc. `--observability-off` adds a run of the example app with what the
+observability targets are measured against turned off (`[observability] metrics = false`) and
+prints the audited run's throughput as a ratio of it (the target: >= 0.95).
 
-    .venv/bin/python loadtests/bench_front.py [--rounds 5] [--seconds 5] [--connections 50]
+    .venv/bin/python loadtests/bench_front.py [--rounds 5] [--seconds 5] [--connections 50] [--observability-off]
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support import copy_example, descendants, free_port, outside_state  # noqa: E402
+from tests.support import copy_example, data_key_file, descendants, free_port, outside_state  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -71,8 +73,11 @@ def start_raw(port: int) -> subprocess.Popen[bytes]:
 
 
 def start_edgeworks(port: int, state: str, app: Path = ROOT / "functions") -> subprocess.Popen[bytes]:
-    # the audit signing key and anchor file live outside the state dir: here, in a temp dir too
-    env = {**os.environ, **outside_state(Path(state).parent / f"outside-{port}")}
+    # the audit signing key, anchor file and data key (the example app's [redaction] hash mode needs
+    # one) live outside the state dir: here, in a temp dir too
+    outside = Path(state).parent / f"outside-{port}"
+    outside.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **outside_state(outside), "EDGEWORKS_DATA_KEY_FILE": str(data_key_file(outside))}
     return subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "serve", str(app), "--port", str(port),
          "--state-dir", state, "--quiet"], cwd=ROOT, env=env)
@@ -87,13 +92,27 @@ def app_without_request_audit(tmp: str) -> Path:
     return app
 
 
+def app_with_observability_off(tmp: str) -> Path:
+    """The example app, in its own directory, without Prometheus metrics."""
+    app = copy_example(Path(tmp) / "observability-off")
+    manifest = app / "edgeworks.toml"
+    text = manifest.read_text()
+    off = "metrics = false\n"
+    manifest.write_text(text.replace("[observability]\n", f"[observability]\n{off}", 1) if "[observability]\n" in text
+                        else f"{text}\n[observability]\n{off}")
+    return app
+
+
 def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> float:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", *(["-s", script] if script else []), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise SystemExit(f"{url}: {errors.group(1)} failed responses\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise SystemExit(f"{url}: no throughput in wrk's output\n{out}")
+    return float(found.group(1))
 
 
 def main() -> None:
@@ -101,6 +120,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--observability-off", action="store_true",
+                    help="also run the example app with metrics off and compare the audited run with it")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -108,12 +129,16 @@ def main() -> None:
     rp, ep, np_ = free_port(), free_port(), free_port()
     procs = [start_raw(rp), start_edgeworks(ep, f"{state}/a"),
              start_edgeworks(np_, f"{state}/b", app_without_request_audit(state))]
+    ports = [rp, ep, np_]
+    if args.observability_off:
+        ports.append(free_port())
+        procs.append(start_edgeworks(ports[-1], f"{state}/c", app_with_observability_off(state)))
     try:
-        urls = [f"http://127.0.0.1:{p}/hello" for p in (rp, ep, np_)]
+        urls = [f"http://127.0.0.1:{p}/hello" for p in ports]
         for url, proc in zip(urls, procs, strict=True):
             wait_ready(url, proc)
             wrk(url, 1, args.connections)  # warm-up
-        runs: list[list[float]] = [[], [], []]
+        runs: list[list[float]] = [[] for _ in urls]
         cpu_us: dict[str, list[float]] = {}  # audited edgeworks: CPU µs per request, by role
         for i in range(args.rounds):
             for k, (url, out) in enumerate(zip(urls, runs, strict=True)):
@@ -122,14 +147,22 @@ def main() -> None:
                 if before is not None:
                     after, requests = cpu_by_role(procs[k].pid), out[-1] * args.seconds
                     for role in after:
-                        cpu_us.setdefault(f"{role}{'' if k == 1 else ' (audit off)'}", []).append((after[role] - before[role]) / requests * 1e6)
+                        variant = ("", " (audit off)", " (observability off)")[k - 1]
+                        cpu_us.setdefault(f"{role}{variant}", []).append((after[role] - before[role]) / requests * 1e6)
             print(f"round {i + 1}: raw starlette {runs[0][-1]:,.0f} req/s   edgeworks {runs[1][-1]:,.0f} req/s"
-                  f"   edgeworks, request audit off {runs[2][-1]:,.0f} req/s")
-        r, e, n = (statistics.median(x) for x in runs)
+                  f"   edgeworks, request audit off {runs[2][-1]:,.0f} req/s"
+                  + (f"   edgeworks, observability off {runs[3][-1]:,.0f} req/s" if args.observability_off else ""))
+        r, e, n = (statistics.median(x) for x in runs[:3])
         print(f"median: raw starlette+uvicorn {r:,.0f} req/s; edgeworks (front + isolate, audited) {e:,.0f} req/s"
               f" = {e / r:.2f}x; with request audit off {n:,.0f} req/s = {n / r:.2f}x")
-        print("audited edgeworks, CPU per request (median): "
+        print("edgeworks, CPU per request (median): "
               + ", ".join(f"{role} {statistics.median(v):.0f} µs" for role, v in cpu_us.items()))
+        if args.observability_off:
+            off = statistics.median(runs[3])
+            paired = statistics.median(on / o for on, o in zip(runs[1], runs[3], strict=True))
+            print(f"observability on {e:,.0f} req/s vs off {off:,.0f} req/s: {e / off:.3f}x"
+                  f" (median of per-round ratios {paired:.3f}x); front CPU per request on vs off:"
+                  f" {statistics.median(cpu_us['front']) / statistics.median(cpu_us['front (observability off)']):.3f}x")
     finally:
         for p in procs:
             p.send_signal(signal.SIGINT)

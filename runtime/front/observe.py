@@ -24,11 +24,13 @@ from runtime.logs import log
 
 __all__ = ["Observers", "RequestOutcome"]
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class RequestOutcome:
     """How one HTTP request ended. `route` is the matched route's pattern (None: no route
     matched), `error` the error code of a refused or failed request (None when served),
-    `latency_s` the wall time from its first byte in to its last byte out."""
+    `latency_s` the wall time from its first byte in to its last byte out. Subscribers share
+    one instance and must not change it (not frozen: a frozen dataclass is slower to build,
+    and one is built per request)."""
 
     ts: float  # when it started, seconds since the epoch
     request_id: str
