@@ -2,12 +2,14 @@
 value (in its unit: %, per 1000, per million), the objective, the error budget left, the burn
 rate of each alert window (long/short) and the alerts whose condition holds.
 
-By default it reads the event store of the state dir (``--state-dir``, else the app's state dir:
-``./.edgeworks`` for an app in the current directory) with the objectives of the app's manifest
-(``--app``, default ``.``), like ``edgeworks audit``: no server needed. With ``--url`` it asks a
-running server instead (``GET /__edgeworks/slo``, admin token as ``--token`` or
-``EDGEWORKS_TOKEN``), which also names a guarded split. ``--json`` prints the same object the
-endpoint returns. Exit 0, 1 when the server refused, 2 when there is nothing to read.
+It reads the state dir (``--state-dir``, default ``./.edgeworks``, as ``edgeworks audit``): the
+event store, and the objectives the server last served (``slo/objectives.json``, written at each
+promotion), so no server is needed and nothing but the SLO modules is imported. ``--app DIR``
+takes the objectives from that app's manifest instead (validated; the state dir then defaults to
+the app's). With ``--url`` it asks a running server (``GET /__edgeworks/slo``, admin token as
+``--token`` or ``EDGEWORKS_TOKEN``), which also names a guarded split. ``--json`` prints the
+same object the endpoint returns. Exit 0, 1 when the server refused, 2 when there is nothing to
+read.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def register(sub: Any) -> None:
                    help="the value's window, like 1h or 7d (default: each objective's window)")
     p.add_argument("--version", default=None, help="only this version's events")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
-    p.add_argument("--app", default=".", help="the app dir whose [[slo]] objectives are shown (default: .)")
+    p.add_argument("--app", default=None,
+                   help="take the objectives from this app's manifest (default: those the server last served)")
     p.add_argument("--state-dir", dest="state_dir", default=None,
-                   help="state directory (default: the app's, ./.edgeworks for an app in the current directory)")
+                   help="state directory (default: ./.edgeworks, or the app's with --app)")
     p.add_argument("--url", default=None, help="ask this running server instead of reading the state dir")
     p.add_argument("--token", default=None, help="admin bearer token with --url (default: $EDGEWORKS_TOKEN)")
     p.set_defaults(func=_slo)
@@ -62,23 +65,39 @@ def _slo(args: argparse.Namespace) -> int:
 
 
 def _from_store(args: argparse.Namespace) -> dict[str, Any] | int:
-    from runtime.config import ConfigError, load_app
+    from runtime.commands.audit import DEFAULT_STATE_DIR
     from runtime.slo.families import tally
-    from runtime.slo.report import slo_report
+    from runtime.slo.report import OBJECTIVES_FILE, load_objectives, slo_report
     from runtime.slo.store import STORE_FILE, EventStore
 
-    try:
-        app = load_app(args.app)
-    except ConfigError as e:
-        print("edgeworks slo: the app's configuration is invalid:\n  " + "\n  ".join(e.problems), file=sys.stderr)
-        return 2
-    state_dir = Path(args.state_dir) if args.state_dir else app.state_dir
+    objectives: list[Any] | None
+    if args.app is not None:
+        from runtime.config import ConfigError, load_app
+
+        try:
+            app = load_app(args.app)
+        except ConfigError as e:
+            print("edgeworks slo: the app's configuration is invalid:\n  " + "\n  ".join(e.problems),
+                  file=sys.stderr)
+            return 2
+        objectives, state_dir = list(app.slo), Path(args.state_dir) if args.state_dir else app.state_dir
+    else:
+        state_dir = Path(args.state_dir or DEFAULT_STATE_DIR)
+        try:
+            objectives = load_objectives(state_dir)
+        except ValueError as e:
+            print(f"edgeworks slo: {e}", file=sys.stderr)
+            return 2
+        if objectives is None:
+            print(f"no SLO objectives recorded in {state_dir / OBJECTIVES_FILE} (a server writes them when it "
+                  "serves a version); --app DIR reads an app's manifest instead", file=sys.stderr)
+            return 2
     if not (state_dir / STORE_FILE).is_file():
         print(f"no SLO event store in {state_dir} (the server records events there while it runs)", file=sys.stderr)
         return 2
     store = EventStore(state_dir)
     try:
-        report = slo_report(app.slo, lambda o, start, end, v: tally(store, o, start, end, version=v),
+        report = slo_report(objectives, lambda o, start, end, v: tally(store, o, start, end, version=v),
                             now=time.time(), since=args.since, version=args.version)
     finally:
         store.close()

@@ -153,7 +153,7 @@ class Front:
                               identity=self.assertions)
         self.ai.configure(dep.app.ai, {s.name: s.ai for s in dep.app.scripts if s.ai is not None}, dep.secrets,
                           dep.app.root, egress)
-        self.slo.configure(dep.app)
+        self.slo.configure(dep.app, dep.version)
 
     def service(self, name: str) -> Any:
         """`RelayPort.service`: the front-wide services binding kinds relay to."""

@@ -15,14 +15,21 @@ answer takes the same time over a million events as over a hundred.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from runtime.slo.alerts import TallySource, burn_rate, format_duration, windows_of
+from runtime.slo.config import SLOConfig
 from runtime.slo.families import allowed_bad_rate
 
-__all__ = ["UNITS", "format_table", "slo_report", "slo_value"]
+__all__ = ["OBJECTIVES_FILE", "UNITS", "format_table", "load_objectives", "save_objectives", "slo_report",
+           "slo_value"]
+
+OBJECTIVES_FILE = Path("slo") / "objectives.json"
 
 # family -> (unit, scale of bad/total or good/total, whether the value counts the good)
 UNITS: dict[str, tuple[str, float, bool]] = {
@@ -32,6 +39,32 @@ UNITS: dict[str, tuple[str, float, bool]] = {
     "consistency": ("per million", 1_000_000.0, False),
     "cost": ("%", 100.0, True),
 }
+
+
+def save_objectives(state_dir: Path, objectives: Sequence[SLOConfig], version: str | None) -> None:
+    """Record the objectives the front serves (webhooks left out: a URL may carry a token), so
+    ``edgeworks slo`` needs nothing but the state dir."""
+    path = Path(state_dir) / OBJECTIVES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"version": version, "objectives": [
+        o.model_dump(mode="json", exclude={"webhook"}, exclude_none=True) for o in objectives]}))
+    os.replace(tmp, path)
+
+
+def load_objectives(state_dir: Path) -> list[SLOConfig] | None:
+    """The objectives a front last served from `state_dir` (None: it never recorded any);
+    ValueError when the file is unreadable."""
+    try:
+        raw = json.loads((Path(state_dir) / OBJECTIVES_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{Path(state_dir) / OBJECTIVES_FILE}: {exc}") from None
+    try:
+        return [SLOConfig.model_validate(o) for o in raw["objectives"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{Path(state_dir) / OBJECTIVES_FILE}: {exc}") from None
 
 
 def _value(family: str, bad: float, total: float) -> float | None:

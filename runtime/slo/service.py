@@ -35,7 +35,7 @@ from runtime.slo.alerts import (
 )
 from runtime.slo.families import allowed_bad_rate, tally
 from runtime.slo.notify import Notifier, webhook_policy
-from runtime.slo.report import slo_report, slo_value
+from runtime.slo.report import save_objectives, slo_report, slo_value
 from runtime.slo.store import EventStore
 
 if TYPE_CHECKING:
@@ -101,10 +101,15 @@ class SloService:
         self._task: asyncio.Task[None] | None = None
 
     # -- configuration -----------------------------------------------------------------------
-    def configure(self, app: Any) -> None:
-        """Serve `app`'s objectives (a version was promoted)."""
+    def configure(self, app: Any, version: str | None = None) -> None:
+        """Serve `app`'s objectives (`version` was promoted); recorded in the state dir for
+        ``edgeworks slo``."""
         self.objectives = list(getattr(app, "slo", []) or [])
         self.evaluator.objectives = self.objectives
+        try:
+            save_objectives(self.state_dir, self.objectives, version)
+        except OSError as exc:
+            log("slo_objectives_unsaved", error=str(exc))
         observability = getattr(app, "observability", None)
         self.interval_s = float(getattr(observability, "slo_eval_interval_s", 10.0))
         self.min_tasks = int(getattr(observability, "slo_guard_min_tasks", 10))

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from runtime.cli import main
+from runtime.config import load_app
+from runtime.slo.report import load_objectives, save_objectives
 from runtime.slo.store import EventKey, EventStore
 from tests.support import write_app
 
@@ -152,3 +154,22 @@ def test_answers_within_a_second_over_a_million_events(tmp_path: Path, capsys: p
     complete = json.loads(out)["objectives"][0]
     assert code == 0 and complete["total"] == pytest.approx(24 * 30 * 24 * 60, rel=0.01)
     assert elapsed < 1.0
+
+
+def test_the_state_dir_alone_gives_the_objectives_the_server_served(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    app = scripted(tmp_path / "app", time.time())
+    state = app / ".edgeworks"
+    code, _, err = run(capsys, "--state-dir", str(state))
+    assert code == 2 and "no SLO objectives recorded" in err and "--app" in err
+
+    served = load_app(app).slo
+    save_objectives(state, served, "v1")  # what the front does at each promotion
+    code, out, _ = run(capsys, "--state-dir", str(state), "--json")
+    assert code == 0
+    assert [row["name"] for row in json.loads(out)["objectives"]] == ["api-complete", "api-violations"]
+    assert load_objectives(state) == served
+
+    (state / "slo" / "objectives.json").write_text('{"objectives": [{"name": "x"}]}')
+    code, _, err = run(capsys, "--state-dir", str(state))
+    assert code == 2 and "objectives.json" in err
