@@ -60,7 +60,13 @@ class Flow(WorkflowEntrypoint):
             print("step one of", event.payload["tag"])
             return 1
 
-        return await step.do("first", first)
+        async def second():
+            print("step two of", event.payload["tag"])
+            return 2
+
+        one = await step.do("first", first)
+        await step.sleep("nap", 1)  # woken by the instance's alarm
+        return one + await step.do("second", second)
 
 
 async def fetch(request, env, ctx):
@@ -255,7 +261,9 @@ def test_an_objects_prints_carry_the_calling_request_id(server: Server) -> None:
 def test_a_workflow_steps_prints_carry_the_request_id_that_started_the_run(server: Server) -> None:
     with server.client() as c:
         rid = c.post("/flow/w1").json()["rid"]
-        wait_until(lambda: c.get("/status/w1").json()["status"] == "complete", timeout=20)
-    (line,) = wait_until(lambda: [r for r in handler_logs(server, rid) if r["source"] == "step"])
-    assert line["message"] == "step one of w1"
-    assert (line["workflow"], line["instance"], line["step"]) == ("Flow", "w1", "first")
+        wait_until(lambda: c.get("/status/w1").json()["status"] == "complete", timeout=30)
+    lines = wait_until(lambda: len(got := [r for r in handler_logs(server) if r["source"] == "step"
+                                           and r["instance"] == "w1"]) == 2 and got)
+    assert [r["message"] for r in lines] == ["step one of w1", "step two of w1"]
+    assert [(r["workflow"], r["step"]) for r in lines] == [("Flow", "first"), ("Flow", "second")]
+    assert [r["request_id"] for r in lines] == [rid, rid]  # the run the request started, after its sleep too
