@@ -31,10 +31,12 @@ routes = [
   { pattern = "/box/{name}" },
   { pattern = "/flow/{id}" },
   { pattern = "/status/{id}" },
+  { pattern = "/wait/{id}" },
+  { pattern = "/go/{id}" },
   { pattern = "/ok" },
 ]
 durable_objects = [{ binding = "BOX", class_name = "Box" }]
-workflows = [{ binding = "FLOW", class_name = "Flow" }]
+workflows = [{ binding = "FLOW", class_name = "Flow" }, { binding = "WAIT", class_name = "Waiter" }]
 """
 
 APP = '''
@@ -67,6 +69,19 @@ class Flow(WorkflowEntrypoint):
         one = await step.do("first", first)
         await step.sleep("nap", 1)  # woken by the instance's alarm
         return one + await step.do("second", second)
+
+
+class Waiter(WorkflowEntrypoint):
+    async def run(self, event, step):
+        async def before():
+            print("before the event")
+
+        async def after():
+            print("after the event")
+
+        await step.do("before", before)
+        await step.wait_for_event("go", type="go", timeout=60)
+        await step.do("after", after)
 
 
 async def fetch(request, env, ctx):
@@ -110,6 +125,12 @@ async def fetch(request, env, ctx):
     if path.startswith("/flow/"):
         await env.FLOW.create(id=request.params["id"], params={"tag": request.params["id"]})
         return Response.json({"rid": rid}, status=201)
+    if path.startswith("/wait/"):
+        await env.WAIT.create(id=request.params["id"])
+        return Response.json({"rid": rid}, status=201)
+    if path.startswith("/go/"):
+        await (await env.WAIT.get(request.params["id"])).send_event(type="go", payload={})
+        return Response.json({"rid": rid})
     if path.startswith("/status/"):
         return Response.json(await (await env.FLOW.get(request.params["id"])).status())
     return Response.json({"rid": rid})
@@ -267,3 +288,13 @@ def test_a_workflow_steps_prints_carry_the_request_id_that_started_the_run(serve
     assert [r["message"] for r in lines] == ["step one of w1", "step two of w1"]
     assert [(r["workflow"], r["step"]) for r in lines] == [("Flow", "first"), ("Flow", "second")]
     assert [r["request_id"] for r in lines] == [rid, rid]  # the run the request started, after its sleep too
+
+
+def test_a_step_after_an_event_carries_the_id_of_the_request_that_sent_it(server: Server) -> None:
+    with server.client() as c:
+        started = c.post("/wait/e1").json()["rid"]
+        wait_until(lambda: [r for r in handler_logs(server, started) if r.get("step") == "before"])
+        sent = c.post("/go/e1").json()["rid"]
+    (after,) = wait_until(lambda: [r for r in handler_logs(server) if r.get("instance") == "e1" and r["step"] == "after"],
+                          timeout=20)
+    assert after["request_id"] == sent and after["message"] == "after the event"
