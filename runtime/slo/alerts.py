@@ -29,9 +29,8 @@ from typing import Any, Protocol
 from runtime.logs import log
 from runtime.slo.config import parse_duration
 
-__all__ = ["DEFAULT_WINDOWS", "AlertEvaluator", "AlertState", "AlertWindow", "Counts", "Objective",
-           "TallySource", "Transition", "burn_rate", "format_duration", "read_states",
-           "windows_of"]
+__all__ = ["DEFAULT_WINDOWS", "AlertEvaluator", "AlertState", "AlertWindow", "Counts", "TallySource", "Transition",
+           "burn_rate", "format_duration", "windows_of"]
 
 STATE_FILE = "alerts.json"
 
@@ -60,13 +59,6 @@ class Counts(Protocol):
 
     bad: float
     total: float
-
-
-class Objective(Protocol):
-    """What the evaluator reads of an ``[[slo]]`` objective (`runtime.slo.config`)."""
-
-    name: str
-    family: str
 
 
 # (objective, start, end, version or None) -> the counts over [start, end)
@@ -210,18 +202,3 @@ class AlertEvaluator:
             extra = self.value(objective, now) if self.value is not None else {}
             yield Transition("firing" if firing else "resolved", objective, window, burn_long, burn_short,
                              long.bad, long.total, now, extra)
-
-    def firing(self) -> dict[str, list[str]]:
-        """Objective name -> the labels of its firing alerts."""
-        return {name: [label for label, s in alerts.items() if s.firing]
-                for name, alerts in self.states.items() if any(s.firing for s in alerts.values())}
-
-
-def read_states(state_dir: Path) -> dict[str, dict[str, AlertState]]:
-    """The alert states a front last saved in `state_dir` (for ``edgeworks slo``)."""
-    try:
-        raw = json.loads((Path(state_dir) / "slo" / STATE_FILE).read_text())
-        return {name: {label: AlertState(**s) for label, s in alerts.items()}
-                for name, alerts in raw["alerts"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
