@@ -93,9 +93,8 @@ def tally(store: EventStore, objective: SLOConfig, start: float, end: float, *,
 
 
 def _cost(store: EventStore, objective: SLOConfig, start: float, end: float, version: str | None) -> Tally:
-    rows = [r for r in store.costs(start, end, workflow_class=objective.workflow_class, version=version)
-            if r.forecast and (objective.task_class is None or r.task_class == objective.task_class)]
-    errors = sorted((r.actual - r.forecast) / r.forecast for r in rows if r.forecast)
+    errors = store.cost_errors(start, end, workflow_class=objective.workflow_class, task_class=objective.task_class,
+                               version=version)
     tolerance = objective.cost_tolerance
     bad = sum(1 for e in errors if abs(e) > tolerance)
     detail: dict[str, Any] = {"p50": _quantile(errors, 0.5), "p90": _quantile(errors, 0.9),

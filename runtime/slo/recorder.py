@@ -112,6 +112,7 @@ class Recorder:
         self._waiting: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}  # request id -> entries
         self._corrected: OrderedDict[str, None] = OrderedDict()
         self._pruned = 0.0
+        self._learned: dict[str, tuple[float, int]] = {}  # workflow class -> (sum, count) of actual costs
         self._task: asyncio.Task[None] | None = None
 
     def attach(self, observers: Observers) -> None:
@@ -219,7 +220,7 @@ class Recorder:
     def write(self, counts: dict[tuple[int, EventKey], tuple[float, float]],
               completed: list[tuple[str, str, str, str, float]], costs_seen: dict[str, float]) -> None:
         """Store one take (blocking: run it off the event loop)."""
-        rows = [self._cost_row(*c, costs_seen) for c in completed]
+        rows = [self._cost_row(*c, costs_seen) for c in sorted(completed, key=lambda c: c[4])]
         if counts or rows:
             self.store.add(counts, rows)
         now = self._clock()
@@ -235,7 +236,11 @@ class Recorder:
             actual = costs_seen.get(key, 0.0)
         app = self._app()
         declared = app.ai.forecast.get(workflow_class) if app is not None and app.ai is not None else None
-        forecast = declared if declared is not None else self.store.mean_cost(workflow_class, ts)
+        learned = self._learned.get(workflow_class)
+        if learned is None:  # read once; kept up to date as instances complete
+            learned = self.store.cost_history(workflow_class, ts)
+        forecast = declared if declared is not None else (learned[0] / learned[1] if learned[1] else None)
+        self._learned[workflow_class] = (learned[0] + actual, learned[1] + 1)
         return CostRow(key, workflow_class, task_class, version, actual, forecast, ts)
 
     def _ledger_cost(self, workflow_class: str, instance: str) -> float | None:

@@ -180,11 +180,27 @@ class EventStore:
             rows = self._conn.execute(f"SELECT * FROM costs WHERE {' AND '.join(where)}", args).fetchall()
         return [CostRow(*r) for r in rows]
 
-    def mean_cost(self, workflow_class: str, before: float) -> float | None:
-        """The mean actual cost of the class's instances completed before `before` (a learned
-        forecast, as `edgeworks ai usage` makes one for a class without a declared forecast)."""
+    def cost_errors(self, start: float, end: float, *, workflow_class: str | None = ANY,
+                    task_class: str | None = ANY, version: str | None = ANY) -> list[float]:
+        """(actual - forecast) / forecast of each instance completed in [start, end) that has a
+        forecast, in ascending order."""
+        where: list[str] = ["ts >= ?", "ts < ?", "forecast > 0"]
+        args: list[object] = [start, end]
+        for column, value in (("workflow_class", workflow_class), ("task_class", task_class), ("version", version)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
         with self._lock:
-            row = self._conn.execute("SELECT avg(actual) FROM costs WHERE workflow_class = ? AND ts < ?",
-                                     (workflow_class, before)).fetchone()
-        return None if row[0] is None else float(row[0])
+            rows = self._conn.execute(f"SELECT (actual - forecast) / forecast FROM costs WHERE {' AND '.join(where)}",
+                                      args).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def cost_history(self, workflow_class: str, before: float) -> tuple[float, int]:
+        """(sum, count) of the actual costs of the class's instances completed before `before`:
+        their mean is a learned forecast, as `edgeworks ai usage` makes one for a class without
+        a declared forecast."""
+        with self._lock:
+            row = self._conn.execute("SELECT coalesce(sum(actual), 0), count(*) FROM costs WHERE workflow_class = ? "
+                                     "AND ts < ?", (workflow_class, before)).fetchone()
+        return float(row[0]), int(row[1])
 

@@ -72,8 +72,8 @@ def test_cost_rows_by_window_class_and_learned_mean(store: EventStore) -> None:
                    CostRow("Other/c", "Other", "other", "v1", 5.0, None, T0 + 20)])
     assert [r.instance for r in store.costs(T0, T0 + 15)] == ["Flow/a", "Flow/b"]
     assert [r.instance for r in store.costs(T0, T0 + 60, workflow_class="Other")] == ["Other/c"]
-    assert store.mean_cost("Flow", T0 + 11) == 2.0
-    assert store.mean_cost("Flow", T0) is None
+    assert store.cost_history("Flow", T0 + 11) == (4.0, 2)
+    assert store.cost_history("Flow", T0) == (0.0, 0)
 
 
 def test_a_reader_of_its_own_sees_what_the_writer_added(tmp_path: Path, store: EventStore) -> None:
