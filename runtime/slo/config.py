@@ -107,7 +107,7 @@ class SLOConfig(_Model):
     window: Duration = "30d"
     objective: float
     tolerance: Annotated[float, Field(gt=0, le=100)] | None = None
-    alerts: list[BurnAlert] = list(DEFAULT_ALERTS)
+    alerts: Annotated[list[BurnAlert], Field(validate_default=True)] = list(DEFAULT_ALERTS)
     webhook: Annotated[str, AfterValidator(_webhook)] | None = None
 
     @field_validator("objective")
@@ -135,7 +135,8 @@ class SLOConfig(_Model):
         if window is not None:
             for i, alert in enumerate(v):
                 if parse_duration(alert.long) > parse_duration(window):
-                    raise ValueError(f"alert {i}: long window {alert.long} is longer than the window ({window})")
+                    default = " (a default alert: declare alerts that fit the window)" if v == list(DEFAULT_ALERTS) else ""
+                    raise ValueError(f"alert {i}: long window {alert.long} is longer than the window ({window}){default}")
         return v
 
     @property

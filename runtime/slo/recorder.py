@@ -162,7 +162,7 @@ class Recorder:
             return
         ts = self._clock()
         task_class = fields.get("task_class") or self._class_of_workflow(_workflow_class(fields))
-        rid = fields.get("request_id")
+        rid = fields.get("held_request_id") or fields.get("request_id")  # a held request's decision: that request's
         if task_class is None and isinstance(rid, str) and rid:
             task_class = self._tasks.get(rid)
             if task_class is None:  # its request's outcome comes at the end of the request

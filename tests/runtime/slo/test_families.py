@@ -141,6 +141,17 @@ def test_correction_counts_each_task_once(hub: tuple[Observers, Recorder], clock
     assert t.detail == {"correction.rejected": 1, "correction.amended": 1, "correction.pause": 1}
 
 
+def test_a_held_request_rejected_is_a_correction_of_that_requests_task(
+        hub: tuple[Observers, Recorder], clock: Clock, store: EventStore) -> None:
+    observers, recorder = hub
+    request(observers, clock, 202, rid="held", error="approval_required")  # not finished: held
+    observers.audit("admin.approval.reject", {"held_request_id": "held", "script": "api", "request_id": "admin-1"})
+    request(observers, clock, 200, rid="other")
+    flush(recorder)
+    t = tally(store, slo("correction", 0.05, task_class="refunds"), T0, T0 + 60)
+    assert (t.bad, t.total, t.detail) == (1, 1, {"correction.held_rejected": 1})
+
+
 def test_consistency_per_million_transitions(hub: tuple[Observers, Recorder], clock: Clock, store: EventStore) -> None:
     observers, recorder = hub
     observers.stats("api", {"object.commit": 999_998, "object.call": 9})
