@@ -33,6 +33,7 @@ __all__ = [
     "VIOLATIONS",
     "Tally",
     "allowed_bad_rate",
+    "series",
     "tally",
 ]
 
@@ -90,6 +91,20 @@ def tally(store: EventStore, objective: SLOConfig, start: float, end: float, *,
     if objective.family == "correction":
         bad = min(bad, total)  # an intervention on a task still running is counted before its end
     return Tally(bad=bad, total=total, detail=detail)
+
+
+def series(store: EventStore, objective: SLOConfig, start: float, end: float, step_s: float, *,
+           version: str | None = None) -> list[tuple[float, Tally]]:
+    """The objective's tally per `step_s` from `start` to `end` (the values over time a chart
+    draws): steps of whole hours read hour rows only, so a 90-day chart stays cheap."""
+    if step_s <= 0:
+        raise ValueError("step_s must be positive")
+    out = []
+    t = start
+    while t < end:
+        out.append((t, tally(store, objective, t, min(t + step_s, end), version=version, now=end)))
+        t += step_s
+    return out
 
 
 def _cost(store: EventStore, objective: SLOConfig, start: float, end: float, version: str | None) -> Tally:

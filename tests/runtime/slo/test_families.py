@@ -11,7 +11,7 @@ import pytest
 
 from runtime.front.observe import Observers, RequestOutcome
 from runtime.slo.config import SLOConfig
-from runtime.slo.families import allowed_bad_rate, tally
+from runtime.slo.families import allowed_bad_rate, series, tally
 from runtime.slo.recorder import RESOLVE_S, Recorder
 from runtime.slo.store import HOUR, MINUTE, EventStore
 
@@ -210,3 +210,15 @@ def test_events_carry_the_version(hub: tuple[Observers, Recorder], clock: Clock,
     assert (tally(store, objective, T0, T0 + 60, version="v2").bad,
             tally(store, objective, T0, T0 + 60, version="v2").total) == (1, 2)
     assert tally(store, objective, T0, T0 + 60).total == 3
+
+
+def test_a_series_gives_the_values_over_time(hub: tuple[Observers, Recorder], clock: Clock,
+                                             store: EventStore) -> None:
+    observers, recorder = hub
+    for h in range(3):
+        for i in range(4):
+            clock.now = T0 + h * HOUR + i * MINUTE
+            request(observers, clock, 500 if i < h else 200, rid=f"s{h}-{i}")
+    flush(recorder)
+    points = series(store, slo("completion", 0.99), T0, T0 + 3 * HOUR, HOUR)
+    assert [(t - T0, p.bad, p.total) for t, p in points] == [(0, 0, 4), (HOUR, 1, 4), (2 * HOUR, 2, 4)]

@@ -193,6 +193,16 @@ def test_rejected_and_amended_approvals_are_corrections(server: Server, store: E
     wait_counted(store, "task.failed", 1, **labels)
 
 
+def test_an_operators_pause_is_a_correction_of_the_instances_task_class(server: Server, store: EventStore) -> None:
+    with server.client() as c:
+        wid = start_refund(c, approval=True, amount=100)
+        wait_until(lambda: status_of(c, wid)["status"] == "waiting", timeout=15)
+        before = counted(store, "correction.pause", task_class="refunds", workflow_class="Refund")
+        r = c.post(f"/__edgeworks/workflows/app/REFUND/{wid}/pause")
+        assert r.status_code == 200, r.text
+    wait_counted(store, "correction.pause", before + 1, task_class="refunds", workflow_class="Refund")
+
+
 def test_a_duplicate_caught_by_an_idempotency_key_is_a_consistency_defect(server: Server, store: EventStore) -> None:
     with server.client() as c:
         first = c.post("/count/dup", headers={"idempotency-key": "k1"}).json()
