@@ -212,6 +212,25 @@ class HandlerOutput(io.TextIOBase):
     def flush(self) -> None:
         """Lines are written when complete; partial ones when the request ends."""
 
+    @property
+    def buffer(self) -> _BinaryOutput:
+        """Bytes written here are captured as UTF-8 text (code that writes to ``sys.stdout.buffer``)."""
+        return _BinaryOutput(self)
+
+
+class _BinaryOutput(io.RawIOBase):
+    def __init__(self, text: HandlerOutput):
+        super().__init__()
+        self._text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._text.write(data.decode("utf-8", "replace"))
+        return len(data)
+
 
 class _HandlerLogging(LogHandler):
     """The root logger's handler in an isolate: an app's records are handler logs, the runtime's

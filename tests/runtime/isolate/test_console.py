@@ -141,6 +141,7 @@ async def main():
     logging.getLogger("runtime.x").info("runtime info is below its level")
     logging.getLogger("objects.y").error("the runtime's own error")
     sys.stderr.write("err\n")
+    sys.stdout.buffer.write("bytes é\n".encode())
 
 asyncio.run(main())
 original = sys.stdout._original
@@ -154,6 +155,6 @@ def test_install_replaces_the_streams_and_routes_logging() -> None:
     records = json.loads(out.stdout.strip().splitlines()[-1])
     assert [(r["source"], r["stream"], r["severity"], r["message"]) for r in records] == [
         ("import", "stdout", "log", "at import"), ("background", "logging", "debug", "app debug"),
-        ("background", "stderr", "error", "err")]
+        ("background", "stderr", "error", "err"), ("background", "stdout", "log", "bytes é")]
     own = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     assert [(r["event"], r["message"]) for r in own] == [("python_log", "the runtime's own error")]
