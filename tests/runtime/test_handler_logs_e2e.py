@@ -32,6 +32,7 @@ routes = [
   { pattern = "/flow/{id}" },
   { pattern = "/status/{id}" },
   { pattern = "/wait/{id}" },
+  { pattern = "/later" },
   { pattern = "/go/{id}" },
   { pattern = "/ok" },
 ]
@@ -125,6 +126,13 @@ async def fetch(request, env, ctx):
     if path.startswith("/flow/"):
         await env.FLOW.create(id=request.params["id"], params={"tag": request.params["id"]})
         return Response.json({"rid": rid}, status=201)
+    if path == "/later":
+        async def later():
+            await asyncio.sleep(0.2)
+            print("after the response,", rid, end="")  # no newline: written when the task ends
+
+        ctx.wait_until(later())
+        return Response.json({"rid": rid})
     if path.startswith("/wait/"):
         await env.WAIT.create(id=request.params["id"])
         return Response.json({"rid": rid}, status=201)
@@ -298,3 +306,10 @@ def test_a_step_after_an_event_carries_the_id_of_the_request_that_sent_it(server
     (after,) = wait_until(lambda: [r for r in handler_logs(server) if r.get("instance") == "e1" and r["step"] == "after"],
                           timeout=20)
     assert after["request_id"] == sent and after["message"] == "after the event"
+
+
+def test_a_wait_until_tasks_output_carries_its_request_id(server: Server) -> None:
+    with server.client() as c:
+        rid = c.get("/later").json()["rid"]
+    (line,) = wait_until(lambda: handler_logs(server, rid))
+    assert line["message"] == f"after the response, {rid}" and line["source"] == "fetch"
