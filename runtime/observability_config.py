@@ -44,8 +44,8 @@ class ObservabilityConfig(BaseModel):
     # Share of new traces recorded (parent-based: a request whose traceparent says sampled is
     # recorded whatever this says). 0.0 turns tracing off entirely: no provider, no spans.
     tracing_sample_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    # An OTLP/HTTP collector (e.g. "http://127.0.0.1:4318/v1/traces"); needs the `otlp` extra.
-    otlp_endpoint: Annotated[str | None, pydantic.AfterValidator(_otlp_installed)] = Field(None, pattern=r"^https?://")
+    # An OTLP/HTTP collector's traces URL (e.g. "http://127.0.0.1:4318/v1/traces"), sent protobuf.
+    otlp_endpoint: str | None = Field(None, pattern=r"^https?://")
     service_name: str = Field("edgeworks", min_length=1)
     # How often the front evaluates the [[slo]] burn-rate alerts and a guarded split (runtime.slo).
     slo_eval_interval_s: float = Field(10.0, gt=0, le=3600)

@@ -10,41 +10,46 @@ objects, nothing sent). On, each process has its own provider, sampling parent-b
 - an isolate makes a span per handler run, durable-object call, workflow step attempt, tool
   call, AI call (GenAI conventions) and outbound fetch (which carries `traceparent` out); calls
   the front relays (service bindings, object calls) carry the caller's context the same way;
-- isolates export nothing themselves: a finished span is encoded (`encode_span`) and sent to the
-  front in batches (`protocol.Spans`, at most every `_FORWARD_S`), and the front hands it to its
-  own span processors (`FrontTracing.receive`). So one exporter sees every process's spans, and
-  no isolate opens a connection of its own (its egress rules never have to allow a collector).
+- isolates export nothing themselves: a finished span is encoded (`encode_span`, plain data) and
+  sent to the front in batches (`protocol.Spans`, at least every `_FORWARD_S`); the front queues
+  it with its own and an export thread hands batches to its sinks (`FrontTracing`). So one
+  exporter sees every process's spans, and no isolate opens a connection of its own (its egress
+  rules never have to allow a collector).
 
-Exporters (front only): OTLP/HTTP behind a batch processor when `otlp_endpoint` is set (the
-`otlp` extra), and JSON lines appended to the file named by EDGEWORKS_TRACE_FILE (what the
-end-to-end tests read). Every span carries the request id as `edgeworks.request_id`.
+The two spans every request has (the front's request span, the isolate's handler span) take a
+fast path: no SDK span object, ids and the sampling decision made here, the wire form built
+directly; every other span is an SDK span. Sinks (front only): OTLP/HTTP when `otlp_endpoint` is
+set (`runtime.otlp` writes the protobuf), and JSON lines appended to the file named by
+EDGEWORKS_TRACE_FILE (what the end-to-end tests read). Every span carries the request id as
+`edgeworks.request_id`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
+import random
+import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    SimpleSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-)
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
+    NonRecordingSpan,
     SpanContext,
     SpanKind,
     Status,
@@ -54,12 +59,16 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from runtime import otlp
+from runtime.logs import log
+
 if TYPE_CHECKING:
     from runtime.observability_config import ObservabilityConfig
 
 __all__ = ["REQUEST_ID", "TRACER", "TRACE_FILE_ENV", "FrontTracing", "IsolateTracing", "JsonLinesExporter",
-           "carrier", "context_of", "end_request_span", "decode_span", "encode_span", "flush", "isolate_settings", "receive", "request_span", "span",
-           "start_front", "start_isolate", "step_span", "stop", "trace_record", "traced"]
+           "RequestSpan", "Sink", "carrier", "context_of", "decode_span", "encode_span", "end_request_span", "flush",
+           "isolate_settings", "receive", "request_span", "span", "start_front", "start_isolate", "step_span", "stop",
+           "trace_record", "traced"]
 
 #: The span attribute every span carries: the request id of the work it is part of.
 REQUEST_ID = "edgeworks.request_id"
@@ -69,17 +78,69 @@ TRACE_FILE_ENV = "EDGEWORKS_TRACE_FILE"
 #: This process's tracer; None while tracing is off (the one check on every path).
 TRACER: trace.Tracer | None = None
 
+#: A sink of the front's export thread: batches of (resource attributes, wire spans).
+Sink = Callable[[list[tuple[dict[str, Any], list[list[Any]]]]], None]
+
 _SCOPE = InstrumentationScope("edgeworks")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _OFF: AbstractContextManager[None] = nullcontext()
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
+_TRACESTATE_MAX = 512
+_MASK64 = (1 << 64) - 1
+_SERVER, _INTERNAL = SpanKind.SERVER.value, SpanKind.INTERNAL.value
 _FORWARD_S = 0.05  # an isolate sends its finished spans to the front at least this often
 _FORWARD_MAX = 256  # ... or as soon as this many are waiting
+_EXPORT_S = 0.5  # the front's export thread sends what is queued at least this often
+_EXPORT_BATCH = 512  # ... or as soon as this many spans are queued
+_QUEUE_MAX = 16384  # spans queued past this are dropped (counted), never block a request
 _front: FrontTracing | None = None
 _isolate: IsolateTracing | None = None
 
 
 def _sampler(ratio: float) -> ParentBased:
     return ParentBased(TraceIdRatioBased(ratio))
+
+
+def _bound(ratio: float) -> int:
+    """TraceIdRatioBased's rule: a new trace is sampled when its id's low 64 bits are below this."""
+    return round(ratio * (1 << 64))
+
+
+def _parse(carrier: Mapping[str, str] | None) -> tuple[int, int, int, str] | None:
+    """(trace id, parent span id, flags, tracestate) of a W3C carrier; None for none or a
+    malformed one (then a new trace starts). Version 00 is parsed here; others by the SDK."""
+    if not carrier:
+        return None
+    header = carrier.get("traceparent")
+    if not header:
+        return None
+    found = _TRACEPARENT.match(header)
+    if found is None:
+        ctx = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+        if not ctx.is_valid:
+            return None
+        state = ctx.trace_state.to_header() if ctx.trace_state else ""
+        return ctx.trace_id, ctx.span_id, int(ctx.trace_flags), state
+    trace_id, parent_id = int(found.group(1), 16), int(found.group(2), 16)
+    if not trace_id or not parent_id:
+        return None
+    state = carrier.get("tracestate") or ""
+    return trace_id, parent_id, int(found.group(3), 16), state if len(state) <= _TRACESTATE_MAX else ""
+
+
+def _traceparent(trace_id: int, span_id: int, flags: int, state: str) -> dict[str, str]:
+    out = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"}
+    if state:
+        out["tracestate"] = state
+    return out
+
+
+def _wire(name: str, trace_id: int, span_id: int, flags: int, state: str, parent_id: int | None, parent_remote: bool,
+          kind: int, start: int, end: int, attributes: dict[str, Any], code: int = 0,
+          description: str | None = None) -> list[Any]:
+    """A span in the wire form `encode_span` makes (see there)."""
+    return [name, trace_id.to_bytes(16, "big"), span_id, flags, state, parent_id, parent_remote, kind, start, end,
+            attributes, code, description, [], []]
 
 
 # -- the front --------------------------------------------------------------------------------
@@ -117,57 +178,127 @@ def _as_json(s: ReadableSpan) -> dict[str, Any]:
     }
 
 
-def _otlp_exporter(endpoint: str) -> SpanExporter:
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError:
-        raise RuntimeError("[observability] otlp_endpoint needs the OTLP exporter: install edgeworks with the "
-                           "`otlp` extra (pip install 'edgeworks[otlp]')") from None
-    return OTLPSpanExporter(endpoint=endpoint)
+def json_lines_sink(path: str) -> Sink:
+    """A sink appending every span to `path` as a JSON line (through the SDK's span type)."""
+    exporter = JsonLinesExporter(path)
+
+    def sink(groups: list[tuple[dict[str, Any], list[list[Any]]]]) -> None:
+        for resource, spans in groups:
+            res = Resource(resource)
+            exporter.export([decode_span(w, res) for w in spans])
+
+    return sink
+
+
+def otlp_sink(endpoint: str) -> Sink:
+    """A sink POSTing each batch to an OTLP/HTTP collector as protobuf (`runtime.otlp`); a batch
+    the collector refuses or cannot take is dropped and logged, never retried forever."""
+    client = httpx.Client(timeout=10.0)
+
+    def sink(groups: list[tuple[dict[str, Any], list[list[Any]]]]) -> None:
+        body = otlp.encode_request(groups)
+        try:
+            answer = client.post(endpoint, content=body, headers={"content-type": "application/x-protobuf"})
+        except httpx.HTTPError as e:
+            log("traces_export_failed", endpoint=endpoint, error=f"{type(e).__name__}: {e}")
+            return
+        if answer.status_code >= 300:
+            log("traces_export_failed", endpoint=endpoint, status=answer.status_code)
+
+    return sink
+
+
+class _Collect(SpanProcessor):
+    """The front provider's processor: its SDK spans join the export queue."""
+
+    def __init__(self, front: FrontTracing) -> None:
+        self._front = front
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            self._front.queue.append((0, encode_span(span)))
 
 
 class FrontTracing:
-    """The front's provider and processors; isolates' spans join them through `receive`."""
+    """The front's tracing: its provider, the queue of finished spans (its own and isolates',
+    each with the index of its resource) and the thread exporting them in batches to `sinks`.
+    Queueing is a deque append (no lock, no syscall on the request path); a full queue drops."""
 
     def __init__(self, config: ObservabilityConfig, trace_file: str | None = None) -> None:
         self.ratio = config.tracing_sample_ratio
+        self.bound = _bound(self.ratio)
         self.service_name = config.service_name
-        self.processors: list[SpanProcessor] = []
+        self.sinks: list[Sink] = []
         if config.otlp_endpoint:
-            self.processors.append(BatchSpanProcessor(_otlp_exporter(config.otlp_endpoint)))
+            self.sinks.append(otlp_sink(config.otlp_endpoint))
         if trace_file:
-            self.processors.append(SimpleSpanProcessor(JsonLinesExporter(trace_file)))
-        self.provider = TracerProvider(sampler=_sampler(self.ratio),
-                                       resource=self._resource("front", os.getpid()))
-        for p in self.processors:
-            self.provider.add_span_processor(p)
+            self.sinks.append(json_lines_sink(trace_file))
+        self.resources: list[dict[str, Any]] = [self._resource("front", os.getpid())]
+        self._resource_of: dict[tuple[str, int], int] = {}
+        self.queue: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self.dropped = 0
+        self.provider = TracerProvider(sampler=_sampler(self.ratio), resource=Resource(self.resources[0]))
+        self.provider.add_span_processor(_Collect(self))
         self.tracer = self.provider.get_tracer("edgeworks")
-        self._resources: dict[tuple[str, int], Resource] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="edgeworks-traces", daemon=True)
+        self._thread.start()
 
-    def _resource(self, process: str, pid: int) -> Resource:
-        return Resource.create({"service.name": self.service_name, "process.pid": pid, "edgeworks.process": process})
+    def _resource(self, process: str, pid: int) -> dict[str, Any]:
+        return {"service.name": self.service_name, "process.pid": pid, "edgeworks.process": process}
+
+    def add(self, wire: list[Any], resource: int = 0) -> None:
+        queue = self.queue
+        if len(queue) >= _QUEUE_MAX:
+            self.dropped += 1
+            return
+        queue.append((resource, wire))
+        if len(queue) == _EXPORT_BATCH:
+            self._wake.set()
 
     def receive(self, script: str, pid: int, spans: list[Any]) -> None:
-        """Finished spans an isolate sent (`encode_span`): to the front's processors, under a
-        resource naming that isolate (its script and pid)."""
-        resource = self._resources.get((script, pid))
-        if resource is None:
-            resource = self._resources[(script, pid)] = self._resource(f"isolate:{script}", pid)
+        """Finished spans an isolate sent (`encode_span`), queued under a resource naming that
+        isolate (its script and pid); what is not a span is dropped, never raised into the front."""
+        index = self._resource_of.get((script, pid))
+        if index is None:
+            index = self._resource_of[(script, pid)] = len(self.resources)
+            self.resources.append(self._resource(f"isolate:{script}", pid))
         for raw in spans:
+            if isinstance(raw, list) and len(raw) == 15:
+                self.add(raw, index)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(_EXPORT_S)
+            self._wake.clear()
+            self.export()
+
+    def export(self) -> None:
+        """Hand what is queued to every sink (the export thread does, and `shutdown`)."""
+        queue = self.queue
+        taken = [queue.popleft() for _ in range(len(queue))]
+        if not taken or not self.sinks:
+            return
+        groups: dict[int, list[list[Any]]] = {}
+        for index, wire in taken:
+            groups.setdefault(index, []).append(wire)
+        batch = [(self.resources[i], spans) for i, spans in groups.items()]
+        for sink in self.sinks:
             try:
-                readable = decode_span(raw, resource)
-            except (TypeError, ValueError, IndexError):
-                continue  # a malformed span from an isolate is dropped, never raised into the front
-            for p in self.processors:
-                p.on_end(readable)
+                sink(batch)
+            except Exception as e:  # a malformed span or a failing sink loses this batch, not the thread
+                log("traces_export_failed", error=f"{type(e).__name__}: {e}")
 
     def shutdown(self) -> None:
-        self.provider.shutdown()
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(5)
+        self.export()
 
 
 def start_front(config: ObservabilityConfig) -> FrontTracing | None:
-    """Set up the front's tracing from `[observability]` (None, and `TRACER` None, when off).
-    A missing OTLP exporter is a RuntimeError naming the key."""
+    """Set up the front's tracing from `[observability]` (None, and `TRACER` None, when off)."""
     global TRACER, _front
     stop()
     if config.tracing_sample_ratio <= 0.0:
@@ -202,16 +333,93 @@ def stop() -> None:
         _isolate = None
 
 
+class RequestSpan:
+    """The front's span of one request, kept as plain fields until it ends (the fast path)."""
+
+    __slots__ = ("attributes", "flags", "name", "parent_id", "sampled", "span_id", "start", "state", "trace_id")
+
+    def __init__(self, name: str, trace_id: int, span_id: int, flags: int, state: str, parent_id: int | None,
+                 attributes: dict[str, Any]) -> None:
+        self.name, self.trace_id, self.span_id, self.flags, self.state = name, trace_id, span_id, flags, state
+        self.parent_id, self.attributes = parent_id, attributes
+        self.sampled = bool(flags & 1)
+        self.start = time.time_ns()
+
+    def carrier(self) -> dict[str, str]:
+        """The context the request's isolate continues (the `trace` field of its message)."""
+        return _traceparent(self.trace_id, self.span_id, self.flags, self.state)
+
+
+def request_span(scope: Mapping[str, Any], host: str, route: str, rid: str, script: str,
+                 version: str | None) -> RequestSpan:
+    """The SERVER span of a routed request at the front (HTTP server semantic conventions), in
+    the trace an incoming `traceparent` names (a new one, sampled at the ratio, when it names
+    none or a malformed one)."""
+    front = _front
+    assert front is not None
+    incoming: dict[str, str] | None = None
+    for k, v in scope["headers"]:
+        if k == b"traceparent" or k == b"tracestate":
+            incoming = incoming or {}
+            incoming[k.decode()] = v.decode("latin-1")
+    parent = _parse(incoming)
+    if parent is None:
+        trace_id, parent_id, state = random.getrandbits(128) or 1, None, ""
+        flags = 1 if (trace_id & _MASK64) < front.bound else 0
+    else:
+        trace_id, parent_id, flags, state = parent
+    method = scope["method"]
+    span = RequestSpan(f"{method} {route}", trace_id, random.getrandbits(64) or 1, flags, state, parent_id, {})
+    if span.sampled:
+        attributes = span.attributes
+        attributes.update({"http.request.method": method, "url.path": scope["path"],
+                           "url.scheme": scope.get("scheme", "http"), "http.route": route, REQUEST_ID: rid,
+                           "edgeworks.script": script})
+        if version:
+            attributes["edgeworks.version"] = version
+        name, sep, port = host.rpartition(":")
+        if not sep or not port.isdigit() or host.endswith("]"):
+            name, port = host, ""
+        if name:
+            attributes["server.address"] = name.strip("[]")
+        if port:
+            attributes["server.port"] = int(port)
+        if scope.get("http_version"):
+            attributes["network.protocol.version"] = scope["http_version"]
+        if scope.get("client"):
+            attributes["client.address"] = scope["client"][0]
+    return span
+
+
+def end_request_span(span: RequestSpan, status: int, error: str | None) -> None:
+    """End a request's span with its outcome: a 5xx answer is an error (4xx is the client's)."""
+    front = _front
+    if not span.sampled or front is None:
+        return
+    attributes = span.attributes
+    attributes["http.response.status_code"] = status
+    code = 0
+    if status >= 500:
+        attributes["error.type"] = error or str(status)
+        code = StatusCode.ERROR.value
+    elif error:
+        attributes["edgeworks.error"] = error
+    front.add(_wire(span.name, span.trace_id, span.span_id, span.flags, span.state, span.parent_id,
+                    span.parent_id is not None, _SERVER, span.start, time.time_ns(), attributes, code))
+
+
 # -- isolates ---------------------------------------------------------------------------------
 
 
 class IsolateTracing(SpanProcessor):
-    """An isolate's span processor: stamps the request id on each span when it starts, and
-    forwards finished sampled spans to the front in batches (on the event loop's thread)."""
+    """An isolate's span processor: stamps the request id on each SDK span when it starts, and
+    forwards finished sampled spans (SDK ones and the fast handler spans) to the front in
+    batches, on the event loop's thread."""
 
-    def __init__(self, send: Callable[[list[Any]], None], request_id: Callable[[], str]) -> None:
+    def __init__(self, send: Callable[[list[Any]], None], request_id: Callable[[], str], ratio: float) -> None:
         self._send = send
         self._request_id = request_id
+        self.bound = _bound(ratio)
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._pending: list[Any] = []
@@ -227,11 +435,11 @@ class IsolateTracing(SpanProcessor):
             return
         raw = encode_span(span)
         if threading.get_ident() == self._thread:
-            self._add(raw)
+            self.add(raw)
         else:
-            self._loop.call_soon_threadsafe(self._add, raw)
+            self._loop.call_soon_threadsafe(self.add, raw)
 
-    def _add(self, raw: list[Any]) -> None:
+    def add(self, raw: list[Any]) -> None:
         self._pending.append(raw)
         if len(self._pending) >= _FORWARD_MAX:
             self.flush()
@@ -263,9 +471,10 @@ def start_isolate(settings: dict[str, Any] | None, send: Callable[[list[Any]], N
     if not settings:
         TRACER = None
         return
-    provider = TracerProvider(sampler=_sampler(float(settings["ratio"])),
+    ratio = float(settings["ratio"])
+    provider = TracerProvider(sampler=_sampler(ratio),
                               resource=Resource.create({"service.name": str(settings["service_name"])}))
-    _isolate = IsolateTracing(send, request_id)
+    _isolate = IsolateTracing(send, request_id, ratio)
     provider.add_span_processor(_isolate)
     TRACER = provider.get_tracer("edgeworks")
 
@@ -276,11 +485,46 @@ def flush() -> None:
         _isolate.flush()
 
 
+async def traced(work: Awaitable[Any], name: str | None, parent: Mapping[str, str] | None,
+                 attributes: dict[str, Any]) -> Any:
+    """Run `work` (a handler a message started) in the trace context `parent` names: under a
+    span `name` (the fast path: a handler span is built here, not by the SDK; the spans its
+    code makes are SDK spans under it), or, with no name, directly in that context."""
+    isolate = _isolate
+    found = _parse(parent)
+    if isolate is None or (name is None and found is None):
+        return await work
+    if found is None:
+        trace_id, parent_id, state = random.getrandbits(128) or 1, None, ""
+        flags = 1 if (trace_id & _MASK64) < isolate.bound else 0
+    else:
+        trace_id, parent_id, flags, state = found
+    span_id = random.getrandbits(64) or 1 if name is not None else parent_id or 0
+    context = SpanContext(trace_id, span_id, name is None, TraceFlags(flags & 0xFF),
+                          TraceState.from_header([state]) if state else None)
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(context)))
+    start = time.time_ns()
+    code, description = 0, None
+    try:
+        return await work
+    except BaseException as e:
+        code, description = StatusCode.ERROR.value, type(e).__name__
+        raise
+    finally:
+        otel_context.detach(token)
+        if name is not None and flags & 1:
+            isolate.add(_wire(name, trace_id, span_id, flags, state, parent_id, True, _INTERNAL, start, time.time_ns(),
+                              attributes, code, description))
+
+
 # -- spans on the wire between an isolate and the front ---------------------------------------
 
 
 def encode_span(s: ReadableSpan) -> list[Any]:
-    """A finished span as plain data msgpack carries."""
+    """A finished span as plain data msgpack carries: [name, trace id (16 bytes), span id,
+    flags, tracestate, parent span id or None, parent is remote, kind, start ns, end ns,
+    attributes, status code, status description, events [[name, ns, attributes]], links
+    [[trace id, span id, flags, attributes]]]."""
     ctx = s.context
     assert ctx is not None
     parent = s.parent
@@ -296,8 +540,8 @@ def encode_span(s: ReadableSpan) -> list[Any]:
     ]
 
 
-def decode_span(raw: list[Any], resource: Resource) -> ReadableSpan:
-    """The span `encode_span` encoded, under `resource`."""
+def decode_span(raw: Sequence[Any], resource: Resource) -> ReadableSpan:
+    """The SDK span `encode_span` encoded, under `resource` (for SDK exporters)."""
     (name, tid, sid, flags, state, parent_id, parent_remote, kind, start, end, attributes, code, description,
      events, links) = raw
     trace_id = int.from_bytes(tid, "big")
@@ -312,48 +556,6 @@ def decode_span(raw: list[Any], resource: Resource) -> ReadableSpan:
 
 
 # -- context and spans at the call sites ------------------------------------------------------
-
-
-def request_span(scope: Mapping[str, Any], host: str, route: str, rid: str, script: str, version: str | None) -> trace.Span:
-    """The SERVER span of a routed request at the front (HTTP server semantic conventions), in
-    the trace an incoming `traceparent` names (a new one when it names none or a malformed one)."""
-    tracer = TRACER
-    assert tracer is not None
-    incoming: dict[str, str] | None = None
-    for k, v in scope["headers"]:
-        if k == b"traceparent" or k == b"tracestate":
-            incoming = incoming or {}
-            incoming[k.decode()] = v.decode("latin-1")
-    method = scope["method"]
-    attributes: dict[str, Any] = {
-        "http.request.method": method, "url.path": scope["path"], "url.scheme": scope.get("scheme", "http"),
-        "http.route": route, REQUEST_ID: rid, "edgeworks.script": script}
-    if version:
-        attributes["edgeworks.version"] = version
-    name, sep, port = host.rpartition(":")
-    if not sep or not port.isdigit() or host.endswith("]"):
-        name, port = host, ""
-    if name:
-        attributes["server.address"] = name.strip("[]")
-    if port:
-        attributes["server.port"] = int(port)
-    if scope.get("http_version"):
-        attributes["network.protocol.version"] = scope["http_version"]
-    if scope.get("client"):
-        attributes["client.address"] = scope["client"][0]
-    return tracer.start_span(f"{method} {route}", context=context_of(incoming), kind=SpanKind.SERVER,
-                             attributes=attributes)
-
-
-def end_request_span(span: trace.Span, status: int, error: str | None) -> None:
-    """End a request's span with its outcome: a 5xx answer is an error (4xx is the client's)."""
-    span.set_attribute("http.response.status_code", status)
-    if status >= 500:
-        span.set_attribute("error.type", error or str(status))
-        span.set_status(Status(StatusCode.ERROR))
-    elif error:
-        span.set_attribute("edgeworks.error", error)
-    span.end()
 
 
 def context_of(headers: Mapping[str, str] | None) -> Context | None:
@@ -387,25 +589,6 @@ def span(name: str, attributes: Mapping[str, Any], kind: SpanKind = SpanKind.INT
     if tracer is None or (child_only and not trace.get_current_span().get_span_context().is_valid):
         return _OFF
     return tracer.start_as_current_span(name, kind=kind, attributes=attributes)
-
-
-async def traced(work: Awaitable[Any], name: str | None, parent: Mapping[str, str] | None,
-                 attributes: Mapping[str, Any], kind: SpanKind = SpanKind.SERVER) -> Any:
-    """Run `work` (a handler a message started) in the trace context `parent` names: under a
-    span `name`, or, with no name, directly in that context (its spans become its children)."""
-    tracer = TRACER
-    ctx = context_of(parent)
-    if tracer is None:
-        return await work
-    if name is None:
-        token = None if ctx is None else otel_context.attach(ctx)
-        try:
-            return await work
-        finally:
-            if token is not None:
-                otel_context.detach(token)
-    with tracer.start_as_current_span(name, context=ctx, kind=kind, attributes=attributes):
-        return await work
 
 
 @contextmanager

@@ -331,7 +331,7 @@ class Front:
             # "local": dev shows exception details to loopback clients only (`dev --host 0.0.0.0`)
             msg = protocol.Fetch(
                 rid=rid, route=route.index, identity=identity.to_wire() if identity else None, risk=risk, level=level,
-                trace=None if span is None else tracing.carrier(span.get_span_context()),
+                trace=None if span is None else span.carrier(),
                 local=self.dev and is_loopback_client(scope),
                 req={"url": url, "method": method,
                      "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if identity is None or k != b"authorization"],

@@ -4,7 +4,6 @@ exporter intact (the SDK's in-memory exporter here), carriers, and the [observab
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,18 @@ def _front_with_memory(ratio: float = 1.0) -> tuple[tracing.FrontTracing, InMemo
     front = tracing.start_front(ObservabilityConfig(tracing_sample_ratio=ratio, service_name="svc"))
     assert front is not None
     memory = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(memory)
-    front.processors.append(processor)
-    front.provider.add_span_processor(processor)
+
+    def sink(groups: list[tuple[dict[str, Any], list[list[Any]]]]) -> None:
+        for resource, spans in groups:
+            memory.export([tracing.decode_span(w, Resource(resource)) for w in spans])
+
+    front.sinks.append(sink)
     return front, memory
+
+
+def finished(front: tracing.FrontTracing, memory: InMemorySpanExporter) -> tuple[Any, ...]:
+    front.export()
+    return memory.get_finished_spans()
 
 
 def test_off_by_default_makes_no_tracer_and_no_spans() -> None:
@@ -75,7 +82,7 @@ def test_isolate_spans_reach_the_front_exporter_intact() -> None:
     asyncio.run(in_isolate())
     assert len(sent) == 1 and len(sent[0]) == 2
     front.receive("app", 4242, sent[0])
-    spans = {s.name: s for s in memory.get_finished_spans()}
+    spans = {s.name: s for s in finished(front, memory)}
     outer, inner = spans["fetch app"], spans["inner"]
     assert f"{outer.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert outer.parent is not None and f"{outer.parent.span_id:016x}" == "00f067aa0ba902b7" and outer.parent.is_remote
@@ -94,7 +101,43 @@ def test_isolate_spans_reach_the_front_exporter_intact() -> None:
 def test_a_malformed_span_from_an_isolate_is_dropped() -> None:
     front, memory = _front_with_memory()
     front.receive("app", 1, [["only a name"], "not a list"])
-    assert memory.get_finished_spans() == ()
+    assert finished(front, memory) == ()
+
+
+def test_a_handler_span_continues_its_message_context_and_parents_the_spans_of_its_code() -> None:
+    front, memory = _front_with_memory()
+    sent: list[list[Any]] = []
+    parent = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+
+    async def handler() -> str:
+        with tracing.span("object Desk.open", {}, SpanKind.CLIENT):
+            found = tracing.carrier()
+        assert found is not None
+        return found["traceparent"]
+
+    async def in_isolate() -> str:
+        tracing.start_isolate(tracing.isolate_settings(), sent.append, lambda: "rid-2")
+        out: str = await tracing.traced(handler(), "fetch app", parent, {tracing.REQUEST_ID: "rid-2"})
+        with pytest.raises(ValueError):
+            await tracing.traced(_raises(), "fetch app", None, {})
+        tracing.flush()
+        return out
+
+    inner_parent = asyncio.run(in_isolate())
+    front.receive("app", 7, [w for batch in sent for w in batch])
+    spans = finished(front, memory)
+    call = next(s for s in spans if s.name == "object Desk.open")
+    handler_span, failed = [s for s in spans if s.name == "fetch app"]
+    assert f"{handler_span.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert handler_span.parent is not None and f"{handler_span.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert call.parent is not None and call.parent.span_id == handler_span.context.span_id
+    assert inner_parent.split("-")[2] == f"{call.context.span_id:016x}"
+    assert dict(handler_span.attributes or {})[tracing.REQUEST_ID] == "rid-2"
+    assert failed.parent is None and failed.status.status_code is StatusCode.ERROR
+
+
+async def _raises() -> None:
+    raise ValueError("boom")
 
 
 def test_carrier_and_context_round_trip() -> None:
@@ -118,7 +161,7 @@ def test_ratio_zero_point_something_samples_parent_based() -> None:
 
 
 def test_a_resumed_step_starts_its_own_trace_linked_to_the_creating_one() -> None:
-    _, memory = _front_with_memory()
+    front, memory = _front_with_memory()
     recorded = {"carrier": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
                 "request_id": "creator"}
     info = {"workflow": "W", "instance": "i", "step": "s", "attempt": 2, "trace": recorded}
@@ -126,7 +169,7 @@ def test_a_resumed_step_starts_its_own_trace_linked_to_the_creating_one() -> Non
         pass
     with tracing.step_span({**info, "resumed": True}):
         pass
-    first, resumed = memory.get_finished_spans()
+    first, resumed = finished(front, memory)
     assert f"{first.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736" and first.parent is not None
     assert resumed.parent is None and resumed.context.trace_id != first.context.trace_id
     assert [f"{lk.context.trace_id:032x}" for lk in resumed.links] == ["4bf92f3577b34da6a3ce929d0e0e4736"]
@@ -168,15 +211,6 @@ def problems(tmp_path: Path, section: str) -> list[str]:
 def test_bad_observability_keys_name_their_path(tmp_path: Path, section: str, key: str) -> None:
     found = problems(tmp_path, section)
     assert any(key in p for p in found), found
-
-
-def test_an_otlp_endpoint_without_the_exporter_names_the_key_and_the_extra(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name.startswith("opentelemetry.exporter.otlp") else real(name, *a))
-    found = problems(tmp_path, 'otlp_endpoint = "http://127.0.0.1:4318/v1/traces"')
-    assert any("observability.otlp_endpoint" in p and "otlp" in p and "extra" in p for p in found), found
 
 
 def test_good_observability_keys_load(tmp_path: Path) -> None:
