@@ -6,10 +6,6 @@ of the manifest models nor the binding kinds.
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Annotated
-
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["ObservabilityConfig", "parse_listen"]
@@ -28,14 +24,6 @@ def parse_listen(value: str) -> tuple[str, int]:
     elif ":" in host:
         raise ValueError(f"{value!r}: write an IPv6 host in brackets, e.g. [::1]:9464")
     return host, int(port)
-
-
-def _otlp_installed(endpoint: str | None) -> str | None:
-    """An OTLP endpoint is only accepted where the exporter is installed (the `otlp` extra)."""
-    if endpoint is not None and importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
-        raise ValueError("sending traces to an OTLP collector needs the OTLP exporter: install edgeworks with "
-                         "its `otlp` extra (pip install 'edgeworks[otlp]'), or remove otlp_endpoint")
-    return endpoint
 
 
 class ObservabilityConfig(BaseModel):
