@@ -10,7 +10,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.runtime.admin.test_admin import AUTH_SECTION, SECRET, bearer, token
-from tests.support import Server, alive, free_port, wait_until, write_app
+from tests.support import Server, alive, copy_example, free_port, wait_until, write_app
 
 MANIFEST = AUTH_SECTION + """
 [[scripts]]
@@ -133,3 +133,28 @@ def test_metrics_add_up_across_isolates_and_survive_a_killed_isolate(tmp_path):
         assert value(second, "edgeworks_limit_exceeded_total", script="app", kind="cpu_limit") == 1
         assert value(second, "edgeworks_audit_entries_total", kind="isolate.isolate_died") == 2
         assert ("edgeworks_audit_backlog_bytes", ()) in second
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name` over every series whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
+def test_workflow_tool_and_ai_metrics_of_the_example_app(tmp_path):
+    """The example app's agent workflow (AI calls in its steps) and its sandbox tools: what
+    isolates audit reaches the metrics. dev without [auth]: a loopback client is an admin."""
+    with Server(copy_example(tmp_path)) as server, server.client() as c:
+        r = c.post("/agent", json={"substeps": [{"name": "a", "n": 5}]})
+        assert r.status_code == 201, r.text
+        wid = r.json()["id"]
+        wait_until(lambda: c.get(f"/agent/{wid}").json()["status"] == "complete", timeout=30)
+        assert c.get("/tools/demo").status_code == 200
+        s = wait_until(lambda: (s := admin_scrape(server))
+                       and total(s, "edgeworks_tool_calls_total") >= 1
+                       and total(s, "edgeworks_workflow_transitions_total", status="complete") == 1 and s, timeout=10)
+    assert total(s, "edgeworks_workflow_transitions_total", script="app", workflow="AgentTask", status="queued") == 1
+    assert total(s, "edgeworks_workflow_step_duration_seconds_count", workflow="AgentTask", outcome="complete") >= 4
+    assert total(s, "edgeworks_ai_calls_total", script="app") >= 1
+    assert total(s, "edgeworks_ai_tokens_total", direction="input") > 0
+    assert total(s, "edgeworks_requests_total", route="/agent", status="201") == 1
