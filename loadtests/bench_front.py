@@ -7,9 +7,13 @@ with `[audit] requests = false` (refusals, tools, workflows still audited). For 
 it also prints the CPU time per request of each of its processes (front, audit writer,
 isolates), from /proc. `--observability-off` adds a run of the example app with what the
 observability targets are measured against turned off (`[observability] metrics = false`) and
-prints the audited run's throughput as a ratio of it (the target: >= 0.95).
+prints the audited run's throughput as a ratio of it (the target: >= 0.95). `--tracing` adds a run
+with every trace sampled (`tracing_sample_ratio = 1.0`) and exported over OTLP/HTTP to a sink in
+this process, and prints its throughput as a ratio of the audited run, the same build with
+tracing off (the target: >= 0.8).
 
     .venv/bin/python loadtests/bench_front.py [--rounds 5] [--seconds 5] [--connections 50] [--observability-off]
+        [--tracing]
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -103,6 +109,32 @@ def app_with_observability_off(tmp: str) -> Path:
     return app
 
 
+class _TraceSink(BaseHTTPRequestHandler):
+    """Takes OTLP/HTTP exports and drops them (what a collector costs is not the runtime's)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+def app_with_tracing(tmp: str, collector: str) -> Path:
+    """The example app, in its own directory, sampling every trace and exporting to `collector`."""
+    app = copy_example(Path(tmp) / "tracing")
+    manifest = app / "edgeworks.toml"
+    text = manifest.read_text()
+    on = f'tracing_sample_ratio = 1.0\notlp_endpoint = "{collector}"\n'
+    manifest.write_text(text.replace("[observability]\n", f"[observability]\n{on}", 1) if "[observability]\n" in text
+                        else f"{text}\n[observability]\n{on}")
+    return app
+
+
 def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> float:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", *(["-s", script] if script else []), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -122,6 +154,8 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--observability-off", action="store_true",
                     help="also run the example app with metrics off and compare the audited run with it")
+    ap.add_argument("--tracing", action="store_true",
+                    help="also run the example app with every trace sampled and exported, compared with the audited run")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -130,9 +164,19 @@ def main() -> None:
     procs = [start_raw(rp), start_edgeworks(ep, f"{state}/a"),
              start_edgeworks(np_, f"{state}/b", app_without_request_audit(state))]
     ports = [rp, ep, np_]
+    variants = ["", " (audit off)"]  # the CPU table's label of each edgeworks run
     if args.observability_off:
         ports.append(free_port())
         procs.append(start_edgeworks(ports[-1], f"{state}/c", app_with_observability_off(state)))
+        variants.append(" (observability off)")
+    sink = None
+    if args.tracing:
+        sink = ThreadingHTTPServer(("127.0.0.1", 0), _TraceSink)
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        ports.append(free_port())
+        collector = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
+        procs.append(start_edgeworks(ports[-1], f"{state}/d", app_with_tracing(state, collector)))
+        variants.append(" (tracing 100%)")
     try:
         urls = [f"http://127.0.0.1:{p}/hello" for p in ports]
         for url, proc in zip(urls, procs, strict=True):
@@ -147,11 +191,11 @@ def main() -> None:
                 if before is not None:
                     after, requests = cpu_by_role(procs[k].pid), out[-1] * args.seconds
                     for role in after:
-                        variant = ("", " (audit off)", " (observability off)")[k - 1]
-                        cpu_us.setdefault(f"{role}{variant}", []).append((after[role] - before[role]) / requests * 1e6)
+                        cpu_us.setdefault(f"{role}{variants[k - 1]}", []).append((after[role] - before[role]) / requests * 1e6)
             print(f"round {i + 1}: raw starlette {runs[0][-1]:,.0f} req/s   edgeworks {runs[1][-1]:,.0f} req/s"
                   f"   edgeworks, request audit off {runs[2][-1]:,.0f} req/s"
-                  + (f"   edgeworks, observability off {runs[3][-1]:,.0f} req/s" if args.observability_off else ""))
+                  + (f"   edgeworks, observability off {runs[3][-1]:,.0f} req/s" if args.observability_off else "")
+                  + (f"   edgeworks, tracing 100% {runs[-1][-1]:,.0f} req/s" if args.tracing else ""))
         r, e, n = (statistics.median(x) for x in runs[:3])
         print(f"median: raw starlette+uvicorn {r:,.0f} req/s; edgeworks (front + isolate, audited) {e:,.0f} req/s"
               f" = {e / r:.2f}x; with request audit off {n:,.0f} req/s = {n / r:.2f}x")
@@ -163,6 +207,13 @@ def main() -> None:
             print(f"observability on {e:,.0f} req/s vs off {off:,.0f} req/s: {e / off:.3f}x"
                   f" (median of per-round ratios {paired:.3f}x); front CPU per request on vs off:"
                   f" {statistics.median(cpu_us['front']) / statistics.median(cpu_us['front (observability off)']):.3f}x")
+        if args.tracing:
+            traced = statistics.median(runs[-1])
+            paired = statistics.median(t / o for t, o in zip(runs[-1], runs[1], strict=True))
+            print(f"tracing 100% {traced:,.0f} req/s vs off {e:,.0f} req/s: {traced / e:.3f}x"
+                  f" (median of per-round ratios {paired:.3f}x); CPU per request, on vs off: "
+                  + ", ".join(f"{role} {statistics.median(cpu_us[role + ' (tracing 100%)']):.0f}"
+                              f" vs {statistics.median(cpu_us[role]):.0f} µs" for role in ("front", "isolates")))
     finally:
         for p in procs:
             p.send_signal(signal.SIGINT)
@@ -171,6 +222,8 @@ def main() -> None:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if sink is not None:  # after the fronts: their last batch is sent as they stop
+            sink.shutdown()
         shutil.rmtree(state, ignore_errors=True)
 
 

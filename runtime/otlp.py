@@ -1,10 +1,12 @@
-"""OTLP/HTTP trace export: spans in their wire form (`runtime.tracing.encode_span`) written straight
-into the protobuf of an `ExportTraceServiceRequest` and POSTed to a collector.
+"""OTLP trace protobuf written by hand: each span encoded once where it ends (`span`, bytes that
+cross from an isolate to the front as they are), and the front's batches joined into an
+`ExportTraceServiceRequest` (`encode_request`) for an OTLP/HTTP collector.
 
 Why not the SDK's OTLP exporter: it builds a protobuf object per span and per attribute from
 Python, which cost more CPU than serving a hello request twice over (measured with
-loadtests/bench_front.py); at 100 % sampling that alone kept tracing far below the 0.8x target.
-Writing the few message types by hand (field numbers from opentelemetry-proto's
+loadtests/bench_front.py), and spans kept as Python objects until a batch is sent load the
+garbage collector; at 100 % sampling that kept tracing far below the 0.8x target. Writing the
+few message types by hand (field numbers from opentelemetry-proto's
 trace/v1/trace.proto, common/v1/common.proto, resource/v1/resource.proto) and caching the encoded
 attributes that repeat (method, route, script...) makes it several times cheaper. The tests
 decode what this writes with opentelemetry-proto's own classes.
@@ -16,7 +18,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["encode_request"]
+__all__ = ["encode_request", "span"]
 
 _Q = struct.Struct("<Q")
 _D = struct.Struct("<d")
@@ -82,8 +84,11 @@ def _attributes(field: int, attributes: Mapping[str, Any]) -> bytes:
     return b"".join([_attribute(field, k, v) for k, v in attributes.items()])
 
 
-def _span(w: Sequence[Any]) -> bytes:
-    """A `Span` from its wire form (see `runtime.tracing.encode_span` for the layout)."""
+def span(w: Sequence[Any]) -> bytes:
+    """A `Span` message from its fields: [name, trace id (16 bytes), span id, flags,
+    tracestate, parent span id or None, parent is remote, kind (the SDK's SpanKind value), start
+    ns, end ns, attributes, status code, status description, events [[name, ns, attributes]],
+    links [[trace id, span id, flags, attributes]]]."""
     (name, trace_id, span_id, flags, state, parent_id, parent_remote, kind, start, end, attributes, code,
      description, events, links) = w
     parts = [b"\x0a\x10", trace_id, b"\x12\x08", span_id.to_bytes(8, "big")]
@@ -106,11 +111,12 @@ def _span(w: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
-def encode_request(groups: Iterable[tuple[Mapping[str, Any], Iterable[Sequence[Any]]]], scope: str = "edgeworks") -> bytes:
-    """An `ExportTraceServiceRequest`: one `ResourceSpans` per (resource attributes, wire spans)."""
+def encode_request(groups: Iterable[tuple[Mapping[str, Any], Iterable[bytes]]], scope: str = "edgeworks") -> bytes:
+    """An `ExportTraceServiceRequest`: one `ResourceSpans` per (resource attributes, encoded
+    `Span` messages): protobuf messages concatenate, so the spans are joined as they are."""
     scope_bytes = _len(1, _len(1, scope.encode()))
     out = []
     for resource, spans in groups:
-        body = b"".join([_len(2, _span(s)) for s in spans])
+        body = b"".join([_len(2, s) for s in spans])
         out.append(_len(1, _len(1, _attributes(1, resource)) + _len(2, scope_bytes + body)))
     return b"".join(out)

@@ -10,8 +10,8 @@ objects, nothing sent). On, each process has its own provider, sampling parent-b
 - an isolate makes a span per handler run, durable-object call, workflow step attempt, tool
   call, AI call (GenAI conventions) and outbound fetch (which carries `traceparent` out); calls
   the front relays (service bindings, object calls) carry the caller's context the same way;
-- isolates export nothing themselves: a finished span is encoded (`encode_span`, plain data) and
-  sent to the front in batches (`protocol.Spans`, at least every `_FORWARD_S`); the front queues
+- isolates export nothing themselves: a finished span is encoded once, as the OTLP protobuf of
+  a `Span` (`runtime.otlp`, bytes the garbage collector never walks), and sent to the front in batches (`protocol.Spans`, at least every `_FORWARD_S`); the front queues
   it with its own and an export thread hands batches to its sinks (`FrontTracing`). So one
   exporter sees every process's spans, and no isolate opens a connection of its own (its egress
   rules never have to allow a collector).
@@ -34,7 +34,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -43,16 +43,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
     SpanContext,
     SpanKind,
-    Status,
     StatusCode,
     TraceFlags,
     TraceState,
@@ -65,9 +62,9 @@ from runtime.logs import log
 if TYPE_CHECKING:
     from runtime.observability_config import ObservabilityConfig
 
-__all__ = ["REQUEST_ID", "TRACER", "TRACE_FILE_ENV", "FrontTracing", "IsolateTracing", "JsonLinesExporter",
-           "RequestSpan", "Sink", "carrier", "context_of", "decode_span", "encode_span", "end_request_span", "flush",
-           "isolate_settings", "receive", "request_span", "span", "start_front", "start_isolate", "step_span", "stop",
+__all__ = ["REQUEST_ID", "TRACER", "TRACE_FILE_ENV", "FrontTracing", "IsolateTracing",
+           "RequestSpan", "Sink", "carrier", "context_of", "encode_span", "end_request_span", "flush",
+           "isolate_settings", "json_lines_sink", "otlp_sink", "receive", "request_span", "span", "start_front", "start_isolate", "step_span", "stop",
            "trace_record", "traced"]
 
 #: The span attribute every span carries: the request id of the work it is part of.
@@ -78,10 +75,9 @@ TRACE_FILE_ENV = "EDGEWORKS_TRACE_FILE"
 #: This process's tracer; None while tracing is off (the one check on every path).
 TRACER: trace.Tracer | None = None
 
-#: A sink of the front's export thread: batches of (resource attributes, wire spans).
-Sink = Callable[[list[tuple[dict[str, Any], list[list[Any]]]]], None]
+#: A sink of the front's export thread: batches of (resource attributes, encoded OTLP spans).
+Sink = Callable[[list[tuple[dict[str, Any], list[bytes]]]], None]
 
-_SCOPE = InstrumentationScope("edgeworks")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _OFF: AbstractContextManager[None] = nullcontext()
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
@@ -137,55 +133,47 @@ def _traceparent(trace_id: int, span_id: int, flags: int, state: str) -> dict[st
 
 def _wire(name: str, trace_id: int, span_id: int, flags: int, state: str, parent_id: int | None, parent_remote: bool,
           kind: int, start: int, end: int, attributes: dict[str, Any], code: int = 0,
-          description: str | None = None) -> list[Any]:
-    """A span in the wire form `encode_span` makes (see there)."""
-    return [name, trace_id.to_bytes(16, "big"), span_id, flags, state, parent_id, parent_remote, kind, start, end,
-            attributes, code, description, [], []]
+          description: str | None = None) -> bytes:
+    """A span without events or links, encoded (`runtime.otlp.span`)."""
+    return otlp.span([name, trace_id.to_bytes(16, "big"), span_id, flags, state, parent_id, parent_remote, kind, start,
+                      end, attributes, code, description, (), ()])
 
 
 # -- the front --------------------------------------------------------------------------------
 
 
-class JsonLinesExporter(SpanExporter):
-    """Appends each span as one JSON line (name, ids, parent, kind, attributes, links, status,
-    resource); a line is written whole, so a reader never sees half a span."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(_as_json(s), default=str) + "\n" for s in spans)
-        with self._lock, open(self._path, "a", encoding="utf-8") as f:
-            f.write(lines)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
-
-
-def _as_json(s: ReadableSpan) -> dict[str, Any]:
-    ctx = s.context
-    assert ctx is not None
-    return {
-        "name": s.name, "trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}",
-        "parent_id": f"{s.parent.span_id:016x}" if s.parent is not None else None,
-        "kind": s.kind.name, "start": s.start_time, "end": s.end_time,
-        "attributes": dict(s.attributes or {}), "status": s.status.status_code.name,
-        "links": [{"trace_id": f"{lk.context.trace_id:032x}", "span_id": f"{lk.context.span_id:016x}",
-                   "attributes": dict(lk.attributes or {})} for lk in s.links],
-        "resource": dict(s.resource.attributes),
-    }
-
-
 def json_lines_sink(path: str) -> Sink:
-    """A sink appending every span to `path` as a JSON line (through the SDK's span type)."""
-    exporter = JsonLinesExporter(path)
+    """A sink appending every span to `path` as one JSON line (name, ids, parent, kind,
+    attributes, status, links, resource), read back from its protobuf; a batch is written whole."""
+    from google.protobuf.json_format import MessageToDict
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-    def sink(groups: list[tuple[dict[str, Any], list[list[Any]]]]) -> None:
-        for resource, spans in groups:
-            res = Resource(resource)
-            exporter.export([decode_span(w, res) for w in spans])
+    def value(v: Any) -> Any:
+        field = v.WhichOneof("value")
+        if field == "array_value":
+            return [value(x) for x in v.array_value.values]
+        return getattr(v, field) if field else None
+
+    def attributes(kvs: Any) -> dict[str, Any]:
+        return {kv.key: value(kv.value) for kv in kvs}
+
+    def line(resource: dict[str, Any], raw: bytes) -> str:
+        s = Span()
+        s.ParseFromString(raw)
+        return json.dumps({
+            "name": s.name, "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
+            "parent_id": s.parent_span_id.hex() or None, "kind": Span.SpanKind.Name(s.kind)[len("SPAN_KIND_"):],
+            "start": s.start_time_unix_nano, "end": s.end_time_unix_nano, "attributes": attributes(s.attributes),
+            "status": ("UNSET", "OK", "ERROR")[s.status.code], "status_message": s.status.message,
+            "events": [MessageToDict(e) for e in s.events],
+            "links": [{"trace_id": lk.trace_id.hex(), "span_id": lk.span_id.hex(), "attributes": attributes(lk.attributes)}
+                      for lk in s.links],
+            "resource": resource}) + "\n"
+
+    def sink(groups: list[tuple[dict[str, Any], list[bytes]]]) -> None:
+        text = "".join(line(resource, raw) for resource, spans in groups for raw in spans)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
 
     return sink
 
@@ -195,7 +183,7 @@ def otlp_sink(endpoint: str) -> Sink:
     the collector refuses or cannot take is dropped and logged, never retried forever."""
     client = httpx.Client(timeout=10.0)
 
-    def sink(groups: list[tuple[dict[str, Any], list[list[Any]]]]) -> None:
+    def sink(groups: list[tuple[dict[str, Any], list[bytes]]]) -> None:
         body = otlp.encode_request(groups)
         try:
             answer = client.post(endpoint, content=body, headers={"content-type": "application/x-protobuf"})
@@ -235,7 +223,7 @@ class FrontTracing:
             self.sinks.append(json_lines_sink(trace_file))
         self.resources: list[dict[str, Any]] = [self._resource("front", os.getpid())]
         self._resource_of: dict[tuple[str, int], int] = {}
-        self.queue: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        self.queue: collections.deque[tuple[int, bytes]] = collections.deque()
         self.dropped = 0
         self.provider = TracerProvider(sampler=_sampler(self.ratio), resource=Resource(self.resources[0]))
         self.provider.add_span_processor(_Collect(self))
@@ -248,24 +236,24 @@ class FrontTracing:
     def _resource(self, process: str, pid: int) -> dict[str, Any]:
         return {"service.name": self.service_name, "process.pid": pid, "edgeworks.process": process}
 
-    def add(self, wire: list[Any], resource: int = 0) -> None:
+    def add(self, span: bytes, resource: int = 0) -> None:
         queue = self.queue
         if len(queue) >= _QUEUE_MAX:
             self.dropped += 1
             return
-        queue.append((resource, wire))
+        queue.append((resource, span))
         if len(queue) == _EXPORT_BATCH:
             self._wake.set()
 
     def receive(self, script: str, pid: int, spans: list[Any]) -> None:
-        """Finished spans an isolate sent (`encode_span`), queued under a resource naming that
-        isolate (its script and pid); what is not a span is dropped, never raised into the front."""
+        """Finished spans an isolate sent (encoded), queued under a resource naming that isolate
+        (its script and pid); what is not bytes is dropped, never raised into the front."""
         index = self._resource_of.get((script, pid))
         if index is None:
             index = self._resource_of[(script, pid)] = len(self.resources)
             self.resources.append(self._resource(f"isolate:{script}", pid))
         for raw in spans:
-            if isinstance(raw, list) and len(raw) == 15:
+            if isinstance(raw, bytes):
                 self.add(raw, index)
 
     def _run(self) -> None:
@@ -280,14 +268,14 @@ class FrontTracing:
         taken = [queue.popleft() for _ in range(len(queue))]
         if not taken or not self.sinks:
             return
-        groups: dict[int, list[list[Any]]] = {}
-        for index, wire in taken:
-            groups.setdefault(index, []).append(wire)
+        groups: dict[int, list[bytes]] = {}
+        for index, raw in taken:
+            groups.setdefault(index, []).append(raw)
         batch = [(self.resources[i], spans) for i, spans in groups.items()]
         for sink in self.sinks:
             try:
                 sink(batch)
-            except Exception as e:  # a malformed span or a failing sink loses this batch, not the thread
+            except Exception as e:  # a failing sink loses this batch, not the thread
                 log("traces_export_failed", error=f"{type(e).__name__}: {e}")
 
     def shutdown(self) -> None:
@@ -416,13 +404,13 @@ class IsolateTracing(SpanProcessor):
     forwards finished sampled spans (SDK ones and the fast handler spans) to the front in
     batches, on the event loop's thread."""
 
-    def __init__(self, send: Callable[[list[Any]], None], request_id: Callable[[], str], ratio: float) -> None:
+    def __init__(self, send: Callable[[list[bytes]], None], request_id: Callable[[], str], ratio: float) -> None:
         self._send = send
         self._request_id = request_id
         self.bound = _bound(ratio)
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._pending: list[Any] = []
+        self._pending: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def on_start(self, span: Any, parent_context: Context | None = None) -> None:
@@ -439,7 +427,7 @@ class IsolateTracing(SpanProcessor):
         else:
             self._loop.call_soon_threadsafe(self.add, raw)
 
-    def add(self, raw: list[Any]) -> None:
+    def add(self, raw: bytes) -> None:
         self._pending.append(raw)
         if len(self._pending) >= _FORWARD_MAX:
             self.flush()
@@ -462,7 +450,7 @@ class IsolateTracing(SpanProcessor):
         return True
 
 
-def start_isolate(settings: dict[str, Any] | None, send: Callable[[list[Any]], None],
+def start_isolate(settings: dict[str, Any] | None, send: Callable[[list[bytes]], None],
                   request_id: Callable[[], str]) -> None:
     """Set up an isolate's tracing from its init message (`isolate_settings`); call it on the
     event loop. `send(spans)` carries a batch to the front; `request_id()` is the running
@@ -520,15 +508,12 @@ async def traced(work: Awaitable[Any], name: str | None, parent: Mapping[str, st
 # -- spans on the wire between an isolate and the front ---------------------------------------
 
 
-def encode_span(s: ReadableSpan) -> list[Any]:
-    """A finished span as plain data msgpack carries: [name, trace id (16 bytes), span id,
-    flags, tracestate, parent span id or None, parent is remote, kind, start ns, end ns,
-    attributes, status code, status description, events [[name, ns, attributes]], links
-    [[trace id, span id, flags, attributes]]]."""
+def encode_span(s: ReadableSpan) -> bytes:
+    """A finished SDK span as the OTLP protobuf of a `Span` (`runtime.otlp.span`)."""
     ctx = s.context
     assert ctx is not None
     parent = s.parent
-    return [
+    return otlp.span([
         s.name, ctx.trace_id.to_bytes(16, "big"), ctx.span_id, int(ctx.trace_flags),
         ctx.trace_state.to_header() if ctx.trace_state else "",
         parent.span_id if parent is not None else None, bool(parent is not None and parent.is_remote),
@@ -537,22 +522,7 @@ def encode_span(s: ReadableSpan) -> list[Any]:
         [[e.name, e.timestamp, dict(e.attributes or {})] for e in s.events],
         [[lk.context.trace_id.to_bytes(16, "big"), lk.context.span_id, int(lk.context.trace_flags),
           dict(lk.attributes or {})] for lk in s.links],
-    ]
-
-
-def decode_span(raw: Sequence[Any], resource: Resource) -> ReadableSpan:
-    """The SDK span `encode_span` encoded, under `resource` (for SDK exporters)."""
-    (name, tid, sid, flags, state, parent_id, parent_remote, kind, start, end, attributes, code, description,
-     events, links) = raw
-    trace_id = int.from_bytes(tid, "big")
-    context = SpanContext(trace_id, sid, False, TraceFlags(flags), TraceState.from_header([state]) if state else None)
-    parent = SpanContext(trace_id, parent_id, parent_remote, TraceFlags(flags)) if parent_id is not None else None
-    return ReadableSpan(
-        name=name, context=context, parent=parent, resource=resource, attributes=attributes,
-        events=[Event(n, a, ts) for n, ts, a in events],
-        links=[Link(SpanContext(int.from_bytes(t, "big"), s, False, TraceFlags(f)), a) for t, s, f, a in links],
-        kind=SpanKind(kind), status=Status(StatusCode(code), description), start_time=start, end_time=end,
-        instrumentation_scope=_SCOPE)
+    ])
 
 
 # -- context and spans at the call sites ------------------------------------------------------

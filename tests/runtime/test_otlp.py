@@ -3,6 +3,7 @@
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from runtime import otlp
 from runtime.otlp import encode_request
 
 
@@ -16,7 +17,7 @@ def test_every_span_field_reads_back() -> None:
     wire = ["GET /x", bytes(range(16)), 0x1122334455667788, 1, "a=b", 0x0102030405060708, True, 0, 10**18,
             10**18 + 5, {"s": "v", "i": -3, "f": 1.5, "b": True, "l": [1, "x"]}, 2, "boom",
             [["ev", 123, {"n": 1}]], [[bytes(16), 7, 1, {"k": "v"}]]]
-    request = _decode(encode_request([({"service.name": "svc", "process.pid": 9}, [wire])]))
+    request = _decode(encode_request([({"service.name": "svc", "process.pid": 9}, [otlp.span(wire)])]))
     (rs,) = request.resource_spans
     assert {a.key: (a.value.string_value or a.value.int_value) for a in rs.resource.attributes} == {
         "service.name": "svc", "process.pid": 9}
@@ -41,8 +42,8 @@ def test_spans_group_by_resource_and_repeat_cached_attributes_correctly() -> Non
     def wire(name: str, kind: int) -> list[object]:
         return [name, b"\x01" * 16, 5, 1, "", None, False, kind, 1, 2, {"http.route": "/a", "n": 1}, 0, None, [], []]
 
-    request = _decode(encode_request([({"service.name": "a"}, [wire("x", 1), wire("y", 2)]),
-                                      ({"service.name": "b"}, [wire("z", 0)])]))
+    request = _decode(encode_request([({"service.name": "a"}, [otlp.span(wire("x", 1)), otlp.span(wire("y", 2))]),
+                                      ({"service.name": "b"}, [otlp.span(wire("z", 0))])]))
     names = [[s.name for ss in rs.scope_spans for s in ss.spans] for rs in request.resource_spans]
     assert names == [["x", "y"], ["z"]]
     kinds = [s.kind for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]

@@ -1,21 +1,32 @@
 """runtime.tracing in one process: off costs no spans, spans an isolate encodes reach the front's
-exporter intact (the SDK's in-memory exporter here), carriers, and the [observability] keys."""
+sinks intact (read back into the SDK's in-memory exporter here), carriers, and the
+[observability] keys."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.trace import (
+    Link,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
-from runtime import tracing
+from runtime import otlp, tracing
 from runtime.config import ConfigError, load_app
 from runtime.observability_config import ObservabilityConfig
 from tests.support import write_app
@@ -32,12 +43,40 @@ def _front_with_memory(ratio: float = 1.0) -> tuple[tracing.FrontTracing, InMemo
     assert front is not None
     memory = InMemorySpanExporter()
 
-    def sink(groups: list[tuple[dict[str, Any], list[list[Any]]]]) -> None:
+    def sink(groups: list[tuple[dict[str, Any], list[bytes]]]) -> None:
         for resource, spans in groups:
-            memory.export([tracing.decode_span(w, Resource(resource)) for w in spans])
+            memory.export([_readable(raw, Resource(resource)) for raw in spans])
 
     front.sinks.append(sink)
     return front, memory
+
+
+def _value(v: AnyValue) -> Any:
+    field = v.WhichOneof("value")
+    return tuple(_value(x) for x in v.array_value.values) if field == "array_value" else getattr(v, str(field))
+
+
+def _attributes(kvs: Any) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in kvs if isinstance(kv, KeyValue)}
+
+
+def _readable(raw: bytes, resource: Resource) -> ReadableSpan:
+    """An SDK span read back from the OTLP protobuf the runtime wrote."""
+    s = Span()
+    s.ParseFromString(raw)
+    trace_id = int.from_bytes(s.trace_id, "big")
+    state = TraceState.from_header([s.trace_state]) if s.trace_state else None
+    parent = (SpanContext(trace_id, int.from_bytes(s.parent_span_id, "big"), bool(s.flags & 0x200),
+                          TraceFlags(s.flags & 0xFF)) if s.parent_span_id else None)
+    return ReadableSpan(
+        name=s.name, context=SpanContext(trace_id, int.from_bytes(s.span_id, "big"), False, TraceFlags(s.flags & 0xFF),
+                                         state),
+        parent=parent, resource=resource, attributes=_attributes(s.attributes),
+        events=[Event(e.name, _attributes(e.attributes), e.time_unix_nano) for e in s.events],
+        links=[Link(SpanContext(int.from_bytes(lk.trace_id, "big"), int.from_bytes(lk.span_id, "big"), False,
+                                TraceFlags(lk.flags & 0xFF)), _attributes(lk.attributes)) for lk in s.links],
+        kind=SpanKind(s.kind - 1), status=Status(StatusCode(s.status.code), s.status.message or None),
+        start_time=s.start_time_unix_nano, end_time=s.end_time_unix_nano)
 
 
 def finished(front: tracing.FrontTracing, memory: InMemorySpanExporter) -> tuple[Any, ...]:
@@ -57,7 +96,7 @@ def test_off_by_default_makes_no_tracer_and_no_spans() -> None:
 
 def test_isolate_spans_reach_the_front_exporter_intact() -> None:
     front, memory = _front_with_memory()
-    sent: list[list[Any]] = []
+    sent: list[list[bytes]] = []
 
     async def in_isolate() -> None:
         tracing.start_isolate(tracing.isolate_settings(), sent.append, lambda: "rid-1")
@@ -100,13 +139,13 @@ def test_isolate_spans_reach_the_front_exporter_intact() -> None:
 
 def test_a_malformed_span_from_an_isolate_is_dropped() -> None:
     front, memory = _front_with_memory()
-    front.receive("app", 1, [["only a name"], "not a list"])
+    front.receive("app", 1, [["only a name"], "not bytes"])
     assert finished(front, memory) == ()
 
 
 def test_a_handler_span_continues_its_message_context_and_parents_the_spans_of_its_code() -> None:
     front, memory = _front_with_memory()
-    sent: list[list[Any]] = []
+    sent: list[list[bytes]] = []
     parent = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 
     async def handler() -> str:
@@ -177,14 +216,16 @@ def test_a_resumed_step_starts_its_own_trace_linked_to_the_creating_one() -> Non
     assert attributes[tracing.REQUEST_ID] == "creator" and attributes["edgeworks.workflow.attempt"] == 2
 
 
-def test_json_lines_exporter_writes_one_line_per_span(tmp_path: Path) -> None:
-    provider = TracerProvider(resource=Resource.create({"service.name": "x"}))
-    provider.add_span_processor(SimpleSpanProcessor(tracing.JsonLinesExporter(str(tmp_path / "s.jsonl"))))
-    with provider.get_tracer("t").start_as_current_span("a"):
-        with provider.get_tracer("t").start_as_current_span("b"):
-            pass
-    lines = (tmp_path / "s.jsonl").read_text().splitlines()
-    assert [line.count("\n") for line in lines] == [0, 0] and '"name": "b"' in lines[0]
+def test_the_json_lines_sink_writes_one_line_per_span(tmp_path: Path) -> None:
+    sink = tracing.json_lines_sink(str(tmp_path / "s.jsonl"))
+    wire = ["a", b"\x01" * 16, 2, 1, "", 3, True, 1, 10, 20, {"k": "v", "l": [1, 2]}, 2, "bad", [], [[b"\x02" * 16, 4, 1, {}]]]
+    sink([({"service.name": "x"}, [otlp.span(wire), otlp.span(["b", *wire[1:]])])])
+    lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [line["name"] for line in lines] == ["a", "b"]
+    assert lines[0] == {**lines[0], "trace_id": "01" * 16, "span_id": "0000000000000002", "parent_id": "0000000000000003",
+                        "kind": "SERVER", "attributes": {"k": "v", "l": [1, 2]}, "status": "ERROR",
+                        "resource": {"service.name": "x"}}
+    assert lines[0]["links"] == [{"trace_id": "02" * 16, "span_id": "0000000000000004", "attributes": {}}]
 
 
 # -- [observability] keys ----------------------------------------------------------------------
