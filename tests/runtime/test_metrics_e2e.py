@@ -5,12 +5,14 @@ went down while the restart (and a CPU-limit kill) are counted."""
 
 import os
 import signal
+import socket
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.runtime.admin.test_admin import AUTH_SECTION, SECRET, bearer, token
-from tests.support import Server, alive, copy_example, free_port, wait_until, write_app
+from tests.support import Server, alive, copy_example, free_port, run_cli, wait_until, write_app
 
 MANIFEST = AUTH_SECTION + """
 [[scripts]]
@@ -158,3 +160,22 @@ def test_workflow_tool_and_ai_metrics_of_the_example_app(tmp_path):
     assert total(s, "edgeworks_ai_calls_total", script="app") >= 1
     assert total(s, "edgeworks_ai_tokens_total", direction="input") > 0
     assert total(s, "edgeworks_requests_total", route="/agent", status="201") == 1
+
+
+def test_metrics_off_and_a_listen_address_that_cannot_be_bound(tmp_path):
+    off = write_app(tmp_path / "off", '[observability]\nmetrics = false\n[[scripts]]\nname = "app"\nmain = "app.py"\n'
+                    'routes = ["/hit"]\n', {"app.py": APP})
+    with Server(off) as server:
+        r = httpx.get(f"{server.url}/__edgeworks/metrics", timeout=5)
+        assert r.status_code == 404 and r.json()["error"] == "metrics_disabled"
+    refused = run_cli("dev", str(off), "--port", str(free_port()), "--metrics-listen", "127.0.0.1:9464")
+    assert refused.returncode == 2 and "[observability] metrics = false" in refused.stderr
+    assert run_cli("dev", str(off), "--metrics-listen", "localhost").returncode == 2  # not HOST:PORT
+
+    on = write_app(tmp_path / "on", '[[scripts]]\nname = "app"\nmain = "app.py"\nroutes = ["/hit"]\n', {"app.py": APP})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = Server(on, args=("--metrics-listen", f"127.0.0.1:{taken.getsockname()[1]}"))
+        with pytest.raises(RuntimeError, match="cannot serve metrics on 127.0.0.1:"):
+            server.start()
