@@ -112,6 +112,7 @@ class IsolateProcess:
         self.in_flight = 0
         self.died: asyncio.Future[IsolateDied] = asyncio.get_running_loop().create_future()
         self.stopping = False
+        self.kill_reason: str | None = None  # why the front killed it (the isolate left no note)
 
     @property
     def pid(self) -> int | None:
@@ -191,7 +192,7 @@ class IsolateProcess:
             os.unlink(self.note_path)
         except (OSError, ValueError):
             pass
-        died = IsolateDied(note.get("reason", "crashed"), note.get("request_id"), code, note)
+        died = IsolateDied(note.get("reason") or self.kill_reason or "crashed", note.get("request_id"), code, note)
         if self.channel is not None:
             self.channel.connection_lost(ChannelClosed(str(died)))
         if not self.died.done():
@@ -238,6 +239,7 @@ class IsolateProcess:
             await asyncio.wait_for(self.channel.request(protocol.Ping().encode()), 5.0)
         except (TimeoutError, ChannelClosed):
             log("isolate_stuck", script=self.pool.script.name, pid=self.pid)
+            self.kill_reason = "wall_limit"
             self.kill()
 
     async def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:

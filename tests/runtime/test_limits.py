@@ -147,6 +147,8 @@ def test_wall_limit_on_a_blocked_isolate_replaces_it(server):
         r = c.get("/h/block")
     assert r.status_code == 503 and r.json()["error"] == "wall_limit"
     wait_until(lambda: server.pids("hostile") and server.pids("hostile") != before, timeout=15)
+    # recorded as a wall-limit kill (edgeworks_limit_kills_total), not as a crash
+    assert [d["reason"] for d in server.logs("isolate_died") if d["pid"] == before[0]] == ["wall_limit"]
     still_serving(server)
 
 
