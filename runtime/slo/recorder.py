@@ -28,12 +28,15 @@ What becomes an event (kinds read by `runtime.slo.families`):
   its forecast (``[ai.forecast]`` of its class, else the mean of the class's earlier instances,
   as `edgeworks ai usage` forecasts).
 
-Task class of an event: the entry's ``task_class`` (isolates set it from the request's scope,
-workflow entries carry their class's), else the task class of its workflow class, else that of
-its request id (a front entry like request.blocked is resolved when its request's outcome
-arrives; one never resolved within `RESOLVE_S` counts under its script's name). The version is
-the entry's, else the version serving when it was recorded. Isolate stats carry neither: their
-events count under the script, with no task class.
+Task class and version of an entry's event: an entry that names its task class (isolates set
+``task_class`` from the request's scope; workflow entries carry their class's) is counted at
+once, at the version of its request (``request_id``; for a held request's rejection, the held
+request) when that request's outcome is already known, else at the version serving now: an
+isolate's entry written during a request of a split's new version counts for the serving one.
+A front entry of a request under way (request.blocked, ai.refused...) names no task class: it
+waits for its request's outcome, which gives both; one whose request gives no outcome within
+`RESOLVE_S` is counted under its script's name. Isolate stats carry neither: their events count
+under the script, with no task class.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ class Recorder:
         self._counts: dict[tuple[int, EventKey], list[float]] = {}
         self._completed: list[tuple[str, str, str, str, float]] = []  # instance, class, task class, version, ts
         self._costs: dict[str, float] = {}  # "<class>/<instance>" -> cost of its ai.calls seen
-        self._tasks: OrderedDict[str, str] = OrderedDict()  # request id -> task class
+        self._tasks: OrderedDict[str, tuple[str, str | None]] = OrderedDict()  # request id -> task class, version
         self._waiting: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}  # request id -> entries
         self._corrected: OrderedDict[str, None] = OrderedDict()
         self._pruned = 0.0
@@ -139,9 +142,9 @@ class Recorder:
         if outcome.route is None:
             return
         task_class = outcome.task_class or outcome.script or ""
-        self._remember(self._tasks, outcome.request_id, task_class)
+        self._remember(self._tasks, outcome.request_id, (task_class, outcome.version))
         for ts, kind, fields in self._waiting.pop(outcome.request_id, ()):
-            self._audit_event(kind, fields, ts, task_class)
+            self._audit_event(kind, fields, ts, self._own_class(fields) or task_class, outcome.version)
         if outcome.error in _NOT_FINISHED:
             return
         failed = outcome.status >= 500 and outcome.error != "killed"
@@ -161,23 +164,27 @@ class Recorder:
                 self._costs[key] = self._costs.get(key, 0.0) + float(fields.get("cost_usd") or 0.0)
             return
         ts = self._clock()
-        task_class = fields.get("task_class") or self._class_of_workflow(_workflow_class(fields))
-        rid = fields.get("held_request_id") or fields.get("request_id")  # a held request's decision: that request's
-        if task_class is None and isinstance(rid, str) and rid:
-            task_class = self._tasks.get(rid)
-            if task_class is None:  # its request's outcome comes at the end of the request
-                self._waiting.setdefault(rid, []).append((ts, kind, dict(fields)))
-                return
-        self._audit_event(kind, fields, ts, task_class)
+        own, rid = self._own_class(fields), _request_of(kind, fields)
+        known = self._tasks.get(rid) if rid is not None else None
+        if own is None and rid is not None and known is None:
+            # a front entry of a request under way: its outcome tells its task class and version
+            self._waiting.setdefault(rid, []).append((ts, kind, dict(fields)))
+            return
+        self._audit_event(kind, fields, ts, own or (known[0] if known else None), known[1] if known else None)
 
-    def _audit_event(self, kind: str, fields: dict[str, Any], ts: float, task_class: str | None) -> None:
+    def _own_class(self, fields: dict[str, Any]) -> str | None:
+        """The task class an entry names itself (isolates set it), or its workflow class's."""
+        return fields.get("task_class") or self._class_of_workflow(_workflow_class(fields))
+
+    def _audit_event(self, kind: str, fields: dict[str, Any], ts: float, task_class: str | None,
+                     version: str | None) -> None:
         event = _event_kind(kind, fields)
         if event is None:
             return
         workflow_class = _workflow_class(fields)
         script = fields.get("script")
         task_class = task_class or (workflow_class if workflow_class else script)
-        version = fields.get("version")
+        version = fields.get("version") or version
         if event.startswith("correction."):
             task = _task_id(kind, fields, workflow_class)
             if task is not None:
@@ -212,7 +219,7 @@ class Recorder:
         now = self._clock()
         for rid in [r for r, entries in self._waiting.items() if now - entries[0][0] > RESOLVE_S]:
             for ts, kind, fields in self._waiting.pop(rid):
-                self._audit_event(kind, fields, ts, None)
+                self._audit_event(kind, fields, ts, self._own_class(fields), None)
         counts, self._counts = self._counts, {}
         completed, self._completed = self._completed, []
         return {k: (v[0], v[1]) for k, v in counts.items()}, completed
@@ -333,6 +340,19 @@ def _event_kind(kind: str, fields: dict[str, Any]) -> str | None:
     if kind == "admin.approval.reject":
         return "correction.held_rejected"
     return None
+
+
+def _request_of(kind: str, fields: dict[str, Any]) -> str | None:
+    """The request whose outcome tells an entry's task class and version: its own, or for a
+    held request's rejection the held request; None for the admin plane's own requests, which
+    have no outcome."""
+    if kind == "admin.approval.reject":
+        rid = fields.get("held_request_id")
+    elif kind.startswith("admin."):
+        return None
+    else:
+        rid = fields.get("request_id")
+    return rid if isinstance(rid, str) and rid else None
 
 
 def _task_id(kind: str, fields: dict[str, Any], workflow_class: str | None) -> str | None:

@@ -205,11 +205,15 @@ def test_events_carry_the_version(hub: tuple[Observers, Recorder], clock: Clock,
     request(observers, clock, 500, rid="a", error="internal_error", version="v2")
     request(observers, clock, 200, rid="b", version="v2")
     request(observers, clock, 200, rid="c", version="v1")
+    # a front entry is counted at the version its request's outcome names
+    observers.audit("request.blocked", {"request_id": "d", "script": "api"})
+    request(observers, clock, 403, rid="d", error="blocked_by_policy", version="v2")
     flush(recorder)
+    assert store.tally("violation.blocked", T0, T0 + 60, version="v2") == (1, 0)
     objective = slo("completion", 0.99)
     assert (tally(store, objective, T0, T0 + 60, version="v2").bad,
-            tally(store, objective, T0, T0 + 60, version="v2").total) == (1, 2)
-    assert tally(store, objective, T0, T0 + 60).total == 3
+            tally(store, objective, T0, T0 + 60, version="v2").total) == (1, 3)
+    assert tally(store, objective, T0, T0 + 60).total == 4
 
 
 def test_a_series_gives_the_values_over_time(hub: tuple[Observers, Recorder], clock: Clock,
