@@ -13,8 +13,8 @@ answer on the receiving side, never a crash of the front or of an isolate.
 
 Binding kinds (runtime/bindings) add their own ops with the same decorator; the core ops are
 below: front to isolate `init fetch scheduled activate ping shutdown cancel`, isolate to front
-`audit stats log recycle`, and the ops of the built-in bindings (`rpc object workflow` to an isolate,
-`service_fetch service_rpc object_call` relayed by the front).
+`audit stats log spans recycle`, and the ops of the built-in bindings (`rpc object workflow` to an
+isolate, `service_fetch service_rpc object_call` relayed by the front).
 """
 
 from __future__ import annotations
