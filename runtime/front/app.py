@@ -28,6 +28,7 @@ from runtime.bindings import relays
 from runtime.config import AppConfig, ScriptConfig
 from runtime.egress import EgressClient, EgressPolicy
 from runtime.errors import error_json as _error
+from runtime.front import traces
 from runtime.front.auditd import AuditJournal
 from runtime.front.contract import Refusal
 from runtime.front.cron import CronScheduler
@@ -140,7 +141,7 @@ class Front:
         self.zygote: Zygote | None = None  # forks isolates from pre-imported code
         self.relays = relays()  # what isolates may ask the front to relay, by message type
         self.assertions = Assertions(self.state_dir)  # what outbound calls carry where a rule says assert_identity
-        self.tracing = tracing.start_front(app.observability)  # None: off (runtime.tracing)
+        self.tracing = traces.start(app.observability)  # None: off (runtime.front.traces)
 
     @property
     def current(self) -> Deployment | None:
@@ -202,7 +203,7 @@ class Front:
         await self.slo.stop()
         await self.audit_check.stop()
         await self.deployments.stop(5)
-        tracing.stop()  # after the isolates: their last spans are in
+        traces.stop()  # after the isolates: their last spans are in
         await self.events.stop()  # after the isolates' last stats
         await self.ai.aclose()
         if self.zygote is not None:
@@ -290,8 +291,8 @@ class Front:
         who: dict[str, Any] = {"request_id": rid, "script": route.script, "tenant": None, "risk": risk,
                                "subject": None}
         recorded = False
-        span = None if tracing.TRACER is None else tracing.request_span(scope, host, route.config.pattern, rid,
-                                                                          route.script, dep.version)
+        span = None if tracing.TRACER is None else traces.request_span(scope, host, route.config.pattern, rid,
+                                                                         route.script, dep.version)
 
         def record(status: int, cpu_ms: float, error: str | None) -> None:
             """The request's one entry, journaled before the last byte of its response leaves."""
@@ -358,7 +359,7 @@ class Front:
             if not recorded and error_code == "stream_cut":
                 record(status, cpu_ms, error_code)
             if span is not None:
-                tracing.end_request_span(span, status, error_code)
+                traces.end_request_span(span, status, error_code)
             level = who.get("classification", route.config.classification)
             latency_s = time.perf_counter() - t0
             log("request", request_id=rid, script=route.script, method=method, path=path, status=status,
@@ -490,7 +491,7 @@ class Front:
             self.audit_log.append(msg.entry, **msg.fields)
             return
         if isinstance(msg, protocol.Spans):
-            tracing.receive(pool.script.name, proc.pid or 0, msg.spans)
+            traces.receive(pool.script.name, proc.pid or 0, msg.spans)
             return
         if isinstance(msg, protocol.Stats):
             self.observers.stats(pool.script.name, msg.counts)

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime import protocol, tracing
+from runtime import protocol
 from runtime.config import ScriptConfig
+from runtime.front import traces
 from runtime.ipc import Channel, ChannelClosed, open_channel
 from runtime.logs import emit, log
 
@@ -315,7 +316,7 @@ class IsolatePool:
             redaction=self.redaction,
             principals=self.principals,
             egress=self.egress,
-            tracing=tracing.isolate_settings(),
+            tracing=traces.isolate_settings(),
         )
 
     async def _spawn(self, index: int) -> IsolateProcess:

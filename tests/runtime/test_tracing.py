@@ -28,6 +28,7 @@ from opentelemetry.trace import (
 
 from runtime import otlp, tracing
 from runtime.config import ConfigError, load_app
+from runtime.front import traces
 from runtime.observability_config import ObservabilityConfig
 from tests.support import write_app
 
@@ -35,11 +36,11 @@ from tests.support import write_app
 @pytest.fixture(autouse=True)
 def _no_tracing_left() -> Iterator[None]:
     yield
-    tracing.stop()
+    traces.stop()
 
 
-def _front_with_memory(ratio: float = 1.0) -> tuple[tracing.FrontTracing, InMemorySpanExporter]:
-    front = tracing.start_front(ObservabilityConfig(tracing_sample_ratio=ratio, service_name="svc"))
+def _front_with_memory(ratio: float = 1.0) -> tuple[traces.FrontTracing, InMemorySpanExporter]:
+    front = traces.start(ObservabilityConfig(tracing_sample_ratio=ratio, service_name="svc"))
     assert front is not None
     memory = InMemorySpanExporter()
 
@@ -79,15 +80,15 @@ def _readable(raw: bytes, resource: Resource) -> ReadableSpan:
         start_time=s.start_time_unix_nano, end_time=s.end_time_unix_nano)
 
 
-def finished(front: tracing.FrontTracing, memory: InMemorySpanExporter) -> tuple[Any, ...]:
+def finished(front: traces.FrontTracing, memory: InMemorySpanExporter) -> tuple[Any, ...]:
     front.export()
     return memory.get_finished_spans()
 
 
 def test_off_by_default_makes_no_tracer_and_no_spans() -> None:
-    assert tracing.start_front(ObservabilityConfig()) is None
+    assert traces.start(ObservabilityConfig()) is None
     assert tracing.TRACER is None
-    assert tracing.isolate_settings() is None
+    assert traces.isolate_settings() is None
     assert tracing.carrier() is None
     with tracing.span("x", {}) as span:
         assert span is None
@@ -99,7 +100,7 @@ def test_isolate_spans_reach_the_front_exporter_intact() -> None:
     sent: list[list[bytes]] = []
 
     async def in_isolate() -> None:
-        tracing.start_isolate(tracing.isolate_settings(), sent.append, lambda: "rid-1")
+        tracing.start_isolate(traces.isolate_settings(), sent.append, lambda: "rid-1")
         assert tracing.TRACER is not None
         parent = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "v=1"}
         link_to = tracing.context_of({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
@@ -155,7 +156,7 @@ def test_a_handler_span_continues_its_message_context_and_parents_the_spans_of_i
         return found["traceparent"]
 
     async def in_isolate() -> str:
-        tracing.start_isolate(tracing.isolate_settings(), sent.append, lambda: "rid-2")
+        tracing.start_isolate(traces.isolate_settings(), sent.append, lambda: "rid-2")
         out: str = await tracing.traced(handler(), "fetch app", parent, {tracing.REQUEST_ID: "rid-2"})
         with pytest.raises(ValueError):
             await tracing.traced(_raises(), "fetch app", None, {})
@@ -217,7 +218,7 @@ def test_a_resumed_step_starts_its_own_trace_linked_to_the_creating_one() -> Non
 
 
 def test_the_json_lines_sink_writes_one_line_per_span(tmp_path: Path) -> None:
-    sink = tracing.json_lines_sink(str(tmp_path / "s.jsonl"))
+    sink = traces.json_lines_sink(str(tmp_path / "s.jsonl"))
     wire = ["a", b"\x01" * 16, 2, 1, "", 3, True, 1, 10, 20, {"k": "v", "l": [1, 2]}, 2, "bad", [], [[b"\x02" * 16, 4, 1, {}]]]
     sink([({"service.name": "x"}, [otlp.span(wire), otlp.span(["b", *wire[1:]])])])
     lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
