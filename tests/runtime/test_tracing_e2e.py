@@ -156,8 +156,13 @@ def test_one_trace_from_the_edge_through_a_service_an_object_a_workflow_step_and
         r = c.get("/go")
     assert r.status_code == 200, r.text
     rid = r.headers["x-request-id"]
-    spans = wait_until(lambda: (found := spans_of(trace_file)) and named(found, "execute_tool sum") and found)
-    edge = next(s for s in spans if s["name"] == "GET /go")
+    # (the server is shared by the module's tests: other requests' traces are in the file too)
+    def mine(found: list[dict]) -> list[dict]:
+        return [s for s in found if s["name"] == "GET /go" and s["attributes"].get("edgeworks.request_id") == rid]
+
+    spans = wait_until(lambda: (found := spans_of(trace_file)) and mine(found) and named(
+        [s for s in found if s["trace_id"] == mine(found)[0]["trace_id"]], "execute_tool sum") and found)
+    edge = mine(spans)[0]
     trace_id = edge["trace_id"]
     chain = ["GET /go", "fetch edge", "service back start", "rpc back Default.start", "object Desk.open", "step add",
              "execute_tool sum"]
