@@ -13,6 +13,7 @@ from workers import (
     WorkerEntrypoint,
     WorkflowEntrypoint,
     WorkflowError,
+    console,
     fetch,
 )
 
@@ -188,6 +189,9 @@ class Default(WorkerEntrypoint):
         # GET /ai?q=...: a triage-class model call; the answer's meta says which model served it,
         # the grade, the cost and whether the gateway's cache answered.
         if request.path == "/ai":
+            # print/logging/console output is captured per request: `edgeworks tail` shows it with
+            # this request's id (redacted like every log line)
+            console.log(f"triage asked: {request.query.get('q', 'hello')!r}")
             answer = await self.env.AI.route("triage", {"prompt": request.query.get("q", "hello")})
             return Response.json(answer)
 

@@ -1,9 +1,11 @@
 """The example app in functions/, served by a real `edgeworks dev`."""
 
+import json
+
 import pytest
 
 from runtime.audit import query
-from tests.support import Server, copy_example, wait_until
+from tests.support import Server, copy_example, run_cli, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +151,29 @@ def test_an_agent_task_naming_its_owner_is_confidential_and_its_email_is_never_s
 def test_the_production_environment_overrides_the_greeting(tmp_path):
     with Server(copy_example(tmp_path), args=("--env", "production")) as s, s.client() as c:
         assert c.get("/hello").text == "hello from production"
+
+
+def test_a_handlers_console_line_reaches_the_log_stream_with_its_request_id(server):
+    with server.client() as c:
+        r = c.get("/ai", params={"q": "console check"})
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-request-id"]
+    line = wait_until(lambda: next((x for x in server.logs("handler_log") if x.get("request_id") == rid), None))
+    assert "triage asked: 'console check'" in line["message"] and line["stream"] == "console"
+
+
+def test_the_example_slos_are_computed_from_its_traffic(server):
+    with server.client() as c:
+        r = c.post("/agent", json={"substeps": [{"name": "a", "n": 2}]})
+        assert r.status_code == 201, r.text
+        iid = r.json()["id"]
+        wait_until(lambda: c.get(f"/agent/{iid}").json()["status"] == "complete")
+
+    def report() -> dict:
+        done = run_cli("slo", "--state-dir", str(server.state_dir), "--json")
+        assert done.returncode == 0, done.stderr
+        return {o["name"]: o for o in json.loads(done.stdout)["objectives"]}
+
+    found = wait_until(lambda: (r := report()) and r["agent-completes"]["total"] >= 2 and r, timeout=20)
+    assert set(found) == {"agent-completes", "agent-corrections", "policy-violations", "agent-cost"}
+    assert found["agent-completes"]["bad"] == 0
