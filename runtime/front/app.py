@@ -488,7 +488,10 @@ class Front:
         """A message an isolate sent: an audit entry, or a call a binding kind relays (served:
         the isolate gets an answer even if relaying it fails)."""
         if isinstance(msg, protocol.Audit):
-            self.audit_log.append(msg.entry, **msg.fields)
+            # the entry names the version whose isolate wrote it (during a split, both serve: an
+            # objective computed over one version's events must not count the other's)
+            fields = msg.fields if "version" in msg.fields else {**msg.fields, "version": pool.version}
+            self.audit_log.append(msg.entry, **fields)
             return
         if isinstance(msg, protocol.Spans):
             traces.receive(pool.script.name, proc.pid or 0, msg.spans)

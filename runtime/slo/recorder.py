@@ -30,9 +30,10 @@ What becomes an event (kinds read by `runtime.slo.families`):
 
 Task class and version of an entry's event: an entry that names its task class (isolates set
 ``task_class`` from the request's scope; workflow entries carry their class's) is counted at
-once, at the version of its request (``request_id``; for a held request's rejection, the held
-request) when that request's outcome is already known, else at the version serving now: an
-isolate's entry written during a request of a split's new version counts for the serving one.
+once, at its own ``version`` (the front stamps every isolate entry with the version of the
+isolate that wrote it), else at the version of its request (``request_id``; for a held request's
+rejection, the held request) when that request's outcome is already known, else at the version
+serving now.
 A front entry of a request under way (request.blocked, ai.refused...) names no task class: it
 waits for its request's outcome, which gives both; one whose request gives no outcome within
 `RESOLVE_S` is counted under its script's name. Isolate stats carry neither: their events count

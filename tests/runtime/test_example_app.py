@@ -134,6 +134,8 @@ def test_outbound_fetch_goes_through_the_egress_policy_and_is_audited(server):
     allowed, denied = sorted(found, key=lambda e: e.kind != "egress.request")
     assert (allowed.kind, allowed.data["principal"], allowed.data["status"]) == ("egress.request", "script:app", 200)
     assert (denied.kind, denied.data["reason"]) == ("egress.denied", "host")
+    # the front stamps an isolate's entries with the version of the isolate that wrote them
+    assert allowed.data["version"] == denied.data["version"] == server.logs("secrets_loaded")[0]["version"]
 
 
 def test_an_agent_task_naming_its_owner_is_confidential_and_its_email_is_never_shown(server):
