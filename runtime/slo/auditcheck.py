@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.audit import has_log, verify
+from runtime.background import Background
 from runtime.logs import log
 
 __all__ = ["AuditCheck"]
@@ -25,20 +26,14 @@ class AuditCheck:
     def __init__(self, state_dir: Path, *, interval_s: float, audit: Callable[[str, dict[str, Any]], None]):
         self.state_dir, self.interval_s, self.audit = Path(state_dir), interval_s, audit
         self._reported: tuple[int | None, str | None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background()
 
     def start(self) -> None:
-        if self.interval_s > 0 and self._task is None:
-            self._task = asyncio.create_task(self._run())
+        if self.interval_s > 0:
+            self._background.start(self._run)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await self._background.stop()
 
     async def _run(self) -> None:
         while True:

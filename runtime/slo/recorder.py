@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.ai.ledger import LEDGER_FILENAME
+from runtime.background import Background
 from runtime.logs import log
 from runtime.slo.families import TASK_FAILED, TASK_OK
 from runtime.slo.store import MINUTE, CostRow, EventKey, EventStore
@@ -117,7 +118,7 @@ class Recorder:
         self._corrected: OrderedDict[str, None] = OrderedDict()
         self._pruned = 0.0
         self._learned: dict[str, tuple[float, int]] = {}  # workflow class -> (sum, count) of actual costs
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background()
 
     def attach(self, observers: Observers) -> None:
         observers.on_request(self.on_request)
@@ -276,18 +277,11 @@ class Recorder:
             await asyncio.to_thread(self.write, counts, completed, costs)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run())
+        self._background.start(self.run)
 
     async def stop(self) -> None:
         """Write what is left and close the store."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await self._background.stop()
         self.store.close()
 
     async def run(self, interval_s: float = FLUSH_S) -> None:

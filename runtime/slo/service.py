@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from runtime.background import Background
 from runtime.egress import EgressClient
 from runtime.logs import log
 from runtime.slo.alerts import (
@@ -98,7 +99,7 @@ class SloService:
                                         clock=clock, value=self._value)
         self.notifier = Notifier(audit, None)
         self._guard: _Guard | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background()
 
     # -- configuration -----------------------------------------------------------------------
     def configure(self, app: Any, version: str | None = None) -> None:
@@ -136,17 +137,10 @@ class SloService:
 
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
+        self._background.start(self._run)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await self._background.stop()
         await self.notifier.aclose()
         if self._store is not None:
             self._store.close()

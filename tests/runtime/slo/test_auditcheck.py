@@ -37,5 +37,5 @@ async def test_a_broken_chain_is_reported_once_as_a_consistency_defect(tmp_path:
 async def test_an_interval_of_zero_never_starts_the_check(tmp_path: Path) -> None:
     check = AuditCheck(tmp_path, interval_s=0, audit=lambda kind, fields: None)
     check.start()
-    assert check._task is None
+    assert not check._background.running
     await check.stop()
