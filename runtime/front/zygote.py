@@ -209,7 +209,10 @@ def main() -> None:
 
     isolate._die_with_parent()  # noqa: SLF001 - the zygote follows the front the same way
     ctrl = socket.socket(fileno=int(sys.argv[1]))
-    _serve(ctrl)
+    try:
+        _serve(ctrl)
+    except ConnectionError:  # the front went away (it exits at once when a start-up fails)
+        os._exit(0)
 
 
 if __name__ == "__main__":

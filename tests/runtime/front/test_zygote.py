@@ -3,8 +3,11 @@ and the server keeps serving either way."""
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 
-from tests.support import Server, alive, copy_example, wait_until
+from tests.support import ROOT, Server, alive, copy_example, wait_until
 
 
 def parent_of(pid: int) -> int:
@@ -44,3 +47,15 @@ def test_a_dead_zygote_takes_its_isolates_along_and_the_front_falls_back_to_spaw
         wait_until(lambda: c.get("/hello").status_code == 200 and (p := s.pids("app")) and p[0] != isolate, timeout=20)
         assert parent_of(s.pids("app")[0]) == s.proc.pid
         assert c.post("/counter/z").json() == {"value": 1}
+
+
+def test_a_zygote_whose_front_is_gone_exits_quietly():
+    # A front that fails its start-up exits at once, maybe before its zygote has said hello:
+    # the zygote's write to the closed socket must end it without a traceback on stderr.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.front.zygote", str(theirs.fileno())],
+                            pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT)
+    theirs.close()
+    ours.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
