@@ -98,14 +98,22 @@ def app_without_request_audit(tmp: str) -> Path:
     return app
 
 
+def set_observability(manifest: Path, **keys: str) -> None:
+    """Set `keys` (TOML values) in the manifest's [observability] section, replacing the lines
+    that set them already."""
+    text = manifest.read_text()
+    for key in keys:
+        text = re.sub(rf"(?m)^{key}\s*=.*\n", "", text)
+    lines = "".join(f"{k} = {v}\n" for k, v in keys.items())
+    manifest.write_text(text.replace("[observability]\n", f"[observability]\n{lines}", 1) if "[observability]\n" in text
+                        else f"{text}\n[observability]\n{lines}")
+
+
 def app_with_observability_off(tmp: str) -> Path:
     """The example app, in its own directory, without Prometheus metrics."""
     app = copy_example(Path(tmp) / "observability-off")
     manifest = app / "edgeworks.toml"
-    text = manifest.read_text()
-    off = "metrics = false\n"
-    manifest.write_text(text.replace("[observability]\n", f"[observability]\n{off}", 1) if "[observability]\n" in text
-                        else f"{text}\n[observability]\n{off}")
+    set_observability(manifest, metrics="false")
     return app
 
 
@@ -128,10 +136,7 @@ def app_with_tracing(tmp: str, collector: str) -> Path:
     """The example app, in its own directory, sampling every trace and exporting to `collector`."""
     app = copy_example(Path(tmp) / "tracing")
     manifest = app / "edgeworks.toml"
-    text = manifest.read_text()
-    on = f'tracing_sample_ratio = 1.0\notlp_endpoint = "{collector}"\n'
-    manifest.write_text(text.replace("[observability]\n", f"[observability]\n{on}", 1) if "[observability]\n" in text
-                        else f"{text}\n[observability]\n{on}")
+    set_observability(manifest, tracing_sample_ratio="1.0", otlp_endpoint=f'"{collector}"')
     return app
 
 
