@@ -68,6 +68,8 @@ class Limits(_Model):
     wall_ms: Annotated[int, Field(gt=0, le=900_000)] = 60_000
     memory_mb: Annotated[int, Field(ge=32, le=16_384)] = 256
     subrequests: Annotated[int, Field(ge=0, le=10_000)] = 50
+    # KV, D1, R2 (and Queues) calls per request: Cloudflare's 1,000, counted apart from subrequests.
+    binding_ops: Annotated[int, Field(ge=0, le=100_000)] = 1_000
     body_bytes: Annotated[int, Field(gt=0, le=512 * 1024 * 1024)] = 10 * 1024 * 1024
     # From the init message to "ready": importing the module and building env. A module that
     # loops at import is stopped here instead of holding a deploy for minutes.

@@ -9,7 +9,7 @@ __all__ = ["LoadError", "error_body", "error_json"]
 
 # Cloudflare-style numeric codes beside our names: 1101 = the script threw, 1102 = resource limit.
 CF_CODES = {"exception": 1101, "cpu_limit": 1102, "memory_limit": 1102, "wall_limit": 1102,
-            "subrequest_limit": 1102}
+            "subrequest_limit": 1102, "binding_ops_limit": 1102}
 
 
 def error_body(code: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:

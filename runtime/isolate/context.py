@@ -1,7 +1,7 @@
 """Per-request context inside an isolate: the `ctx` handlers get, and the scope bindings read.
 
 `current()` is the scope of the request whose code is running (a contextvar, so it follows the
-request into every task it awaits). Bindings use it to count subrequests and to carry the request
+request into every task it awaits). Bindings use it to count subrequests and binding operations, and to carry the request
 id and tenant on everything they send.
 """
 
@@ -20,6 +20,7 @@ from runtime.principals import current_principal
 from runtime.protocol import Identity
 
 __all__ = [
+    "BindingOpsLimitExceeded",
     "ExecutionContext",
     "Identity",
     "RequestScope",
@@ -37,6 +38,14 @@ class SubrequestLimitExceeded(Exception):
         self.limit = limit
 
 
+class BindingOpsLimitExceeded(Exception):
+    """More storage-binding calls (KV, D1, R2, Queues) in one request than `limits.binding_ops`."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"binding operations limit of {limit} per request exceeded (limits.binding_ops)")
+        self.limit = limit
+
+
 @dataclass
 class RequestScope:
     request_id: str = ""
@@ -45,6 +54,8 @@ class RequestScope:
     risk: str = "low"
     subrequest_limit: int = 50
     subrequests: int = 0
+    binding_op_limit: int = 1_000
+    binding_ops: int = 0
     deadline: float | None = None  # epoch seconds when the request's wall time runs out
     route: str | None = None  # the matched route's pattern, for the request's calls (None: not a fetch)
     level: str = "internal"  # the data classification level of the data this code handles (runtime/classification.py)
@@ -62,9 +73,15 @@ class RequestScope:
         if self.subrequests > self.subrequest_limit:
             raise SubrequestLimitExceeded(self.subrequest_limit)
 
+    def count_binding_op(self) -> None:
+        """Count one KV/D1/R2/Queues call against the request's `limits.binding_ops`."""
+        self.binding_ops += 1
+        if self.binding_ops > self.binding_op_limit:
+            raise BindingOpsLimitExceeded(self.binding_op_limit)
+
 
 _scope: contextvars.ContextVar[RequestScope] = contextvars.ContextVar("edgeworks_scope")
-_NO_SCOPE = RequestScope(subrequest_limit=1_000_000)
+_NO_SCOPE = RequestScope(subrequest_limit=1_000_000, binding_op_limit=1_000_000_000)
 
 
 def current() -> RequestScope:

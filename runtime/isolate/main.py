@@ -43,6 +43,7 @@ from runtime.identity import Assertions
 from runtime.ipc import Channel, ChannelClosed, open_channel
 from runtime.isolate import console, outbound, stats
 from runtime.isolate.context import (
+    BindingOpsLimitExceeded,
     ExecutionContext,
     RequestScope,
     SubrequestLimitExceeded,
@@ -326,6 +327,7 @@ class Isolate:
         assert self.script is not None
         return RequestScope(request_id=rid or "", script=self.script.name, identity=protocol.Identity.from_wire(identity),
                             risk=risk, subrequest_limit=self.script.limits.subrequests,
+                            binding_op_limit=self.script.limits.binding_ops,
                             deadline=time.time() + self.script.limits.wall_ms / 1000,
                             level=level or RequestScope.level, task_class=task_class)
 
@@ -350,6 +352,8 @@ class Isolate:
                    "limit_mb": self.script.limits.memory_mb}
         except SubrequestLimitExceeded as e:
             err = {"code": "subrequest_limit", "status": 503, "message": str(e), "limit": e.limit}
+        except BindingOpsLimitExceeded as e:
+            err = {"code": "binding_ops_limit", "status": 503, "message": str(e), "limit": e.limit}
         except RequestJSONTooDeep as e:  # from request.json(): the client's fault, not the handler's
             err = {"code": "json_too_deep", "status": 400, "message": str(e), "limit": e.limit}
         except asyncio.CancelledError:
