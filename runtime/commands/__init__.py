@@ -4,6 +4,7 @@ from runtime.commands import (
     ai,
     approvals,
     audit,
+    d1,
     deploy,
     kill,
     load,
@@ -15,4 +16,4 @@ from runtime.commands import (
     workflows,
 )
 
-COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail, ai, slo]
+COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail, ai, slo, d1]

@@ -1,0 +1,137 @@
+"""``edgeworks d1 migrations apply|list DB`` and ``edgeworks d1 execute DB --command SQL``.
+
+They open the database a script's ``d1_databases`` entry names (``DB`` is its binding; ``--script``
+picks the script when several bind that name) in the app's state dir (``--state-dir`` to
+override), through the same helper as the running isolates, so they are safe while a server runs.
+``--tenant`` names a tenant's database of a tenant-scoped binding. Migrations are the
+``migrations_dir``'s ``*.sql`` files in name order, each applied in its own transaction and
+recorded in ``d1_migrations`` as wrangler does. Exit 0, 1 on a SQL or migration error, 2 on a
+bad app or binding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("d1", help="D1 databases: apply and list migrations, execute SQL")
+    d1 = p.add_subparsers(dest="d1_command", required=True)
+    migrations = d1.add_parser("migrations", help="the migrations directory of a database")
+    steps = migrations.add_subparsers(dest="migrations_command", required=True)
+    for name, help_text in (("apply", "apply the pending migrations in order"),
+                            ("list", "list the migrations and whether each is applied")):
+        step = steps.add_parser(name, help=help_text)
+        _common(step)
+        step.set_defaults(func=_migrations, action=name)
+    execute = d1.add_parser("execute", help="run SQL on a database")
+    _common(execute)
+    execute.add_argument("--command", required=True, help="the SQL (several statements: one transaction)")
+    execute.add_argument("--json", action="store_true", help="print the results as JSON")
+    execute.set_defaults(func=_execute)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("database", metavar="DB", help="the binding name of a d1_databases entry")
+    p.add_argument("--app", default=".", help="the app directory (default: .)")
+    p.add_argument("--script", default=None, help="the script whose binding it is (when several bind DB)")
+    p.add_argument("--state-dir", dest="state_dir", default=None, help="state directory (default: the app's)")
+    p.add_argument("--tenant", default=None, help="the tenant's database, for a tenant-scoped binding")
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any, Path] | int:
+    """(connection, binding, app root) or an exit code after printing why."""
+    from objects import sqlitefile
+    from runtime.bindings.d1 import D1Binding, database_path
+    from runtime.config import ConfigError, load_app
+
+    try:
+        app = load_app(args.app)
+    except ConfigError as e:
+        print("edgeworks d1: the app's configuration is invalid:\n  " + "\n  ".join(e.problems), file=sys.stderr)
+        return 2
+    found: list[tuple[str, D1Binding]] = [
+        (s.name, b) for s in app.scripts for b in getattr(s, "d1_databases", [])
+        if b.binding == args.database and args.script in (None, s.name)]
+    if not found:
+        print(f"edgeworks d1: no script binds a D1 database as {args.database!r}", file=sys.stderr)
+        return 2
+    if len({b.file_stem for _, b in found}) > 1:
+        print(f"edgeworks d1: scripts {', '.join(n for n, _ in found)} bind different databases as "
+              f"{args.database!r}; name one with --script", file=sys.stderr)
+        return 2
+    binding = found[0][1]
+    if binding.tenant_scoped != (args.tenant is not None):
+        need = "needs --tenant" if binding.tenant_scoped else "is not tenant-scoped (no --tenant)"
+        print(f"edgeworks d1: {args.database} {need}", file=sys.stderr)
+        return 2
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else app.state_dir
+    conn = sqlitefile.connect(database_path(state_dir, binding, args.tenant), synchronous="FULL")
+    return conn, binding, app.root
+
+
+def _migrations(args: argparse.Namespace) -> int:
+    from runtime.bindings.d1 import D1Error, apply_migrations, list_migrations
+
+    opened = _open(args)
+    if isinstance(opened, int):
+        return opened
+    conn, binding, root = opened
+    migrations_dir = root / binding.migrations_dir
+    try:
+        if args.action == "apply":
+            try:
+                applied = apply_migrations(conn, migrations_dir, binding.migrations_table)
+            except D1Error as e:
+                print(f"edgeworks d1: {e}", file=sys.stderr)
+                return 1
+            for name in applied:
+                print(f"applied {name}")
+            if not applied:
+                print("no migrations to apply")
+            return 0
+        for migration in list_migrations(conn, migrations_dir, binding.migrations_table):
+            print(f"{'applied' if migration.applied else 'pending'}  {migration.name}")
+        return 0
+    finally:
+        conn.close()
+
+
+def _execute(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from runtime.bindings.d1 import split_statements
+
+    opened = _open(args)
+    if isinstance(opened, int):
+        return opened
+    conn, _, _ = opened
+    out: list[dict[str, Any]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in split_statements(args.command):
+            cursor = conn.execute(statement)
+            columns = [d[0] for d in cursor.description or ()]
+            out.append({"results": [dict(zip(columns, row)) for row in cursor.fetchall()],
+                        "changes": cursor.rowcount if cursor.rowcount >= 0 else 0})
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        print(f"edgeworks d1: D1_ERROR: {e}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(out, default=lambda v: v.hex() if isinstance(v, bytes) else str(v)))
+    else:
+        for result in out:
+            for row in result["results"]:
+                print("\t".join("NULL" if v is None else str(v) for v in row.values()))
+    return 0
