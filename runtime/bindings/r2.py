@@ -219,7 +219,7 @@ def _condition(only_if: Any) -> dict[str, Any]:
              "uploaded_before": "uploadedBefore", "uploaded_after": "uploadedAfter"}
     out: dict[str, Any] = {}
     for name, value in only_if.items():
-        field = names.get(name, name)
+        field = names.get(str(name), str(name))
         if field not in names.values():
             raise _error(f"r2: unknown only_if condition {name!r}")
         out[field] = value
