@@ -102,14 +102,13 @@ def database_path(state_dir: Path, binding: D1Binding, tenant: str | None = None
 def split_statements(sql: str) -> list[str]:
     """The complete statements of `sql`, in order (``;`` inside strings and triggers kept)."""
     statements, buf = [], ""
-    for part in sql.split(";"):
-        buf += part + ";"
-        if sqlite3.complete_statement(buf):
+    parts = sql.split(";")
+    for i, part in enumerate(parts):
+        buf += part if i == len(parts) - 1 else part + ";"
+        if i == len(parts) - 1 or sqlite3.complete_statement(buf):
             if buf.strip(" \t\r\n;"):
                 statements.append(buf.strip())
             buf = ""
-    if buf.strip(" \t\r\n;"):
-        statements.append(buf.strip().rstrip(";"))
     return statements
 
 
@@ -313,7 +312,7 @@ class D1Database:
         columns = [d[0] for d in cursor.description or ()]
         changes = conn.total_changes - before
         duration = (time.perf_counter() - started) * 1000
-        results: list[Any] = [list(r) for r in rows] if raw else [dict(zip(columns, r)) for r in rows]
+        results: list[Any] = [list(r) for r in rows] if raw else [dict(zip(columns, r, strict=True)) for r in rows]
         meta = {"served_by": "edgeworks", "duration": duration, "changes": changes,
                 "last_row_id": cursor.lastrowid or 0, "changed_db": changes > 0,
                 "size_after": _size(conn), "rows_read": len(rows), "rows_written": changes}

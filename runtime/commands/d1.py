@@ -118,7 +118,7 @@ def _execute(args: argparse.Namespace) -> int:
         for statement in split_statements(args.command):
             cursor = conn.execute(statement)
             columns = [d[0] for d in cursor.description or ()]
-            out.append({"results": [dict(zip(columns, row)) for row in cursor.fetchall()],
+            out.append({"results": [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()],
                         "changes": cursor.rowcount if cursor.rowcount >= 0 else 0})
         conn.execute("COMMIT")
     except sqlite3.Error as e:
