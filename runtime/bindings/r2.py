@@ -28,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import functools
 import hashlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,13 +56,16 @@ MAX_DELETE_KEYS = 1000
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 10_000
 _READ_CHUNK = 1 << 16
+_CAMEL = re.compile(r"[A-Z]")
+F = TypeVar("F", bound=Callable[..., Any])
 _HTTP_FIELDS = ("contentType", "contentLanguage", "contentDisposition", "contentEncoding", "cacheControl",
                 "cacheExpiry")
 
 
 class R2BucketBinding(BaseModel):
-    """`[[scripts.r2_buckets]]`: wrangler's keys (`binding`, `bucket_name`, `preview_bucket_name`,
-    `jurisdiction`), plus `tenant_scoped`."""
+    """`[[scripts.r2_buckets]]`: wrangler's keys (`binding`, `bucket_name`; `preview_bucket_name` and
+    `jurisdiction` are accepted and change nothing locally: data lives under `bucket_name`), plus
+    `tenant_scoped`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -79,7 +84,28 @@ def _error(message: str, code: str = "r2_invalid_argument", status: int = 400) -
     return R2Error("R2Error", message, code, status)
 
 
-class R2Object:
+class _CamelNames:
+    """Cloudflare's camelCase names (`httpMetadata`, `arrayBuffer`, `uploadPart`...) as aliases of
+    the Python ones, so code written against the JavaScript shape runs unchanged."""
+
+    def __getattr__(self, name: str) -> Any:
+        snake = _CAMEL.sub(lambda m: "_" + m.group(0).lower(), name)
+        if snake == name or name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self, snake)
+
+
+def _camel_options(method: F) -> F:
+    """`method` also accepts its options under Cloudflare's names (`onlyIf=`, `httpMetadata=`)."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return method(*args, **{_CAMEL.sub(lambda m: "_" + m.group(0).lower(), k): v for k, v in kwargs.items()})
+
+    return cast(F, call)
+
+
+class R2Object(_CamelNames):
     """An object's metadata (`head`, `put`, `list`, a `get` whose condition failed)."""
 
     def __init__(self, row: Row, range_: dict[str, int] | None = None, *, include: Iterable[str] | None = None):
@@ -153,14 +179,14 @@ class R2ObjectBody(R2Object):
         self._file.close()
 
 
-class R2Objects:
+class R2Objects(_CamelNames):
     """A `list` page."""
 
     def __init__(self, objects: list[R2Object], truncated: bool, cursor: str | None, delimited_prefixes: list[str]):
         self.objects, self.truncated, self.cursor, self.delimited_prefixes = objects, truncated, cursor, delimited_prefixes
 
 
-class R2UploadedPart:
+class R2UploadedPart(_CamelNames):
     def __init__(self, part_number: int, etag: str):
         self.part_number, self.etag = part_number, etag
 
@@ -322,7 +348,7 @@ def _md5_given(md5: Any) -> str:
 # -- the binding -------------------------------------------------------------------------------
 
 
-class R2Bucket:
+class R2Bucket(_CamelNames):
     """`env.BUCKET`."""
 
     def __init__(self, store: Store, bucket: str, *, tenant_scoped: bool = False, audit: AuditHook | None = None):
@@ -349,6 +375,7 @@ class R2Bucket:
         row = await asyncio.to_thread(self._store.head, tenant, _check_key(key))
         return R2Object(row) if row else None
 
+    @_camel_options
     async def get(self, key: str, *, range: Any = None, only_if: Any = None) -> R2ObjectBody | R2Object | None:  # noqa: A002 (Cloudflare's name)
         tenant = self._begin()
         cond = _condition(only_if)
@@ -368,6 +395,7 @@ class R2Bucket:
             raise
         return R2ObjectBody(row, file, offset, length, {"offset": offset, "length": length})
 
+    @_camel_options
     async def put(self, key: str, value: Any, *, http_metadata: Any = None, custom_metadata: Any = None,
                   only_if: Any = None, md5: Any = None) -> R2Object | None:
         tenant = self._begin()
@@ -398,6 +426,7 @@ class R2Bucket:
         for row in gone:
             self._audited("r2.delete", row.key, row.size, row.etag, tenant)
 
+    @_camel_options
     async def list(self, *, prefix: str = "", delimiter: str | None = None, cursor: str | None = None,
                    limit: int = MAX_LIST_LIMIT, include: list[str] | None = None,
                    start_after: str | None = None) -> R2Objects:
@@ -429,6 +458,7 @@ class R2Bucket:
         more = await asyncio.to_thread(self._store.list, tenant, prefix, after, 1)
         return R2Objects(objects, bool(more), _encode_cursor(after) if more else None, prefixes)
 
+    @_camel_options
     async def create_multipart_upload(self, key: str, *, http_metadata: Any = None,
                                       custom_metadata: Any = None) -> R2MultipartUpload:
         tenant = self._begin()
@@ -453,7 +483,7 @@ def _decode_cursor(cursor: str) -> str:
         raise _error(f"r2: {cursor!r} is not a cursor this bucket returned", "r2_invalid_cursor") from None
 
 
-class R2MultipartUpload:
+class R2MultipartUpload(_CamelNames):
     """An upload in progress: parts numbered 1..10,000, each stored as it arrives."""
 
     def __init__(self, bucket: R2Bucket, tenant: str | None, key: str, upload_id: str):
@@ -529,9 +559,9 @@ def _names(script: ScriptConfig) -> list[tuple[str, str]]:
 def _build(host: BindingHost) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for b in host.script.r2_buckets:
-        name = b.preview_bucket_name if host.dev and b.preview_bucket_name else b.bucket_name
-        out[b.binding] = R2Bucket(Store(host.state_dir / "r2" / name), name, tenant_scoped=b.tenant_scoped,
-                                  audit=host.audit)
+        store = Store(host.state_dir / "r2" / b.bucket_name)
+        store.sweep()
+        out[b.binding] = R2Bucket(store, b.bucket_name, tenant_scoped=b.tenant_scoped, audit=host.audit)
     return out
 
 

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,24 @@ async def test_a_body_streams_from_chunks_and_reads_once(bucket: R2Bucket) -> No
     assert total == 1_000_000
     with pytest.raises(R2Error, match="already read"):
         got.body  # noqa: B018
+
+
+async def test_cloudflare_camel_case_names_work_too(bucket: R2Bucket) -> None:
+    obj = await bucket.put("k", b"{\"a\": 1}", httpMetadata={"contentType": "application/json"},
+                           customMetadata={"x": "y"})
+    assert obj is not None and obj.httpMetadata == {"contentType": "application/json"} and obj.httpEtag == obj.http_etag
+    got = await bucket.get("k", onlyIf={"etagMatches": obj.etag})
+    assert isinstance(got, R2ObjectBody) and await got.json() == {"a": 1} and got.bodyUsed
+    page = await bucket.list(startAfter="a", include=["httpMetadata"])
+    assert page.delimitedPrefixes == [] and [o.key for o in page.objects] == ["k"]
+    up = await bucket.createMultipartUpload("m")
+    part = await up.uploadPart(1, b"x")
+    assert part.partNumber == 1 and (await up.complete([part])).size == 1
+    headers: dict[str, str] = {}
+    obj.writeHttpMetadata(headers)
+    assert headers == {"content-type": "application/json"}
+    with pytest.raises(AttributeError):
+        obj.noSuchThing  # noqa: B018
 
 
 async def test_missing_keys_give_none(bucket: R2Bucket) -> None:
@@ -232,11 +251,13 @@ def test_kill_9_during_writes_leaves_no_torn_object(tmp_path: Path) -> None:
         proc.wait()
         proc.stdout.close()
     store = Store(root)
+    store.sweep(older_than_s=0)  # the files of writes killed before their commit
     rows = store.list("", "", "", 100)
     assert rows
     for row in rows:
         data = (store.blobs / row.blob).read_bytes()
         assert len(data) == row.size and hashlib.md5(data).hexdigest() == row.etag
+    assert sorted(p.name for p in store.blobs.iterdir()) == sorted(r.blob for r in rows)
     store.close()
 
 
@@ -270,16 +291,28 @@ async def fetch(request, env, ctx):
 def test_isolates_share_the_bucket_and_it_survives_a_restart(tmp_path: Path) -> None:
     app = write_app(tmp_path / "app", MANIFEST, {"app.py": APP})
     with Server(app) as server, server.client() as client:
-        for i in range(6):
-            r = client.put(f"/o{i}", content=f"body-{i}".encode())
-            assert r.status_code == 200, r.text
-        pids = set()
-        for i in range(6):
-            r = client.get(f"/o{i}")
-            assert r.status_code == 200 and r.content == f"body-{i}".encode()
-            pids.add(r.headers["x-pid"])
+        assert len(server.pids("app")) == 2
+
+        def writer(n: int) -> set[int]:
+            pids = set()
+            with server.client() as own:
+                for i in range(10):
+                    for key in (f"w{n}-{i}", "shared"):  # distinct keys, and one every writer replaces
+                        r = own.put(f"/{key}", content=f"{n}-{i}".encode() * 1000)
+                        assert r.status_code == 200, r.text
+                        pids.add(r.json()["pid"])
+            return pids
+
+        with ThreadPoolExecutor(4) as pool:
+            served = set().union(*pool.map(writer, range(4)))
+        assert served <= set(server.pids("app"))
+        for n in range(4):
+            for i in range(10):
+                assert client.get(f"/w{n}-{i}").content == f"{n}-{i}".encode() * 1000
+        shared = client.get("/shared").content
+        assert len(shared) % 1000 == 0 and shared == shared[:len(shared) // 1000] * 1000  # one whole write
     with Server(app) as server, server.client() as client:
-        assert client.get("/o3").content == b"body-3"
+        assert client.get("/w2-7").content == b"2-7" * 1000
 
 
 def test_bad_manifest_entries_are_named_by_key_path(tmp_path: Path) -> None:
