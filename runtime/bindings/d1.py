@@ -313,7 +313,8 @@ class D1Database:
         changes = conn.total_changes - before
         duration = (time.perf_counter() - started) * 1000
         results: list[Any] = [list(r) for r in rows] if raw else [dict(zip(columns, r, strict=True)) for r in rows]
-        meta = {"served_by": "edgeworks", "duration": duration, "changes": changes,
+        meta = {"served_by": "edgeworks", "served_by_primary": True, "timings": {"sql_duration_ms": duration},
+                "duration": duration, "changes": changes,
                 "last_row_id": cursor.lastrowid or 0, "changed_db": changes > 0,
                 "size_after": _size(conn), "rows_read": len(rows), "rows_written": changes}
         result = D1Result(success=True, results=results, meta=meta)
