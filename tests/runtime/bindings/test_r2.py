@@ -71,12 +71,13 @@ async def test_a_body_streams_from_chunks_and_reads_once(bucket: R2Bucket) -> No
 
 
 async def test_cloudflare_camel_case_names_work_too(bucket: R2Bucket) -> None:
-    obj = await bucket.put("k", b"{\"a\": 1}", httpMetadata={"contentType": "application/json"},
+    js: Any = bucket  # the camelCase names are aliases outside the typed signatures
+    obj = await js.put("k", b"{\"a\": 1}", httpMetadata={"contentType": "application/json"},
                            customMetadata={"x": "y"})
     assert obj is not None and obj.httpMetadata == {"contentType": "application/json"} and obj.httpEtag == obj.http_etag
-    got = await bucket.get("k", onlyIf={"etagMatches": obj.etag})
+    got = await js.get("k", onlyIf={"etagMatches": obj.etag})
     assert isinstance(got, R2ObjectBody) and await got.json() == {"a": 1} and got.bodyUsed
-    page = await bucket.list(startAfter="a", include=["httpMetadata"])
+    page = await js.list(startAfter="a", include=["httpMetadata"])
     assert page.delimitedPrefixes == [] and [o.key for o in page.objects] == ["k"]
     up = await bucket.createMultipartUpload("m")
     part = await up.uploadPart(1, b"x")
