@@ -47,7 +47,7 @@ from runtime.names import BINDING_NAME
 if TYPE_CHECKING:
     from runtime.config import ScriptConfig
 
-__all__ = ["KIND", "KVBinding", "KVError", "KVNamespace", "KVStore", "namespace_path"]
+__all__ = ["KIND", "KVBinding", "KVError", "KVNamespace", "KVStore", "check_key", "checked_put", "namespace_path"]
 
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 25 * 1024 * 1024
@@ -148,6 +148,12 @@ def _expiry(expiration: Any, expiration_ttl: Any, now: float) -> int | None:
     return None
 
 
+def checked_put(key: Any, value: Any, expiration: Any, expiration_ttl: Any, metadata: Any,
+                now: float) -> tuple[str, bytes, int | None, str | None]:
+    """A put's (key, value bytes, expiry, metadata JSON) after Cloudflare's checks, or `KVError`."""
+    return (check_key(key), _value_bytes(value), _expiry(expiration, expiration_ttl, now), _metadata_text(metadata))
+
+
 def _encode_cursor(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode()).decode()
 
@@ -233,12 +239,9 @@ class KVNamespace:
 
     async def put(self, key: str, value: Any, *, expiration: int | float | None = None,
                   expiration_ttl: int | float | None = None, metadata: Any = None) -> None:
-        check_key(key)
-        data = _value_bytes(value)
-        meta = _metadata_text(metadata)
-        expires = _expiry(expiration, expiration_ttl, time.time())
+        entry = checked_put(key, value, expiration, expiration_ttl, metadata, time.time())
         tenant = self._tenant()
-        await self._run(lambda s: s.put(tenant, key, data, expires, meta))
+        await self._run(lambda s: s.put(tenant, *entry))
         self._audited("kv.put", key, tenant)
 
     async def delete(self, key: str) -> None:

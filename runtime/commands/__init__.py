@@ -7,6 +7,7 @@ from runtime.commands import (
     d1,
     deploy,
     kill,
+    kv,
     load,
     serve,
     slo,
@@ -16,4 +17,4 @@ from runtime.commands import (
     workflows,
 )
 
-COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail, ai, slo, d1]
+COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail, ai, slo, d1, kv]
