@@ -51,7 +51,7 @@ from runtime.names import BINDING_NAME
 if TYPE_CHECKING:
     from runtime.config import ScriptConfig
 
-__all__ = ["KIND", "D1Binding", "D1Database", "D1Error", "D1PreparedStatement", "D1Result", "Migration",
+__all__ = ["KIND", "D1Binding", "D1Database", "D1Error", "D1PreparedStatement", "D1Result", "D1Row", "Migration",
            "apply_migrations", "database_path", "list_migrations", "split_statements"]
 
 MIGRATIONS_TABLE = "d1_migrations"
@@ -82,14 +82,18 @@ class D1Error(Exception):
     """A statement D1 refused or SQLite failed; the message is D1's (``D1_ERROR: ...``)."""
 
 
-class D1Result(dict[str, Any]):
-    """D1's result object (``success``, ``results``, ``meta``), readable as a dict or by attribute."""
+class D1Row(dict[str, Any]):
+    """A row (or result object), readable as a dict or by attribute as Pyodide's proxies are."""
 
     def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+class D1Result(D1Row):
+    """D1's result object: ``success``, ``results`` (rows) and ``meta``."""
 
 
 def database_path(state_dir: Path, binding: D1Binding, tenant: str | None = None) -> Path:
@@ -206,7 +210,10 @@ class D1PreparedStatement:
     async def run(self) -> D1Result:
         return await self.all()
 
-    async def raw(self, columnNames: bool = False) -> list[list[Any]]:  # noqa: N803 (D1's option name)
+    async def raw(self, columnNames: bool | dict[str, Any] = False) -> list[list[Any]]:  # noqa: N803 (D1's option name)
+        """Rows as lists; ``columnNames=True`` (or D1's ``{"columnNames": True}``) puts the names first."""
+        if isinstance(columnNames, dict):
+            columnNames = bool(columnNames.get("columnNames"))
         result = await self._db._call(lambda conn: self._db._execute(conn, [self], raw=True))
         rows: list[list[Any]] = result[0]["results"]
         return [result[0]["columns"], *rows] if columnNames else rows
@@ -312,7 +319,7 @@ class D1Database:
         columns = [d[0] for d in cursor.description or ()]
         changes = conn.total_changes - before
         duration = (time.perf_counter() - started) * 1000
-        results: list[Any] = [list(r) for r in rows] if raw else [dict(zip(columns, r, strict=True)) for r in rows]
+        results: list[Any] = [list(r) for r in rows] if raw else [D1Row(zip(columns, r, strict=True)) for r in rows]
         meta = {"served_by": "edgeworks", "served_by_primary": True, "timings": {"sql_duration_ms": duration},
                 "duration": duration, "changes": changes,
                 "last_row_id": cursor.lastrowid or 0, "changed_db": changes > 0,
@@ -324,9 +331,8 @@ class D1Database:
 
 
 def _size(conn: sqlite3.Connection) -> int:
-    page_count = conn.execute("PRAGMA page_count").fetchone()[0]
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    return int(page_count) * int(page_size)
+    (pages,), = conn.execute("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+    return int(pages)
 
 
 # ---------------------------------------------------------------------------------------------

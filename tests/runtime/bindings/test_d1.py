@@ -60,12 +60,14 @@ async def test_all_first_raw_run_and_meta(db: D1Database) -> None:
     stmt = db.prepare("SELECT name FROM users WHERE id = ?")
     assert await stmt.bind(2).first() == {"name": "bob"}
     assert await stmt.bind(1).first("name") == "ada"
+    assert (await stmt.bind(1).first()).name == "ada"  # rows read by attribute too, as in Python Workers
     assert await stmt.bind(99).first() is None
     with pytest.raises(D1Error, match="D1_COLUMN_NOTFOUND"):
         await stmt.bind(1).first("nope")
     assert await db.prepare("SELECT id, name FROM users ORDER BY id").raw() == [[1, "ada"], [2, "bob"]]
     assert await db.prepare("SELECT id, name FROM users ORDER BY id").raw(columnNames=True) == [
         ["id", "name"], [1, "ada"], [2, "bob"]]
+    assert (await db.prepare("SELECT id FROM users ORDER BY id").raw({"columnNames": True}))[0] == ["id"]
 
 
 async def test_errors_carry_sqlites_message(db: D1Database) -> None:
