@@ -9,13 +9,13 @@
 
 Declared per script as wrangler does, ``d1_databases = [{ binding = "DB", database_name = "app",
 database_id = "...", migrations_dir = "migrations" }]``; the data lives in
-``<state>/d1/<database_id or database_name>.sqlite`` (``tenant_scoped = true``: one file per tenant,
+``<state>/d1/<preview_database_id, database_id or database_name>.sqlite`` (``tenant_scoped = true``: one file per tenant,
 ``<state>/d1/<id>/tenants/<tenant>.sqlite``, migrations applied on its first open), shared by every
 isolate of the runtime through `objects.sqlitefile.connect` (WAL, 30 s busy timeout).
 
 Semantics kept from D1: a `batch` is one transaction (all statements or none, also across a
 kill -9), `exec` runs its statements in one transaction too; errors raise `D1Error` carrying
-SQLite's message (``D1_ERROR: no such table: x: SQLITE_ERROR``); bound booleans become 1/0 and a
+SQLite's message (``D1_ERROR: no such table: x: SQLITE_ERROR``); foreign keys are enforced; bound booleans become 1/0 and a
 value of another type than None, int, float, str, bytes is refused (``D1_TYPE_ERROR``). Writes run
 under ``BEGIN IMMEDIATE`` so two isolates writing at once wait for each other (the busy timeout)
 instead of failing with ``database is locked``; commits are ``synchronous=FULL``.
@@ -69,13 +69,15 @@ class D1Binding(BaseModel):
     binding: Annotated[str, Field(pattern=BINDING_NAME)]
     database_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     database_id: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = None
+    # wrangler's local dev keeps the preview database apart: its id names the file when set.
+    preview_database_id: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = None
     migrations_dir: str = "migrations"
     migrations_table: Annotated[str, Field(pattern=BINDING_NAME)] = MIGRATIONS_TABLE
     tenant_scoped: bool = False
 
     @property
     def file_stem(self) -> str:
-        return self.database_id or self.database_name
+        return self.preview_database_id or self.database_id or self.database_name
 
 
 class D1Error(Exception):
@@ -129,6 +131,8 @@ def _d1_error(exc: sqlite3.Error, prefix: str = "D1_ERROR") -> D1Error:
 def _param(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise D1Error(f"D1_TYPE_ERROR: integer {value} does not fit SQLite's 64 bits")
     if value is None or isinstance(value, (int, float, str, bytes)):
         return value
     if isinstance(value, (bytearray, memoryview)):
@@ -278,6 +282,7 @@ class D1Database:
         if conn is None:
             path = database_path(self._state_dir, self._binding, tenant)
             conn = sqlitefile.connect(path, synchronous="FULL")
+            conn.execute("PRAGMA foreign_keys = ON")  # D1 enforces foreign keys
             if tenant is not None:
                 apply_migrations(conn, self._migrations_dir, self._binding.migrations_table)
             self._conns[tenant] = conn

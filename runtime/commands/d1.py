@@ -73,6 +73,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Path] | int:
         return 2
     state_dir = Path(args.state_dir).resolve() if args.state_dir else app.state_dir
     conn = sqlitefile.connect(database_path(state_dir, binding, args.tenant), synchronous="FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
     return conn, binding, app.root
 
 

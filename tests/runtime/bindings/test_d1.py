@@ -79,6 +79,11 @@ async def test_errors_carry_sqlites_message(db: D1Database) -> None:
     await db.prepare("INSERT INTO t VALUES ('a')").run()
     with pytest.raises(D1Error, match="UNIQUE constraint failed: t.k: SQLITE_CONSTRAINT"):
         await db.prepare("INSERT INTO t VALUES ('a')").run()
+    with pytest.raises(D1Error, match="D1_TYPE_ERROR: integer"):
+        db.prepare("SELECT ?").bind(2**64)
+    await db.exec("CREATE TABLE parent(id INTEGER PRIMARY KEY); CREATE TABLE child(p INTEGER REFERENCES parent(id))")
+    with pytest.raises(D1Error, match="FOREIGN KEY constraint failed: SQLITE_CONSTRAINT"):
+        await db.prepare("INSERT INTO child VALUES (1)").run()
     with pytest.raises(D1Error, match=r"D1_EXEC_ERROR: Error in line 2: .*no such table: nope"):
         await db.exec("INSERT INTO t VALUES ('b'); INSERT INTO nope VALUES (1)")
     assert await db.prepare("SELECT count(*) AS n FROM t").first("n") == 1  # exec is one transaction
