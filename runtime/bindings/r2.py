@@ -13,9 +13,9 @@ Semantics kept from Cloudflare: `get`/`head` of a missing key give None; a faile
 `get` gives the object without a body (an `R2Object`), on `put` gives None; etags are the md5 hex
 of the content, or ``<md5 of the parts' md5s>-<parts>`` for a multipart object; `list` pages by
 `cursor` with `truncated`, groups keys under `delimiter` into `delimited_prefixes`, and returns
-metadata only for what `include` names. Limits: keys up to 1,024 bytes, custom metadata up to
-2,048 bytes, `list` limit 1..1,000, `delete` up to 1,000 keys, multipart parts of at least 5 MiB
-(except the last) and at most 10,000 of them.
+metadata only for what `include` names. Limits: keys up to 1,024 bytes, metadata (HTTP and custom)
+up to 8,192 bytes, `list` limit 1..1,000, `delete` up to 1,000 keys, one put or part up to 5 GiB - 5 MiB,
+multipart parts of at least 5 MiB (except the last) and at most 10,000 of them.
 
 Bodies stream through this process's state dir (`runtime/bindings/r2_store.py`): no body is
 ever held whole in memory, and a write is atomic. Every call counts as one binding operation
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import email.utils
 import functools
 import hashlib
 import json
@@ -50,11 +51,12 @@ __all__ = ["KIND", "R2Bucket", "R2BucketBinding", "R2Error", "R2MultipartUpload"
            "R2Objects", "R2UploadedPart"]
 
 MAX_KEY_BYTES = 1024
-MAX_CUSTOM_METADATA_BYTES = 2048
+MAX_METADATA_BYTES = 8192
 MAX_LIST_LIMIT = 1000
 MAX_DELETE_KEYS = 1000
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 10_000
+MAX_UPLOAD_BYTES = 5 * 1024**3 - 5 * 1024**2  # one put or one part
 _READ_CHUNK = 1 << 16
 _CAMEL = re.compile(r"[A-Z]")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -117,6 +119,8 @@ class R2Object(_CamelNames):
         self.uploaded = dt.datetime.fromtimestamp(row.uploaded, dt.UTC)
         wanted = {"httpMetadata", "customMetadata"} if include is None else set(include)
         self.http_metadata: dict[str, Any] = dict(row.http_metadata) if "httpMetadata" in wanted else {}
+        if "cacheExpiry" in self.http_metadata:
+            self.http_metadata["cacheExpiry"] = dt.datetime.fromtimestamp(self.http_metadata["cacheExpiry"], dt.UTC)
         self.custom_metadata: dict[str, str] = dict(row.custom_metadata) if "customMetadata" in wanted else {}
         self.range = range_
         self.storage_class = "Standard"
@@ -128,8 +132,11 @@ class R2Object(_CamelNames):
                  "contentDisposition": "content-disposition", "contentEncoding": "content-encoding",
                  "cacheControl": "cache-control", "cacheExpiry": "expires"}
         for field, header in names.items():
-            if self.http_metadata.get(field) is not None:
-                headers[header] = str(self.http_metadata[field])
+            value = self.http_metadata.get(field)
+            if isinstance(value, dt.datetime):
+                headers[header] = email.utils.format_datetime(value, usegmt=True)
+            elif value is not None:
+                headers[header] = str(value)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(key={self.key!r}, size={self.size}, etag={self.etag!r})"
@@ -224,16 +231,17 @@ def _http_metadata(value: Any) -> dict[str, Any]:
     return out
 
 
-def _custom_metadata(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+def _metadata(http_metadata: Any, custom_metadata: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """Both metadata maps, checked, within R2's object metadata size (names and values, in bytes)."""
+    http = _http_metadata(http_metadata)
+    custom = custom_metadata or {}
+    if not isinstance(custom, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in custom.items()):
         raise TypeError("r2: custom_metadata is a dict of str to str")
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
-    if size > MAX_CUSTOM_METADATA_BYTES:
-        raise _error(f"r2: custom metadata is {size} bytes, the limit is {MAX_CUSTOM_METADATA_BYTES}",
+    size = sum(len(k.encode()) + len(str(v).encode()) for k, v in (*http.items(), *custom.items()))
+    if size > MAX_METADATA_BYTES:
+        raise _error(f"r2: the object's metadata is {size} bytes, the limit is {MAX_METADATA_BYTES}",
                      "r2_metadata_too_large")
-    return dict(value)
+    return http, dict(custom)
 
 
 def _condition(only_if: Any) -> dict[str, Any]:
@@ -322,11 +330,15 @@ async def _chunks(body: Any) -> AsyncIterator[bytes]:
         raise TypeError(f"r2: cannot store a {type(body).__name__} (bytes, str, None or chunks)")
 
 
-async def _write(store: Store, body: Any) -> BlobWriter:
-    """The body written to a published blob (the caller commits or discards it)."""
+async def _write(store: Store, body: Any, limit: int | None) -> BlobWriter:
+    """The body written to a published blob (the caller commits or discards it); refused once it
+    passes `limit` bytes (None: assembled from parts already checked)."""
     writer = await asyncio.to_thread(store.writer)
     try:
         async for chunk in _chunks(body):
+            if limit is not None and writer.size + len(chunk) > limit:
+                raise _error(f"r2: the body is over {limit} bytes, R2's limit for one upload (larger objects: "
+                             "multipart upload)", "r2_entity_too_large", 413)
             await asyncio.to_thread(writer.write, chunk)
         await asyncio.to_thread(writer.publish)
     except BaseException:
@@ -399,12 +411,12 @@ class R2Bucket(_CamelNames):
     async def put(self, key: str, value: Any, *, http_metadata: Any = None, custom_metadata: Any = None,
                   only_if: Any = None, md5: Any = None) -> R2Object | None:
         tenant = self._begin()
-        key, http, custom, cond = (_check_key(key), _http_metadata(http_metadata), _custom_metadata(custom_metadata),
-                                   _condition(only_if))
+        key, cond = _check_key(key), _condition(only_if)
+        http, custom = _metadata(http_metadata, custom_metadata)
         expected = _md5_given(md5) if md5 is not None else None
         if cond and not _holds(cond, await asyncio.to_thread(self._store.head, tenant, key)):
             return None  # refused before reading the body, as R2 does
-        writer = await _write(self._store, value)
+        writer = await _write(self._store, value, MAX_UPLOAD_BYTES)
         etag = writer.md5.hexdigest()
         if expected is not None and expected != etag:
             writer.discard()
@@ -463,8 +475,8 @@ class R2Bucket(_CamelNames):
                                       custom_metadata: Any = None) -> R2MultipartUpload:
         tenant = self._begin()
         key = _check_key(key)
-        upload_id = await asyncio.to_thread(self._store.create_upload, tenant, key, _http_metadata(http_metadata),
-                                            _custom_metadata(custom_metadata))
+        upload_id = await asyncio.to_thread(self._store.create_upload, tenant, key,
+                                            *_metadata(http_metadata, custom_metadata))
         return R2MultipartUpload(self, tenant, key, upload_id)
 
     def resume_multipart_upload(self, key: str, upload_id: str) -> R2MultipartUpload:
@@ -503,7 +515,7 @@ class R2MultipartUpload(_CamelNames):
         if not 1 <= part_number <= MAX_PARTS:
             raise _error(f"r2: part numbers are 1..{MAX_PARTS}, got {part_number}", "r2_invalid_part")
         store = self._bucket._store
-        writer = await _write(store, value)
+        writer = await _write(store, value, MAX_UPLOAD_BYTES)
         part = Part(part_number, writer.name, writer.size, writer.md5.hexdigest())
         if not await asyncio.to_thread(store.commit_part, self.upload_id, part):
             writer.discard()
@@ -531,7 +543,7 @@ class R2MultipartUpload(_CamelNames):
                 raise _error(f"r2: part {given.part_number} is {part.size} bytes; every part but the last is at "
                              f"least {MIN_PART_BYTES}", "r2_entity_too_small")
             parts.append(part)
-        writer = await _write(store, _part_chunks(store, parts))
+        writer = await _write(store, _part_chunks(store, parts), None)
         etag = f"{hashlib.md5(b''.join(bytes.fromhex(p.etag) for p in parts)).hexdigest()}-{len(parts)}"
         row = await asyncio.to_thread(store.finish_upload, tenant, self.key, self.upload_id, writer.name,
                                       writer.size, etag, http, custom)

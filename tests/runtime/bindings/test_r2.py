@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from runtime.bindings import r2
 from runtime.bindings.r2 import MIN_PART_BYTES, R2Bucket, R2Error, R2Object, R2ObjectBody
 from runtime.bindings.r2_store import Store
 from runtime.isolate.context import BindingOpsLimitExceeded, RequestScope, use_scope
@@ -43,6 +44,7 @@ async def test_put_then_get_gives_the_body_and_md5_etag(bucket: R2Bucket, audit:
     obj = await bucket.put("a.txt", "hello", http_metadata={"content_type": "text/plain"},
                            custom_metadata={"owner": "me"})
     assert obj is not None and obj.etag == hashlib.md5(b"hello").hexdigest() and obj.size == 5
+    assert obj.checksums == {"md5": obj.etag} and obj.storage_class == "Standard"
     assert obj.http_etag == f'"{obj.etag}"'
     got = await bucket.get("a.txt")
     assert isinstance(got, R2ObjectBody)
@@ -85,6 +87,11 @@ async def test_cloudflare_camel_case_names_work_too(bucket: R2Bucket) -> None:
     headers: dict[str, str] = {}
     obj.writeHttpMetadata(headers)
     assert headers == {"content-type": "application/json"}
+    expiry = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    dated = await bucket.put("d", b"", http_metadata={"cache_expiry": expiry})
+    assert dated is not None and dated.http_metadata["cacheExpiry"] == expiry
+    dated.write_http_metadata(headers)
+    assert headers["expires"] == "Wed, 02 Jan 2030 03:04:05 GMT"
     with pytest.raises(AttributeError):
         obj.noSuchThing  # noqa: B018
 
@@ -133,11 +140,18 @@ async def test_md5_given_is_checked(bucket: R2Bucket) -> None:
         await bucket.put("k", b"y", md5=hashlib.md5(b"x").digest())
 
 
-async def test_limits_are_clear_errors(bucket: R2Bucket) -> None:
+async def test_limits_are_clear_errors(bucket: R2Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(R2Error, match="1024"):
         await bucket.put("k" * 1025, b"")
-    with pytest.raises(R2Error, match="2048"):
-        await bucket.put("k", b"", custom_metadata={"a": "x" * 2048})
+    with pytest.raises(R2Error, match="8192"):
+        await bucket.put("k", b"", http_metadata={"contentType": "t"}, custom_metadata={"a": "x" * 8190})
+    monkeypatch.setattr(r2, "MAX_UPLOAD_BYTES", 10)
+    with pytest.raises(R2Error, match="over 10 bytes"):
+        await bucket.put("k", [b"x" * 6, b"x" * 6])
+    up = await bucket.create_multipart_upload("k")
+    with pytest.raises(R2Error, match="over 10 bytes"):
+        await up.upload_part(1, b"x" * 11)
+    assert list(bucket._store.blobs.iterdir()) == []  # refused bodies leave no file
     with pytest.raises(R2Error, match="limit"):
         await bucket.list(limit=1001)
     with pytest.raises(R2Error, match="1000 keys"):
