@@ -18,7 +18,7 @@ their number is bounded):
   (histogram, first byte in to last byte out), ``edgeworks_request_cpu_seconds_total{script}``;
   a request no route matched has empty script and route labels;
 - ``edgeworks_limit_exceeded_total{script,kind}``: requests stopped at a limit (cpu_limit,
-  wall_limit, memory_limit, subrequest_limit, body_too_large);
+  wall_limit, memory_limit, subrequest_limit, binding_ops_limit, body_too_large);
   ``edgeworks_limit_kills_total{script,kind}``: isolates killed at a limit;
   ``edgeworks_isolate_restarts_total{script,reason}``: isolates that died and were replaced;
 - ``edgeworks_object_calls_total{script}``, ``edgeworks_object_commits_total{script}`` (storage
@@ -56,7 +56,8 @@ __all__ = ["LATENCY_BUCKETS", "Metrics", "serve_metrics"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-_LIMIT_ERRORS = frozenset({"cpu_limit", "wall_limit", "memory_limit", "subrequest_limit", "body_too_large"})
+_LIMIT_ERRORS = frozenset({"cpu_limit", "wall_limit", "memory_limit", "subrequest_limit", "binding_ops_limit",
+                           "body_too_large"})
 _LIMIT_DEATHS = frozenset({"cpu_limit", "wall_limit", "memory_limit"})
 _TOOL_DENIALS = ("sandbox.denied", "tool.denied", "tool.policy_violation")
 
