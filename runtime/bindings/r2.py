@@ -28,18 +28,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import email.utils
-import functools
 import hashlib
-import json
-import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypeVar, cast
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from objects import CodedError
 from runtime.bindings import AuditHook, BindingHost, BindingKind
+from runtime.bindings.r2_objects import (
+    READ_CHUNK,
+    CamelNames,
+    R2Error,
+    R2Object,
+    R2ObjectBody,
+    R2Objects,
+    R2UploadedPart,
+    camel_options,
+    r2_error,
+)
 from runtime.bindings.r2_store import BlobWriter, Part, Row, Store
 from runtime.isolate.context import current
 from runtime.names import BINDING_NAME
@@ -57,9 +63,6 @@ MAX_DELETE_KEYS = 1000
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 10_000
 MAX_UPLOAD_BYTES = 5 * 1024**3 - 5 * 1024**2  # one put or one part
-_READ_CHUNK = 1 << 16
-_CAMEL = re.compile(r"[A-Z]")
-F = TypeVar("F", bound=Callable[..., Any])
 _HTTP_FIELDS = ("contentType", "contentLanguage", "contentDisposition", "contentEncoding", "cacheControl",
                 "cacheExpiry")
 
@@ -78,129 +81,6 @@ class R2BucketBinding(BaseModel):
     tenant_scoped: bool = False
 
 
-class R2Error(CodedError):
-    """A call R2 refuses (bad key, limit, unknown upload...); `code` and `status` say which."""
-
-
-def _error(message: str, code: str = "r2_invalid_argument", status: int = 400) -> R2Error:
-    return R2Error("R2Error", message, code, status)
-
-
-class _CamelNames:
-    """Cloudflare's camelCase names (`httpMetadata`, `arrayBuffer`, `uploadPart`...) as aliases of
-    the Python ones, so code written against the JavaScript shape runs unchanged."""
-
-    def __getattr__(self, name: str) -> Any:
-        snake = _CAMEL.sub(lambda m: "_" + m.group(0).lower(), name)
-        if snake == name or name.startswith("_"):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(self, snake)
-
-
-def _camel_options(method: F) -> F:
-    """`method` also accepts its options under Cloudflare's names (`onlyIf=`, `httpMetadata=`)."""
-
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return method(*args, **{_CAMEL.sub(lambda m: "_" + m.group(0).lower(), k): v for k, v in kwargs.items()})
-
-    return cast(F, call)
-
-
-class R2Object(_CamelNames):
-    """An object's metadata (`head`, `put`, `list`, a `get` whose condition failed)."""
-
-    def __init__(self, row: Row, range_: dict[str, int] | None = None, *, include: Iterable[str] | None = None):
-        self.key = row.key
-        self.version = row.version
-        self.size = row.size
-        self.etag = row.etag
-        self.http_etag = f'"{row.etag}"'
-        self.uploaded = dt.datetime.fromtimestamp(row.uploaded, dt.UTC)
-        wanted = {"httpMetadata", "customMetadata"} if include is None else set(include)
-        self.http_metadata: dict[str, Any] = dict(row.http_metadata) if "httpMetadata" in wanted else {}
-        if "cacheExpiry" in self.http_metadata:
-            self.http_metadata["cacheExpiry"] = dt.datetime.fromtimestamp(self.http_metadata["cacheExpiry"], dt.UTC)
-        self.custom_metadata: dict[str, str] = dict(row.custom_metadata) if "customMetadata" in wanted else {}
-        self.range = range_
-        self.storage_class = "Standard"
-        self.checksums = {"md5": row.etag} if "-" not in row.etag else {}
-
-    def write_http_metadata(self, headers: Any) -> None:
-        """Set the object's HTTP metadata as response headers (`headers[name] = value`)."""
-        names = {"contentType": "content-type", "contentLanguage": "content-language",
-                 "contentDisposition": "content-disposition", "contentEncoding": "content-encoding",
-                 "cacheControl": "cache-control", "cacheExpiry": "expires"}
-        for field, header in names.items():
-            value = self.http_metadata.get(field)
-            if isinstance(value, dt.datetime):
-                headers[header] = email.utils.format_datetime(value, usegmt=True)
-            elif value is not None:
-                headers[header] = str(value)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(key={self.key!r}, size={self.size}, etag={self.etag!r})"
-
-
-class R2ObjectBody(R2Object):
-    """An object with its body: `body` streams the chunks once; `bytes`/`array_buffer`, `text`,
-    `json` read it whole (the caller chose to hold it)."""
-
-    def __init__(self, row: Row, file: BinaryIO, offset: int, length: int, range_: dict[str, int] | None):
-        super().__init__(row, range_)
-        self._file, self._offset, self._length = file, offset, length
-        self.body_used = False
-
-    @property
-    def body(self) -> AsyncIterator[bytes]:
-        if self.body_used:
-            raise _error("the body of this object was already read", "r2_body_used")
-        self.body_used = True
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        try:
-            self._file.seek(self._offset)
-            left = self._length
-            while left > 0:
-                chunk = await asyncio.to_thread(self._file.read, min(_READ_CHUNK, left))
-                if not chunk:
-                    break
-                left -= len(chunk)
-                yield chunk
-        finally:
-            self._file.close()
-
-    async def bytes(self) -> bytes:
-        return b"".join([chunk async for chunk in self.body])
-
-    array_buffer = bytes
-
-    async def text(self) -> str:
-        return (await self.bytes()).decode()
-
-    async def json(self) -> Any:
-        return json.loads(await self.bytes())
-
-    def __del__(self) -> None:
-        self._file.close()
-
-
-class R2Objects(_CamelNames):
-    """A `list` page."""
-
-    def __init__(self, objects: list[R2Object], truncated: bool, cursor: str | None, delimited_prefixes: list[str]):
-        self.objects, self.truncated, self.cursor, self.delimited_prefixes = objects, truncated, cursor, delimited_prefixes
-
-
-class R2UploadedPart(_CamelNames):
-    def __init__(self, part_number: int, etag: str):
-        self.part_number, self.etag = part_number, etag
-
-    def __repr__(self) -> str:
-        return f"R2UploadedPart(part_number={self.part_number}, etag={self.etag!r})"
-
-
 # -- argument checks ---------------------------------------------------------------------------
 
 
@@ -208,9 +88,9 @@ def _check_key(key: Any) -> str:
     if not isinstance(key, str):
         raise TypeError(f"r2: a key is a str, not {type(key).__name__}")
     if not key:
-        raise _error("r2: the key is empty", "r2_invalid_key")
+        raise r2_error("r2: the key is empty", "r2_invalid_key")
     if len(key.encode()) > MAX_KEY_BYTES:
-        raise _error(f"r2: key is {len(key.encode())} bytes, the limit is {MAX_KEY_BYTES}", "r2_key_too_long")
+        raise r2_error(f"r2: key is {len(key.encode())} bytes, the limit is {MAX_KEY_BYTES}", "r2_key_too_long")
     return key
 
 
@@ -226,7 +106,7 @@ def _http_metadata(value: Any) -> dict[str, Any]:
     for name, v in value.items():
         field = snake.get(name, name)
         if field not in _HTTP_FIELDS:
-            raise _error(f"r2: unknown http_metadata field {name!r} (known: {', '.join(_HTTP_FIELDS)})")
+            raise r2_error(f"r2: unknown http_metadata field {name!r} (known: {', '.join(_HTTP_FIELDS)})")
         out[field] = v.timestamp() if isinstance(v, dt.datetime) else v
     return out
 
@@ -239,7 +119,7 @@ def _metadata(http_metadata: Any, custom_metadata: Any) -> tuple[dict[str, Any],
         raise TypeError("r2: custom_metadata is a dict of str to str")
     size = sum(len(k.encode()) + len(str(v).encode()) for k, v in (*http.items(), *custom.items()))
     if size > MAX_METADATA_BYTES:
-        raise _error(f"r2: the object's metadata is {size} bytes, the limit is {MAX_METADATA_BYTES}",
+        raise r2_error(f"r2: the object's metadata is {size} bytes, the limit is {MAX_METADATA_BYTES}",
                      "r2_metadata_too_large")
     return http, dict(custom)
 
@@ -255,7 +135,7 @@ def _condition(only_if: Any) -> dict[str, Any]:
     for name, value in only_if.items():
         field = names.get(str(name), str(name))
         if field not in names.values():
-            raise _error(f"r2: unknown only_if condition {name!r}")
+            raise r2_error(f"r2: unknown only_if condition {name!r}")
         out[field] = value
     return out
 
@@ -295,16 +175,16 @@ def _aware(value: Any) -> dt.datetime:
 def _span(range_: Any, size: int) -> tuple[int, int]:
     """(offset, length) of `range` ({offset, length} or {suffix}) within an object of `size`."""
     if not isinstance(range_, dict) or not set(range_) <= {"offset", "length", "suffix"}:
-        raise _error("r2: range is {offset, length} or {suffix}", "r2_invalid_range")
+        raise r2_error("r2: range is {offset, length} or {suffix}", "r2_invalid_range")
     if "suffix" in range_:
         if set(range_) != {"suffix"} or range_["suffix"] < 0:
-            raise _error("r2: a suffix range has only a non-negative suffix", "r2_invalid_range")
+            raise r2_error("r2: a suffix range has only a non-negative suffix", "r2_invalid_range")
         length = min(int(range_["suffix"]), size)
         return size - length, length
     offset = int(range_.get("offset", 0))
     length = int(range_["length"]) if "length" in range_ else size - offset
     if offset < 0 or length < 0 or offset > size:
-        raise _error(f"r2: range {range_} is outside an object of {size} bytes", "r2_invalid_range", 416)
+        raise r2_error(f"r2: range {range_} is outside an object of {size} bytes", "r2_invalid_range", 416)
     return offset, min(length, size - offset)
 
 
@@ -337,7 +217,7 @@ async def _write(store: Store, body: Any, limit: int | None) -> BlobWriter:
     try:
         async for chunk in _chunks(body):
             if limit is not None and writer.size + len(chunk) > limit:
-                raise _error(f"r2: the body is over {limit} bytes, R2's limit for one upload (larger objects: "
+                raise r2_error(f"r2: the body is over {limit} bytes, R2's limit for one upload (larger objects: "
                              "multipart upload)", "r2_entity_too_large", 413)
             await asyncio.to_thread(writer.write, chunk)
         await asyncio.to_thread(writer.publish)
@@ -360,7 +240,7 @@ def _md5_given(md5: Any) -> str:
 # -- the binding -------------------------------------------------------------------------------
 
 
-class R2Bucket(_CamelNames):
+class R2Bucket(CamelNames):
     """`env.BUCKET`."""
 
     def __init__(self, store: Store, bucket: str, *, tenant_scoped: bool = False, audit: AuditHook | None = None):
@@ -373,7 +253,7 @@ class R2Bucket(_CamelNames):
         if not self._tenant_scoped:
             return ""
         if scope.tenant is None:
-            raise _error(f"r2: bucket {self._bucket!r} is tenant-scoped and this request has no tenant",
+            raise r2_error(f"r2: bucket {self._bucket!r} is tenant-scoped and this request has no tenant",
                          "r2_no_tenant", 403)
         return scope.tenant
 
@@ -387,7 +267,7 @@ class R2Bucket(_CamelNames):
         row = await asyncio.to_thread(self._store.head, tenant, _check_key(key))
         return R2Object(row) if row else None
 
-    @_camel_options
+    @camel_options
     async def get(self, key: str, *, range: Any = None, only_if: Any = None) -> R2ObjectBody | R2Object | None:  # noqa: A002 (Cloudflare's name)
         tenant = self._begin()
         cond = _condition(only_if)
@@ -407,7 +287,7 @@ class R2Bucket(_CamelNames):
             raise
         return R2ObjectBody(row, file, offset, length, {"offset": offset, "length": length})
 
-    @_camel_options
+    @camel_options
     async def put(self, key: str, value: Any, *, http_metadata: Any = None, custom_metadata: Any = None,
                   only_if: Any = None, md5: Any = None) -> R2Object | None:
         tenant = self._begin()
@@ -420,7 +300,7 @@ class R2Bucket(_CamelNames):
         etag = writer.md5.hexdigest()
         if expected is not None and expected != etag:
             writer.discard()
-            raise _error(f"r2: the body's md5 is {etag}, not the {expected} given", "r2_bad_digest")
+            raise r2_error(f"r2: the body's md5 is {etag}, not the {expected} given", "r2_bad_digest")
         row = await asyncio.to_thread(self._store.commit_object, tenant, key, writer.name, writer.size, etag, http,
                                       custom, (lambda r: _holds(cond, r)) if cond else None)
         if row is None:
@@ -433,22 +313,22 @@ class R2Bucket(_CamelNames):
         tenant = self._begin()
         many = [keys] if isinstance(keys, str) else list(keys)
         if len(many) > MAX_DELETE_KEYS:
-            raise _error(f"r2: delete takes at most {MAX_DELETE_KEYS} keys, got {len(many)}", "r2_too_many_keys")
+            raise r2_error(f"r2: delete takes at most {MAX_DELETE_KEYS} keys, got {len(many)}", "r2_too_many_keys")
         gone = await asyncio.to_thread(self._store.delete, tenant, [_check_key(k) for k in many])
         for row in gone:
             self._audited("r2.delete", row.key, row.size, row.etag, tenant)
 
-    @_camel_options
+    @camel_options
     async def list(self, *, prefix: str = "", delimiter: str | None = None, cursor: str | None = None,
                    limit: int = MAX_LIST_LIMIT, include: list[str] | None = None,
                    start_after: str | None = None) -> R2Objects:
         tenant = self._begin()
         if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise _error(f"r2: list limit is 1..{MAX_LIST_LIMIT}, got {limit}", "r2_invalid_limit")
+            raise r2_error(f"r2: list limit is 1..{MAX_LIST_LIMIT}, got {limit}", "r2_invalid_limit")
         wanted = list(include or [])
         for name in wanted:
             if name not in ("httpMetadata", "customMetadata"):
-                raise _error(f"r2: list include names httpMetadata or customMetadata, not {name!r}")
+                raise r2_error(f"r2: list include names httpMetadata or customMetadata, not {name!r}")
         after = _decode_cursor(cursor) if cursor else (start_after or "")
         objects: list[R2Object] = []
         prefixes: list[str] = []
@@ -470,7 +350,7 @@ class R2Bucket(_CamelNames):
         more = await asyncio.to_thread(self._store.list, tenant, prefix, after, 1)
         return R2Objects(objects, bool(more), _encode_cursor(after) if more else None, prefixes)
 
-    @_camel_options
+    @camel_options
     async def create_multipart_upload(self, key: str, *, http_metadata: Any = None,
                                       custom_metadata: Any = None) -> R2MultipartUpload:
         tenant = self._begin()
@@ -492,10 +372,10 @@ def _decode_cursor(cursor: str) -> str:
     try:
         return base64.urlsafe_b64decode(cursor.encode()).decode()
     except ValueError:
-        raise _error(f"r2: {cursor!r} is not a cursor this bucket returned", "r2_invalid_cursor") from None
+        raise r2_error(f"r2: {cursor!r} is not a cursor this bucket returned", "r2_invalid_cursor") from None
 
 
-class R2MultipartUpload(_CamelNames):
+class R2MultipartUpload(CamelNames):
     """An upload in progress: parts numbered 1..10,000, each stored as it arrives."""
 
     def __init__(self, bucket: R2Bucket, tenant: str | None, key: str, upload_id: str):
@@ -504,22 +384,22 @@ class R2MultipartUpload(_CamelNames):
     async def _metadata(self) -> tuple[str, tuple[dict[str, Any], dict[str, str]]]:
         tenant = self._bucket._begin()
         if self._tenant is not None and tenant != self._tenant:
-            raise _error("r2: this upload belongs to another tenant", "r2_no_such_upload", 404)
+            raise r2_error("r2: this upload belongs to another tenant", "r2_no_such_upload", 404)
         found = await asyncio.to_thread(self._bucket._store.upload, tenant, self.key, self.upload_id)
         if found is None:
-            raise _error(f"r2: no multipart upload {self.upload_id!r} for key {self.key!r}", "r2_no_such_upload", 404)
+            raise r2_error(f"r2: no multipart upload {self.upload_id!r} for key {self.key!r}", "r2_no_such_upload", 404)
         return tenant, found
 
     async def upload_part(self, part_number: int, value: Any) -> R2UploadedPart:
         await self._metadata()
         if not 1 <= part_number <= MAX_PARTS:
-            raise _error(f"r2: part numbers are 1..{MAX_PARTS}, got {part_number}", "r2_invalid_part")
+            raise r2_error(f"r2: part numbers are 1..{MAX_PARTS}, got {part_number}", "r2_invalid_part")
         store = self._bucket._store
         writer = await _write(store, value, MAX_UPLOAD_BYTES)
         part = Part(part_number, writer.name, writer.size, writer.md5.hexdigest())
         if not await asyncio.to_thread(store.commit_part, self.upload_id, part):
             writer.discard()
-            raise _error(f"r2: multipart upload {self.upload_id!r} was completed or aborted", "r2_no_such_upload", 404)
+            raise r2_error(f"r2: multipart upload {self.upload_id!r} was completed or aborted", "r2_no_such_upload", 404)
         return R2UploadedPart(part_number, part.etag)
 
     async def abort(self) -> None:
@@ -532,15 +412,15 @@ class R2MultipartUpload(_CamelNames):
         stored = await asyncio.to_thread(store.parts, self.upload_id)
         chosen = sorted(uploaded_parts, key=lambda p: p.part_number)
         if not chosen:
-            raise _error("r2: complete needs at least one part", "r2_invalid_part")
+            raise r2_error("r2: complete needs at least one part", "r2_invalid_part")
         parts = []
         for i, given in enumerate(chosen):
             part = stored.get(given.part_number)
             if part is None or part.etag != given.etag.strip('"'):
-                raise _error(f"r2: part {given.part_number} was not uploaded with etag {given.etag!r}",
+                raise r2_error(f"r2: part {given.part_number} was not uploaded with etag {given.etag!r}",
                              "r2_invalid_part")
             if i < len(chosen) - 1 and part.size < MIN_PART_BYTES:
-                raise _error(f"r2: part {given.part_number} is {part.size} bytes; every part but the last is at "
+                raise r2_error(f"r2: part {given.part_number} is {part.size} bytes; every part but the last is at "
                              f"least {MIN_PART_BYTES}", "r2_entity_too_small")
             parts.append(part)
         writer = await _write(store, _part_chunks(store, parts), None)
@@ -549,7 +429,7 @@ class R2MultipartUpload(_CamelNames):
                                       writer.size, etag, http, custom)
         if row is None:
             writer.discard()
-            raise _error(f"r2: multipart upload {self.upload_id!r} was completed or aborted", "r2_no_such_upload", 404)
+            raise r2_error(f"r2: multipart upload {self.upload_id!r} was completed or aborted", "r2_no_such_upload", 404)
         self._bucket._audited("r2.put", self.key, row.size, etag, tenant)
         return R2Object(row)
 
@@ -557,7 +437,7 @@ class R2MultipartUpload(_CamelNames):
 async def _part_chunks(store: Store, parts: list[Part]) -> AsyncIterator[bytes]:
     for part in parts:
         with open(store.blobs / part.blob, "rb") as f:
-            while chunk := await asyncio.to_thread(f.read, _READ_CHUNK):
+            while chunk := await asyncio.to_thread(f.read, READ_CHUNK):
                 yield chunk
 
 
