@@ -5,6 +5,7 @@ key-path errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -237,3 +238,32 @@ def test_bad_manifest_entries_name_their_key_path(tmp_path: Path, entry: str, pr
     with pytest.raises(ConfigError) as info:
         load_app(app)
     assert any(problem in p for p in info.value.problems), info.value.problems
+
+
+def _cli(app: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runtime.cli", "kv", *args, "--app", str(app)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_seeds_what_the_binding_reads_and_refuses_what_it_refuses(tmp_path: Path) -> None:
+    app = write_app(tmp_path / "app", '''
+        [[scripts]]
+        name = "main"
+        main = "worker.py"
+        kv_namespaces = [{ binding = "NS", id = "plain" }, { binding = "T", id = "per-tenant", tenant_scoped = true }]
+    ''', {"worker.py": "async def fetch(request, env, ctx): pass\n"})
+    assert _cli(app, "put", "k", "v", "--binding", "NS", "--metadata", '{"a": 1}').returncode == 0
+    got = _cli(app, "get", "k", "--binding", "NS", "--metadata")
+    assert json.loads(got.stdout) == {"value": "v", "metadata": {"a": 1}, "expiration": None}
+    by_id = _cli(app, "get", "k", "--namespace-id", "plain", "--state-dir", str(app / ".edgeworks"))
+    assert by_id.stdout == "v"
+    short = _cli(app, "put", "e", "v", "--binding", "NS", "--ttl", "30")
+    assert short.returncode == 1 and "expiration_ttl must be at least 60" in short.stderr
+    assert _cli(app, "put", "k", "acme's", "--binding", "T").returncode == 2  # --tenant is required
+    assert _cli(app, "put", "k", "acme's", "--binding", "T", "--tenant", "acme").returncode == 0
+    assert _cli(app, "get", "k", "--binding", "T", "--tenant", "globex").returncode == 1
+    assert json.loads(_cli(app, "list", "--binding", "T", "--tenant", "acme").stdout) == [{"name": "k"}]
+    assert _cli(app, "delete", "k", "--binding", "NS").returncode == 0
+    missing = _cli(app, "get", "k", "--binding", "NS")
+    assert missing.returncode == 1 and "no key 'k'" in missing.stderr
+    assert _cli(app, "get", "k", "--binding", "NOPE").returncode == 2
