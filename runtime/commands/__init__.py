@@ -9,6 +9,7 @@ from runtime.commands import (
     kill,
     kv,
     load,
+    r2,
     serve,
     slo,
     tail,
@@ -17,4 +18,4 @@ from runtime.commands import (
     workflows,
 )
 
-COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail, ai, slo, d1, kv]
+COMMANDS = [serve, trigger, load, tool, workflows, approvals, audit, deploy, kill, tail, ai, slo, d1, kv, r2]

@@ -342,3 +342,27 @@ def test_bad_manifest_entries_are_named_by_key_path(tmp_path: Path) -> None:
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
     assert "scripts[0].r2_buckets[0].bucket_name" in out and "scripts[0].r2_buckets[0].colour" in out
+
+
+def _cli(app: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "runtime.cli", "r2", "object", *args, "--app", str(app)], cwd=ROOT,
+                          input=stdin, capture_output=True, timeout=60)
+
+
+def test_the_cli_seeds_what_a_running_server_reads(tmp_path: Path) -> None:
+    app = write_app(tmp_path / "app", MANIFEST, {"app.py": APP})
+    src = tmp_path / "seed.bin"
+    src.write_bytes(b"seeded" * 50_000)
+    put = _cli(app, "put", "files/seed", "--file", str(src), "--content-type", "application/octet-stream")
+    assert put.returncode == 0, put.stderr
+    assert _cli(app, "put", "files/piped", "--pipe", stdin=b"from stdin").returncode == 0
+    with Server(app) as server, server.client() as client:
+        assert client.get("/seed").content == src.read_bytes()
+        assert client.put("/made", content=b"by the server").status_code == 200
+        got = _cli(app, "get", "files/made")  # while the server runs
+        assert got.returncode == 0 and got.stdout == b"by the server"
+    assert _cli(app, "get", "files/piped").stdout == b"from stdin"
+    assert _cli(app, "delete", "files/seed").returncode == 0
+    missing = _cli(app, "get", "files/seed")
+    assert missing.returncode == 1 and b"no object files/seed" in missing.stderr
+    assert _cli(app, "get", "Bad_Bucket/x").returncode == 2
