@@ -222,6 +222,36 @@ def test_kill_9_during_batches_leaves_whole_batches(tmp_path: Path) -> None:
         assert len(sizes) > run and set(sizes) == {200}, sizes  # every run committed some whole batches
 
 
+CONTENDING_WRITER = textwrap.dedent('''
+    import asyncio, sys, time
+    from pathlib import Path
+    from runtime.bindings.d1 import D1Binding, D1Database
+
+    async def main():
+        start = float(sys.argv[3])
+        time.sleep(max(0.0, start - time.time()))
+        db = D1Database(D1Binding(binding="DB", database_name="busy"), Path(sys.argv[1]), Path(sys.argv[1]))
+        await db.exec("CREATE TABLE IF NOT EXISTS t(writer INTEGER, i INTEGER)")
+        for i in range(150):
+            await db.prepare("INSERT INTO t VALUES (?, ?)").bind(int(sys.argv[2]), i).run()
+            await db.prepare("SELECT count(*) FROM t").first()
+        db.close()
+
+    asyncio.run(main())
+''')
+
+
+def test_writers_in_several_processes_never_see_database_is_locked(tmp_path: Path) -> None:
+    start = time.time() + 1.5  # every process opens the new file and writes at once
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDING_WRITER, str(tmp_path), str(w), str(start)],
+                              cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL) for w in range(4)]
+    errors = [p.communicate(timeout=90)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    conn = sqlite3.connect(tmp_path / "d1" / "busy.sqlite")
+    assert conn.execute("SELECT count(*), count(DISTINCT writer) FROM t").fetchone() == (600, 4)
+    conn.close()
+
+
 @pytest.mark.parametrize(("entry", "problem"), [
     ('{ binding = "DB" }', "scripts[0].d1_databases[0].database_name: required"),
     ('{ binding = "1DB", database_name = "app" }', "scripts[0].d1_databases[0].binding"),
