@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -282,6 +283,8 @@ name = "app"
 main = "app.py"
 routes = ["/*"]
 pool_size = 2
+[scripts.limits]
+binding_ops = 30
 [[scripts.r2_buckets]]
 binding = "BUCKET"
 bucket_name = "files"
@@ -293,6 +296,10 @@ from workers import Response
 
 async def fetch(request, env, ctx):
     key = request.url.split("/")[-1]
+    if "/many/" in request.url:
+        for _ in range(int(key)):
+            await env.BUCKET.head("x")
+        return Response("ok")
     if request.method == "PUT":
         obj = await env.BUCKET.put(key, await request.bytes())
         return Response.json({"etag": obj.etag, "pid": os.getpid()})
@@ -328,6 +335,16 @@ def test_isolates_share_the_bucket_and_it_survives_a_restart(tmp_path: Path) -> 
         assert len(shared) % 1000 == 0 and shared == shared[:len(shared) // 1000] * 1000  # one whole write
     with Server(app) as server, server.client() as client:
         assert client.get("/w2-7").content == b"2-7" * 1000
+        assert client.get("/many/30").status_code == 200  # exactly the limit
+        limited = client.get("/many/31")
+        assert limited.status_code == 503 and limited.json()["error"] == "binding_ops_limit"
+    audit = subprocess.run([sys.executable, "-m", "runtime.cli", "audit", "query", "--kind", "r2.*",
+                            "--state-dir", str(app / ".edgeworks")], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert audit.returncode == 0, audit.stderr
+    entries = [json.loads(line) for line in audit.stdout.splitlines() if line.startswith("{")]
+    assert len(entries) == 80 and {e["kind"] for e in entries} == {"r2.put"} and all(e["request_id"] for e in entries)
+    assert {"bucket": "files", "key": "shared"}.items() <= entries[-1]["data"].items()
 
 
 def test_bad_manifest_entries_are_named_by_key_path(tmp_path: Path) -> None:
