@@ -3,7 +3,8 @@
 They open the database a script's ``d1_databases`` entry names (``DB`` is its binding; ``--script``
 picks the script when several bind that name) in the app's state dir (``--state-dir`` to
 override), through the same helper as the running isolates, so they are safe while a server runs.
-``--tenant`` names a tenant's database of a tenant-scoped binding. Migrations are the
+``--tenant`` names a tenant's database of a tenant-scoped binding (``execute`` needs it; the
+migration commands without it act on every tenant's database there is). Migrations are the
 ``migrations_dir``'s ``*.sql`` files in name order, each applied in its own transaction and
 recorded in ``d1_migrations`` as wrangler does. Exit 0, 1 on a SQL or migration error, 2 on a
 bad app or binding.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tenant", default=None, help="the tenant's database, for a tenant-scoped binding")
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any, Path] | int:
-    """(connection, binding, app root) or an exit code after printing why."""
-    from objects import sqlitefile
-    from runtime.bindings.d1 import D1Binding, database_path
+def _resolve(args: argparse.Namespace) -> tuple[Any, Path, Path] | int:
+    """(binding, state dir, app root) or an exit code after printing why."""
+    from runtime.bindings.d1 import D1Binding
     from runtime.config import ConfigError, load_app
 
     try:
@@ -67,26 +68,52 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Path] | int:
               f"{args.database!r}; name one with --script", file=sys.stderr)
         return 2
     binding = found[0][1]
-    if binding.tenant_scoped != (args.tenant is not None):
-        need = "needs --tenant" if binding.tenant_scoped else "is not tenant-scoped (no --tenant)"
-        print(f"edgeworks d1: {args.database} {need}", file=sys.stderr)
+    if args.tenant is not None and not binding.tenant_scoped:
+        print(f"edgeworks d1: {args.database} is not tenant-scoped (no --tenant)", file=sys.stderr)
         return 2
     state_dir = Path(args.state_dir).resolve() if args.state_dir else app.state_dir
-    conn = sqlitefile.connect(database_path(state_dir, binding, args.tenant), synchronous="FULL")
+    return binding, state_dir, app.root
+
+
+def _connect(state_dir: Path, binding: Any, tenant: str | None) -> Any:
+    from objects import sqlitefile
+    from runtime.bindings.d1 import database_path
+
+    conn = sqlitefile.connect(database_path(state_dir, binding, tenant), synchronous="FULL")
     conn.execute("PRAGMA foreign_keys = ON")
-    return conn, binding, app.root
+    return conn
+
+
+def _tenants(state_dir: Path, binding: Any) -> list[str]:
+    """The tenants that have a database of a tenant-scoped binding."""
+    from runtime.bindings.d1 import database_path
+
+    folder = database_path(state_dir, binding, "x").parent
+    return sorted(urllib.parse.unquote(p.stem) for p in folder.glob("*.sqlite")) if folder.is_dir() else []
 
 
 def _migrations(args: argparse.Namespace) -> int:
+    """One database's migrations; a tenant-scoped binding without --tenant: every tenant's."""
     from runtime.bindings.d1 import D1Error, apply_migrations, list_migrations
 
-    opened = _open(args)
-    if isinstance(opened, int):
-        return opened
-    conn, binding, root = opened
+    resolved = _resolve(args)
+    if isinstance(resolved, int):
+        return resolved
+    binding, state_dir, root = resolved
     migrations_dir = root / binding.migrations_dir
-    try:
-        if args.action == "apply":
+    every = binding.tenant_scoped and args.tenant is None
+    tenants: list[str | None] = list(_tenants(state_dir, binding)) if every else [args.tenant]
+    if every and not tenants:
+        print(f"no tenant has a {args.database} database yet (each is migrated on its first use)")
+    for tenant in tenants:
+        if every:
+            print(f"tenant {tenant}:")
+        conn = _connect(state_dir, binding, tenant)
+        try:
+            if args.action == "list":
+                for migration in list_migrations(conn, migrations_dir, binding.migrations_table):
+                    print(f"{'applied' if migration.applied else 'pending'}  {migration.name}")
+                continue
             try:
                 applied = apply_migrations(conn, migrations_dir, binding.migrations_table)
             except D1Error as e:
@@ -96,12 +123,9 @@ def _migrations(args: argparse.Namespace) -> int:
                 print(f"applied {name}")
             if not applied:
                 print("no migrations to apply")
-            return 0
-        for migration in list_migrations(conn, migrations_dir, binding.migrations_table):
-            print(f"{'applied' if migration.applied else 'pending'}  {migration.name}")
-        return 0
-    finally:
-        conn.close()
+        finally:
+            conn.close()
+    return 0
 
 
 def _execute(args: argparse.Namespace) -> int:
@@ -109,10 +133,14 @@ def _execute(args: argparse.Namespace) -> int:
 
     from runtime.bindings.d1 import split_statements
 
-    opened = _open(args)
-    if isinstance(opened, int):
-        return opened
-    conn, _, _ = opened
+    resolved = _resolve(args)
+    if isinstance(resolved, int):
+        return resolved
+    binding, state_dir, _ = resolved
+    if binding.tenant_scoped and args.tenant is None:
+        print(f"edgeworks d1: {args.database} is tenant-scoped: name the tenant with --tenant", file=sys.stderr)
+        return 2
+    conn = _connect(state_dir, binding, args.tenant)
     out: list[dict[str, Any]] = []
     try:
         conn.execute("BEGIN IMMEDIATE")

@@ -29,7 +29,7 @@ from runtime.bindings.d1 import (
 from runtime.config import ConfigError, load_app
 from runtime.isolate.context import BindingOpsLimitExceeded, RequestScope, use_scope
 from runtime.protocol import Identity
-from tests.support import ROOT, write_app
+from tests.support import ROOT, run_cli, write_app
 
 
 @pytest.fixture
@@ -220,6 +220,32 @@ def test_kill_9_during_batches_leaves_whole_batches(tmp_path: Path) -> None:
         sizes = [n for _, n in conn.execute("SELECT batch, count(*) FROM t GROUP BY batch")]
         conn.close()
         assert len(sizes) > run and set(sizes) == {200}, sizes  # every run committed some whole batches
+
+
+async def test_cli_migrates_every_tenants_database(tmp_path: Path) -> None:
+    app = write_app(tmp_path / "app", """
+        [[scripts]]
+        name = "main"
+        main = "worker.py"
+        d1_databases = [{ binding = "DB", database_name = "notes", tenant_scoped = true }]
+    """, {"worker.py": "async def fetch(request, env, ctx): pass\n",
+          "migrations/0001_init.sql": "CREATE TABLE notes(body TEXT);"})
+    state = tmp_path / "state"
+    db = D1Database(D1Binding(binding="DB", database_name="notes", tenant_scoped=True), state, app)
+    for tenant in ("acme", "glo/bex"):
+        use_scope(RequestScope(identity=Identity("u", tenant, (), {})))
+        await db.prepare("INSERT INTO notes VALUES (?)").bind(tenant).run()
+    db.close()
+    (app / "migrations" / "0002_tags.sql").write_text("ALTER TABLE notes ADD COLUMN tag TEXT;")
+    common = ("--app", str(app), "--state-dir", str(state))
+    applied = run_cli("d1", "migrations", "apply", "DB", *common)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.splitlines() == ["tenant acme:", "applied 0002_tags.sql", "tenant glo/bex:",
+                                           "applied 0002_tags.sql"]
+    refused = run_cli("d1", "execute", "DB", *common, "--command", "SELECT 1")
+    assert refused.returncode == 2 and "--tenant" in refused.stderr
+    out = run_cli("d1", "execute", "DB", *common, "--tenant", "glo/bex", "--command", "SELECT body, tag FROM notes")
+    assert out.returncode == 0 and out.stdout == "glo/bex\tNULL\n", out.stderr
 
 
 CONTENDING_WRITER = textwrap.dedent('''
