@@ -1,6 +1,7 @@
 """The KV binding (`env.NS`): a key-value namespace in the shape of Cloudflare's Workers KV API.
 
     await env.NS.put("greeting", "hi", expiration_ttl=3600, metadata={"by": "me"})
+    await env.NS.put("greeting", "hi", {"expirationTtl": 3600})   # KV's options dict (and expirationTtl=, cacheTtl=)
     text = await env.NS.get("greeting")                       # str, or None when absent/expired
     data = await env.NS.get("config", type="json")            # also get(key, {"type": "json"}) and get(key, "json")
     res = await env.NS.get_with_metadata("greeting")          # res["value"], res["metadata"] (also res.value)
@@ -222,23 +223,35 @@ class KVNamespace:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kv-{binding.binding}")
         self._store: KVStore | None = None
 
-    async def get(self, key: str, type: Any = "text", *, cache_ttl: int | None = None) -> Any:  # noqa: A002 (KV's name)
+    async def get(self, key: str, type: Any = "text", *, cache_ttl: int | None = None,  # noqa: A002 (KV's name)
+                  cacheTtl: int | None = None) -> Any:  # noqa: N803 (the JS API's spelling)
         """The value of `key` as `type` ("text", "json", "bytes"/"arrayBuffer", "stream"), or None."""
-        value_type, cache_ttl = _get_options(type, cache_ttl)
+        value_type, cache_ttl = _get_options(type, cache_ttl if cacheTtl is None else cacheTtl)
         found = await self._read(key, cache_ttl)
         return None if found is None else _typed(found[0], value_type)
 
     async def get_with_metadata(self, key: str, type: Any = "text", *,  # noqa: A002 (KV's name)
-                                cache_ttl: int | None = None) -> KVResult:
-        value_type, cache_ttl = _get_options(type, cache_ttl)
+                                cache_ttl: int | None = None, cacheTtl: int | None = None) -> KVResult:  # noqa: N803
+        value_type, cache_ttl = _get_options(type, cache_ttl if cacheTtl is None else cacheTtl)
         found = await self._read(key, cache_ttl)
         if found is None:
             return KVResult(value=None, metadata=None, cacheStatus=None)
         return KVResult(value=_typed(found[0], value_type),
                         metadata=None if found[1] is None else json.loads(found[1]), cacheStatus=None)
 
-    async def put(self, key: str, value: Any, *, expiration: int | float | None = None,
-                  expiration_ttl: int | float | None = None, metadata: Any = None) -> None:
+    async def put(self, key: str, value: Any, options: dict[str, Any] | None = None, *,
+                  expiration: int | float | None = None, expiration_ttl: int | float | None = None,
+                  metadata: Any = None, expirationTtl: int | float | None = None) -> None:  # noqa: N803 (JS spelling)
+        """Write `key`; options as keywords or as KV's dict (``{"expirationTtl": 120, "metadata": ...}``)."""
+        if options:
+            unknown = set(options) - {"expiration", "expirationTtl", "expiration_ttl", "metadata"}
+            if unknown:
+                raise KVError(f"unknown put option(s): {', '.join(sorted(unknown))}")
+            expiration = options.get("expiration", expiration)
+            expiration_ttl = options.get("expirationTtl", options.get("expiration_ttl", expiration_ttl))
+            metadata = options.get("metadata", metadata)
+        if expirationTtl is not None:
+            expiration_ttl = expirationTtl
         entry = checked_put(key, value, expiration, expiration_ttl, metadata, time.time())
         tenant = self._tenant()
         await self._run(lambda s: s.put(tenant, *entry))

@@ -53,6 +53,7 @@ async def test_get_types_and_options(ns: KVNamespace) -> None:
     assert await ns.get("j", {"type": "json", "cacheTtl": 60}) == {"a": [1, 2]}
     assert await ns.get("b", type="bytes") == b"\x00\xff"
     assert await ns.get("b", "arrayBuffer") == b"\x00\xff"
+    assert await ns.get("j", "json", cacheTtl=30) == {"a": [1, 2]}
     stream = await ns.get("t", type="stream", cache_ttl=30)
     assert b"".join([chunk async for chunk in stream]) == "héllo".encode()
     with pytest.raises(KVError, match="cache_ttl must be at least 30"):
@@ -71,6 +72,12 @@ async def test_metadata(ns: KVNamespace) -> None:
     assert await ns.get_with_metadata("nope") == {"value": None, "metadata": None, "cacheStatus": None}
     await ns.put("k", "v2")
     assert (await ns.get_with_metadata("k")).metadata is None
+    await ns.put("d", "v", {"expirationTtl": 120, "metadata": {"x": 1}})
+    await ns.put("c", "v", expirationTtl=120)
+    listed = {k["name"]: k for k in (await ns.list())["keys"]}
+    assert listed["d"]["metadata"] == {"x": 1} and "expiration" in listed["d"] and "expiration" in listed["c"]
+    with pytest.raises(KVError, match="unknown put option"):
+        await ns.put("d", "v", {"ttl": 120})
 
 
 async def test_limits_and_bad_arguments(ns: KVNamespace) -> None:
