@@ -295,7 +295,7 @@ import os
 from workers import Response
 
 async def fetch(request, env, ctx):
-    key = request.url.split("/")[-1]
+    key = request.url.split("?")[0].split("/")[-1]
     if "/many/" in request.url:
         for _ in range(int(key)):
             await env.BUCKET.head("x")
@@ -306,6 +306,8 @@ async def fetch(request, env, ctx):
     got = await env.BUCKET.get(key)
     if got is None:
         return Response("missing", status=404)
+    if "stream" in request.url:
+        return Response(got.body, headers={"x-pid": str(os.getpid())})  # chunk by chunk, never whole
     return Response(await got.bytes(), headers={"x-pid": str(os.getpid())})
 '''
 
@@ -335,6 +337,8 @@ def test_isolates_share_the_bucket_and_it_survives_a_restart(tmp_path: Path) -> 
         assert len(shared) % 1000 == 0 and shared == shared[:len(shared) // 1000] * 1000  # one whole write
     with Server(app) as server, server.client() as client:
         assert client.get("/w2-7").content == b"2-7" * 1000
+        streamed = client.get("/w1-3", params={"stream": "1"})
+        assert streamed.status_code == 200 and streamed.content == b"1-3" * 1000
         assert client.get("/many/30").status_code == 200  # exactly the limit
         limited = client.get("/many/31")
         assert limited.status_code == 503 and limited.json()["error"] == "binding_ops_limit"
