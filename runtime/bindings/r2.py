@@ -203,11 +203,12 @@ async def _chunks(body: Any) -> AsyncIterator[bytes]:
     elif isinstance(body, Iterable):
         for chunk in body:
             yield chunk.encode() if isinstance(chunk, str) else bytes(chunk)
-    elif hasattr(body, "body"):
-        async for chunk in _chunks(body.body):
-            yield chunk
     else:
-        raise TypeError(f"r2: cannot store a {type(body).__name__} (bytes, str, None or chunks)")
+        inner = getattr(body, "body", None)  # read once: an R2ObjectBody's body streams only once
+        if inner is None:
+            raise TypeError(f"r2: cannot store a {type(body).__name__} (bytes, str, None or chunks)")
+        async for chunk in _chunks(inner):
+            yield chunk
 
 
 async def _write(store: Store, body: Any, limit: int | None) -> BlobWriter:

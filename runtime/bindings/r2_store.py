@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 from objects.sqlitefile import connect
 
-__all__ = ["BlobWriter", "Part", "Row", "Store"]
+__all__ = ["UPLOAD_TTL_S", "BlobWriter", "Part", "Row", "Store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS parts (
 """
 
 _COLUMNS = "key, blob, size, etag, version, uploaded, http_metadata, custom_metadata"
-_COPY_CHUNK = 1 << 16
+UPLOAD_TTL_S = 7 * 24 * 3600.0  # an unfinished multipart upload is aborted after this, as on R2
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,17 +265,25 @@ class Store:
             db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
         self._unlink(part_blobs)
 
-    def sweep(self, older_than_s: float = 3600.0) -> int:
-        """Remove blob files no row names (left by a writer killed between publishing and
-        committing), once older than `older_than_s` so a write in flight is never touched."""
+    def sweep(self, older_than_s: float = 3600.0, upload_ttl_s: float = UPLOAD_TTL_S) -> int:
+        """Abort multipart uploads started more than `upload_ttl_s` ago (R2 aborts them after 7 days),
+        then remove blob files no row names (left by a writer killed between publishing and
+        committing) once untouched for `older_than_s`, so a write in flight is never touched.
+        Returns how many files it removed."""
+        with self._lock:
+            stale = [r[0] for r in self._db.execute("SELECT upload_id FROM uploads WHERE created < ?",
+                                                    (time.time() - upload_ttl_s,))]
+        for upload_id in stale:
+            self.abort_upload(upload_id)
         with self._lock:
             named = {r[0] for r in self._db.execute("SELECT blob FROM objects UNION SELECT blob FROM parts")}
         cutoff = time.time() - older_than_s
         removed = 0
         for path in self.blobs.iterdir():
-            name = path.name.removeprefix(".tmp-")
-            if name not in named and path.stat().st_mtime < cutoff:
-                with contextlib.suppress(FileNotFoundError):
+            if path.name.removeprefix(".tmp-") in named:
+                continue
+            with contextlib.suppress(FileNotFoundError):  # another process swept it first
+                if path.stat().st_mtime < cutoff:
                     path.unlink()
                     removed += 1
         return removed

@@ -111,6 +111,9 @@ async def test_ranges(bucket: R2Bucket) -> None:
         assert await got.bytes() == want and got.range is not None and got.range["length"] == len(want)
     with pytest.raises(R2Error):
         await bucket.get("k", range={"offset": 11})
+    part = await bucket.get("k", range={"offset": 5})
+    copy = await bucket.put("copy", part)  # an object's body streams into another
+    assert copy is not None and copy.etag == hashlib.md5(b"56789").hexdigest()
 
 
 async def test_a_failed_get_condition_gives_the_object_without_body(bucket: R2Bucket) -> None:
@@ -208,6 +211,16 @@ async def test_multipart_refuses_small_parts_and_abort_forgets(bucket: R2Bucket)
     with pytest.raises(R2Error, match="at least"):
         await up.complete([p1, p2])
     await up.abort()
+    assert list(bucket._store.blobs.iterdir()) == []
+    with pytest.raises(R2Error, match="no multipart upload"):
+        await up.complete([p1])
+
+
+async def test_unfinished_uploads_are_aborted_after_seven_days(bucket: R2Bucket) -> None:
+    up = await bucket.create_multipart_upload("mp")
+    p1 = await up.upload_part(1, b"x")
+    assert bucket._store.sweep(upload_ttl_s=3600) == 0  # younger: kept
+    bucket._store.sweep(upload_ttl_s=0)
     assert list(bucket._store.blobs.iterdir()) == []
     with pytest.raises(R2Error, match="no multipart upload"):
         await up.complete([p1])
