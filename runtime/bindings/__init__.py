@@ -135,9 +135,20 @@ class Env:
 
 
 def _load_kinds() -> list[BindingKind]:
-    from runtime.bindings import ai, d1, durable_objects, kv, r2, services, tools, variables, workflows
+    from runtime.bindings import (
+        ai,
+        d1,
+        durable_objects,
+        kv,
+        r2,
+        services,
+        tools,
+        variables,
+        workflows,
+    )
 
-    kinds = [variables.KIND, services.KIND, workflows.KIND, durable_objects.KIND, tools.KIND, ai.KIND, kv.KIND, d1.KIND, r2.KIND]
+    kinds = [variables.KIND, services.KIND, workflows.KIND, durable_objects.KIND, tools.KIND, ai.KIND,
+             kv.KIND, d1.KIND, r2.KIND]
     for name in filter(None, (m.strip() for m in os.environ.get("EDGEWORKS_BINDINGS", "").split(","))):
         kinds.append(importlib.import_module(name).KIND)
     seen: dict[str, str] = {}
