@@ -120,7 +120,7 @@ def _metadata(http_metadata: Any, custom_metadata: Any) -> tuple[dict[str, Any],
     size = sum(len(k.encode()) + len(str(v).encode()) for k, v in (*http.items(), *custom.items()))
     if size > MAX_METADATA_BYTES:
         raise r2_error(f"r2: the object's metadata is {size} bytes, the limit is {MAX_METADATA_BYTES}",
-                     "r2_metadata_too_large")
+                       "r2_metadata_too_large")
     return http, dict(custom)
 
 
@@ -219,7 +219,7 @@ async def _write(store: Store, body: Any, limit: int | None) -> BlobWriter:
         async for chunk in _chunks(body):
             if limit is not None and writer.size + len(chunk) > limit:
                 raise r2_error(f"r2: the body is over {limit} bytes, R2's limit for one upload (larger objects: "
-                             "multipart upload)", "r2_entity_too_large", 413)
+                               "multipart upload)", "r2_entity_too_large", 413)
             await asyncio.to_thread(writer.write, chunk)
         await asyncio.to_thread(writer.publish)
     except BaseException:
@@ -255,7 +255,7 @@ class R2Bucket(CamelNames):
             return ""
         if scope.tenant is None:
             raise r2_error(f"r2: bucket {self._bucket!r} is tenant-scoped and this request has no tenant",
-                         "r2_no_tenant", 403)
+                           "r2_no_tenant", 403)
         return scope.tenant
 
     def _audited(self, kind: str, key: str, size: int, etag: str, tenant: str) -> None:
@@ -419,10 +419,10 @@ class R2MultipartUpload(CamelNames):
             part = stored.get(given.part_number)
             if part is None or part.etag != given.etag.strip('"'):
                 raise r2_error(f"r2: part {given.part_number} was not uploaded with etag {given.etag!r}",
-                             "r2_invalid_part")
+                               "r2_invalid_part")
             if i < len(chosen) - 1 and part.size < MIN_PART_BYTES:
                 raise r2_error(f"r2: part {given.part_number} is {part.size} bytes; every part but the last is at "
-                             f"least {MIN_PART_BYTES}", "r2_entity_too_small")
+                               f"least {MIN_PART_BYTES}", "r2_entity_too_small")
             parts.append(part)
         writer = await _write(store, _part_chunks(store, parts), None)
         etag = f"{hashlib.md5(b''.join(bytes.fromhex(p.etag) for p in parts)).hexdigest()}-{len(parts)}"
