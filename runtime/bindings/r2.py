@@ -269,7 +269,8 @@ class R2Bucket(CamelNames):
         return R2Object(row) if row else None
 
     @camel_options
-    async def get(self, key: str, *, range: Any = None, only_if: Any = None) -> R2ObjectBody | R2Object | None:  # noqa: A002 (Cloudflare's name)
+    async def get(self, key: str, *, range: Any = None,  # noqa: A002 (Cloudflare's name)
+                  only_if: Any = None) -> R2ObjectBody | R2Object | None:
         tenant = self._begin()
         cond = _condition(only_if)
         found = await asyncio.to_thread(self._store.open_current, tenant, _check_key(key))
