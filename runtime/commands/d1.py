@@ -49,25 +49,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _resolve(args: argparse.Namespace) -> tuple[Any, Path, Path] | int:
     """(binding, state dir, app root) or an exit code after printing why."""
-    from runtime.bindings.d1 import D1Binding
-    from runtime.config import ConfigError, load_app
+    from runtime.commands.storage import find_binding
 
-    try:
-        app = load_app(args.app)
-    except ConfigError as e:
-        print("edgeworks d1: the app's configuration is invalid:\n  " + "\n  ".join(e.problems), file=sys.stderr)
-        return 2
-    found: list[tuple[str, D1Binding]] = [
-        (s.name, b) for s in app.scripts for b in getattr(s, "d1_databases", [])
-        if b.binding == args.database and args.script in (None, s.name)]
-    if not found:
-        print(f"edgeworks d1: no script binds a D1 database as {args.database!r}", file=sys.stderr)
-        return 2
-    if len({b.file_stem for _, b in found}) > 1:
-        print(f"edgeworks d1: scripts {', '.join(n for n, _ in found)} bind different databases as "
-              f"{args.database!r}; name one with --script", file=sys.stderr)
-        return 2
-    binding = found[0][1]
+    found = find_binding("d1", args.app, "d1_databases", args.database, args.script,
+                         lambda b: b.file_stem, "a D1 database", "databases")
+    if isinstance(found, int):
+        return found
+    app, binding = found
     if args.tenant is not None and not binding.tenant_scoped:
         print(f"edgeworks d1: {args.database} is not tenant-scoped (no --tenant)", file=sys.stderr)
         return 2

@@ -57,28 +57,17 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[Any, str] | int:
     """(store, tenant) or an exit code after printing why."""
-    from runtime.bindings.kv import KVBinding, KVStore, namespace_path
-    from runtime.config import ConfigError, load_app
+    from runtime.bindings.kv import KVStore, namespace_path
+    from runtime.commands.storage import find_binding
 
     state_dir = Path(args.state_dir).resolve() if args.state_dir else None
     namespace_id = args.namespace_id
     if args.binding is not None:
-        try:
-            app = load_app(args.app)
-        except ConfigError as e:
-            print("edgeworks kv: the app's configuration is invalid:\n  " + "\n  ".join(e.problems), file=sys.stderr)
-            return 2
-        found: list[tuple[str, KVBinding]] = [
-            (s.name, b) for s in app.scripts for b in getattr(s, "kv_namespaces", [])
-            if b.binding == args.binding and args.script in (None, s.name)]
-        if not found:
-            print(f"edgeworks kv: no script binds a KV namespace as {args.binding!r}", file=sys.stderr)
-            return 2
-        if len({b.id for _, b in found}) > 1:
-            print(f"edgeworks kv: scripts {', '.join(n for n, _ in found)} bind different namespaces as "
-                  f"{args.binding!r}; name one with --script", file=sys.stderr)
-            return 2
-        binding = found[0][1]
+        found = find_binding("kv", args.app, "kv_namespaces", args.binding, args.script,
+                             lambda b: b.id, "a KV namespace", "namespaces")
+        if isinstance(found, int):
+            return found
+        app, binding = found
         if binding.tenant_scoped and args.tenant is None:
             print(f"edgeworks kv: {args.binding} is tenant-scoped; name the tenant with --tenant", file=sys.stderr)
             return 2
